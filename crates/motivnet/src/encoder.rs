@@ -1,0 +1,142 @@
+//! Sapiens ViT encoder (Khirodkar et al., "Sapiens: Foundation for Human Vision Models", 2024),
+//! as the MotivNet reference uses it (REFERENCE.md section 1).
+//!
+//! In: normalized images (B, 3, H, W). Out: tokens (B, N, D), N = grid_h x grid_w in row-major
+//! (h, w) order, after the final LayerNorm; the reference's (B, D, grid_h, grid_w) feature map
+//! is exactly these tokens transposed, and the head flattens it straight back.
+//!
+//! Names follow the checkpoint: `projection`, `pos_embed`, `layers.{i}.{ln1,attn.qkv,attn.proj,
+//! ln2,ffn.layers.0.0,ffn.layers.1}`, `ln1` (final norm), under `pose_encoder.`.
+
+use candle_core::{Module, Tensor};
+
+use crate::config::EncoderConfig;
+use crate::error::{input_err, Result};
+use crate::layers::{attention, merge_heads, LayerNorm, Linear, Mode};
+use crate::params::{torch_default_bound, Init, ParamStore};
+
+const LN_EPS: f64 = 1e-6;
+const VIT_INIT: Init = Init::TruncNormal { std: 0.02 };
+
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(store: &mut ParamStore, prefix: &str, dim: usize, heads: usize) -> Result<Self> {
+        Ok(Self {
+            qkv: Linear::new(store, &format!("{prefix}.qkv"), dim, 3 * dim, VIT_INIT, Init::Zeros)?,
+            proj: Linear::new(store, &format!("{prefix}.proj"), dim, dim, VIT_INIT, Init::Zeros)?,
+            heads,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let hd = d / self.heads;
+        // (B, N, 3, heads, hd) -> (3, B, heads, N, hd): the reference's split of qkv.
+        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
+        let q = qkv.get(0)?.contiguous()?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let out = attention(&q, &k, &v, 0.0, mode)?;
+        Ok(self.proj.forward(&merge_heads(&out)?)?)
+    }
+}
+
+pub struct Block {
+    pub ln1: LayerNorm,
+    pub attn: Attention,
+    pub ln2: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl Block {
+    fn new(store: &mut ParamStore, prefix: &str, cfg: &EncoderConfig) -> Result<Self> {
+        let d = cfg.embed_dim;
+        let hidden = cfg.mlp_hidden();
+        Ok(Self {
+            ln1: LayerNorm::new(store, &format!("{prefix}.ln1"), d, LN_EPS)?,
+            attn: Attention::new(store, &format!("{prefix}.attn"), d, cfg.heads)?,
+            ln2: LayerNorm::new(store, &format!("{prefix}.ln2"), d, LN_EPS)?,
+            fc1: Linear::new(store, &format!("{prefix}.ffn.layers.0.0"), d, hidden, VIT_INIT, Init::Zeros)?,
+            fc2: Linear::new(store, &format!("{prefix}.ffn.layers.1"), hidden, d, VIT_INIT, Init::Zeros)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mode)?)?;
+        // Exact (erf) GELU as PyTorch's nn.GELU(); candle's gelu() is the tanh approximation.
+        let h = self.fc2.forward(&self.fc1.forward(&self.ln2.forward(&x)?)?.gelu_erf()?)?;
+        Ok((x + h)?)
+    }
+}
+
+pub struct SapiensEncoder {
+    /// Conv2d(3, D, k, stride k, padding p) weight (D, 3, k, k) and bias (D).
+    pub projection: Linear,
+    pub pos_embed: Tensor,
+    pub layers: Vec<Block>,
+    pub ln1: LayerNorm,
+    cfg: EncoderConfig,
+}
+
+impl SapiensEncoder {
+    pub fn new(store: &mut ParamStore, prefix: &str, cfg: &EncoderConfig) -> Result<Self> {
+        let (d, k) = (cfg.embed_dim, cfg.patch_size);
+        let bound = torch_default_bound(3 * k * k);
+        let weight = store.add(&format!("{prefix}.projection.weight"), (d, 3, k, k), bound)?;
+        let bias = store.add(&format!("{prefix}.projection.bias"), d, bound)?;
+        let pos_embed = store.add(&format!("{prefix}.pos_embed"), (1, cfg.num_patches(), d), VIT_INIT)?;
+        let layers = (0..cfg.depth)
+            .map(|i| Block::new(store, &format!("{prefix}.layers.{i}"), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let ln1 = LayerNorm::new(store, &format!("{prefix}.ln1"), d, LN_EPS)?;
+        Ok(Self { projection: Linear::from_parts(weight, bias), pos_embed, layers, ln1, cfg: cfg.clone() })
+    }
+
+    /// Normalized images (B, 3, H, W) -> tokens (B, N, D).
+    pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let mut x = self.patch_embed(images)?.broadcast_add(&self.pos_embed)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, mode)?;
+        }
+        Ok(self.ln1.forward(&x)?)
+    }
+
+    /// The stride-k, kernel-k convolution as one matmul: zero-pad (and crop) the image to
+    /// exactly the pixels the conv reads, cut it into k x k patches, multiply by the flattened
+    /// kernel. candle's conv2d backward is slow and breaks on uneven remainders (CANDLE.md).
+    fn patch_embed(&self, images: &Tensor) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, c, h, w) = images.dims4()?;
+        if c != 3 || h != cfg.input_height || w != cfg.input_width {
+            return Err(input_err!(
+                "input batch is {c} x {h} x {w} (channels x height x width), expected 3 x {} x {}",
+                cfg.input_height,
+                cfg.input_width
+            ));
+        }
+        let (k, p) = (cfg.patch_size, cfg.patch_padding);
+        let (gh, gw) = cfg.grid();
+        // The conv reads padded rows [0, gh*k), i.e. image rows [-p, gh*k - p): pad p before,
+        // and after only as much as that range overruns the image, then crop to the range.
+        let x = images
+            .pad_with_zeros(2, p, (gh * k).saturating_sub(h + p))?
+            .narrow(2, 0, gh * k)?
+            .pad_with_zeros(3, p, (gw * k).saturating_sub(w + p))?
+            .narrow(3, 0, gw * k)?;
+        let patches = x
+            .reshape((b, 3, gh, k, gw, k))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * gh * gw, 3 * k * k))?;
+        let d = cfg.embed_dim;
+        let kernel = self.projection.weight.reshape((d, 3 * k * k))?;
+        let tokens = patches.matmul(&kernel.t()?)?.broadcast_add(&self.projection.bias)?;
+        Ok(tokens.reshape((b, gh * gw, d))?)
+    }
+}

@@ -1,0 +1,135 @@
+//! The differentiable building blocks shared by the encoder and the head.
+//!
+//! Written on candle's primitive ops on purpose: candle_nn's fused `LayerNorm` and
+//! `softmax_last_dim` have no backward, so a model built on them trains nothing while looking
+//! fine (CANDLE.md). Each block here keeps the graph intact; `tests/gradients.rs` checks that
+//! every parameter receives a gradient.
+
+use candle_core::{Device, Module, Tensor, D};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::Result;
+use crate::params::{Init, ParamStore};
+
+/// Train mode carries the RNG that draws dropout masks (candle's CPU RNG cannot be seeded).
+pub enum Mode<'a> {
+    Eval,
+    Train(&'a mut ChaCha8Rng),
+}
+
+impl Mode<'_> {
+    pub fn is_train(&self) -> bool {
+        matches!(self, Mode::Train(_))
+    }
+}
+
+/// `nn.Linear`: y = x W^T + b over the last dimension, any leading dimensions.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Linear {
+    pub fn new(store: &mut ParamStore, prefix: &str, in_dim: usize, out_dim: usize, weight: Init, bias: Init) -> Result<Self> {
+        Ok(Self {
+            weight: store.add(&format!("{prefix}.weight"), (out_dim, in_dim), weight)?,
+            bias: store.add(&format!("{prefix}.bias"), out_dim, bias)?,
+        })
+    }
+
+    pub fn from_parts(weight: Tensor, bias: Tensor) -> Self {
+        Self { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim;
+        let out_dim = self.weight.dim(0)?;
+        // One 2-D matmul against the transposed view: gemm reads either layout, no copy.
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap() = out_dim;
+        y.reshape(out_dims)
+    }
+}
+
+/// `nn.LayerNorm` over the last dimension with the biased variance, as PyTorch.
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(store: &mut ParamStore, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: store.add(&format!("{prefix}.weight"), dim, Init::Ones)?,
+            bias: store.add(&format!("{prefix}.bias"), dim, Init::Zeros)?,
+            eps,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Softmax over the last dimension. The max is detached: it only guards exp() against
+/// overflow, and differentiating through it adds rounding noise and work for no gradient.
+pub fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+pub fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Inverted dropout (`nn.Dropout`): in train mode zero each element with probability p and
+/// scale the rest by 1/(1-p); identity in eval mode or when p is 0.
+pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
+    let rng = match mode {
+        Mode::Train(rng) if p > 0.0 => rng,
+        _ => return Ok(x.clone()),
+    };
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_device(x.device())?.to_dtype(x.dtype())?;
+    Ok(x.mul(&mask)?)
+}
+
+/// Splits (B, N, heads * hd) into (B, heads, N, hd), contiguous for the batched matmul.
+pub fn split_heads(x: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (b, n, d) = x.dims3()?;
+    x.reshape((b, n, heads, d / heads))?.transpose(1, 2)?.contiguous()
+}
+
+/// The inverse of [`split_heads`].
+pub fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, n, hd) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, n, h * hd))
+}
+
+/// Scaled dot-product attention, no mask: softmax(q k^T / sqrt(hd)) v, with optional dropout
+/// on the probabilities (PyTorch's MultiheadAttention applies it in training).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout_p: f64, mode: &mut Mode) -> Result<Tensor> {
+    let hd = q.dim(D::Minus1)?;
+    let q = (q * (1.0 / (hd as f64).sqrt()))?;
+    let scores = q.matmul(&k.t()?)?;
+    let probs = dropout(&softmax(&scores)?, dropout_p, mode)?;
+    Ok(probs.matmul(v)?)
+}

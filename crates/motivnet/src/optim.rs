@@ -1,0 +1,190 @@
+//! AdamW with the reference's two parameter groups (encoder, decoder), optional global-norm
+//! gradient clipping, and a state that saves and restores exactly.
+//!
+//! The update is PyTorch's `torch.optim.AdamW` (decoupled weight decay, bias-corrected moments):
+//!   p <- p (1 - lr wd);  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+//!   p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+//! candle_nn's AdamW has one learning rate, private moments and no clipping (CANDLE.md).
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::params::{Group, Param, ParamStore};
+
+/// A value per optimizer group.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Groups<T> {
+    pub encoder: T,
+    pub decoder: T,
+}
+
+impl<T: Copy> Groups<T> {
+    pub fn get(&self, group: Group) -> T {
+        match group {
+            Group::Encoder => self.encoder,
+            Group::Decoder => self.decoder,
+        }
+    }
+}
+
+/// Per-group settings fixed for a run (learning rates come with each step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupConfig {
+    pub weight_decay: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub encoder: GroupConfig,
+    pub decoder: GroupConfig,
+    /// Sapiens' recipe: no weight decay on biases, norm weights and the position embedding.
+    pub exclude_norm_bias_pos_from_decay: bool,
+    /// Clip the global L2 norm of all gradients to this value before the update.
+    pub max_grad_norm: Option<f64>,
+}
+
+impl Default for AdamWConfig {
+    /// PyTorch's AdamW defaults, as the reference uses them (REFERENCE.md section 3).
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            encoder: GroupConfig { weight_decay: 0.01 },
+            decoder: GroupConfig { weight_decay: 0.01 },
+            exclude_norm_bias_pos_from_decay: false,
+            max_grad_norm: None,
+        }
+    }
+}
+
+const STATE_PREFIX: &str = "optimizer.";
+
+pub struct AdamW {
+    pub config: AdamWConfig,
+    /// First and second moments by parameter name.
+    moments: HashMap<String, (Tensor, Tensor)>,
+    step: u64,
+}
+
+/// Biases, LayerNorm weights and the position embedding: 1-D tensors plus `pos_embed`.
+fn is_no_decay(p: &Param) -> bool {
+    p.var.rank() <= 1 || p.name.ends_with("pos_embed")
+}
+
+impl AdamW {
+    pub fn new(config: AdamWConfig) -> Self {
+        Self { config, moments: HashMap::new(), step: 0 }
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    fn weight_decay(&self, p: &Param) -> f64 {
+        if self.config.exclude_norm_bias_pos_from_decay && is_no_decay(p) {
+            return 0.0;
+        }
+        match p.group {
+            Group::Encoder => self.config.encoder.weight_decay,
+            Group::Decoder => self.config.decoder.weight_decay,
+        }
+    }
+
+    /// One update of every trainable parameter from `grads` (by name). Returns the global
+    /// gradient norm before clipping.
+    pub fn step(&mut self, params: &ParamStore, grads: &HashMap<String, Tensor>, lr: Groups<f64>) -> Result<f64> {
+        for (name, value) in [("encoder", lr.encoder), ("decoder", lr.decoder)] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(Error::Input(format!("{name} learning rate must be a finite number >= 0, got {value}")));
+            }
+        }
+        let mut sum_sq = 0f64;
+        for p in params.trainable() {
+            let g = grads.get(&p.name).ok_or_else(|| Error::Input(format!("no gradient for parameter {}", p.name)))?;
+            sum_sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+        let norm = sum_sq.sqrt();
+        // torch.nn.utils.clip_grad_norm_: scale = max_norm / (norm + 1e-6), capped at 1.
+        let clip = self.config.max_grad_norm.map(|max| (max / (norm + 1e-6)).min(1.0)).unwrap_or(1.0);
+
+        self.step += 1;
+        let c = &self.config;
+        let t = self.step as i32;
+        let bias1 = 1.0 - c.beta1.powi(t);
+        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        for p in params.trainable() {
+            let lr = lr.get(p.group);
+            let wd = self.weight_decay(p);
+            let mut g = grads[&p.name].clone();
+            if clip < 1.0 {
+                g = (g * clip)?;
+            }
+            let (m, v) = match self.moments.remove(&p.name) {
+                Some(mv) => mv,
+                None => (g.zeros_like()?, g.zeros_like()?),
+            };
+            let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+            let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            let mut value = p.var.as_detached_tensor();
+            if wd != 0.0 {
+                value = (value * (1.0 - lr * wd))?;
+            }
+            let denom = ((v.sqrt()? / bias2_sqrt)? + c.eps)?;
+            let value = (value - ((&m / denom)? * (lr / bias1))?)?;
+            p.var.set(&value)?;
+            self.moments.insert(p.name.clone(), (m, v));
+        }
+        Ok(norm)
+    }
+
+    /// The moments and step as named tensors (`optimizer.exp_avg.<param>`, ...).
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (name, (m, v)) in &self.moments {
+            out.insert(format!("{STATE_PREFIX}exp_avg.{name}"), m.clone());
+            out.insert(format!("{STATE_PREFIX}exp_avg_sq.{name}"), v.clone());
+        }
+        out.insert(format!("{STATE_PREFIX}step"), Tensor::new(&[self.step as i64], &Device::Cpu)?);
+        Ok(out)
+    }
+
+    /// Restores what [`AdamW::state_tensors`] wrote, checking every name and shape.
+    pub fn load_state(&mut self, params: &ParamStore, tensors: &HashMap<String, Tensor>, file: &str) -> Result<()> {
+        let step = tensors
+            .get(&format!("{STATE_PREFIX}step"))
+            .ok_or_else(|| Error::Weights(format!("{file}: not a training state: key {STATE_PREFIX}step is missing")))?
+            .to_dtype(DType::I64)?
+            .flatten_all()?
+            .to_vec1::<i64>()?[0];
+        let mut moments = HashMap::new();
+        if step > 0 {
+            for p in params.trainable() {
+                let get = |kind: &str| -> Result<Tensor> {
+                    let key = format!("{STATE_PREFIX}{kind}.{}", p.name);
+                    let t = tensors
+                        .get(&key)
+                        .ok_or_else(|| Error::Weights(format!("{file}: optimizer state key {key} is missing")))?;
+                    if t.dims() != p.var.dims() {
+                        return Err(Error::Weights(format!(
+                            "{file}: optimizer state {key} has shape {:?}, expected {:?}",
+                            t.dims(),
+                            p.var.dims()
+                        )));
+                    }
+                    Ok(t.to_dtype(DType::F32)?.to_device(p.var.device())?)
+                };
+                moments.insert(p.name.clone(), (get("exp_avg")?, get("exp_avg_sq")?));
+            }
+        }
+        self.moments = moments;
+        self.step = step as u64;
+        Ok(())
+    }
+}

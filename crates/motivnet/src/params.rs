@@ -1,0 +1,153 @@
+//! The model's parameters by checkpoint name, each a candle `Var`, created with a seeded RNG.
+//!
+//! Why not `candle_nn::VarMap`: its initialisers draw from candle's RNG, which cannot be seeded
+//! on CPU, and it has no notion of a non-trainable parameter (ML-Decoder's queries) or of the
+//! encoder/decoder groups the optimizer needs. Names are the reference's checkpoint keys, in
+//! creation order, so saving needs no rename table.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::error::Result;
+
+/// Which optimizer group a parameter belongs to (REFERENCE.md section 3: two learning rates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Group {
+    Encoder,
+    Decoder,
+}
+
+impl Group {
+    pub fn of(name: &str) -> Self {
+        if name.starts_with(crate::weights::ENCODER_PREFIX) {
+            Group::Encoder
+        } else {
+            Group::Decoder
+        }
+    }
+}
+
+/// How a fresh parameter is filled.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// Normal(0, std) cut at +-2 std, as timm/mmpretrain's `trunc_normal_` (std 0.02 for ViTs).
+    TruncNormal { std: f64 },
+    Normal { std: f64 },
+    /// Uniform(-bound, bound): PyTorch's default for Linear/Conv weights and biases (1/sqrt(fan_in)).
+    Uniform { bound: f64 },
+}
+
+pub struct Param {
+    pub name: String,
+    pub var: Var,
+    pub trainable: bool,
+    pub group: Group,
+}
+
+pub struct ParamStore {
+    params: Vec<Param>,
+    index: HashMap<String, usize>,
+    device: Device,
+    rng: ChaCha8Rng,
+}
+
+impl ParamStore {
+    pub fn new(device: &Device, seed: u64) -> Self {
+        Self { params: Vec::new(), index: HashMap::new(), device: device.clone(), rng: ChaCha8Rng::seed_from_u64(seed) }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Creates a trainable parameter and returns the tensor the model computes with.
+    pub fn add(&mut self, name: &str, shape: impl Into<Shape>, init: Init) -> Result<Tensor> {
+        self.create(name, shape.into(), init, true)
+    }
+
+    /// A parameter that is saved and loaded but never trained (ML-Decoder's `query_embed`).
+    /// The model must use it through `detach()`, so backward never reaches it.
+    pub fn add_frozen(&mut self, name: &str, shape: impl Into<Shape>, init: Init) -> Result<Tensor> {
+        self.create(name, shape.into(), init, false)
+    }
+
+    fn create(&mut self, name: &str, shape: Shape, init: Init, trainable: bool) -> Result<Tensor> {
+        assert!(!self.index.contains_key(name), "parameter {name} created twice");
+        let n = shape.elem_count();
+        let values: Vec<f32> = match init {
+            Init::Zeros => vec![0.0; n],
+            Init::Ones => vec![1.0; n],
+            Init::Normal { std } => (0..n).map(|_| (self.normal() * std) as f32).collect(),
+            Init::TruncNormal { std } => (0..n)
+                .map(|_| loop {
+                    let z = self.normal();
+                    if z.abs() <= 2.0 {
+                        break (z * std) as f32;
+                    }
+                })
+                .collect(),
+            Init::Uniform { bound } => (0..n).map(|_| self.rng.random_range(-bound..=bound) as f32).collect(),
+        };
+        let var = Var::from_tensor(&Tensor::from_vec(values, shape, &self.device)?)?;
+        let tensor = var.as_tensor().clone();
+        self.index.insert(name.to_string(), self.params.len());
+        self.params.push(Param { name: name.to_string(), var, trainable, group: Group::of(name) });
+        Ok(tensor)
+    }
+
+    fn normal(&mut self) -> f64 {
+        StandardNormal.sample(&mut self.rng)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Param> {
+        self.index.get(name).map(|&i| &self.params[i])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Param> {
+        self.params.iter()
+    }
+
+    pub fn trainable(&self) -> impl Iterator<Item = &Param> {
+        self.params.iter().filter(|p| p.trainable)
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    /// Number of scalars, in total and in the trainable parameters only.
+    pub fn counts(&self) -> (usize, usize) {
+        let total = self.params.iter().map(|p| p.var.elem_count()).sum();
+        let trainable = self.trainable().map(|p| p.var.elem_count()).sum();
+        (total, trainable)
+    }
+
+    /// All parameters as detached tensors by name (for saving).
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.params.iter().map(|p| (p.name.clone(), p.var.as_detached_tensor())).collect()
+    }
+
+    /// Overwrites one parameter in place; shape must match (checked by the caller with the
+    /// file's name in the message), dtype and device are converted here.
+    pub fn set(&self, name: &str, value: &Tensor) -> Result<()> {
+        let p = self.get(name).expect("caller checked the name");
+        let value = value.to_dtype(DType::F32)?.to_device(&self.device)?;
+        p.var.set(&value)?;
+        Ok(())
+    }
+}
+
+/// PyTorch's default bound for `nn.Linear`/`nn.Conv2d` weights and biases: 1/sqrt(fan_in).
+pub fn torch_default_bound(fan_in: usize) -> Init {
+    Init::Uniform { bound: 1.0 / (fan_in as f64).sqrt() }
+}

@@ -1,0 +1,209 @@
+//! The training step: forward in train mode, cross-entropy, backward, gradient accumulation
+//! over micro-batches, and the AdamW update at the end of each accumulation cycle.
+//!
+//! Accumulated gradients are averaged over the micro-batches of a cycle, as Lightning's
+//! `accumulate_grad_batches` does (it scales each micro-batch loss by 1/K): K micro-batches of
+//! size B give the update of one batch of size K x B. The caller sets the learning rates of
+//! each step, so any schedule lives outside the core.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{input_err, Error, Result};
+use crate::layers::Mode;
+use crate::loss::cross_entropy;
+use crate::model::MotivNet;
+use crate::optim::{AdamW, AdamWConfig, Groups};
+use crate::pixels::{to_input_tensor, Geometry, ImageBatch};
+use crate::weights;
+
+/// What a model call takes: u8 images of any sizes with a geometry, or a ready tensor.
+#[derive(Debug, Clone, Copy)]
+pub enum ModelInput<'a> {
+    Pixels { batch: ImageBatch<'a>, geometry: Geometry },
+    /// Normalized f32 images (B, 3, H, W) at the model's input size.
+    Tensor(&'a Tensor),
+}
+
+impl MotivNet {
+    /// The model's input tensor for `input` on the model's device.
+    pub fn input_tensor(&self, input: &ModelInput) -> Result<Tensor> {
+        let enc = &self.config.encoder;
+        match input {
+            ModelInput::Pixels { batch, geometry } => {
+                to_input_tensor(batch, *geometry, enc.input_height, enc.input_width, &self.normalization, self.device())
+            }
+            ModelInput::Tensor(t) => {
+                if t.rank() != 4 {
+                    return Err(input_err!("input tensor has shape {:?}, expected (B, 3, {}, {})", t.dims(), enc.input_height, enc.input_width));
+                }
+                Ok(t.to_dtype(DType::F32)?.to_device(self.device())?)
+            }
+        }
+    }
+
+    /// Eval-mode logits (B, num_classes).
+    pub fn predict(&self, input: &ModelInput) -> Result<Tensor> {
+        let x = self.input_tensor(input)?;
+        self.forward(&x, &mut Mode::Eval)
+    }
+
+    /// Eval-mode mean cross-entropy and logits.
+    pub fn evaluate(&self, input: &ModelInput, labels: &[u32]) -> Result<(f32, Tensor)> {
+        let logits = self.predict(input)?;
+        let loss = cross_entropy(&logits, labels)?.to_scalar::<f32>()?;
+        Ok((loss, logits))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainerConfig {
+    pub optimizer: AdamWConfig,
+    /// Seeds the dropout masks.
+    pub seed: u64,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        Self { optimizer: AdamWConfig::default(), seed: 0 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StepOutput {
+    /// Mean cross-entropy of this micro-batch.
+    pub loss: f32,
+    /// Train-mode logits (B, num_classes), row-major.
+    pub logits: Vec<f32>,
+    /// Whether this call ended an accumulation cycle and updated the weights.
+    pub stepped: bool,
+    /// Global gradient norm of the update (before clipping), when one was made.
+    pub grad_norm: Option<f64>,
+}
+
+pub struct Trainer {
+    pub model: MotivNet,
+    pub optimizer: AdamW,
+    rng: ChaCha8Rng,
+    /// Sum of the gradients of the micro-batches since the last update, by parameter name.
+    accumulated: HashMap<String, Tensor>,
+    micro_batches: usize,
+}
+
+const RNG_KEY: &str = "trainer.rng";
+const ACCUM_COUNT_KEY: &str = "trainer.accumulated_micro_batches";
+const ACCUM_PREFIX: &str = "trainer.accumulated.";
+
+impl Trainer {
+    pub fn new(model: MotivNet, config: TrainerConfig) -> Self {
+        Self {
+            model,
+            optimizer: AdamW::new(config.optimizer),
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            accumulated: HashMap::new(),
+            micro_batches: 0,
+        }
+    }
+
+    /// Micro-batches accumulated since the last optimizer step.
+    pub fn pending_micro_batches(&self) -> usize {
+        self.micro_batches
+    }
+
+    /// One micro-batch: forward (dropout on), loss, backward, accumulate; when
+    /// `end_of_cycle`, average the accumulated gradients, clip and update with `lr`.
+    pub fn train_step(&mut self, input: &ModelInput, labels: &[u32], lr: Groups<f64>, end_of_cycle: bool) -> Result<StepOutput> {
+        let x = self.model.input_tensor(input)?;
+        let logits = self.model.forward(&x, &mut Mode::Train(&mut self.rng))?;
+        let loss = cross_entropy(&logits, labels)?;
+        let loss_value = loss.to_scalar::<f32>()?;
+        if !loss_value.is_finite() {
+            // Keep the weights and the accumulated gradients of the good micro-batches untouched.
+            return Err(Error::Input(format!("loss is not finite ({loss_value}): the micro-batch was not applied")));
+        }
+        let mut grads = loss.backward()?;
+        for p in self.model.params.trainable() {
+            // backward also records gradients of non-Var leaves (the input): only Vars are kept.
+            let g = grads.remove(p.var.as_tensor()).ok_or_else(|| {
+                Error::Input(format!("parameter {} received no gradient: the graph is cut somewhere", p.name))
+            })?;
+            let sum = match self.accumulated.remove(&p.name) {
+                Some(prev) => (prev + g)?,
+                None => g,
+            };
+            self.accumulated.insert(p.name.clone(), sum);
+        }
+        self.micro_batches += 1;
+        let logits = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        if !end_of_cycle {
+            return Ok(StepOutput { loss: loss_value, logits, stepped: false, grad_norm: None });
+        }
+        let scale = 1.0 / self.micro_batches as f64;
+        let mean_grads = std::mem::take(&mut self.accumulated)
+            .into_iter()
+            .map(|(k, g)| Ok((k, if scale == 1.0 { g } else { (g * scale)? })))
+            .collect::<Result<HashMap<_, _>>>()?;
+        self.micro_batches = 0;
+        let norm = self.optimizer.step(&self.model.params, &mean_grads, lr)?;
+        Ok(StepOutput { loss: loss_value, logits, stepped: true, grad_norm: Some(norm) })
+    }
+
+    /// Weights (reference names), optimizer moments and step, dropout RNG position and any
+    /// gradients accumulated mid-cycle: everything needed to continue exactly.
+    pub fn save_state(&self, path: &Path) -> Result<()> {
+        let mut tensors = self.model.params.tensors();
+        tensors.extend(self.optimizer.state_tensors()?);
+        let seed: Vec<u8> = self.rng.get_seed().to_vec();
+        let pos = self.rng.get_word_pos();
+        let stream = self.rng.get_stream();
+        let words: Vec<u32> = [(pos >> 96) as u32, (pos >> 64) as u32, (pos >> 32) as u32, pos as u32, (stream >> 32) as u32, stream as u32]
+            .to_vec();
+        tensors.insert(format!("{RNG_KEY}.seed"), Tensor::from_vec(seed, 32, &Device::Cpu)?);
+        tensors.insert(format!("{RNG_KEY}.position"), Tensor::from_vec(words, 6, &Device::Cpu)?);
+        tensors.insert(ACCUM_COUNT_KEY.into(), Tensor::new(&[self.micro_batches as i64], &Device::Cpu)?);
+        for (name, g) in &self.accumulated {
+            tensors.insert(format!("{ACCUM_PREFIX}{name}"), g.clone());
+        }
+        weights::save_tensors(&tensors, path)
+    }
+
+    /// Restores what [`Trainer::save_state`] wrote. The model's config must be the one saved.
+    pub fn load_state(&mut self, path: &Path) -> Result<()> {
+        let file = path.display().to_string();
+        let tensors = weights::read_tensors(path)?;
+        let opts = weights::LoadOptions { encoder_only: false, grid: Some(self.model.config.encoder.grid()) };
+        weights::load_into(&self.model.params, &tensors, &opts, &file)?;
+        self.optimizer.load_state(&self.model.params, &tensors, &file)?;
+        let missing = |key: &str| Error::Weights(format!("{file}: not a training state: key {key} is missing"));
+        let seed_t = tensors.get(&format!("{RNG_KEY}.seed")).ok_or_else(|| missing(&format!("{RNG_KEY}.seed")))?;
+        let pos_t = tensors.get(&format!("{RNG_KEY}.position")).ok_or_else(|| missing(&format!("{RNG_KEY}.position")))?;
+        let seed: [u8; 32] = seed_t
+            .to_vec1::<u8>()?
+            .try_into()
+            .map_err(|_| Error::Weights(format!("{file}: {RNG_KEY}.seed must hold 32 bytes")))?;
+        let w = pos_t.to_vec1::<u32>()?;
+        if w.len() != 6 {
+            return Err(Error::Weights(format!("{file}: {RNG_KEY}.position must hold 6 words, got {}", w.len())));
+        }
+        let pos = (w[0] as u128) << 96 | (w[1] as u128) << 64 | (w[2] as u128) << 32 | w[3] as u128;
+        let mut rng = ChaCha8Rng::from_seed(seed);
+        rng.set_stream((w[4] as u64) << 32 | w[5] as u64);
+        rng.set_word_pos(pos);
+        self.rng = rng;
+        let count = tensors.get(ACCUM_COUNT_KEY).ok_or_else(|| missing(ACCUM_COUNT_KEY))?.to_vec1::<i64>()?[0];
+        self.micro_batches = count as usize;
+        self.accumulated.clear();
+        if count > 0 {
+            for p in self.model.params.trainable() {
+                let key = format!("{ACCUM_PREFIX}{}", p.name);
+                let g = tensors.get(&key).ok_or_else(|| missing(&key))?;
+                self.accumulated.insert(p.name.clone(), g.to_dtype(DType::F32)?.to_device(self.model.device())?);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,301 @@
+//! Checkpoints: safetensors and PyTorch `.pth` state dicts with the reference's names.
+//!
+//! Layouts read: a MotivNet checkpoint (`pose_encoder.*`, `decoder.decoder.*`), optionally
+//! wrapped in `state_dict` and prefixed `module.`/`model.`; a Sapiens (mmpretrain/mmpose)
+//! checkpoint (`backbone.*`, patch conv at `backbone.patch_embed.projection`), which loads the
+//! encoder alone and leaves the head freshly initialised; ML-Decoder's original
+//! `multihead_attn` for `self_attn`. A position embedding for another grid (with or without a
+//! class-token slot) is resized bicubically as mmpretrain's `resize_pos_embed` does.
+//! `.pth` files are read without running pickled code. Written: safetensors with the MotivNet
+//! names, so the PyTorch reference loads our files.
+//!
+//! Loading is all or nothing: every missing, unexpected and mis-shaped key is listed in one
+//! error naming the file, and the model is left untouched.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::params::ParamStore;
+
+pub const ENCODER_PREFIX: &str = "pose_encoder.";
+pub const DECODER_PREFIX: &str = "decoder.decoder.";
+/// Keys of our training-state files that are not weights.
+const STATE_PREFIXES: [&str; 2] = ["optimizer.", "trainer."];
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Load `pose_encoder.*` only; the head keeps its fresh initialisation.
+    pub encoder_only: bool,
+    /// The model's patch grid (rows, columns), to resize a position embedding of another grid.
+    pub grid: Option<(usize, usize)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadReport {
+    pub loaded: usize,
+    /// Keys in the file that the model has no use for and that were skipped on purpose
+    /// (a Sapiens checkpoint's pose head, its class token).
+    pub ignored: Vec<String>,
+    /// Parameters resized on load, with the file's shape.
+    pub resized: Vec<(String, Vec<usize>)>,
+    /// True when the head was not in the file (encoder-only load).
+    pub head_initialised: bool,
+}
+
+/// Reads every tensor of a safetensors or `.pth` file onto the CPU, by the file's own keys.
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let file = path.display().to_string();
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic).map_err(|e| Error::io(path, e))?;
+    if n < 4 {
+        return Err(Error::Weights(format!("{file}: file is {n} bytes long, not a weights file")));
+    }
+    let is_zip = &magic == b"PK\x03\x04";
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext == "pt2" {
+        return Err(Error::Weights(format!(
+            "{file}: a torch.export archive cannot be read without PyTorch; convert it to safetensors first \
+             (load it in Python and save its state_dict)"
+        )));
+    }
+    if !is_zip {
+        return candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+            Error::Weights(format!("{file}: neither a safetensors file nor a zip-format PyTorch checkpoint ({e})"))
+        });
+    }
+    if is_torchscript(&mut f).map_err(|e| Error::io(path, e))? {
+        return Err(Error::Weights(format!(
+            "{file}: a TorchScript archive, which cannot be read without PyTorch (its tensors would read as \
+             zeros); convert it to safetensors first (torch.jit.load(...).state_dict())"
+        )));
+    }
+    // mmpose/Lightning checkpoints wrap the weights in `state_dict`; plain state dicts do not.
+    let pairs = match candle_core::pickle::read_all_with_key(path, Some("state_dict")) {
+        Ok(pairs) if !pairs.is_empty() => pairs,
+        _ => candle_core::pickle::read_all(path)
+            .map_err(|e| Error::Weights(format!("{file}: not a readable PyTorch state dict ({e})")))?,
+    };
+    if pairs.is_empty() {
+        return Err(Error::Weights(format!("{file}: the checkpoint holds no tensors")));
+    }
+    Ok(pairs.into_iter().collect())
+}
+
+/// TorchScript zips carry `constants.pkl` and a `code/` folder; the names sit in the zip's
+/// central directory at the end of the file, so only the tail is read.
+fn is_torchscript(f: &mut std::fs::File) -> std::io::Result<bool> {
+    let len = f.seek(SeekFrom::End(0))?;
+    let tail = len.min(1 << 20);
+    f.seek(SeekFrom::Start(len - tail))?;
+    let mut buf = Vec::with_capacity(tail as usize);
+    f.take(tail).read_to_end(&mut buf)?;
+    let has = |needle: &[u8]| buf.windows(needle.len()).any(|w| w == needle);
+    Ok(has(b"/constants.pkl") && has(b"/code/"))
+}
+
+/// Which layout a key comes from, and its name in ours.
+enum KeyKind {
+    Ours(String),
+    /// Part of a Sapiens checkpoint that a classifier does not use.
+    Ignored,
+    /// Our own training-state bookkeeping.
+    State,
+}
+
+fn canonical(key: &str) -> KeyKind {
+    if STATE_PREFIXES.iter().any(|p| key.starts_with(p)) {
+        return KeyKind::State;
+    }
+    let mut k = key;
+    for wrapper in ["module.", "model."] {
+        k = k.strip_prefix(wrapper).unwrap_or(k);
+    }
+    let k = if let Some(rest) = k.strip_prefix("backbone.") {
+        if rest == "cls_token" {
+            return KeyKind::Ignored;
+        }
+        let rest = rest.strip_prefix("patch_embed.").unwrap_or(rest);
+        format!("{ENCODER_PREFIX}{rest}")
+    } else if k.starts_with("head.") || k.starts_with("data_preprocessor.") {
+        return KeyKind::Ignored;
+    } else {
+        k.to_string()
+    };
+    KeyKind::Ours(k.replace(".multihead_attn.", ".self_attn."))
+}
+
+/// Loads `tensors` (read from `file`) into the parameters, or changes nothing and lists
+/// every problem.
+pub fn load_into(params: &ParamStore, tensors: &HashMap<String, Tensor>, opts: &LoadOptions, file: &str) -> Result<LoadReport> {
+    let mut report = LoadReport::default();
+    let mut by_name: BTreeMap<String, (&str, &Tensor)> = BTreeMap::new();
+    let mut sapiens_layout = false;
+    for (key, t) in tensors {
+        sapiens_layout |= key.starts_with("backbone.");
+        match canonical(key) {
+            KeyKind::Ours(name) => {
+                if let Some((other, _)) = by_name.insert(name.clone(), (key, t)) {
+                    return Err(Error::Weights(format!("{file}: keys {other} and {key} both map to parameter {name}")));
+                }
+            }
+            KeyKind::Ignored => report.ignored.push(key.clone()),
+            KeyKind::State => {}
+        }
+    }
+    let has_head = by_name.keys().any(|k| k.starts_with(DECODER_PREFIX));
+    let encoder_only = opts.encoder_only || (sapiens_layout && !has_head);
+    report.head_initialised = encoder_only;
+    let in_scope = |name: &str| !encoder_only || name.starts_with(ENCODER_PREFIX);
+
+    let mut missing = Vec::new();
+    let mut misshaped = Vec::new();
+    let mut planned: Vec<(&str, Tensor)> = Vec::new();
+    for p in params.iter().filter(|p| in_scope(&p.name)) {
+        let Some(&(_, t)) = by_name.get(&p.name) else {
+            missing.push(p.name.clone());
+            continue;
+        };
+        if t.dims() == p.var.dims() {
+            planned.push((&p.name, t.clone()));
+        } else if let (true, Some(grid)) = (p.name.ends_with("pos_embed"), opts.grid) {
+            match resize_pos_embed(t, grid) {
+                Ok(resized) => {
+                    report.resized.push((p.name.clone(), t.dims().to_vec()));
+                    planned.push((&p.name, resized));
+                }
+                Err(why) => misshaped.push(format!("{}: file {:?}, model {:?} ({why})", p.name, t.dims(), p.var.dims())),
+            }
+        } else {
+            misshaped.push(format!("{}: file {:?}, model {:?}", p.name, t.dims(), p.var.dims()));
+        }
+    }
+    let mut unexpected: Vec<String> = by_name
+        .iter()
+        .filter(|(name, _)| params.get(name).is_none())
+        .filter(|(name, _)| !(encoder_only && sapiens_layout && !name.starts_with(ENCODER_PREFIX)))
+        .map(|(name, (key, _))| if name == key { name.clone() } else { format!("{key} (as {name})") })
+        .collect();
+    unexpected.sort();
+    if !missing.is_empty() || !unexpected.is_empty() || !misshaped.is_empty() {
+        let mut msg = format!("{file}: the weights do not fit this model");
+        let mut section = |title: &str, items: &[String]| {
+            if !items.is_empty() {
+                msg.push_str(&format!("\n  {title} ({}): {}", items.len(), items.join(", ")));
+            }
+        };
+        section("missing keys", &missing);
+        section("unexpected keys", &unexpected);
+        section("mis-shaped keys", &misshaped);
+        if !missing.is_empty() && missing.iter().all(|m| m.starts_with(DECODER_PREFIX)) {
+            msg.push_str("\n  (to fine-tune from an encoder-only checkpoint, load it with the encoder-only option)");
+        }
+        return Err(Error::Weights(msg));
+    }
+    for (name, t) in planned {
+        params.set(name, &t)?;
+        report.loaded += 1;
+    }
+    Ok(report)
+}
+
+/// Reads `path` and loads it into `params`.
+pub fn load_file(params: &ParamStore, path: &Path, opts: &LoadOptions) -> Result<LoadReport> {
+    let tensors = read_tensors(path)?;
+    load_into(params, &tensors, opts, &path.display().to_string())
+}
+
+/// Writes tensors as safetensors through a temporary file and a rename, so a crash mid-write
+/// never leaves a truncated checkpoint under the final name.
+pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(tensors, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// The model's weights alone, with the MotivNet reference's names.
+pub fn save_weights(params: &ParamStore, path: &Path) -> Result<()> {
+    save_tensors(&params.tensors(), path)
+}
+
+/// (1, N_src[+1], D) position embedding -> (1, th * tw, D): bicubic over the grid, as
+/// PyTorch's `F.interpolate(mode="bicubic", align_corners=False)`, dropping a class-token slot.
+/// The source grid is read as square or of the target's aspect, first without and then with
+/// one extra (class) token, as the checkpoints that exist are.
+pub fn resize_pos_embed(src: &Tensor, target_grid: (usize, usize)) -> std::result::Result<Tensor, String> {
+    let err = |e: candle_core::Error| e.to_string();
+    let (one, n_src, d) = src.dims3().map_err(err)?;
+    if one != 1 {
+        return Err("expected a leading dimension of 1".into());
+    }
+    let (th, tw) = target_grid;
+    let Some((sh, sw, extra)) = (0..=1).find_map(|extra| {
+        let n = n_src.checked_sub(extra)?;
+        source_grid(n, th, tw).map(|(h, w)| (h, w, extra))
+    }) else {
+        return Err(format!("{n_src} positions form neither a square grid nor a {th}:{tw} one"));
+    };
+    let values = src.to_dtype(DType::F32).map_err(err)?.flatten_all().map_err(err)?.to_vec1::<f32>().map_err(err)?;
+    let out = bicubic_resize(&values[extra * d..], sh, sw, d, th, tw);
+    Tensor::from_vec(out, (1, th * tw, d), &Device::Cpu).map_err(err)
+}
+
+/// A square grid of n positions, or one of the target's aspect th:tw.
+fn source_grid(n: usize, th: usize, tw: usize) -> Option<(usize, usize)> {
+    let s = (n as f64).sqrt().round() as usize;
+    if s > 0 && s * s == n {
+        return Some((s, s));
+    }
+    let g = gcd(th, tw);
+    let (a, b) = (th / g, tw / g);
+    let u = ((n / (a * b)) as f64).sqrt().round() as usize;
+    (u > 0 && a * b * u * u == n).then_some((a * u, b * u))
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn cubic_weights(t: f32) -> [f32; 4] {
+    // PyTorch's upsample_bicubic2d with A = -0.75.
+    const A: f32 = -0.75;
+    let near = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let far = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)]
+}
+
+/// Separable bicubic of a (h, w, d) grid (channels last) to (th, tw, d), align_corners=False.
+pub fn bicubic_resize(src: &[f32], h: usize, w: usize, d: usize, th: usize, tw: usize) -> Vec<f32> {
+    let plan = |n_in: usize, n_out: usize| -> Vec<([usize; 4], [f32; 4])> {
+        let scale = n_in as f32 / n_out as f32;
+        (0..n_out)
+            .map(|o| {
+                let f = (o as f32 + 0.5) * scale - 0.5;
+                let i = f.floor();
+                let idx = [-1i64, 0, 1, 2].map(|k| (i as i64 + k).clamp(0, n_in as i64 - 1) as usize);
+                (idx, cubic_weights(f - i))
+            })
+            .collect()
+    };
+    let (py, px) = (plan(h, th), plan(w, tw));
+    let mut out = vec![0f32; th * tw * d];
+    for (oy, (iy, wy)) in py.iter().enumerate() {
+        for (ox, (ix, wx)) in px.iter().enumerate() {
+            let dst = &mut out[(oy * tw + ox) * d..(oy * tw + ox + 1) * d];
+            for a in 0..4 {
+                for b in 0..4 {
+                    let weight = wy[a] * wx[b];
+                    let s = &src[(iy[a] * w + ix[b]) * d..(iy[a] * w + ix[b] + 1) * d];
+                    for (o, v) in dst.iter_mut().zip(s) {
+                        *o += weight * v;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
