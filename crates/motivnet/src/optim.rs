@@ -99,12 +99,17 @@ impl AdamW {
 
     /// One update of every trainable parameter from `grads` (by name). Returns the global
     /// gradient norm before clipping.
-    pub fn step(&mut self, params: &ParamStore, grads: &HashMap<String, Tensor>, lr: Groups<f64>) -> Result<f64> {
+    pub fn check_learning_rates(lr: Groups<f64>) -> Result<()> {
         for (name, value) in [("encoder", lr.encoder), ("decoder", lr.decoder)] {
             if !value.is_finite() || value < 0.0 {
                 return Err(Error::Input(format!("{name} learning rate must be a finite number >= 0, got {value}")));
             }
         }
+        Ok(())
+    }
+
+    pub fn step(&mut self, params: &ParamStore, grads: &HashMap<String, Tensor>, lr: Groups<f64>) -> Result<f64> {
+        Self::check_learning_rates(lr)?;
         let mut sum_sq = 0f64;
         for p in params.trainable() {
             let g = grads.get(&p.name).ok_or_else(|| Error::Input(format!("no gradient for parameter {}", p.name)))?;

@@ -225,7 +225,7 @@ pub fn resize_normalize_tensor_ops(
     let std = Tensor::from_slice(&norm.std, (3, 1, 1), device)?;
     let mut outs = Vec::with_capacity(batch.len());
     for (src, w, h) in batch.images() {
-        let img = Tensor::from_slice(src, (h, w, 3), device)?.to_dtype(DType::F32)?.permute((2, 0, 1))?;
+        let img = Tensor::from_slice(src, (h, w, 3), device)?.to_dtype(DType::F32)?.permute((2, 0, 1))?.contiguous()?;
         let (ytaps, xtaps) = (taps(h, rows), taps(w, out_w));
         let index = |t: &[(usize, usize, f32)], pick: fn(&(usize, usize, f32)) -> usize| {
             Tensor::from_vec(t.iter().map(|x| pick(x) as u32).collect::<Vec<_>>(), t.len(), device)
@@ -238,7 +238,7 @@ pub fn resize_normalize_tensor_ops(
         let lerp = |a: &Tensor, b: &Tensor, t: &Tensor| -> candle_core::Result<Tensor> {
             a.broadcast_add(&(b - a)?.broadcast_mul(t)?)
         };
-        let rows_t = lerp(&r0, &r1, &wy)?;
+        let rows_t = lerp(&r0, &r1, &wy)?.contiguous()?;
         let c0 = rows_t.index_select(&index(&xtaps, |t| t.0)?, 2)?;
         let c1 = rows_t.index_select(&index(&xtaps, |t| t.1)?, 2)?;
         let mut resized = (lerp(&c0, &c1, &wx)? + 0.5)?.floor()?;

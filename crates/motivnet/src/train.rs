@@ -117,6 +117,8 @@ impl Trainer {
     /// One micro-batch: forward (dropout on), loss, backward, accumulate; when
     /// `end_of_cycle`, average the accumulated gradients, clip and update with `lr`.
     pub fn train_step(&mut self, input: &ModelInput, labels: &[u32], lr: Groups<f64>, end_of_cycle: bool) -> Result<StepOutput> {
+        // Checked before any work, so a bad call leaves the accumulated gradients intact.
+        AdamW::check_learning_rates(lr)?;
         let x = self.model.input_tensor(input)?;
         let logits = self.model.forward(&x, &mut Mode::Train(&mut self.rng))?;
         let loss = cross_entropy(&logits, labels)?;

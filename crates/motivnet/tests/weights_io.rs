@@ -1,0 +1,145 @@
+//! Checkpoint I/O: round trips, the reference's and Sapiens' layouts, and readable errors.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use common::*;
+use motivnet::{Mode, MotivNet};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("motivnet-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn fresh() -> MotivNet {
+    MotivNet::new(&config(), &Device::Cpu, 11).unwrap()
+}
+
+fn write(dir: &std::path::Path, name: &str, tensors: &HashMap<String, Tensor>) -> PathBuf {
+    let path = dir.join(name);
+    candle_core::safetensors::save(tensors, &path).unwrap();
+    path
+}
+
+#[test]
+fn save_then_load_gives_identical_logits_and_reference_names() {
+    let dir = temp_dir("roundtrip");
+    let (x, _) = batch();
+    let model = reference_model();
+    let path = dir.join("saved.safetensors");
+    model.save_weights(&path).unwrap();
+    let saved = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let reference = read("weights.safetensors");
+    let mut a: Vec<_> = saved.keys().collect();
+    let mut b: Vec<_> = reference.keys().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "saved names differ from the reference's state_dict keys");
+    let other = fresh();
+    other.load_weights(&path, false).unwrap();
+    let before = model.forward(&x, &mut Mode::Eval).unwrap();
+    let after = other.forward(&x, &mut Mode::Eval).unwrap();
+    assert_eq!(max_abs_diff(&before, &after), 0.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn multihead_attn_is_read_as_self_attn() {
+    let dir = temp_dir("alias");
+    let renamed: HashMap<String, Tensor> =
+        read("weights.safetensors").into_iter().map(|(k, v)| (k.replace(".self_attn.", ".multihead_attn."), v)).collect();
+    assert!(renamed.keys().any(|k| k.contains("multihead_attn")));
+    let path = write(&dir, "mlalias.safetensors", &renamed);
+    let model = fresh();
+    model.load_weights(&path, false).unwrap();
+    let (x, _) = batch();
+    let logits = model.forward(&x, &mut Mode::Eval).unwrap();
+    assert!(max_abs_diff(&logits, &read("expected.safetensors")["logits_eval"]) < 1e-4);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_sapiens_backbone_loads_the_encoder_alone_and_resizes_pos_embed() {
+    let model = fresh();
+    let head_before = values(model.params.get("decoder.decoder.embed_standart.weight").unwrap().var.as_tensor());
+    let report = model.load_weights(&fixture("sapiens_backbone.pth"), false).unwrap();
+    assert!(report.head_initialised);
+    assert_eq!(report.resized, vec![("pose_encoder.pos_embed".to_string(), vec![1, 37, 32])]);
+    assert!(report.ignored.contains(&"backbone.cls_token".to_string()));
+    let pos = model.params.get("pose_encoder.pos_embed").unwrap().var.as_tensor().clone();
+    assert_close("bicubic pos_embed", &pos, &read("pos_embed_resized.safetensors")["pos_embed"], 1e-5, 0.0);
+    let reference = read("weights.safetensors");
+    let qkv = model.params.get("pose_encoder.layers.1.attn.qkv.weight").unwrap().var.as_tensor().clone();
+    assert_eq!(max_abs_diff(&qkv, &reference["pose_encoder.layers.1.attn.qkv.weight"]), 0.0);
+    let proj = model.params.get("pose_encoder.projection.weight").unwrap().var.as_tensor().clone();
+    assert_eq!(max_abs_diff(&proj, &reference["pose_encoder.projection.weight"]), 0.0);
+    let head_after = values(model.params.get("decoder.decoder.embed_standart.weight").unwrap().var.as_tensor());
+    assert_eq!(head_before, head_after, "the head must keep its fresh initialisation");
+}
+
+#[test]
+fn encoder_only_load_of_a_motivnet_checkpoint_keeps_the_head() {
+    let model = fresh();
+    let head_before = values(model.params.get("decoder.decoder.duplicate_pooling").unwrap().var.as_tensor());
+    let report = model.load_weights(&fixture("weights.pth"), true).unwrap();
+    assert!(report.head_initialised);
+    let head_after = values(model.params.get("decoder.decoder.duplicate_pooling").unwrap().var.as_tensor());
+    assert_eq!(head_before, head_after);
+}
+
+#[test]
+fn loading_errors_name_the_file_and_every_bad_key() {
+    let dir = temp_dir("errors");
+    let mut tensors = read("weights.safetensors");
+    tensors.remove("pose_encoder.layers.0.ln1.weight");
+    tensors.remove("decoder.decoder.duplicate_pooling_bias");
+    tensors.insert("decoder.decoder.extra.weight".into(), Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap());
+    tensors.insert(
+        "pose_encoder.layers.1.attn.proj.weight".into(),
+        Tensor::zeros((16, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    let path = write(&dir, "broken.safetensors", &tensors);
+    let model = reference_model();
+    let before = values(model.params.get("pose_encoder.layers.1.ln2.weight").unwrap().var.as_tensor());
+    let err = model.load_weights(&path, false).unwrap_err().to_string();
+    for needle in [
+        "broken.safetensors",
+        "missing keys (2): pose_encoder.layers.0.ln1.weight, decoder.decoder.duplicate_pooling_bias",
+        "unexpected keys (1): decoder.decoder.extra.weight",
+        "mis-shaped keys (1): pose_encoder.layers.1.attn.proj.weight: file [16, 32], model [32, 32]",
+    ] {
+        assert!(err.contains(needle), "error lacks «{needle}»:\n{err}");
+    }
+    // All or nothing: nothing was loaded.
+    assert_eq!(before, values(model.params.get("pose_encoder.layers.1.ln2.weight").unwrap().var.as_tensor()));
+
+    // A head-less MotivNet file names the missing head and the way out.
+    let encoder_only: HashMap<_, _> = read("weights.safetensors").into_iter().filter(|(k, _)| k.starts_with("pose_encoder.")).collect();
+    let err = model.load_weights(&write(&dir, "enc.safetensors", &encoder_only), false).unwrap_err().to_string();
+    assert!(err.contains("missing keys") && err.contains("encoder-only"), "{err}");
+
+    let garbage = dir.join("garbage.bin");
+    std::fs::write(&garbage, b"this is not a checkpoint at all").unwrap();
+    let err = model.load_weights(&garbage, false).unwrap_err().to_string();
+    assert!(err.contains("garbage.bin") && err.contains("neither a safetensors file"), "{err}");
+
+    let err = model.load_weights(&dir.join("absent.safetensors"), false).unwrap_err().to_string();
+    assert!(err.contains("absent.safetensors"), "{err}");
+
+    let err = model.load_weights(&fixture("torchscript.pt"), false).unwrap_err().to_string();
+    assert!(err.contains("torchscript.pt") && err.contains("TorchScript"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_wrong_preset_checkpoint_lists_mismatched_shapes() {
+    let tiny = MotivNet::new(&motivnet::ModelConfig::preset("tiny").unwrap(), &Device::Cpu, 0).unwrap();
+    let err = tiny.load_weights(&fixture("weights.safetensors"), false).unwrap_err().to_string();
+    assert!(err.contains("weights.safetensors") && err.contains("mis-shaped keys"), "{err}");
+    assert!(err.contains("pose_encoder.layers.0.attn.qkv.weight: file [96, 32], model [576, 192]"), "{err}");
+    assert!(err.contains("missing keys") && err.contains("pose_encoder.layers.3.ln1.weight"), "{err}");
+}
