@@ -99,8 +99,7 @@ impl Default for HeadConfig {
     }
 }
 
-pub const PRESET_NAMES: [&str; 6] =
-    ["tiny", "small", "sapiens-0.3b", "sapiens-0.6b", "sapiens-1b", "sapiens-2b"];
+pub const PRESET_NAMES: [&str; 6] = ["tiny", "small", "sapiens-0.3b", "sapiens-0.6b", "sapiens-1b", "sapiens-2b"];
 
 impl EncoderConfig {
     fn sapiens(embed_dim: usize, depth: usize, heads: usize) -> Self {
@@ -221,19 +220,19 @@ impl ModelConfig {
                 return fail(format!("model config: {key} must be at least 1, got 0"));
             }
         }
-        if e.embed_dim % e.heads != 0 {
+        if !e.embed_dim.is_multiple_of(e.heads) {
             return fail(format!(
                 "model config: encoder.embedDim ({}) must be divisible by encoder.heads ({})",
                 e.embed_dim, e.heads
             ));
         }
-        if h.embed_dim % h.heads != 0 {
+        if !h.embed_dim.is_multiple_of(h.heads) {
             return fail(format!(
                 "model config: head.embedDim ({}) must be divisible by head.heads ({})",
                 h.embed_dim, h.heads
             ));
         }
-        if !(e.mlp_ratio > 0.0) || e.mlp_hidden() == 0 {
+        if !e.mlp_ratio.is_finite() || e.mlp_ratio <= 0.0 || e.mlp_hidden() == 0 {
             return fail(format!("model config: encoder.mlpRatio must be positive, got {}", e.mlp_ratio));
         }
         if e.patch_padding >= e.patch_size {
@@ -285,13 +284,17 @@ mod tests {
     fn json_round_trip_and_errors() {
         let cfg = ModelConfig::preset("small").unwrap();
         assert_eq!(ModelConfig::from_json(&cfg.to_json()).unwrap(), cfg);
-        let err = ModelConfig::from_json(r#"{"encoder": {"embedDim": 10, "depth": 1, "heads": 3, "inputHeight": 32, "inputWidth": 32}}"#)
-            .unwrap_err()
-            .to_string();
+        let err = ModelConfig::from_json(
+            r#"{"encoder": {"embedDim": 10, "depth": 1, "heads": 3, "inputHeight": 32, "inputWidth": 32}}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("embedDim (10)") && err.contains("heads (3)"), "{err}");
-        let err = ModelConfig::from_json(r#"{"encoder": {"embedDim": 12, "depth": 1, "heads": 3, "inputHeight": 32, "inputWidth": 32, "typo": 1}}"#)
-            .unwrap_err()
-            .to_string();
+        let err = ModelConfig::from_json(
+            r#"{"encoder": {"embedDim": 12, "depth": 1, "heads": 3, "inputHeight": 32, "inputWidth": 32, "typo": 1}}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("typo"), "{err}");
         let err = ModelConfig::from_preset_or_file("huge").unwrap_err().to_string();
         assert!(err.contains("unknown model preset 'huge'") && err.contains("sapiens-1b"), "{err}");

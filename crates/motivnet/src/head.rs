@@ -72,8 +72,22 @@ impl DecoderLayer {
         let (e, ff) = (cfg.embed_dim, cfg.feedforward);
         Ok(Self {
             self_attn: CrossAttention::new(store, &format!("{prefix}.self_attn"), e, cfg.heads, cfg.dropout)?,
-            linear1: Linear::new(store, &format!("{prefix}.linear1"), e, ff, torch_default_bound(e), torch_default_bound(e))?,
-            linear2: Linear::new(store, &format!("{prefix}.linear2"), ff, e, torch_default_bound(ff), torch_default_bound(ff))?,
+            linear1: Linear::new(
+                store,
+                &format!("{prefix}.linear1"),
+                e,
+                ff,
+                torch_default_bound(e),
+                torch_default_bound(e),
+            )?,
+            linear2: Linear::new(
+                store,
+                &format!("{prefix}.linear2"),
+                ff,
+                e,
+                torch_default_bound(ff),
+                torch_default_bound(ff),
+            )?,
             norm1: LayerNorm::new(store, &format!("{prefix}.norm1"), e, LN_EPS)?,
             norm2: LayerNorm::new(store, &format!("{prefix}.norm2"), e, LN_EPS)?,
             norm3: LayerNorm::new(store, &format!("{prefix}.norm3"), e, LN_EPS)?,
@@ -108,14 +122,16 @@ impl MlDecoder {
         let (e, k, f) = (cfg.embed_dim, cfg.num_groups(), cfg.duplicate_factor());
         let bound = torch_default_bound(in_dim);
         let embed_standart = Linear::new(store, &format!("{prefix}.embed_standart"), in_dim, e, bound, bound)?;
-        let query_embed = store.add_frozen(&format!("{prefix}.query_embed.weight"), (k, e), Init::Normal { std: 1.0 })?;
+        let query_embed =
+            store.add_frozen(&format!("{prefix}.query_embed.weight"), (k, e), Init::Normal { std: 1.0 })?;
         let layers = (0..cfg.layers)
             .map(|i| DecoderLayer::new(store, &format!("{prefix}.layers.{i}"), cfg))
             .collect::<Result<Vec<_>>>()?;
         // Xavier-normal on (K, E, f): fan_in = E * f, fan_out = K * f.
         let xavier = Init::Normal { std: (2.0 / ((e * f + k * f) as f64)).sqrt() };
         let duplicate_pooling = store.add(&format!("{prefix}.duplicate_pooling"), (k, e, f), xavier)?;
-        let duplicate_pooling_bias = store.add(&format!("{prefix}.duplicate_pooling_bias"), cfg.num_classes, Init::Zeros)?;
+        let duplicate_pooling_bias =
+            store.add(&format!("{prefix}.duplicate_pooling_bias"), cfg.num_classes, Init::Zeros)?;
         Ok(Self { embed_standart, query_embed, layers, duplicate_pooling, duplicate_pooling_bias, cfg: cfg.clone() })
     }
 

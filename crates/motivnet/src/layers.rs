@@ -31,7 +31,14 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(store: &mut ParamStore, prefix: &str, in_dim: usize, out_dim: usize, weight: Init, bias: Init) -> Result<Self> {
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        weight: Init,
+        bias: Init,
+    ) -> Result<Self> {
         Ok(Self {
             weight: store.add(&format!("{prefix}.weight"), (out_dim, in_dim), weight)?,
             bias: store.add(&format!("{prefix}.bias"), out_dim, bias)?,

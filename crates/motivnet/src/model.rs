@@ -30,7 +30,8 @@ impl MotivNet {
         config.validate()?;
         let mut params = ParamStore::new(device, seed);
         let encoder = SapiensEncoder::new(&mut params, ENCODER_PREFIX.trim_end_matches('.'), &config.encoder)?;
-        let head = MlDecoder::new(&mut params, DECODER_PREFIX.trim_end_matches('.'), &config.head, config.encoder.embed_dim)?;
+        let head =
+            MlDecoder::new(&mut params, DECODER_PREFIX.trim_end_matches('.'), &config.head, config.encoder.embed_dim)?;
         Ok(Self { config: config.clone(), params, encoder, head, normalization: Normalization::default() })
     }
 

@@ -37,10 +37,16 @@ pub enum Init {
     Zeros,
     Ones,
     /// Normal(0, std) cut at +-2 std, as timm/mmpretrain's `trunc_normal_` (std 0.02 for ViTs).
-    TruncNormal { std: f64 },
-    Normal { std: f64 },
+    TruncNormal {
+        std: f64,
+    },
+    Normal {
+        std: f64,
+    },
     /// Uniform(-bound, bound): PyTorch's default for Linear/Conv weights and biases (1/sqrt(fan_in)).
-    Uniform { bound: f64 },
+    Uniform {
+        bound: f64,
+    },
 }
 
 pub struct Param {

@@ -230,7 +230,8 @@ pub fn resize_normalize_tensor_ops(
         let index = |t: &[(usize, usize, f32)], pick: fn(&(usize, usize, f32)) -> usize| {
             Tensor::from_vec(t.iter().map(|x| pick(x) as u32).collect::<Vec<_>>(), t.len(), device)
         };
-        let weight = |t: &[(usize, usize, f32)]| Tensor::from_vec(t.iter().map(|x| x.2).collect::<Vec<_>>(), t.len(), device);
+        let weight =
+            |t: &[(usize, usize, f32)]| Tensor::from_vec(t.iter().map(|x| x.2).collect::<Vec<_>>(), t.len(), device);
         let wy = weight(&ytaps)?.reshape((1, rows, 1))?;
         let wx = weight(&xtaps)?.reshape((1, 1, out_w))?;
         let r0 = img.index_select(&index(&ytaps, |t| t.0)?, 1)?;
@@ -277,7 +278,8 @@ mod tests {
     #[test]
     fn tensor_ops_path_matches_fused_cpu_pass() {
         let sizes = [(30usize, 40usize), (97, 61), (5, 3)];
-        let data: Vec<u8> = (0..sizes.iter().map(|(w, h)| w * h * 3).sum::<usize>()).map(|i| (i * 37 % 251) as u8).collect();
+        let data: Vec<u8> =
+            (0..sizes.iter().map(|(w, h)| w * h * 3).sum::<usize>()).map(|i| (i * 37 % 251) as u8).collect();
         let batch = ImageBatch::new(&data, &sizes).unwrap();
         let norm = Normalization::default();
         for geometry in [Geometry::Stretch, Geometry::Letterbox] {

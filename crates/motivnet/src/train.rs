@@ -24,7 +24,10 @@ use crate::weights;
 /// What a model call takes: u8 images of any sizes with a geometry, or a ready tensor.
 #[derive(Debug, Clone, Copy)]
 pub enum ModelInput<'a> {
-    Pixels { batch: ImageBatch<'a>, geometry: Geometry },
+    Pixels {
+        batch: ImageBatch<'a>,
+        geometry: Geometry,
+    },
     /// Normalized f32 images (B, 3, H, W) at the model's input size.
     Tensor(&'a Tensor),
 }
@@ -39,7 +42,12 @@ impl MotivNet {
             }
             ModelInput::Tensor(t) => {
                 if t.rank() != 4 {
-                    return Err(input_err!("input tensor has shape {:?}, expected (B, 3, {}, {})", t.dims(), enc.input_height, enc.input_width));
+                    return Err(input_err!(
+                        "input tensor has shape {:?}, expected (B, 3, {}, {})",
+                        t.dims(),
+                        enc.input_height,
+                        enc.input_width
+                    ));
                 }
                 Ok(t.to_dtype(DType::F32)?.to_device(self.device())?)
             }
@@ -60,17 +68,11 @@ impl MotivNet {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TrainerConfig {
     pub optimizer: AdamWConfig,
     /// Seeds the dropout masks.
     pub seed: u64,
-}
-
-impl Default for TrainerConfig {
-    fn default() -> Self {
-        Self { optimizer: AdamWConfig::default(), seed: 0 }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -116,7 +118,13 @@ impl Trainer {
 
     /// One micro-batch: forward (dropout on), loss, backward, accumulate; when
     /// `end_of_cycle`, average the accumulated gradients, clip and update with `lr`.
-    pub fn train_step(&mut self, input: &ModelInput, labels: &[u32], lr: Groups<f64>, end_of_cycle: bool) -> Result<StepOutput> {
+    pub fn train_step(
+        &mut self,
+        input: &ModelInput,
+        labels: &[u32],
+        lr: Groups<f64>,
+        end_of_cycle: bool,
+    ) -> Result<StepOutput> {
         // Checked before any work, so a bad call leaves the accumulated gradients intact.
         AdamW::check_learning_rates(lr)?;
         let x = self.model.input_tensor(input)?;
@@ -162,8 +170,15 @@ impl Trainer {
         let seed: Vec<u8> = self.rng.get_seed().to_vec();
         let pos = self.rng.get_word_pos();
         let stream = self.rng.get_stream();
-        let words: Vec<u32> = [(pos >> 96) as u32, (pos >> 64) as u32, (pos >> 32) as u32, pos as u32, (stream >> 32) as u32, stream as u32]
-            .to_vec();
+        let words: Vec<u32> = [
+            (pos >> 96) as u32,
+            (pos >> 64) as u32,
+            (pos >> 32) as u32,
+            pos as u32,
+            (stream >> 32) as u32,
+            stream as u32,
+        ]
+        .to_vec();
         tensors.insert(format!("{RNG_KEY}.seed"), Tensor::from_vec(seed, 32, &Device::Cpu)?);
         tensors.insert(format!("{RNG_KEY}.position"), Tensor::from_vec(words, 6, &Device::Cpu)?);
         tensors.insert(ACCUM_COUNT_KEY.into(), Tensor::new(&[self.micro_batches as i64], &Device::Cpu)?);
@@ -182,7 +197,8 @@ impl Trainer {
         self.optimizer.load_state(&self.model.params, &tensors, &file)?;
         let missing = |key: &str| Error::Weights(format!("{file}: not a training state: key {key} is missing"));
         let seed_t = tensors.get(&format!("{RNG_KEY}.seed")).ok_or_else(|| missing(&format!("{RNG_KEY}.seed")))?;
-        let pos_t = tensors.get(&format!("{RNG_KEY}.position")).ok_or_else(|| missing(&format!("{RNG_KEY}.position")))?;
+        let pos_t =
+            tensors.get(&format!("{RNG_KEY}.position")).ok_or_else(|| missing(&format!("{RNG_KEY}.position")))?;
         let seed: [u8; 32] = seed_t
             .to_vec1::<u8>()?
             .try_into()

@@ -131,7 +131,12 @@ fn canonical(key: &str) -> KeyKind {
 
 /// Loads `tensors` (read from `file`) into the parameters, or changes nothing and lists
 /// every problem.
-pub fn load_into(params: &ParamStore, tensors: &HashMap<String, Tensor>, opts: &LoadOptions, file: &str) -> Result<LoadReport> {
+pub fn load_into(
+    params: &ParamStore,
+    tensors: &HashMap<String, Tensor>,
+    opts: &LoadOptions,
+    file: &str,
+) -> Result<LoadReport> {
     let mut report = LoadReport::default();
     let mut by_name: BTreeMap<String, (&str, &Tensor)> = BTreeMap::new();
     let mut sapiens_layout = false;
@@ -168,7 +173,9 @@ pub fn load_into(params: &ParamStore, tensors: &HashMap<String, Tensor>, opts: &
                     report.resized.push((p.name.clone(), t.dims().to_vec()));
                     planned.push((&p.name, resized));
                 }
-                Err(why) => misshaped.push(format!("{}: file {:?}, model {:?} ({why})", p.name, t.dims(), p.var.dims())),
+                Err(why) => {
+                    misshaped.push(format!("{}: file {:?}, model {:?} ({why})", p.name, t.dims(), p.var.dims()))
+                }
             }
         } else {
             misshaped.push(format!("{}: file {:?}, model {:?}", p.name, t.dims(), p.var.dims()));
@@ -257,7 +264,11 @@ fn source_grid(n: usize, th: usize, tw: usize) -> Option<(usize, usize)> {
 }
 
 fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 { a } else { gcd(b, a % b) }
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 fn cubic_weights(t: f32) -> [f32; 4] {

@@ -37,7 +37,8 @@ fn train_loss_and_every_gradient_match_reference() {
     let grads = loss.backward().unwrap();
     let mut checked = 0;
     for p in model.params.trainable() {
-        let want = expected.get(&format!("grad.{}", p.name)).unwrap_or_else(|| panic!("no fixture gradient for {}", p.name));
+        let want =
+            expected.get(&format!("grad.{}", p.name)).unwrap_or_else(|| panic!("no fixture gradient for {}", p.name));
         let got = grads.get(p.var.as_tensor()).unwrap_or_else(|| panic!("{} has no gradient", p.name));
         assert_close(&format!("grad of {}", p.name), got, want, 1e-6, 1e-3);
         checked += 1;
@@ -70,7 +71,8 @@ fn steps_match(prefix: &str, max_grad_norm: Option<f64>) {
             // Adam divides by sqrt(v): where the true gradient is zero (attention's key bias is
             // invariant under softmax) both sides step on rounding noise, by up to lr a step.
             // Those elements are only held to that bound; every other one must agree closely.
-            let (bound, what) = if grad[i].abs() < 1e-7 { (3.0 * 3e-3, "noise-gradient") } else { (2e-5 + 1e-4 * want[i].abs(), "") };
+            let (bound, what) =
+                if grad[i].abs() < 1e-7 { (3.0 * 3e-3, "noise-gradient") } else { (2e-5 + 1e-4 * want[i].abs(), "") };
             assert!(diff <= bound, "{prefix} {}[{i}] {what}: got {}, expected {}", p.name, got[i], want[i]);
             compared += (what.is_empty()) as usize;
         }

@@ -96,7 +96,8 @@ fn dropout_acts_in_train_mode_only_and_follows_the_seed() {
 fn a_saved_training_state_resumes_exactly() {
     let (x, labels) = batch();
     let input = ModelInput::Tensor(&x);
-    let config = || TrainerConfig { optimizer: AdamWConfig { max_grad_norm: Some(1.0), ..AdamWConfig::default() }, seed: 3 };
+    let config =
+        || TrainerConfig { optimizer: AdamWConfig { max_grad_norm: Some(1.0), ..AdamWConfig::default() }, seed: 3 };
     let new_model = || {
         let m = MotivNet::new(&dropout_config(), &Device::Cpu, 1).unwrap();
         m.load_weights(&fixture("weights.safetensors"), false).unwrap();
@@ -116,7 +117,10 @@ fn a_saved_training_state_resumes_exactly() {
     let mut resumed_losses = run(&mut first, 0..3);
     first.save_state(&state).unwrap();
     drop(first);
-    let mut second = Trainer::new(MotivNet::new(&dropout_config(), &Device::Cpu, 99).unwrap(), TrainerConfig { seed: 42, ..config() });
+    let mut second = Trainer::new(
+        MotivNet::new(&dropout_config(), &Device::Cpu, 99).unwrap(),
+        TrainerConfig { seed: 42, ..config() },
+    );
     second.load_state(&state).unwrap();
     assert_eq!(second.pending_micro_batches(), 1);
     resumed_losses.extend(run(&mut second, 3..6));

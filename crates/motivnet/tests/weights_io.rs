@@ -50,8 +50,10 @@ fn save_then_load_gives_identical_logits_and_reference_names() {
 #[test]
 fn multihead_attn_is_read_as_self_attn() {
     let dir = temp_dir("alias");
-    let renamed: HashMap<String, Tensor> =
-        read("weights.safetensors").into_iter().map(|(k, v)| (k.replace(".self_attn.", ".multihead_attn."), v)).collect();
+    let renamed: HashMap<String, Tensor> = read("weights.safetensors")
+        .into_iter()
+        .map(|(k, v)| (k.replace(".self_attn.", ".multihead_attn."), v))
+        .collect();
     assert!(renamed.keys().any(|k| k.contains("multihead_attn")));
     let path = write(&dir, "mlalias.safetensors", &renamed);
     let model = fresh();
@@ -97,7 +99,10 @@ fn loading_errors_name_the_file_and_every_bad_key() {
     let mut tensors = read("weights.safetensors");
     tensors.remove("pose_encoder.layers.0.ln1.weight");
     tensors.remove("decoder.decoder.duplicate_pooling_bias");
-    tensors.insert("decoder.decoder.extra.weight".into(), Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap());
+    tensors.insert(
+        "decoder.decoder.extra.weight".into(),
+        Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
     tensors.insert(
         "pose_encoder.layers.1.attn.proj.weight".into(),
         Tensor::zeros((16, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
@@ -118,7 +123,8 @@ fn loading_errors_name_the_file_and_every_bad_key() {
     assert_eq!(before, values(model.params.get("pose_encoder.layers.1.ln2.weight").unwrap().var.as_tensor()));
 
     // A head-less MotivNet file names the missing head and the way out.
-    let encoder_only: HashMap<_, _> = read("weights.safetensors").into_iter().filter(|(k, _)| k.starts_with("pose_encoder.")).collect();
+    let encoder_only: HashMap<_, _> =
+        read("weights.safetensors").into_iter().filter(|(k, _)| k.starts_with("pose_encoder.")).collect();
     let err = model.load_weights(&write(&dir, "enc.safetensors", &encoder_only), false).unwrap_err().to_string();
     assert!(err.contains("missing keys") && err.contains("encoder-only"), "{err}");
 

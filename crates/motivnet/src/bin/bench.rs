@@ -1,1 +1,116 @@
-fn main() {}
+//! Native micro-benchmark: milliseconds per inference forward and per train step
+//! (forward + backward + AdamW with two groups) for a preset or config file and a batch size.
+//!
+//!     cargo run --release -p motivnet --bin motivnet-bench -- --model tiny --batch 8
+//!
+//! Prints one JSON line, so scripts can collect it; medians over `--iters` runs after
+//! `--warmup` runs. Threads: RAYON_NUM_THREADS (candle's matmul and our pixel pass use rayon).
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor};
+use motivnet::optim::Groups;
+use motivnet::{parse_device, ModelConfig, ModelInput, MotivNet, Trainer, TrainerConfig};
+
+struct Args {
+    model: String,
+    batch: usize,
+    iters: usize,
+    warmup: usize,
+    device: String,
+    skip_train: bool,
+}
+
+const USAGE: &str = "usage: motivnet-bench [--model PRESET|FILE] [--batch B] [--iters N] [--warmup N] [--device cpu|cuda:N] [--skip-train]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args =
+        Args { model: "tiny".into(), batch: 8, iters: 5, warmup: 1, device: "cpu".into(), skip_train: false };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
+        let number = |v: String, name: &str| {
+            v.parse::<usize>().map_err(|_| format!("{name} must be a positive integer, got '{v}'"))
+        };
+        match flag.as_str() {
+            "--model" => args.model = value("--model")?,
+            "--batch" => args.batch = number(value("--batch")?, "--batch")?,
+            "--iters" => args.iters = number(value("--iters")?, "--iters")?,
+            "--warmup" => args.warmup = number(value("--warmup")?, "--warmup")?,
+            "--device" => args.device = value("--device")?,
+            "--skip-train" => args.skip_train = true,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+        }
+    }
+    if args.batch == 0 || args.iters == 0 {
+        return Err(format!("--batch and --iters must be at least 1\n{USAGE}"));
+    }
+    Ok(args)
+}
+
+fn median_ms(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[samples.len() / 2]
+}
+
+fn time<F: FnMut() -> motivnet::Result<()>>(warmup: usize, iters: usize, mut f: F) -> motivnet::Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut samples = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        f()?;
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median_ms(samples))
+}
+
+fn run(args: &Args) -> motivnet::Result<String> {
+    let config = ModelConfig::from_preset_or_file(&args.model)?;
+    let device = parse_device(&args.device)?;
+    let enc = &config.encoder;
+    let model = MotivNet::new(&config, &device, 0)?;
+    let (total, trainable) = model.params.counts();
+    let x =
+        Tensor::randn(0f32, 1.0, (args.batch, 3, enc.input_height, enc.input_width), &device)?.to_dtype(DType::F32)?;
+    let input = ModelInput::Tensor(&x);
+    let forward_ms = time(args.warmup, args.iters, || {
+        model.predict(&input)?.to_device(&candle_core::Device::Cpu)?;
+        Ok(())
+    })?;
+    let mut train_ms = None;
+    if !args.skip_train {
+        let labels: Vec<u32> = (0..args.batch as u32).map(|i| i % config.head.num_classes as u32).collect();
+        let mut trainer = Trainer::new(model, TrainerConfig::default());
+        let lr = Groups { encoder: 1e-5, decoder: 1e-4 };
+        train_ms = Some(time(args.warmup, args.iters, || trainer.train_step(&input, &labels, lr, true).map(|_| ()))?);
+    }
+    let threads = rayon::current_num_threads();
+    Ok(format!(
+        "{{\"model\":\"{}\",\"batch\":{},\"device\":\"{}\",\"threads\":{threads},\"parameters\":{total},\"trainable\":{trainable},\
+         \"forwardMs\":{forward_ms:.3},\"trainStepMs\":{}}}",
+        args.model,
+        args.batch,
+        args.device,
+        train_ms.map_or("null".to_string(), |t| format!("{t:.3}"))
+    ))
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
+    match run(&args) {
+        Ok(line) => println!("{line}"),
+        Err(e) => {
+            eprintln!("motivnet-bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}

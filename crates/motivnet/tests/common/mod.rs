@@ -51,5 +51,9 @@ pub fn max_abs(t: &Tensor) -> f32 {
 pub fn assert_close(name: &str, actual: &Tensor, expected: &Tensor, atol: f32, rtol: f32) {
     let diff = max_abs_diff(actual, expected);
     let bound = atol + rtol * max_abs(expected);
-    assert!(diff <= bound, "{name}: max abs difference {diff:e} exceeds {bound:e} (max |expected| {:e})", max_abs(expected));
+    assert!(
+        diff <= bound,
+        "{name}: max abs difference {diff:e} exceeds {bound:e} (max |expected| {:e})",
+        max_abs(expected)
+    );
 }

@@ -1,0 +1,38 @@
+/** Model configs as the core sees them: presets and validated JSON config files. */
+import { native } from './native.js';
+
+export interface EncoderConfig {
+  embedDim: number;
+  depth: number;
+  heads: number;
+  mlpRatio: number;
+  patchSize: number;
+  patchPadding: number;
+  inputHeight: number;
+  inputWidth: number;
+}
+
+export interface HeadConfig {
+  numClasses: number;
+  embedDim: number;
+  layers: number;
+  heads: number;
+  feedforward: number;
+  groups?: number;
+  dropout: number;
+}
+
+export interface ModelConfig {
+  encoder: EncoderConfig;
+  head: HeadConfig;
+}
+
+/** The built-in presets: `tiny`, `small` (CPU sizes) and the four Sapiens sizes. */
+export function presets(): string[] {
+  return native.presets();
+}
+
+/** A preset name or a path to a JSON config file, resolved and validated by the core. */
+export function resolveModelConfig(spec: string): ModelConfig {
+  return JSON.parse(native.resolveModelConfig(spec)) as ModelConfig;
+}

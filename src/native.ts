@@ -1,0 +1,38 @@
+/**
+ * The one module that loads the native addon (bindings/node, built by `npm run build:native`).
+ * Everything else imports the addon from here, so a missing build fails in one place, with
+ * the command that fixes it.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+export interface NativeAddon {
+  presets(): string[];
+  resolveModelConfig(spec: string): string;
+  cudaAvailable(): boolean;
+}
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const loaderPath = path.join(root, 'bindings', 'node', 'index.cjs');
+
+function load(): NativeAddon {
+  if (!existsSync(loaderPath)) {
+    throw new Error(
+      `motivnet's native addon is not built (${path.relative(process.cwd(), loaderPath)} is missing): ` +
+        'run `npm run build:native` (needs Rust; see the README)',
+    );
+  }
+  const require = createRequire(import.meta.url);
+  try {
+    return require(loaderPath) as NativeAddon;
+  } catch (err) {
+    throw new Error(
+      `motivnet's native addon failed to load: ${(err as Error).message}\n` +
+        'rebuild it with `npm run build:native`',
+    );
+  }
+}
+
+export const native: NativeAddon = load();

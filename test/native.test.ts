@@ -1,0 +1,34 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+import { presets, resolveModelConfig } from '../src/index.js';
+
+describe('native core', () => {
+  it('lists the presets and resolves them to the reference sizes', () => {
+    expect(presets()).toEqual(['tiny', 'small', 'sapiens-0.3b', 'sapiens-0.6b', 'sapiens-1b', 'sapiens-2b']);
+    const big = resolveModelConfig('sapiens-1b');
+    expect(big.encoder).toMatchObject({ embedDim: 1536, depth: 40, heads: 24, inputHeight: 1024, inputWidth: 768 });
+    expect(big.head).toMatchObject({ numClasses: 8, embedDim: 1152, layers: 2, heads: 8, feedforward: 2048, dropout: 0.1 });
+    expect(resolveModelConfig('tiny').encoder).toMatchObject({ embedDim: 192, depth: 4, heads: 3, inputHeight: 256, inputWidth: 192 });
+  });
+
+  it('reads a config file and names what is wrong in a bad one', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'motivnet-config-'));
+    const good = path.join(dir, 'model.json');
+    writeFileSync(good, JSON.stringify({
+      encoder: { embedDim: 64, depth: 2, heads: 4, inputHeight: 128, inputWidth: 96 },
+      head: { numClasses: 7, embedDim: 64 },
+    }));
+    const cfg = resolveModelConfig(good);
+    expect(cfg.encoder.patchSize).toBe(16);
+    expect(cfg.head).toMatchObject({ numClasses: 7, layers: 2, heads: 8 });
+
+    const bad = path.join(dir, 'bad.json');
+    writeFileSync(bad, JSON.stringify({ encoder: { embedDim: 64, depth: 2, heads: 5, inputHeight: 128, inputWidth: 96 } }));
+    expect(() => resolveModelConfig(bad)).toThrow(/bad\.json.*embedDim \(64\) must be divisible by encoder\.heads \(5\)/);
+    expect(() => resolveModelConfig('no-such-preset')).toThrow(/unknown model preset 'no-such-preset'/);
+    expect(() => resolveModelConfig(path.join(dir, 'missing.json'))).toThrow(/missing\.json does not exist/);
+  });
+});
