@@ -1,4 +1,19 @@
 /** motivnet: facial emotion recognition (MotivNet: Sapiens ViT + ML-Decoder) with a Rust core. */
+export { MotivNet } from './model.js';
+export type {
+  ClassScore,
+  EvaluateOutput,
+  Geometry,
+  Images,
+  LoadOptions,
+  NormalizedBatch,
+  PackedImages,
+  PredictOutput,
+  RgbImage,
+  TrainStepOptions,
+  TrainStepOutput,
+} from './model.js';
+export { EMOTIONS_7, EMOTIONS_8, emotionLabels } from './emotions.js';
+export type { Emotion } from './emotions.js';
 export { presets, resolveModelConfig } from './config.js';
 export type { EncoderConfig, HeadConfig, ModelConfig } from './config.js';
-export { native } from './native.js';

@@ -8,11 +8,10 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
-export interface NativeAddon {
-  presets(): string[];
-  resolveModelConfig(spec: string): string;
-  cudaAvailable(): boolean;
-}
+import type * as Addon from '../bindings/node/index.cjs';
+
+export type NativeAddon = typeof Addon;
+export type { NativeModel, PredictResult, TrainStepResult, EvaluateResult } from '../bindings/node/index.cjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const loaderPath = path.join(root, 'bindings', 'node', 'index.cjs');
@@ -29,8 +28,7 @@ function load(): NativeAddon {
     return require(loaderPath) as NativeAddon;
   } catch (err) {
     throw new Error(
-      `motivnet's native addon failed to load: ${(err as Error).message}\n` +
-        'rebuild it with `npm run build:native`',
+      `motivnet's native addon failed to load: ${(err as Error).message}\n` + 'rebuild it with `npm run build:native`',
     );
   }
 }

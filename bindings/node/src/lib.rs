@@ -1,13 +1,18 @@
-//! Node.js binding of the motivnet core. It only converts values and maps errors: model logic
-//! lives in `crates/motivnet`.
+//! Node.js binding of the motivnet core (napi-rs). It only converts values and maps errors:
+//! model logic lives in `crates/motivnet`. Every call that touches tensors is an `AsyncTask`
+//! on the libuv pool (tasks.rs); options and inputs are converted in options.rs.
 
-use napi::bindgen_prelude::*;
+mod error;
+mod options;
+// Before `model`: napi's type generation learns each task's result type from the task impls,
+// and must see them before the methods that return them.
+mod model;
+mod tasks;
+
+use napi::Result;
 use napi_derive::napi;
 
-/// Maps a core error to a JS `Error` carrying the core's message.
-fn to_js(err: motivnet::Error) -> Error {
-    Error::new(Status::InvalidArg, err.to_string())
-}
+use error::IntoJs;
 
 /// Names of the built-in model presets.
 #[napi]
@@ -19,7 +24,7 @@ pub fn presets() -> Vec<String> {
 /// validated; errors name the file or key at fault.
 #[napi]
 pub fn resolve_model_config(spec: String) -> Result<String> {
-    motivnet::ModelConfig::from_preset_or_file(&spec).map(|c| c.to_json()).map_err(to_js)
+    motivnet::ModelConfig::from_preset_or_file(&spec).map(|c| c.to_json()).js()
 }
 
 /// Whether this build of the addon can use CUDA devices.

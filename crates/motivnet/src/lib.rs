@@ -30,4 +30,4 @@ pub use error::{Error, Result};
 pub use model::{Mode, MotivNet};
 pub use optim::{AdamW, AdamWConfig, GroupConfig};
 pub use pixels::{Geometry, ImageBatch, Normalization};
-pub use train::{ModelInput, StepOutput, Trainer, TrainerConfig};
+pub use train::{ModelInput, Prediction, StepOutput, Trainer, TrainerConfig};

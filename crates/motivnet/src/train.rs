@@ -30,6 +30,19 @@ pub enum ModelInput<'a> {
     },
     /// Normalized f32 images (B, 3, H, W) at the model's input size.
     Tensor(&'a Tensor),
+    /// The same as a flat row-major slice of `batch_size` images (for callers without candle).
+    Normalized {
+        data: &'a [f32],
+        batch_size: usize,
+    },
+}
+
+/// Eval-mode outputs as plain vectors, row-major (B, num_classes).
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    pub logits: Vec<f32>,
+    pub probabilities: Vec<f32>,
+    pub num_classes: usize,
 }
 
 impl MotivNet {
@@ -51,6 +64,19 @@ impl MotivNet {
                 }
                 Ok(t.to_dtype(DType::F32)?.to_device(self.device())?)
             }
+            ModelInput::Normalized { data, batch_size } => {
+                let per_image = 3 * enc.input_height * enc.input_width;
+                if *batch_size == 0 || data.len() != batch_size * per_image {
+                    return Err(input_err!(
+                        "normalized input holds {} values, expected {batch_size} x 3 x {} x {} = {}",
+                        data.len(),
+                        enc.input_height,
+                        enc.input_width,
+                        batch_size * per_image
+                    ));
+                }
+                Ok(Tensor::from_slice(data, (*batch_size, 3, enc.input_height, enc.input_width), self.device())?)
+            }
         }
     }
 
@@ -60,11 +86,26 @@ impl MotivNet {
         self.forward(&x, &mut Mode::Eval)
     }
 
-    /// Eval-mode mean cross-entropy and logits.
-    pub fn evaluate(&self, input: &ModelInput, labels: &[u32]) -> Result<(f32, Tensor)> {
+    /// Eval-mode logits and softmax probabilities, copied off the device.
+    pub fn classify(&self, input: &ModelInput) -> Result<Prediction> {
+        self.prediction(&self.predict(input)?)
+    }
+
+    /// Eval-mode mean cross-entropy with the logits and probabilities.
+    pub fn evaluate(&self, input: &ModelInput, labels: &[u32]) -> Result<(f32, Prediction)> {
         let logits = self.predict(input)?;
         let loss = cross_entropy(&logits, labels)?.to_scalar::<f32>()?;
-        Ok((loss, logits))
+        Ok((loss, self.prediction(&logits)?))
+    }
+
+    fn prediction(&self, logits: &Tensor) -> Result<Prediction> {
+        let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
+        let probabilities = crate::layers::softmax(logits)?;
+        Ok(Prediction {
+            logits: flat(logits)?,
+            probabilities: flat(&probabilities)?,
+            num_classes: self.config.head.num_classes,
+        })
     }
 }
 

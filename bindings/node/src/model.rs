@@ -1,0 +1,156 @@
+//! The JS model object: owns one core `Trainer` (model + optimizer) behind a lock.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use napi::bindgen_prelude::{AsyncTask, Int32Array};
+use napi::Result;
+use napi_derive::napi;
+
+use crate::error::invalid;
+use crate::options::{labels, Input, LoadOptions, NativeInput};
+use crate::tasks::{EvaluateTask, FileTask, FileWork, LoadTask, PredictTask, TrainStepTask};
+use motivnet::optim::{AdamWConfig, Groups};
+use motivnet::{Normalization, Trainer};
+
+pub struct Shared {
+    pub trainer: Mutex<Option<Trainer>>,
+    /// Set by dispose(); checked before every call, so use after dispose fails at once.
+    pub disposed: AtomicBool,
+}
+
+#[napi(object)]
+pub struct ParameterCounts {
+    pub total: f64,
+    pub trainable: f64,
+}
+
+#[napi]
+pub struct NativeModel {
+    shared: Arc<Shared>,
+    config_json: String,
+    counts: (usize, usize),
+}
+
+/// Loads a model: a preset or config file, optional weights, device and seed.
+#[napi]
+pub fn load_model(options: LoadOptions) -> Result<AsyncTask<LoadTask>> {
+    let optimizer = match options.optimizer {
+        Some(o) => AdamWConfig::try_from(o)?,
+        None => AdamWConfig::default(),
+    };
+    let normalization = match options.normalization {
+        Some(n) => Normalization::try_from(n)?,
+        None => Normalization::default(),
+    };
+    Ok(AsyncTask::new(LoadTask {
+        spec: options.model,
+        weights: options.weights.map(PathBuf::from),
+        encoder_only: options.encoder_only.unwrap_or(false),
+        device: options.device.unwrap_or_else(|| "cpu".into()),
+        seed: options.seed.unwrap_or(0),
+        optimizer,
+        normalization,
+    }))
+}
+
+impl NativeModel {
+    pub fn new(trainer: Trainer) -> Self {
+        let config_json = trainer.model.config.to_json();
+        let counts = trainer.model.params.counts();
+        Self {
+            shared: Arc::new(Shared { trainer: Mutex::new(Some(trainer)), disposed: AtomicBool::new(false) }),
+            config_json,
+            counts,
+        }
+    }
+
+    fn live(&self) -> Result<Arc<Shared>> {
+        if self.shared.disposed.load(Ordering::SeqCst) {
+            return Err(invalid("the model was disposed: load a new one"));
+        }
+        Ok(self.shared.clone())
+    }
+}
+
+#[napi]
+impl NativeModel {
+    /// Eval-mode logits and probabilities.
+    #[napi]
+    pub fn predict(&self, input: NativeInput) -> Result<AsyncTask<PredictTask>> {
+        Ok(AsyncTask::new(PredictTask { shared: self.live()?, input: Input::try_from(input)? }))
+    }
+
+    /// One micro-batch of training; the weights change when `endOfCycle` is true.
+    #[napi]
+    pub fn train_step(
+        &self,
+        input: NativeInput,
+        labels_in: Int32Array,
+        encoder_lr: f64,
+        decoder_lr: f64,
+        end_of_cycle: bool,
+    ) -> Result<AsyncTask<TrainStepTask>> {
+        Ok(AsyncTask::new(TrainStepTask {
+            shared: self.live()?,
+            input: Input::try_from(input)?,
+            labels: labels(&labels_in)?,
+            lr: Groups { encoder: encoder_lr, decoder: decoder_lr },
+            end_of_cycle,
+        }))
+    }
+
+    /// Eval-mode loss, logits and probabilities for labelled images.
+    #[napi]
+    pub fn evaluate(&self, input: NativeInput, labels_in: Int32Array) -> Result<AsyncTask<EvaluateTask>> {
+        Ok(AsyncTask::new(EvaluateTask {
+            shared: self.live()?,
+            input: Input::try_from(input)?,
+            labels: labels(&labels_in)?,
+        }))
+    }
+
+    /// Writes the weights as safetensors with the reference's names.
+    #[napi]
+    pub fn save_weights(&self, path: String) -> Result<AsyncTask<FileTask>> {
+        Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::SaveWeights }))
+    }
+
+    /// Writes weights, optimizer moments and step, dropout RNG and pending gradients.
+    #[napi]
+    pub fn save_state(&self, path: String) -> Result<AsyncTask<FileTask>> {
+        Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::SaveState }))
+    }
+
+    /// Restores a state written by saveState.
+    #[napi]
+    pub fn load_state(&self, path: String) -> Result<AsyncTask<FileTask>> {
+        Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::LoadState }))
+    }
+
+    /// The resolved model config as JSON text.
+    #[napi(getter)]
+    pub fn config_json(&self) -> String {
+        self.config_json.clone()
+    }
+
+    #[napi]
+    pub fn parameter_counts(&self) -> ParameterCounts {
+        ParameterCounts { total: self.counts.0 as f64, trainable: self.counts.1 as f64 }
+    }
+
+    /// Frees the model's memory; later calls fail. A call already running finishes first.
+    #[napi]
+    pub fn dispose(&self) {
+        self.shared.disposed.store(true, Ordering::SeqCst);
+        if let Ok(mut guard) = self.shared.trainer.try_lock() {
+            guard.take();
+        }
+    }
+
+    #[napi(getter)]
+    pub fn disposed(&self) -> bool {
+        self.shared.disposed.load(Ordering::SeqCst)
+    }
+}

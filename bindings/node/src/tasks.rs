@@ -1,0 +1,204 @@
+//! The async calls: each runs its core work on the libuv thread pool (napi `AsyncTask`), never
+//! on the JS thread, and resolves a Promise. Calls on one model take its lock, so they run one
+//! at a time; two models run in parallel.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use napi::bindgen_prelude::{Float32Array, Task};
+use napi::{Env, Result};
+use napi_derive::napi;
+
+use crate::error::{invalid, IntoJs};
+use crate::model::{NativeModel, Shared};
+use crate::options::Input;
+use motivnet::optim::{AdamWConfig, Groups};
+use motivnet::{Normalization, Trainer};
+
+/// Runs `work` on the model under its lock, or fails if the model was disposed.
+fn with_trainer<T>(shared: &Shared, work: impl FnOnce(&mut Trainer) -> motivnet::Result<T>) -> Result<T> {
+    let mut guard = shared.trainer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if shared.disposed.load(Ordering::SeqCst) {
+        // dispose() found the model busy: free it now that the running call is done.
+        guard.take();
+    }
+    let trainer = guard.as_mut().ok_or_else(|| invalid("the model was disposed: load a new one"))?;
+    work(trainer).js()
+}
+
+pub struct LoadTask {
+    pub spec: String,
+    pub weights: Option<PathBuf>,
+    pub encoder_only: bool,
+    pub device: String,
+    pub seed: u32,
+    pub optimizer: AdamWConfig,
+    pub normalization: Normalization,
+}
+
+#[napi]
+impl Task for LoadTask {
+    type Output = Trainer;
+    type JsValue = NativeModel;
+
+    fn compute(&mut self) -> Result<Trainer> {
+        let config = motivnet::ModelConfig::from_preset_or_file(&self.spec).js()?;
+        let device = motivnet::parse_device(&self.device).js()?;
+        let mut model = motivnet::MotivNet::new(&config, &device, self.seed as u64).js()?;
+        model.normalization = self.normalization;
+        if let Some(path) = &self.weights {
+            model.load_weights(path, self.encoder_only).js()?;
+        }
+        let config = motivnet::TrainerConfig { optimizer: self.optimizer.clone(), seed: self.seed as u64 };
+        Ok(Trainer::new(model, config))
+    }
+
+    fn resolve(&mut self, _env: Env, trainer: Trainer) -> Result<NativeModel> {
+        Ok(NativeModel::new(trainer))
+    }
+}
+
+#[napi(object)]
+pub struct PredictResult {
+    /// (batchSize, numClasses), row-major.
+    pub logits: Float32Array,
+    /// Softmax of the logits, same layout.
+    pub probabilities: Float32Array,
+    pub batch_size: u32,
+    pub num_classes: u32,
+}
+
+pub struct PredictTask {
+    pub shared: Arc<Shared>,
+    pub input: Input,
+}
+
+#[napi]
+impl Task for PredictTask {
+    type Output = motivnet::Prediction;
+    type JsValue = PredictResult;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        with_trainer(&self.shared, |t| self.input.with(|input| t.model.classify(input)))
+    }
+
+    fn resolve(&mut self, _env: Env, p: Self::Output) -> Result<PredictResult> {
+        let batch_size = (p.logits.len() / p.num_classes) as u32;
+        Ok(PredictResult {
+            logits: Float32Array::new(p.logits),
+            probabilities: Float32Array::new(p.probabilities),
+            batch_size,
+            num_classes: p.num_classes as u32,
+        })
+    }
+}
+
+#[napi(object)]
+pub struct TrainStepResult {
+    /// Mean cross-entropy of this micro-batch.
+    pub loss: f64,
+    /// Train-mode logits (batchSize, numClasses), row-major.
+    pub logits: Float32Array,
+    /// Whether this call ended an accumulation cycle and updated the weights.
+    pub stepped: bool,
+    /// Global gradient norm before clipping, when the weights were updated.
+    pub grad_norm: Option<f64>,
+    /// Optimizer steps taken so far.
+    pub step: f64,
+}
+
+pub struct TrainStepTask {
+    pub shared: Arc<Shared>,
+    pub input: Input,
+    pub labels: Vec<u32>,
+    pub lr: Groups<f64>,
+    pub end_of_cycle: bool,
+}
+
+#[napi]
+impl Task for TrainStepTask {
+    type Output = (motivnet::StepOutput, u64);
+    type JsValue = TrainStepResult;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        with_trainer(&self.shared, |t| {
+            let out = self.input.with(|input| t.train_step(input, &self.labels, self.lr, self.end_of_cycle))?;
+            Ok((out, t.optimizer.step_count()))
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, (out, step): Self::Output) -> Result<TrainStepResult> {
+        Ok(TrainStepResult {
+            loss: out.loss as f64,
+            logits: Float32Array::new(out.logits),
+            stepped: out.stepped,
+            grad_norm: out.grad_norm,
+            step: step as f64,
+        })
+    }
+}
+
+#[napi(object)]
+pub struct EvaluateResult {
+    /// Mean cross-entropy (eval mode).
+    pub loss: f64,
+    /// (batchSize, numClasses), row-major.
+    pub logits: Float32Array,
+    pub probabilities: Float32Array,
+}
+
+pub struct EvaluateTask {
+    pub shared: Arc<Shared>,
+    pub input: Input,
+    pub labels: Vec<u32>,
+}
+
+#[napi]
+impl Task for EvaluateTask {
+    type Output = (f32, motivnet::Prediction);
+    type JsValue = EvaluateResult;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        with_trainer(&self.shared, |t| self.input.with(|input| t.model.evaluate(input, &self.labels)))
+    }
+
+    fn resolve(&mut self, _env: Env, (loss, p): Self::Output) -> Result<EvaluateResult> {
+        Ok(EvaluateResult {
+            loss: loss as f64,
+            logits: Float32Array::new(p.logits),
+            probabilities: Float32Array::new(p.probabilities),
+        })
+    }
+}
+
+/// What a file task writes or reads.
+pub enum FileWork {
+    SaveWeights,
+    SaveState,
+    LoadState,
+}
+
+pub struct FileTask {
+    pub shared: Arc<Shared>,
+    pub path: PathBuf,
+    pub work: FileWork,
+}
+
+#[napi]
+impl Task for FileTask {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> Result<()> {
+        with_trainer(&self.shared, |t| match self.work {
+            FileWork::SaveWeights => t.model.save_weights(&self.path),
+            FileWork::SaveState => t.save_state(&self.path),
+            FileWork::LoadState => t.load_state(&self.path),
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<()> {
+        Ok(())
+    }
+}

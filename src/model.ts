@@ -1,0 +1,215 @@
+/**
+ * `MotivNet`: the public model object. A thin, typed wrapper over the native model: every
+ * method that touches tensors returns a Promise whose work runs on the libuv thread pool, so a
+ * busy server's event loop keeps turning. Calls on one model run one at a time; separate
+ * models run in parallel.
+ */
+import { native, type NativeModel } from './native.js';
+import type { ModelConfig } from './config.js';
+import { emotionLabels } from './emotions.js';
+
+/** How an image of another size reaches the model's W x H input. */
+export type Geometry = 'stretch' | 'letterbox' | 'none';
+
+/** One decoded image: RGB, 3 bytes a pixel, row-major (HWC). */
+export interface RgbImage {
+  data: Uint8Array;
+  width: number;
+  height: number;
+}
+
+/** Several images back to back in one buffer: passes to the core without a copy. */
+export interface PackedImages {
+  pixels: Uint8Array;
+  widths: ArrayLike<number>;
+  heights: ArrayLike<number>;
+}
+
+/** Images already resized and normalized: (batchSize, 3, H, W) float32, row-major. */
+export interface NormalizedBatch {
+  tensor: Float32Array;
+  batchSize: number;
+}
+
+export type Images = RgbImage | RgbImage[] | PackedImages | NormalizedBatch;
+
+export interface LoadOptions {
+  /** Preset name (`tiny`, `small`, `sapiens-0.3b`, `sapiens-0.6b`, `sapiens-1b`, `sapiens-2b`) or JSON config file. */
+  model: string;
+  /** safetensors or PyTorch `.pth` weights (MotivNet or Sapiens layout). */
+  weights?: string;
+  /** Load only the encoder from `weights`; the head starts fresh. */
+  encoderOnly?: boolean;
+  /** `cpu` (default), `cuda` or `cuda:N`. */
+  device?: string;
+  /** Seeds the initial weights and dropout. Default 0. */
+  seed?: number;
+  optimizer?: {
+    encoderWeightDecay?: number;
+    decoderWeightDecay?: number;
+    beta1?: number;
+    beta2?: number;
+    eps?: number;
+    maxGradNorm?: number;
+    excludeNormBiasPosFromDecay?: boolean;
+  };
+  /** Per-channel mean and std on 0..255; the reference's by default. */
+  normalization?: { mean: [number, number, number]; std: [number, number, number] };
+}
+
+export interface ClassScore {
+  index: number;
+  label: string;
+  probability: number;
+}
+
+export interface PredictOutput {
+  /** (batchSize, numClasses), row-major. */
+  logits: Float32Array;
+  probabilities: Float32Array;
+  batchSize: number;
+  numClasses: number;
+  /** The most probable class of each image. */
+  top: ClassScore[];
+}
+
+export interface TrainStepOptions {
+  encoderLr: number;
+  decoderLr: number;
+  /** Whether this micro-batch ends an accumulation cycle (the weights update). Default true. */
+  endOfCycle?: boolean;
+  geometry?: Geometry;
+}
+
+export interface TrainStepOutput {
+  loss: number;
+  logits: Float32Array;
+  stepped: boolean;
+  gradNorm?: number;
+  /** Optimizer steps so far. */
+  step: number;
+}
+
+export interface EvaluateOutput {
+  loss: number;
+  logits: Float32Array;
+  probabilities: Float32Array;
+}
+
+type NativeInput = Parameters<NativeModel['predict']>[0];
+
+function isPacked(images: Images): images is PackedImages {
+  return (images as PackedImages).pixels !== undefined;
+}
+
+function isNormalized(images: Images): images is NormalizedBatch {
+  return (images as NormalizedBatch).tensor !== undefined;
+}
+
+function toNativeInput(images: Images, geometry: Geometry): NativeInput {
+  if (isNormalized(images)) {
+    if (!(images.tensor instanceof Float32Array)) throw new TypeError('tensor must be a Float32Array');
+    return { tensor: images.tensor, batchSize: images.batchSize };
+  }
+  if (isPacked(images)) {
+    if (!(images.pixels instanceof Uint8Array)) throw new TypeError('pixels must be a Uint8Array');
+    return { pixels: images.pixels, widths: Array.from(images.widths), heights: Array.from(images.heights), geometry };
+  }
+  const list = Array.isArray(images) ? images : [images];
+  if (list.length === 0) throw new RangeError('no images given');
+  for (const [i, img] of list.entries()) {
+    if (!(img.data instanceof Uint8Array)) throw new TypeError(`image ${i}: data must be a Uint8Array`);
+  }
+  // One image crosses as it is; several are packed into one buffer (a copy: give PackedImages to avoid it).
+  const pixels = list.length === 1 ? list[0]!.data : concat(list.map((img) => img.data));
+  return { pixels, widths: list.map((img) => img.width), heights: list.map((img) => img.height), geometry };
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const p of parts) {
+    out.set(p, offset);
+    offset += p.length;
+  }
+  return out;
+}
+
+function toLabels(labels: Int32Array | readonly number[]): Int32Array {
+  if (labels instanceof Int32Array) return labels;
+  for (const [i, l] of labels.entries()) {
+    if (!Number.isInteger(l)) throw new RangeError(`label ${l} at index ${i} is not an integer`);
+  }
+  return Int32Array.from(labels);
+}
+
+export class MotivNet {
+  readonly config: ModelConfig;
+  /** Label names, in class order. */
+  readonly labels: readonly string[];
+
+  private constructor(private readonly inner: NativeModel) {
+    this.config = JSON.parse(inner.configJson) as ModelConfig;
+    this.labels = emotionLabels(this.config.head.numClasses);
+  }
+
+  /** Builds a model from a preset or config file, with optional weights. */
+  static async load(options: LoadOptions): Promise<MotivNet> {
+    return new MotivNet(await native.loadModel(options));
+  }
+
+  /** Eval-mode logits, probabilities and the top class of each image. */
+  async predict(images: Images, options: { geometry?: Geometry } = {}): Promise<PredictOutput> {
+    const input = toNativeInput(images, options.geometry ?? 'letterbox');
+    const r = await this.inner.predict(input);
+    const top: ClassScore[] = [];
+    for (let b = 0; b < r.batchSize; b++) {
+      let best = 0;
+      for (let c = 1; c < r.numClasses; c++) {
+        if (r.probabilities[b * r.numClasses + c]! > r.probabilities[b * r.numClasses + best]!) best = c;
+      }
+      top.push({ index: best, label: this.labels[best]!, probability: r.probabilities[b * r.numClasses + best]! });
+    }
+    return { ...r, top };
+  }
+
+  /** One micro-batch of training: forward, loss, backward; updates the weights when `endOfCycle`. */
+  async trainStep(images: Images, labels: Int32Array | readonly number[], options: TrainStepOptions): Promise<TrainStepOutput> {
+    const input = toNativeInput(images, options.geometry ?? 'stretch');
+    const r = await this.inner.trainStep(input, toLabels(labels), options.encoderLr, options.decoderLr, options.endOfCycle ?? true);
+    return { loss: r.loss, logits: r.logits, stepped: r.stepped, gradNorm: r.gradNorm ?? undefined, step: r.step };
+  }
+
+  /** Eval-mode loss, logits and probabilities for labelled images. */
+  async evaluate(images: Images, labels: Int32Array | readonly number[], options: { geometry?: Geometry } = {}): Promise<EvaluateOutput> {
+    return this.inner.evaluate(toNativeInput(images, options.geometry ?? 'stretch'), toLabels(labels));
+  }
+
+  /** Writes the weights (safetensors, the reference's parameter names). */
+  async save(path: string): Promise<void> {
+    await this.inner.saveWeights(path);
+  }
+
+  /** Writes the full training state: weights, optimizer moments, step, RNG, pending gradients. */
+  async saveState(path: string): Promise<void> {
+    await this.inner.saveState(path);
+  }
+
+  /** Restores a state written by `saveState` (the model config must match). */
+  async loadState(path: string): Promise<void> {
+    await this.inner.loadState(path);
+  }
+
+  parameterCounts(): { total: number; trainable: number } {
+    return this.inner.parameterCounts();
+  }
+
+  /** Frees the model's memory; any later call fails. */
+  dispose(): void {
+    this.inner.dispose();
+  }
+
+  get disposed(): boolean {
+    return this.inner.disposed;
+  }
+}

@@ -1,0 +1,39 @@
+/** A minimal safetensors reader for tests: the core's fixtures, read without the addon. */
+import { readFileSync } from 'node:fs';
+
+export interface Stored {
+  dtype: string;
+  shape: number[];
+  data: Float32Array | BigInt64Array | Uint8Array;
+}
+
+export function readSafetensors(path: string): Record<string, Stored> {
+  const buf = readFileSync(path);
+  const headerLen = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + headerLen).toString('utf8')) as Record<
+    string,
+    { dtype: string; shape: number[]; data_offsets: [number, number] }
+  >;
+  const base = 8 + headerLen;
+  const out: Record<string, Stored> = {};
+  for (const [name, info] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const [start, end] = info.data_offsets;
+    const bytes = new Uint8Array(buf.subarray(base + start, base + end)); // copy: aligned for typed views
+    const data =
+      info.dtype === 'F32'
+        ? new Float32Array(bytes.buffer)
+        : info.dtype === 'I64'
+          ? new BigInt64Array(bytes.buffer)
+          : bytes;
+    out[name] = { dtype: info.dtype, shape: info.shape, data };
+  }
+  return out;
+}
+
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) throw new Error(`lengths differ: ${a.length} vs ${b.length}`);
+  let max = 0;
+  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i]! - b[i]!));
+  return max;
+}

@@ -1,0 +1,196 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+
+import { EMOTIONS_8, MotivNet, type PackedImages } from '../src/index.js';
+import { maxAbsDiff, readSafetensors } from './helpers/safetensors.js';
+
+const fixtures = path.resolve(__dirname, '../crates/motivnet/tests/fixtures');
+const fixtureModel = { model: path.join(fixtures, 'config.json'), weights: path.join(fixtures, 'weights.safetensors') };
+const batch = readSafetensors(path.join(fixtures, 'batch.safetensors'));
+const expected = readSafetensors(path.join(fixtures, 'expected.safetensors'));
+const x = batch.x!.data as Float32Array;
+const labels = Int32Array.from(batch.labels!.data as BigInt64Array, Number);
+const perImage = 3 * 64 * 48;
+const tmp = mkdtempSync(path.join(tmpdir(), 'motivnet-model-'));
+
+/** Random RGB images of one size, packed back to back. */
+function randomImages(count: number, width: number, height: number, seed = 1): PackedImages {
+  const pixels = new Uint8Array(count * width * height * 3);
+  let s = seed;
+  for (let i = 0; i < pixels.length; i++) {
+    s = (s * 1103515245 + 12345) >>> 0;
+    pixels[i] = s >>> 24;
+  }
+  return { pixels, widths: Array(count).fill(width), heights: Array(count).fill(height) };
+}
+
+describe('MotivNet', () => {
+  const models: MotivNet[] = [];
+  afterAll(() => models.forEach((m) => m.dispose()));
+  const load = async (opts = fixtureModel) => {
+    const m = await MotivNet.load(opts);
+    models.push(m);
+    return m;
+  };
+
+  it('reproduces the PyTorch reference logits on the fixture', async () => {
+    const model = await load();
+    expect(model.labels).toEqual(EMOTIONS_8);
+    expect(model.config.encoder).toMatchObject({ embedDim: 32, inputHeight: 64, inputWidth: 48 });
+    const out = await model.predict({ tensor: x, batchSize: 4 });
+    expect(out.batchSize).toBe(4);
+    expect(out.numClasses).toBe(8);
+    expect(maxAbsDiff(out.logits, expected.logits_eval!.data as Float32Array)).toBeLessThan(1e-4);
+    for (let b = 0; b < 4; b++) {
+      const row = out.probabilities.subarray(b * 8, b * 8 + 8);
+      expect(row.reduce((a, v) => a + v, 0)).toBeCloseTo(1, 5);
+      expect(out.top[b]!.probability).toBe(Math.max(...row));
+    }
+    const counts = model.parameterCounts();
+    expect(counts.total - counts.trainable).toBe(8 * 32); // the frozen queries
+  });
+
+  it('predicts on u8 images of mixed sizes', async () => {
+    const model = await load();
+    const out = await model.predict([
+      { data: new Uint8Array(30 * 40 * 3).fill(200), width: 30, height: 40 },
+      { data: new Uint8Array(97 * 61 * 3).fill(20), width: 97, height: 61 },
+    ]);
+    expect(out.batchSize).toBe(2);
+    expect(EMOTIONS_8).toContain(out.top[1]!.label);
+  });
+
+  it('lowers the loss over ten train steps', async () => {
+    const model = await load();
+    const losses: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      const r = await model.trainStep({ tensor: x, batchSize: 4 }, labels, { encoderLr: 1e-3, decoderLr: 1e-3 });
+      expect(r.stepped).toBe(true);
+      expect(r.step).toBe(i + 1);
+      losses.push(r.loss);
+    }
+    expect(losses[9]!).toBeLessThan(0.5 * losses[0]!);
+    const evaluated = await model.evaluate({ tensor: x, batchSize: 4 }, labels);
+    expect(evaluated.loss).toBeLessThan(losses[0]!);
+  });
+
+  it('accumulating four micro-batches equals one batch four times larger', async () => {
+    const [big, small] = [await load(), await load()];
+    const lr = { encoderLr: 1e-3, decoderLr: 2e-3 };
+    await big.trainStep({ tensor: x, batchSize: 4 }, labels, lr);
+    for (let i = 0; i < 4; i++) {
+      const micro = { tensor: x.subarray(i * perImage, (i + 1) * perImage), batchSize: 1 };
+      const r = await small.trainStep(micro, labels.subarray(i, i + 1), { ...lr, endOfCycle: i === 3 });
+      expect(r.stepped).toBe(i === 3);
+    }
+    const [a, b] = [await big.predict({ tensor: x, batchSize: 4 }), await small.predict({ tensor: x, batchSize: 4 })];
+    expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(1e-4);
+    expect(maxAbsDiff(a.logits, expected.logits_eval!.data as Float32Array)).toBeGreaterThan(1e-3);
+  });
+
+  it('saves weights and training state that load back', async () => {
+    const model = await load();
+    await model.trainStep({ tensor: x, batchSize: 4 }, labels, { encoderLr: 1e-3, decoderLr: 1e-3 });
+    const weights = path.join(tmp, 'w.safetensors');
+    const state = path.join(tmp, 's.safetensors');
+    await model.save(weights);
+    await model.saveState(state);
+    const again = await load({ ...fixtureModel, weights });
+    const [a, b] = [await model.predict({ tensor: x, batchSize: 4 }), await again.predict({ tensor: x, batchSize: 4 })];
+    expect(maxAbsDiff(a.logits, b.logits)).toBe(0);
+    const resumed = await load();
+    await resumed.loadState(state);
+    const lr = { encoderLr: 1e-3, decoderLr: 1e-3 };
+    const [r1, r2] = [await model.trainStep({ tensor: x, batchSize: 4 }, labels, lr), await resumed.trainStep({ tensor: x, batchSize: 4 }, labels, lr)];
+    expect(r2.step).toBe(2);
+    expect(r2.loss).toBe(r1.loss);
+  });
+
+  it('keeps the event loop responsive during a long predict', async () => {
+    const model = await load({ model: 'tiny' } as typeof fixtureModel);
+    let count = 16;
+    for (;;) {
+      const images = randomImages(count, 192, 256);
+      let worst = 0;
+      let last = performance.now();
+      const timer = setInterval(() => {
+        const now = performance.now();
+        worst = Math.max(worst, now - last - 10);
+        last = now;
+      }, 10);
+      const start = performance.now();
+      await model.predict(images, { geometry: 'none' });
+      const took = performance.now() - start;
+      clearInterval(timer);
+      if (took < 300 && count < 1024) {
+        count *= 2; // too fast to prove anything: make the work longer
+        continue;
+      }
+      expect(took).toBeGreaterThanOrEqual(300);
+      expect(worst).toBeLessThan(50);
+      break;
+    }
+  });
+
+  it('holds memory flat over 500 predicts', async () => {
+    const model = await load();
+    const images = randomImages(2, 60, 80);
+    let after20 = 0;
+    for (let i = 0; i < 500; i++) {
+      await model.predict(images);
+      if (i === 19) after20 = process.memoryUsage().rss;
+    }
+    const growth = (process.memoryUsage().rss - after20) / 2 ** 20;
+    expect(growth).toBeLessThan(50);
+  });
+
+  it('loads beside a piscina pool and the process exits cleanly', () => {
+    const child = spawnSync(process.execPath, [path.join(__dirname, 'fixtures', 'piscina-child.mjs')], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(child.stderr).toBe('');
+    expect(child.status).toBe(0);
+    expect(child.stdout).toMatch(/^ok 4 \w+/);
+  });
+
+  describe('wrong input', () => {
+    it('names the pixel buffer length and sizes', async () => {
+      const model = await load();
+      const short = { pixels: new Uint8Array(100), widths: [10], heights: [10] };
+      await expect(model.predict(short)).rejects.toThrow(/holds 100 bytes, expected 300/);
+      await expect(model.predict({ pixels: new Uint8Array(0), widths: [0], heights: [4] })).rejects.toThrow(/image 0 is 0 x 4/);
+      await expect(model.predict({ pixels: new Uint8Array(12), widths: [-2], heights: [2] })).rejects.toThrow(/image 0 is -2 x 2/);
+      await expect(model.predict({ tensor: new Float32Array(10), batchSize: 1 })).rejects.toThrow(/holds 10 values, expected 1 x 3 x 64 x 48/);
+    });
+
+    it('names labels out of range', async () => {
+      const model = await load();
+      const lr = { encoderLr: 1e-3, decoderLr: 1e-3 };
+      await expect(model.trainStep({ tensor: x, batchSize: 4 }, [0, 1, 8, 2], lr)).rejects.toThrow(/label 8 at index 2 is out of range: the model has 8 classes/);
+      await expect(model.trainStep({ tensor: x, batchSize: 4 }, [0, -1, 3, 2], lr)).rejects.toThrow(/label -1 at index 1 is out of range/);
+      await expect(model.evaluate({ tensor: x, batchSize: 4 }, [0, 1])).rejects.toThrow(/2 labels for a batch of 4/);
+    });
+
+    it('names an unknown preset and unreadable weights', async () => {
+      await expect(MotivNet.load({ model: 'giant' })).rejects.toThrow(/unknown model preset 'giant'/);
+      const missing = path.join(tmp, 'nope.safetensors');
+      await expect(MotivNet.load({ ...fixtureModel, weights: missing })).rejects.toThrow(/nope\.safetensors/);
+      const garbage = path.join(tmp, 'garbage.safetensors');
+      writeFileSync(garbage, 'definitely not weights');
+      await expect(MotivNet.load({ ...fixtureModel, weights: garbage })).rejects.toThrow(/garbage\.safetensors: neither a safetensors file/);
+      await expect(MotivNet.load({ model: 'tiny', weights: fixtureModel.weights })).rejects.toThrow(/mis-shaped keys/);
+    });
+
+    it('refuses use after dispose', async () => {
+      const model = await MotivNet.load(fixtureModel);
+      model.dispose();
+      expect(model.disposed).toBe(true);
+      await expect(model.predict({ tensor: x, batchSize: 4 })).rejects.toThrow(/disposed/);
+      await expect(model.save(path.join(tmp, 'x.safetensors'))).rejects.toThrow(/disposed/);
+    });
+  });
+});
