@@ -34,7 +34,7 @@ pub struct NativeModel {
 }
 
 /// Loads a model: a preset or config file, optional weights, device and seed.
-#[napi]
+#[napi(ts_return_type = "Promise<NativeModel>")]
 pub fn load_model(options: LoadOptions) -> Result<AsyncTask<LoadTask>> {
     let optimizer = match options.optimizer {
         Some(o) => AdamWConfig::try_from(o)?,
@@ -77,13 +77,13 @@ impl NativeModel {
 #[napi]
 impl NativeModel {
     /// Eval-mode logits and probabilities.
-    #[napi]
+    #[napi(ts_return_type = "Promise<PredictResult>")]
     pub fn predict(&self, input: NativeInput) -> Result<AsyncTask<PredictTask>> {
         Ok(AsyncTask::new(PredictTask { shared: self.live()?, input: Input::try_from(input)? }))
     }
 
     /// One micro-batch of training; the weights change when `endOfCycle` is true.
-    #[napi]
+    #[napi(ts_return_type = "Promise<TrainStepResult>")]
     pub fn train_step(
         &self,
         input: NativeInput,
@@ -102,7 +102,7 @@ impl NativeModel {
     }
 
     /// Eval-mode loss, logits and probabilities for labelled images.
-    #[napi]
+    #[napi(ts_return_type = "Promise<EvaluateResult>")]
     pub fn evaluate(&self, input: NativeInput, labels_in: Int32Array) -> Result<AsyncTask<EvaluateTask>> {
         Ok(AsyncTask::new(EvaluateTask {
             shared: self.live()?,
@@ -112,19 +112,19 @@ impl NativeModel {
     }
 
     /// Writes the weights as safetensors with the reference's names.
-    #[napi]
+    #[napi(ts_return_type = "Promise<void>")]
     pub fn save_weights(&self, path: String) -> Result<AsyncTask<FileTask>> {
         Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::SaveWeights }))
     }
 
     /// Writes weights, optimizer moments and step, dropout RNG and pending gradients.
-    #[napi]
+    #[napi(ts_return_type = "Promise<void>")]
     pub fn save_state(&self, path: String) -> Result<AsyncTask<FileTask>> {
         Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::SaveState }))
     }
 
     /// Restores a state written by saveState.
-    #[napi]
+    #[napi(ts_return_type = "Promise<void>")]
     pub fn load_state(&self, path: String) -> Result<AsyncTask<FileTask>> {
         Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::LoadState }))
     }
