@@ -17,3 +17,6 @@ export { EMOTIONS_7, EMOTIONS_8, emotionLabels } from './emotions.js';
 export type { Emotion } from './emotions.js';
 export { presets, resolveModelConfig } from './config.js';
 export type { EncoderConfig, HeadConfig, ModelConfig } from './config.js';
+export { toInputTensor, type InputTensorOptions } from './pixels.js';
+export * as data from './data/index.js';
+export * as preprocessing from './preprocess/index.js';

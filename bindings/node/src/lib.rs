@@ -32,3 +32,29 @@ pub fn resolve_model_config(spec: String) -> Result<String> {
 pub fn cuda_available() -> bool {
     cfg!(feature = "cuda")
 }
+
+/// u8 images -> the normalized (B, 3, height, width) input tensor, as the model computes it
+/// (resize with OpenCV's INTER_LINEAR conventions, rounding, normalization), on the CPU.
+#[napi(ts_return_type = "Promise<Float32Array>")]
+pub fn preprocess(
+    input: options::NativeInput,
+    height: u32,
+    width: u32,
+    normalization: Option<options::NormalizationOptions>,
+) -> Result<napi::bindgen_prelude::AsyncTask<tasks::PreprocessTask>> {
+    if height < width || width == 0 {
+        return Err(error::invalid(format!(
+            "output is {width} x {height} (width x height): height must be at least width, both positive"
+        )));
+    }
+    let normalization = match normalization {
+        Some(n) => motivnet::Normalization::try_from(n)?,
+        None => motivnet::Normalization::default(),
+    };
+    Ok(napi::bindgen_prelude::AsyncTask::new(tasks::PreprocessTask {
+        input: options::Input::try_from(input)?,
+        height: height as usize,
+        width: width as usize,
+        normalization,
+    }))
+}

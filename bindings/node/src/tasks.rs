@@ -202,3 +202,40 @@ impl Task for FileTask {
         Ok(())
     }
 }
+
+pub struct PreprocessTask {
+    pub input: Input,
+    pub height: usize,
+    pub width: usize,
+    pub normalization: Normalization,
+}
+
+#[napi]
+impl Task for PreprocessTask {
+    type Output = Vec<f32>;
+    type JsValue = Float32Array;
+
+    fn compute(&mut self) -> Result<Vec<f32>> {
+        let Input::Pixels { data, sizes, geometry } = &self.input else {
+            return Err(invalid("preprocess takes pixels, not a tensor"));
+        };
+        let run = || -> motivnet::Result<Vec<f32>> {
+            let batch = motivnet::ImageBatch::new(data, sizes)?;
+            let device = motivnet::candle::Device::Cpu;
+            let t = motivnet::pixels::to_input_tensor(
+                &batch,
+                *geometry,
+                self.height,
+                self.width,
+                &self.normalization,
+                &device,
+            )?;
+            Ok(t.flatten_all()?.to_vec1::<f32>()?)
+        };
+        run().js()
+    }
+
+    fn resolve(&mut self, _env: Env, values: Vec<f32>) -> Result<Float32Array> {
+        Ok(Float32Array::new(values))
+    }
+}

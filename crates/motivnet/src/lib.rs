@@ -24,6 +24,8 @@ pub mod pixels;
 pub mod train;
 pub mod weights;
 
+/// candle, re-exported so dependents use the same version.
+pub use candle_core as candle;
 pub use config::{EncoderConfig, HeadConfig, ModelConfig};
 pub use device::parse_device;
 pub use error::{Error, Result};

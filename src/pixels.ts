@@ -1,0 +1,19 @@
+/**
+ * The model's input tensor from u8 images, computed by the core exactly as the model computes
+ * it: for inspecting preprocessing, benchmarks, and feeding other tools.
+ */
+import { native } from './native.js';
+import type { Geometry, PackedImages } from './model.js';
+
+export interface InputTensorOptions {
+  height: number;
+  width: number;
+  geometry?: Geometry;
+  normalization?: { mean: [number, number, number]; std: [number, number, number] };
+}
+
+/** (B, 3, height, width) float32, row-major: resized (OpenCV INTER_LINEAR conventions) and normalized. */
+export function toInputTensor(images: PackedImages, opts: InputTensorOptions): Promise<Float32Array> {
+  const input = { pixels: images.pixels, widths: Array.from(images.widths), heights: Array.from(images.heights), geometry: opts.geometry ?? 'stretch' };
+  return native.preprocess(input, opts.height, opts.width, opts.normalization);
+}

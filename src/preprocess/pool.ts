@@ -1,0 +1,53 @@
+/**
+ * The preprocessing pool: piscina workers running sharp (worker.ts), one per core by default.
+ * Decoding is where the CPU goes in the data path; the pool keeps it off the event loop and
+ * spreads it over the cores while the native core computes.
+ */
+import 'sharp'; // loaded on the main thread too, or glibc may unload libvips when a worker exits
+import { existsSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { Piscina } from 'piscina';
+
+import type { DecodeResult, DecodeTask } from './types.js';
+
+export interface PoolOptions {
+  /** Worker threads. Default: the number of cores. */
+  threads?: number;
+}
+
+/** The compiled worker: beside this module in dist/, or dist/ when running from src/ (tests). */
+function workerFile(): string {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const candidates = [path.join(here, 'worker.js'), path.resolve(here, '../../dist/preprocess/worker.js')];
+  const found = candidates.find((f) => existsSync(f));
+  if (!found) throw new Error(`the preprocessing worker is not built (looked for ${candidates.join(', ')}): run \`npm run build:ts\``);
+  return found;
+}
+
+export class PreprocessPool {
+  private readonly pool: Piscina<DecodeTask, DecodeResult>;
+  readonly threads: number;
+
+  constructor(opts: PoolOptions = {}) {
+    this.threads = opts.threads ?? availableParallelism();
+    if (!Number.isInteger(this.threads) || this.threads < 1) throw new RangeError(`threads must be a positive integer, got ${opts.threads}`);
+    this.pool = new Piscina({
+      filename: workerFile(),
+      minThreads: this.threads,
+      maxThreads: this.threads,
+      // libvips may use threads of its own only when it has the machine to itself.
+      workerData: { sharpThreads: this.threads > 1 ? 1 : availableParallelism() },
+    });
+  }
+
+  decode(task: DecodeTask): Promise<DecodeResult> {
+    return this.pool.run(task);
+  }
+
+  async destroy(): Promise<void> {
+    await this.pool.destroy();
+  }
+}

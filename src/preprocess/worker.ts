@@ -1,0 +1,84 @@
+/**
+ * The preprocessing worker (a piscina task): decode one image file with sharp, orient it by its
+ * EXIF tag when it has one, crop to the face box, mirror when asked, shrink a large image on
+ * load (never below the model's input size), and hand back RGB bytes with their size. The
+ * bytes are moved to the main thread, not cloned. Failures come back as data (a reason), so
+ * one bad file never fails a batch. The final resize and normalization are the core's.
+ */
+import { readFile } from 'node:fs/promises';
+import { isMainThread, workerData } from 'node:worker_threads';
+
+import { move, transferableSymbol, valueSymbol } from 'piscina';
+import sharp from 'sharp';
+
+import type { DecodeResult, DecodeTask } from './types.js';
+
+if (isMainThread) throw new Error('src/preprocess/worker is a piscina worker: load it through the preprocessing pool');
+
+// Several workers each running libvips' own thread pool would oversubscribe the cores.
+sharp.concurrency((workerData as { sharpThreads?: number } | undefined)?.sharpThreads ?? 1);
+sharp.cache(false);
+
+/** A short, stable reason for a skip report. */
+export function classify(err: unknown, maxPixels: number): string {
+  const e = err as NodeJS.ErrnoException;
+  if (e.code === 'ENOENT') return 'missing file';
+  if (e.code === 'EISDIR') return 'not a file';
+  if (e.code === 'EACCES' || e.code === 'EPERM') return 'unreadable (permission denied)';
+  const msg = String(e.message ?? err);
+  if (/unsupported image format|bad seek|not in a known format/i.test(msg)) return 'not an image';
+  if (/pixel limit/i.test(msg)) return `oversized (more than ${maxPixels} pixels)`;
+  if (/premature end|truncated|corrupt|invalid|unexpected end|read error|VipsJpeg|pngload|webp/i.test(msg)) {
+    return `truncated or corrupt image (${msg.split('\n')[0]!.trim()})`;
+  }
+  return `unreadable (${msg.split('\n')[0]!.trim()})`;
+}
+
+/** Piscina moves the pixel buffer (no copy) when a result carries these two symbols. */
+class Decoded {
+  constructor(private readonly result: DecodeResult & { ok: true }) {}
+  get [transferableSymbol](): ArrayBuffer[] {
+    return [this.result.data.buffer as ArrayBuffer];
+  }
+  get [valueSymbol](): DecodeResult {
+    return this.result;
+  }
+}
+
+export default async function decode(task: DecodeTask): Promise<DecodeResult> {
+  try {
+    const file = await readFile(task.path);
+    if (file.length === 0) return { ok: false, reason: 'empty file' };
+    let image = sharp(file, { limitInputPixels: task.maxPixels, failOn: 'warning' });
+    const meta = await image.metadata();
+    // Auto-orientation costs a pass over the pixels: only when the tag asks for it.
+    const turned = (meta.orientation ?? 1) > 1;
+    if (turned) image = image.rotate();
+    const swap = turned && (meta.orientation ?? 1) >= 5;
+    const width = swap ? meta.height : meta.width;
+    const height = swap ? meta.width : meta.height;
+    let [w, h] = [width, height];
+    if (task.box) {
+      const left = Math.min(Math.max(0, Math.round(task.box.x)), w - 1);
+      const top = Math.min(Math.max(0, Math.round(task.box.y)), h - 1);
+      const bw = Math.max(1, Math.min(Math.round(task.box.width), w - left));
+      const bh = Math.max(1, Math.min(Math.round(task.box.height), h - top));
+      image = image.extract({ left, top, width: bw, height: bh });
+      [w, h] = [bw, bh];
+    }
+    // Shrink only what is at least twice the input size both ways: libvips then decodes a
+    // JPEG at a fraction of its size (shrink-on-load), which is where the time goes.
+    if (w >= 2 * task.minWidth && h >= 2 * task.minHeight) {
+      image = image.resize({ width: task.minWidth, height: task.minHeight, fit: 'outside', withoutEnlargement: true });
+    }
+    if (task.flip) image = image.flop();
+    const { data, info } = await image.toColourspace('srgb').removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+    if (info.channels !== 3) return { ok: false, reason: `unexpected ${info.channels} channels after conversion to RGB` };
+    // A private copy the worker can give away: sharp's buffer is not transferable.
+    const pixels = new Uint8Array(data.length);
+    pixels.set(data);
+    return move(new Decoded({ ok: true, data: pixels, width: info.width, height: info.height })) as unknown as DecodeResult;
+  } catch (err) {
+    return { ok: false, reason: classify(err, task.maxPixels) };
+  }
+}
