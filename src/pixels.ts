@@ -10,10 +10,15 @@ export interface InputTensorOptions {
   width: number;
   geometry?: Geometry;
   normalization?: { mean: [number, number, number]; std: [number, number, number] };
+  /**
+   * Write into this buffer (B x 3 x height x width values) instead of allocating: reuse it
+   * across batches. It is written from a worker thread: leave it alone until the Promise settles.
+   */
+  out?: Float32Array;
 }
 
 /** (B, 3, height, width) float32, row-major: resized (OpenCV INTER_LINEAR conventions) and normalized. */
 export function toInputTensor(images: PackedImages, opts: InputTensorOptions): Promise<Float32Array> {
   const input = { pixels: images.pixels, widths: Array.from(images.widths), heights: Array.from(images.heights), geometry: opts.geometry ?? 'stretch' };
-  return native.preprocess(input, opts.height, opts.width, opts.normalization);
+  return native.preprocess(input, opts.height, opts.width, opts.normalization, opts.out);
 }

@@ -120,6 +120,14 @@ describe('geometry from a file on disk to the model input tensor', () => {
     expect([0, 1, 2].map((c) => at(t, c, 0, 0))).toEqual([norm(0, 0), norm(255, 1), norm(0, 2)].map((v) => expect.closeTo(v, 5)));
     expect([0, 1, 2].map((c) => at(t, c, 32, 24))).toEqual([norm(255, 0), norm(255, 1), norm(0, 2)].map((v) => expect.closeTo(v, 5)));
     expect(at(t, 2, 63, 47)).toBeCloseTo(norm(0, 2), 5);
+    // Into a reused buffer: the same values, the same object back.
+    const out = new Float32Array(3 * H * W);
+    const again = await toInputTensor({ pixels: d.data, widths: [d.width], heights: [d.height] }, { height: H, width: W, out });
+    expect(again).toBe(out);
+    expect(Array.from(out)).toEqual(Array.from(t));
+    await expect(toInputTensor({ pixels: d.data, widths: [d.width], heights: [d.height] }, { height: H, width: W, out: new Float32Array(10) })).rejects.toThrow(
+      /output buffer holds 10 values, expected 1 x 3 x 64 x 48 = 9216/,
+    );
     expect(at(t, 0, 10, 24)).toBeCloseTo(norm(0, 0), 5); // above the square
     await expect(toInputTensor({ pixels: d.data, widths: [d.width], heights: [d.height] }, { height: H, width: W, geometry: 'none' })).rejects.toThrow(
       /image 0 is 24 x 16 .* needs exactly 48 x 64/,

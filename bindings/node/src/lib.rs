@@ -35,12 +35,14 @@ pub fn cuda_available() -> bool {
 
 /// u8 images -> the normalized (B, 3, height, width) input tensor, as the model computes it
 /// (resize with OpenCV's INTER_LINEAR conventions, rounding, normalization), on the CPU.
+/// With `out`, writes into that buffer (reuse it across batches) and resolves to it.
 #[napi(ts_return_type = "Promise<Float32Array>")]
 pub fn preprocess(
     input: options::NativeInput,
     height: u32,
     width: u32,
     normalization: Option<options::NormalizationOptions>,
+    out: Option<napi::bindgen_prelude::Float32Array>,
 ) -> Result<napi::bindgen_prelude::AsyncTask<tasks::PreprocessTask>> {
     if height < width || width == 0 {
         return Err(error::invalid(format!(
@@ -56,5 +58,6 @@ pub fn preprocess(
         height: height as usize,
         width: width as usize,
         normalization,
+        out,
     }))
 }

@@ -208,34 +208,33 @@ pub struct PreprocessTask {
     pub height: usize,
     pub width: usize,
     pub normalization: Normalization,
+    /// The caller's buffer to write into (reused across batches), or None to allocate.
+    pub out: Option<Float32Array>,
 }
 
 #[napi]
 impl Task for PreprocessTask {
-    type Output = Vec<f32>;
+    type Output = Option<Vec<f32>>;
     type JsValue = Float32Array;
 
-    fn compute(&mut self) -> Result<Vec<f32>> {
+    fn compute(&mut self) -> Result<Self::Output> {
         let Input::Pixels { data, sizes, geometry } = &self.input else {
             return Err(invalid("preprocess takes pixels, not a tensor"));
         };
-        let run = || -> motivnet::Result<Vec<f32>> {
-            let batch = motivnet::ImageBatch::new(data, sizes)?;
-            let device = motivnet::candle::Device::Cpu;
-            let t = motivnet::pixels::to_input_tensor(
-                &batch,
-                *geometry,
-                self.height,
-                self.width,
-                &self.normalization,
-                &device,
-            )?;
-            Ok(t.flatten_all()?.to_vec1::<f32>()?)
-        };
-        run().js()
+        let batch = motivnet::ImageBatch::new(data, sizes).js()?;
+        // SAFETY: the JS caller hands this buffer to the call and does not touch it until the
+        // Promise settles (documented on `toInputTensor`'s `out`); the task holds a reference
+        // to it, so it stays alive while written.
+        let out = self.out.as_mut().map(|o| unsafe { o.as_mut() });
+        motivnet::pixels::resize_normalize_checked(&batch, *geometry, self.height, self.width, &self.normalization, out)
+            .js()
     }
 
-    fn resolve(&mut self, _env: Env, values: Vec<f32>) -> Result<Float32Array> {
-        Ok(Float32Array::new(values))
+    fn resolve(&mut self, _env: Env, values: Self::Output) -> Result<Float32Array> {
+        match (values, self.out.take()) {
+            (Some(v), _) => Ok(Float32Array::new(v)),
+            (None, Some(out)) => Ok(out),
+            (None, None) => Err(invalid("preprocess produced no output")),
+        }
     }
 }

@@ -152,6 +152,34 @@ fn check_none_geometry(batch: &ImageBatch, out_h: usize, out_w: usize) -> Result
     Ok(())
 }
 
+/// [`resize_normalize_cpu`] after the checks [`to_input_tensor`] makes, as a flat vector, or
+/// into `out` when given (its length must be B x 3 x out_h x out_w).
+pub fn resize_normalize_checked(
+    batch: &ImageBatch,
+    geometry: Geometry,
+    out_h: usize,
+    out_w: usize,
+    norm: &Normalization,
+    out: Option<&mut [f32]>,
+) -> Result<Option<Vec<f32>>> {
+    if geometry == Geometry::None {
+        check_none_geometry(batch, out_h, out_w)?;
+    }
+    let Some(out) = out else {
+        return Ok(Some(resize_normalize_cpu(batch, geometry, out_h, out_w, norm)));
+    };
+    let expected = batch.len() * 3 * out_h * out_w;
+    if out.len() != expected {
+        return Err(input_err!(
+            "output buffer holds {} values, expected {} x 3 x {out_h} x {out_w} = {expected}",
+            out.len(),
+            batch.len()
+        ));
+    }
+    resize_normalize_into(batch, geometry, out_h, out_w, norm, out);
+    Ok(None)
+}
+
 /// u8 images -> normalized f32 (B, 3, out_h, out_w) on `device`.
 pub fn to_input_tensor(
     batch: &ImageBatch,
@@ -161,19 +189,22 @@ pub fn to_input_tensor(
     norm: &Normalization,
     device: &Device,
 ) -> Result<Tensor> {
-    if geometry == Geometry::None {
-        check_none_geometry(batch, out_h, out_w)?;
-    }
     if device.is_cpu() {
-        let data = resize_normalize_cpu(batch, geometry, out_h, out_w, norm);
+        let data = resize_normalize_checked(batch, geometry, out_h, out_w, norm, None)?.expect("allocated");
         Ok(Tensor::from_vec(data, (batch.len(), 3, out_h, out_w), device)?)
     } else {
+        if geometry == Geometry::None {
+            check_none_geometry(batch, out_h, out_w)?;
+        }
         resize_normalize_tensor_ops(batch, geometry, out_h, out_w, norm, device)
     }
 }
 
-/// The fused CPU pass: every (image, channel, row) of the output is one rayon task that
-/// interpolates, rounds and normalizes straight into the tensor's buffer.
+/// The fused CPU pass. Each output row of each image is one rayon task: it blends the two
+/// source rows it needs (all three channels at once, a loop the compiler vectorises), then
+/// interpolates along x, rounds to a u8 level and normalizes straight into the three planes.
+/// Bilinear interpolation is separable, so the vertical-then-horizontal order gives OpenCV's
+/// values; only the rounding of OpenCV's fixed-point arithmetic differs (within one level).
 pub fn resize_normalize_cpu(
     batch: &ImageBatch,
     geometry: Geometry,
@@ -181,33 +212,90 @@ pub fn resize_normalize_cpu(
     out_w: usize,
     norm: &Normalization,
 ) -> Vec<f32> {
+    let mut out = vec![0f32; batch.len() * 3 * out_h * out_w];
+    resize_normalize_into(batch, geometry, out_h, out_w, norm, &mut out);
+    out
+}
+
+/// [`resize_normalize_cpu`] into a caller's buffer of B x 3 x out_h x out_w values: a reused
+/// buffer saves the allocation and the page faults of a fresh one on every batch.
+pub fn resize_normalize_into(
+    batch: &ImageBatch,
+    geometry: Geometry,
+    out_h: usize,
+    out_w: usize,
+    norm: &Normalization,
+    out: &mut [f32],
+) {
     let images = batch.images();
     let (rows, top) = placement(geometry, out_h, out_w);
-    let plan: Vec<_> = images.iter().map(|&(_, w, h)| (taps(h, rows), taps(w, out_w))).collect();
-    let pad = [0, 1, 2].map(|c| (255.0 - norm.mean[c]) / norm.std[c]);
+    let plans: Vec<RowPlan> = images.iter().map(|&(_, w, h)| RowPlan::new(w, h, rows, out_w)).collect();
     let inv_std = [0, 1, 2].map(|c| 1.0 / norm.std[c]);
-    let mut out = vec![0f32; images.len() * 3 * out_h * out_w];
-    out.par_chunks_mut(out_w).with_min_len(16).enumerate().for_each(|(r, row)| {
-        let y = r % out_h;
-        let c = (r / out_h) % 3;
-        let b = r / (3 * out_h);
+    let pad = [0, 1, 2].map(|c| (255.0 - norm.mean[c]) * inv_std[c]);
+    let plane = out_h * out_w;
+    assert_eq!(out.len(), images.len() * 3 * plane, "output buffer size");
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    (0..images.len() * out_h).into_par_iter().with_min_len(8).for_each_init(Vec::new, |blend, r| {
+        let (b, y) = (r / out_h, r % out_h);
+        // SAFETY: task (b, y) writes only row y of image b's three planes: disjoint across
+        // tasks, and `out` outlives the parallel loop.
+        let row = |c: usize| unsafe {
+            std::slice::from_raw_parts_mut(out_ptr.get().add((b * 3 + c) * plane + y * out_w), out_w)
+        };
         if y < top || y >= top + rows {
-            row.fill(pad[c]);
+            (0..3).for_each(|c| row(c).fill(pad[c]));
             return;
         }
         let (src, w, _) = images[b];
-        let (ytaps, xtaps) = &plan[b];
-        let (y0, y1, wy) = ytaps[y - top];
+        let plan = &plans[b];
+        let (y0, y1, wy) = plan.y[y - top];
         let (line0, line1) = (&src[y0 * w * 3..(y0 + 1) * w * 3], &src[y1 * w * 3..(y1 + 1) * w * 3]);
-        let (mean, inv) = (norm.mean[c], inv_std[c]);
-        for (o, &(x0, x1, wx)) in row.iter_mut().zip(xtaps) {
-            let top_v = line0[x0 * 3 + c] as f32 * (1.0 - wx) + line0[x1 * 3 + c] as f32 * wx;
-            let bot_v = line1[x0 * 3 + c] as f32 * (1.0 - wx) + line1[x1 * 3 + c] as f32 * wx;
-            let v = (top_v * (1.0 - wy) + bot_v * wy + 0.5).floor();
-            *o = (v - mean) * inv;
+        blend.clear();
+        blend.extend(line0.iter().zip(line1).map(|(&a, &b)| a as f32 + (b as f32 - a as f32) * wy));
+        let (r0, r1, r2) = (row(0), row(1), row(2));
+        for x in 0..out_w {
+            let (i0, i1, wx) = (plan.x0[x] as usize, plan.x1[x] as usize, plan.wx[x]);
+            let level = |c: usize| {
+                let v = blend[i0 + c] + (blend[i1 + c] - blend[i0 + c]) * wx;
+                // v >= 0, so truncating v + 0.5 rounds to nearest, as cv2.resize's u8 output.
+                (v + 0.5) as u32 as f32
+            };
+            r0[x] = (level(0) - norm.mean[0]) * inv_std[0];
+            r1[x] = (level(1) - norm.mean[1]) * inv_std[1];
+            r2[x] = (level(2) - norm.mean[2]) * inv_std[2];
         }
     });
-    out
+}
+
+/// The output pointer shared by the row tasks (see the SAFETY note at its use).
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// One image's interpolation taps: rows, and columns as byte offsets into an RGB row.
+struct RowPlan {
+    y: Vec<(usize, usize, f32)>,
+    x0: Vec<u32>,
+    x1: Vec<u32>,
+    wx: Vec<f32>,
+}
+
+impl RowPlan {
+    fn new(w: usize, h: usize, rows: usize, out_w: usize) -> Self {
+        let xt = taps(w, out_w);
+        Self {
+            y: taps(h, rows),
+            x0: xt.iter().map(|t| (t.0 * 3) as u32).collect(),
+            x1: xt.iter().map(|t| (t.1 * 3) as u32).collect(),
+            wx: xt.iter().map(|t| t.2).collect(),
+        }
+    }
 }
 
 /// The same arithmetic as [`resize_normalize_cpu`] as candle ops, for devices other than the

@@ -19,13 +19,22 @@ struct Args {
     warmup: usize,
     device: String,
     skip_train: bool,
+    /// Time the fused resize + normalize of `batch` ~400 px images instead of the model.
+    preprocess: bool,
 }
 
-const USAGE: &str = "usage: motivnet-bench [--model PRESET|FILE] [--batch B] [--iters N] [--warmup N] [--device cpu|cuda:N] [--skip-train]";
+const USAGE: &str = "usage: motivnet-bench [--model PRESET|FILE] [--batch B] [--iters N] [--warmup N] [--device cpu|cuda:N] [--skip-train] [--preprocess]";
 
 fn parse_args() -> Result<Args, String> {
-    let mut args =
-        Args { model: "tiny".into(), batch: 8, iters: 5, warmup: 1, device: "cpu".into(), skip_train: false };
+    let mut args = Args {
+        model: "tiny".into(),
+        batch: 8,
+        iters: 5,
+        warmup: 1,
+        device: "cpu".into(),
+        skip_train: false,
+        preprocess: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
@@ -39,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
             "--warmup" => args.warmup = number(value("--warmup")?, "--warmup")?,
             "--device" => args.device = value("--device")?,
             "--skip-train" => args.skip_train = true,
+            "--preprocess" => args.preprocess = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
@@ -67,8 +77,31 @@ fn time<F: FnMut() -> motivnet::Result<()>>(warmup: usize, iters: usize, mut f: 
     Ok(median_ms(samples))
 }
 
+/// Milliseconds per batch for u8 images of about 400 x 440 px to the model's input tensor.
+fn run_preprocess(args: &Args, config: &ModelConfig) -> motivnet::Result<String> {
+    let sizes: Vec<(usize, usize)> = (0..args.batch).map(|i| (360 + i * 37 % 80, 400 + i * 53 % 80)).collect();
+    let total: usize = sizes.iter().map(|(w, h)| w * h * 3).sum();
+    let data: Vec<u8> = (0..total).map(|i| (i * 31 % 251) as u8).collect();
+    let batch = motivnet::ImageBatch::new(&data, &sizes)?;
+    let (h, w) = (config.encoder.input_height, config.encoder.input_width);
+    let norm = motivnet::Normalization::default();
+    let ms = time(args.warmup, args.iters, || {
+        std::hint::black_box(motivnet::pixels::resize_normalize_cpu(&batch, motivnet::Geometry::Stretch, h, w, &norm));
+        Ok(())
+    })?;
+    Ok(format!(
+        "{{\"preprocess\":\"stretch\",\"batch\":{},\"height\":{h},\"width\":{w},\"threads\":{},\"batchMs\":{ms:.3},\"imagesPerSecond\":{:.1}}}",
+        args.batch,
+        rayon::current_num_threads(),
+        args.batch as f64 * 1000.0 / ms
+    ))
+}
+
 fn run(args: &Args) -> motivnet::Result<String> {
     let config = ModelConfig::from_preset_or_file(&args.model)?;
+    if args.preprocess {
+        return run_preprocess(args, &config);
+    }
     let device = parse_device(&args.device)?;
     let enc = &config.encoder;
     let model = MotivNet::new(&config, &device, 0)?;
