@@ -52,6 +52,8 @@ export interface LoadOptions {
     eps?: number;
     maxGradNorm?: number;
     excludeNormBiasPosFromDecay?: boolean;
+    /** Layer-wise lr decay for the encoder (Sapiens: 0.85). */
+    encoderLayerDecay?: number;
   };
   /** Per-channel mean and std on 0..255; the reference's by default. */
   normalization?: { mean: [number, number, number]; std: [number, number, number] };
@@ -190,14 +192,18 @@ export class MotivNet {
     await this.inner.saveWeights(path);
   }
 
-  /** Writes the full training state: weights, optimizer moments, step, RNG, pending gradients. */
-  async saveState(path: string): Promise<void> {
-    await this.inner.saveState(path);
+  /**
+   * Writes the full training state: weights, optimizer moments, step, RNG, pending gradients,
+   * and `extra` (any JSON-able bookkeeping) in the same file, atomically.
+   */
+  async saveState(path: string, extra?: unknown): Promise<void> {
+    await this.inner.saveState(path, extra === undefined ? undefined : JSON.stringify(extra));
   }
 
-  /** Restores a state written by `saveState` (the model config must match). */
-  async loadState(path: string): Promise<void> {
-    await this.inner.loadState(path);
+  /** Restores a state written by `saveState` (the model config must match); returns its `extra`. */
+  async loadState(path: string): Promise<unknown> {
+    const extra = await this.inner.loadState(path);
+    return extra === null ? undefined : (JSON.parse(extra) as unknown);
   }
 
   parameterCounts(): { total: number; trainable: number } {

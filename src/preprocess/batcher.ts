@@ -16,6 +16,8 @@ export interface PackedBatch {
   heights: number[];
   labels: Int32Array;
   samples: Sample[];
+  /** Position in the input list of this batch's first slot (batches cover batchSize slots each, skipped or not). */
+  offset: number;
 }
 
 export interface BatcherOptions {
@@ -30,17 +32,19 @@ export interface BatcherOptions {
   maxPixels?: number;
   /** Mirror each image with this probability, drawn from a seeded stream per epoch. */
   flip?: { probability: number; seed: number; epoch: number };
+  /** Or: the mirror decision of each sample, aligned with the input list. */
+  flips?: readonly boolean[];
   skips: SkipLog;
 }
 
 export const DEFAULT_MAX_PIXELS = 64 * 1024 * 1024;
 
-export function pack(decoded: { data: Uint8Array; width: number; height: number }[], samples: Sample[]): PackedBatch {
+export function pack(decoded: { data: Uint8Array; width: number; height: number }[], samples: Sample[], offset = 0): PackedBatch {
   const pixels = new Uint8Array(decoded.reduce((n, d) => n + d.data.length, 0));
-  let offset = 0;
+  let at = 0;
   for (const d of decoded) {
-    pixels.set(d.data, offset);
-    offset += d.data.length;
+    pixels.set(d.data, at);
+    at += d.data.length;
   }
   return {
     pixels,
@@ -48,6 +52,7 @@ export function pack(decoded: { data: Uint8Array; width: number; height: number 
     heights: decoded.map((d) => d.height),
     labels: Int32Array.from(samples, (s) => s.label),
     samples,
+    offset,
   };
 }
 
@@ -56,7 +61,7 @@ export async function* batches(samples: readonly Sample[], opts: BatcherOptions)
   const ahead = (opts.prefetch ?? 2) + 1;
   const rng = opts.flip ? createRng(opts.flip.seed, 4, opts.flip.epoch) : undefined;
   // Flips are drawn up front in sample order, so they do not depend on decoding speed.
-  const flips = samples.map(() => (rng ? rng() < opts.flip!.probability : false));
+  const flips = opts.flips ?? samples.map(() => (rng ? rng() < opts.flip!.probability : false));
   const inFlight: Promise<DecodeResult>[] = [];
   let next = 0;
   const fill = () => {
@@ -76,6 +81,7 @@ export async function* batches(samples: readonly Sample[], opts: BatcherOptions)
     }
   };
   let consumed = 0;
+  try {
   while (consumed < samples.length) {
     fill();
     const count = Math.min(opts.batchSize, samples.length - consumed);
@@ -93,6 +99,11 @@ export async function* batches(samples: readonly Sample[], opts: BatcherOptions)
         opts.skips.record(batchSamples[i]!.relPath, r.reason);
       }
     });
-    if (good.length > 0) yield pack(good, kept);
+    if (good.length > 0) yield pack(good, kept, consumed - count);
+  }
+  } finally {
+    // Left early (break, error): the decodes still in flight are abandoned, and may fail
+    // when the pool shuts down; that is expected, not an error to report.
+    for (const p of inFlight) p.catch(() => {});
   }
 }

@@ -61,3 +61,10 @@ pub fn preprocess(
         out,
     }))
 }
+
+/// Converts a `.pth` (MotivNet or Sapiens layout) or safetensors file to safetensors with the
+/// MotivNet reference's parameter names.
+#[napi(ts_return_type = "Promise<ConvertResult>")]
+pub fn convert_weights(input: String, output: String) -> napi::bindgen_prelude::AsyncTask<tasks::ConvertTask> {
+    napi::bindgen_prelude::AsyncTask::new(tasks::ConvertTask { input: input.into(), output: output.into() })
+}

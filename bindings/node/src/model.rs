@@ -10,7 +10,7 @@ use napi_derive::napi;
 
 use crate::error::invalid;
 use crate::options::{labels, Input, LoadOptions, NativeInput};
-use crate::tasks::{EvaluateTask, FileTask, FileWork, LoadTask, PredictTask, TrainStepTask};
+use crate::tasks::{EvaluateTask, FileTask, FileWork, LoadStateTask, LoadTask, PredictTask, TrainStepTask};
 use motivnet::optim::{AdamWConfig, Groups};
 use motivnet::{Normalization, Trainer};
 
@@ -117,16 +117,17 @@ impl NativeModel {
         Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::SaveWeights }))
     }
 
-    /// Writes weights, optimizer moments and step, dropout RNG and pending gradients.
+    /// Writes weights, optimizer moments and step, dropout RNG and pending gradients, with
+    /// `extra` (the caller's JSON bookkeeping) in the same file.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn save_state(&self, path: String) -> Result<AsyncTask<FileTask>> {
-        Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::SaveState }))
+    pub fn save_state(&self, path: String, extra: Option<String>) -> Result<AsyncTask<FileTask>> {
+        Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::SaveState(extra) }))
     }
 
-    /// Restores a state written by saveState.
-    #[napi(ts_return_type = "Promise<void>")]
-    pub fn load_state(&self, path: String) -> Result<AsyncTask<FileTask>> {
-        Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::LoadState }))
+    /// Restores a state written by saveState; resolves to its `extra`, or null.
+    #[napi(ts_return_type = "Promise<string | null>")]
+    pub fn load_state(&self, path: String) -> Result<AsyncTask<LoadStateTask>> {
+        Ok(AsyncTask::new(LoadStateTask { shared: self.live()?, path: path.into() }))
     }
 
     /// The resolved model config as JSON text.

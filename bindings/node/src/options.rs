@@ -46,6 +46,8 @@ pub struct OptimizerOptions {
     /// No weight decay on biases, norm weights and the position embedding (Sapiens' recipe).
     /// @default false
     pub exclude_norm_bias_pos_from_decay: Option<bool>,
+    /// Layer-wise learning-rate decay for the encoder (Sapiens: 0.85). @default none
+    pub encoder_layer_decay: Option<f64>,
 }
 
 /// Per-channel (R, G, B) mean and std on the 0..255 scale.
@@ -67,6 +69,7 @@ impl TryFrom<OptimizerOptions> for AdamWConfig {
             decoder: GroupConfig { weight_decay: o.decoder_weight_decay.unwrap_or(d.decoder.weight_decay) },
             exclude_norm_bias_pos_from_decay: o.exclude_norm_bias_pos_from_decay.unwrap_or(false),
             max_grad_norm: o.max_grad_norm,
+            encoder_layer_decay: o.encoder_layer_decay,
         })
     }
 }

@@ -172,11 +172,11 @@ impl Task for EvaluateTask {
     }
 }
 
-/// What a file task writes or reads.
+/// What a file task writes.
 pub enum FileWork {
     SaveWeights,
-    SaveState,
-    LoadState,
+    /// The training state, with the caller's bookkeeping (JSON text) inside the same file.
+    SaveState(Option<String>),
 }
 
 pub struct FileTask {
@@ -191,15 +191,64 @@ impl Task for FileTask {
     type JsValue = ();
 
     fn compute(&mut self) -> Result<()> {
-        with_trainer(&self.shared, |t| match self.work {
+        with_trainer(&self.shared, |t| match &self.work {
             FileWork::SaveWeights => t.model.save_weights(&self.path),
-            FileWork::SaveState => t.save_state(&self.path),
-            FileWork::LoadState => t.load_state(&self.path),
+            FileWork::SaveState(extra) => t.save_state(&self.path, extra.as_deref()),
         })
     }
 
     fn resolve(&mut self, _env: Env, _: ()) -> Result<()> {
         Ok(())
+    }
+}
+
+pub struct LoadStateTask {
+    pub shared: Arc<Shared>,
+    pub path: PathBuf,
+}
+
+#[napi]
+impl Task for LoadStateTask {
+    type Output = Option<String>;
+    type JsValue = Option<String>;
+
+    fn compute(&mut self) -> Result<Option<String>> {
+        with_trainer(&self.shared, |t| t.load_state(&self.path))
+    }
+
+    fn resolve(&mut self, _env: Env, extra: Option<String>) -> Result<Option<String>> {
+        Ok(extra)
+    }
+}
+
+#[napi(object)]
+pub struct ConvertResult {
+    pub written: u32,
+    /// [file key, written key] pairs.
+    pub renamed: Vec<Vec<String>>,
+    pub ignored: Vec<String>,
+}
+
+pub struct ConvertTask {
+    pub input: PathBuf,
+    pub output: PathBuf,
+}
+
+#[napi]
+impl Task for ConvertTask {
+    type Output = motivnet::weights::ConvertReport;
+    type JsValue = ConvertResult;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        motivnet::weights::convert_file(&self.input, &self.output).js()
+    }
+
+    fn resolve(&mut self, _env: Env, r: Self::Output) -> Result<ConvertResult> {
+        Ok(ConvertResult {
+            written: r.written as u32,
+            renamed: r.renamed.into_iter().map(|(a, b)| vec![a, b]).collect(),
+            ignored: r.ignored,
+        })
     }
 }
 

@@ -46,6 +46,10 @@ pub struct AdamWConfig {
     pub exclude_norm_bias_pos_from_decay: bool,
     /// Clip the global L2 norm of all gradients to this value before the update.
     pub max_grad_norm: Option<f64>,
+    /// Layer-wise learning-rate decay for the encoder (Sapiens: 0.85): block i of L gets
+    /// lr x decay^(L - i), the patch embedding and position embedding decay^(L + 1), the final
+    /// norm and the head the full rate (mmpretrain's LearningRateDecayOptimWrapperConstructor).
+    pub encoder_layer_decay: Option<f64>,
 }
 
 impl Default for AdamWConfig {
@@ -59,6 +63,7 @@ impl Default for AdamWConfig {
             decoder: GroupConfig { weight_decay: 0.01 },
             exclude_norm_bias_pos_from_decay: false,
             max_grad_norm: None,
+            encoder_layer_decay: None,
         }
     }
 }
@@ -70,6 +75,20 @@ pub struct AdamW {
     /// First and second moments by parameter name.
     moments: HashMap<String, (Tensor, Tensor)>,
     step: u64,
+}
+
+/// The learning-rate factor of a parameter under layer-wise decay (1 without it).
+pub fn layer_decay_scale(name: &str, depth: usize, decay: Option<f64>) -> f64 {
+    let Some(decay) = decay else { return 1.0 };
+    let Some(rest) = name.strip_prefix(crate::weights::ENCODER_PREFIX) else { return 1.0 };
+    let layer_id = if rest.starts_with("projection.") || rest == "pos_embed" {
+        0
+    } else if let Some(block) = rest.strip_prefix("layers.") {
+        block.split('.').next().and_then(|i| i.parse::<usize>().ok()).map_or(depth + 1, |i| i + 1)
+    } else {
+        depth + 1
+    };
+    decay.powi((depth + 1 - layer_id.min(depth + 1)) as i32)
 }
 
 /// Biases, LayerNorm weights and the position embedding: 1-D tensors plus `pos_embed`.
@@ -97,7 +116,8 @@ impl AdamW {
         }
     }
 
-    /// One update of every trainable parameter from `grads` (by name). Returns the global
+    /// One update of every trainable parameter from `grads` (by name), each at its group's
+    /// rate (times its layer-decay factor). Returns the global
     /// gradient norm before clipping.
     pub fn check_learning_rates(lr: Groups<f64>) -> Result<()> {
         for (name, value) in [("encoder", lr.encoder), ("decoder", lr.decoder)] {
@@ -124,8 +144,9 @@ impl AdamW {
         let t = self.step as i32;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        let depth = params.iter().filter(|p| p.name.ends_with(".ln1.weight") && p.name.contains(".layers.")).count();
         for p in params.trainable() {
-            let lr = lr.get(p.group);
+            let lr = lr.get(p.group) * layer_decay_scale(&p.name, depth, c.encoder_layer_decay);
             let wd = self.weight_decay(p);
             let mut g = grads[&p.name].clone();
             if clip < 1.0 {
@@ -191,5 +212,22 @@ impl AdamW {
         self.moments = moments;
         self.step = step as u64;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layer_decay_scale;
+
+    #[test]
+    fn layer_decay_follows_depth() {
+        let d = Some(0.5);
+        assert_eq!(layer_decay_scale("pose_encoder.pos_embed", 2, d), 0.125);
+        assert_eq!(layer_decay_scale("pose_encoder.projection.weight", 2, d), 0.125);
+        assert_eq!(layer_decay_scale("pose_encoder.layers.0.attn.qkv.weight", 2, d), 0.25);
+        assert_eq!(layer_decay_scale("pose_encoder.layers.1.ln2.bias", 2, d), 0.5);
+        assert_eq!(layer_decay_scale("pose_encoder.ln1.weight", 2, d), 1.0);
+        assert_eq!(layer_decay_scale("decoder.decoder.duplicate_pooling", 2, d), 1.0);
+        assert_eq!(layer_decay_scale("pose_encoder.layers.1.ln2.bias", 2, None), 1.0);
     }
 }

@@ -140,6 +140,7 @@ pub struct Trainer {
 const RNG_KEY: &str = "trainer.rng";
 const ACCUM_COUNT_KEY: &str = "trainer.accumulated_micro_batches";
 const ACCUM_PREFIX: &str = "trainer.accumulated.";
+const EXTRA_KEY: &str = "motivnet.trainer";
 
 impl Trainer {
     pub fn new(model: MotivNet, config: TrainerConfig) -> Self {
@@ -204,8 +205,10 @@ impl Trainer {
     }
 
     /// Weights (reference names), optimizer moments and step, dropout RNG position and any
-    /// gradients accumulated mid-cycle: everything needed to continue exactly.
-    pub fn save_state(&self, path: &Path) -> Result<()> {
+    /// gradients accumulated mid-cycle: everything needed to continue exactly. `extra` is the
+    /// caller's own bookkeeping (epoch, schedule, data order), stored in the same file so the
+    /// two can never disagree.
+    pub fn save_state(&self, path: &Path, extra: Option<&str>) -> Result<()> {
         let mut tensors = self.model.params.tensors();
         tensors.extend(self.optimizer.state_tensors()?);
         let seed: Vec<u8> = self.rng.get_seed().to_vec();
@@ -226,11 +229,13 @@ impl Trainer {
         for (name, g) in &self.accumulated {
             tensors.insert(format!("{ACCUM_PREFIX}{name}"), g.clone());
         }
-        weights::save_tensors(&tensors, path)
+        let metadata = extra.map(|e| [(EXTRA_KEY.to_string(), e.to_string())].into_iter().collect());
+        weights::save_tensors_with_metadata(&tensors, metadata, path)
     }
 
-    /// Restores what [`Trainer::save_state`] wrote. The model's config must be the one saved.
-    pub fn load_state(&mut self, path: &Path) -> Result<()> {
+    /// Restores what [`Trainer::save_state`] wrote and returns its `extra`. The model's config
+    /// must be the one saved.
+    pub fn load_state(&mut self, path: &Path) -> Result<Option<String>> {
         let file = path.display().to_string();
         let tensors = weights::read_tensors(path)?;
         let opts = weights::LoadOptions { encoder_only: false, grid: Some(self.model.config.encoder.grid()) };
@@ -263,6 +268,6 @@ impl Trainer {
                 self.accumulated.insert(p.name.clone(), g.to_dtype(DType::F32)?.to_device(self.model.device())?);
             }
         }
-        Ok(())
+        Ok(weights::read_metadata(path)?.remove(EXTRA_KEY))
     }
 }

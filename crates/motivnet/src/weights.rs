@@ -217,11 +217,79 @@ pub fn load_file(params: &ParamStore, path: &Path, opts: &LoadOptions) -> Result
 }
 
 /// Writes tensors as safetensors through a temporary file and a rename, so a crash mid-write
-/// never leaves a truncated checkpoint under the final name.
-pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(tensors, &tmp)?;
+/// never leaves a truncated checkpoint under the final name. `metadata` goes to the file's
+/// `__metadata__` header (string to string), read back by [`read_metadata`].
+pub fn save_tensors_with_metadata(
+    tensors: &HashMap<String, Tensor>,
+    metadata: Option<HashMap<String, String>>,
+    path: &Path,
+) -> Result<()> {
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+    // On the CPU for serialisation: a device tensor is copied once here, not per call.
+    let cpu: Vec<(String, Tensor)> =
+        tensors.iter().map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
+    safetensors::serialize_to_file(cpu.iter().map(|(k, t)| (k.as_str(), t)), metadata, &tmp)
+        .map_err(|e| Error::Weights(format!("{}: cannot write ({e})", path.display())))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    save_tensors_with_metadata(tensors, None, path)
+}
+
+/// The `__metadata__` of a safetensors file, reading only its header.
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let file = path.display().to_string();
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(Error::Weights(format!("{file}: not a safetensors file (header length {len})")));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let parsed: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| Error::Weights(format!("{file}: not a safetensors file ({e})")))?;
+    let meta = parsed.get("__metadata__").and_then(|m| m.as_object());
+    Ok(meta
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
+        .unwrap_or_default())
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConvertReport {
+    pub written: usize,
+    /// Keys whose name changed (file key, written key).
+    pub renamed: Vec<(String, String)>,
+    pub ignored: Vec<String>,
+}
+
+/// A `.pth` (MotivNet or Sapiens layout) or safetensors file -> safetensors with the MotivNet
+/// reference's names, in f32; keys a classifier never uses (a Sapiens pose head) are left out.
+pub fn convert_file(input: &Path, output: &Path) -> Result<ConvertReport> {
+    let tensors = read_tensors(input)?;
+    let mut report = ConvertReport::default();
+    let mut out = HashMap::new();
+    let mut keys: Vec<&String> = tensors.keys().collect();
+    keys.sort();
+    for key in keys {
+        match canonical(key) {
+            KeyKind::Ours(name) => {
+                if &name != key {
+                    report.renamed.push((key.clone(), name.clone()));
+                }
+                if out.insert(name.clone(), tensors[key].to_dtype(DType::F32)?).is_some() {
+                    return Err(Error::Weights(format!("{}: two keys map to {name}", input.display())));
+                }
+            }
+            KeyKind::Ignored | KeyKind::State => report.ignored.push(key.clone()),
+        }
+    }
+    report.written = out.len();
+    save_tensors(&out, output)?;
+    Ok(report)
 }
 
 /// The model's weights alone, with the MotivNet reference's names.

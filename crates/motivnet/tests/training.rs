@@ -115,13 +115,13 @@ fn a_saved_training_state_resumes_exactly() {
     let state = dir.join("state.safetensors");
     let mut first = Trainer::new(new_model(), config());
     let mut resumed_losses = run(&mut first, 0..3);
-    first.save_state(&state).unwrap();
+    first.save_state(&state, Some("{\"epoch\":1}")).unwrap();
     drop(first);
     let mut second = Trainer::new(
         MotivNet::new(&dropout_config(), &Device::Cpu, 99).unwrap(),
         TrainerConfig { seed: 42, ..config() },
     );
-    second.load_state(&state).unwrap();
+    assert_eq!(second.load_state(&state).unwrap().as_deref(), Some("{\"epoch\":1}"));
     assert_eq!(second.pending_micro_batches(), 1);
     resumed_losses.extend(run(&mut second, 3..6));
     assert_eq!(losses, resumed_losses);
