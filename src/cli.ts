@@ -19,6 +19,7 @@ import { batches } from './preprocess/batcher.js';
 import { readConfigFile, TrainConfigSchema, validateTrainConfig } from './train/config.js';
 import { readSet } from './train/dataset.js';
 import { computeMetrics, type Metrics } from './train/metrics.js';
+import { Progress } from './train/progress.js';
 import { resume, train, TrainingStopped } from './train/trainer.js';
 
 const num = (what: string) => (v: string) => {
@@ -251,6 +252,28 @@ function convertCommand(program: Command): void {
     });
 }
 
+function synthCommand(program: Command): void {
+  program
+    .command('synth')
+    .description('generate the procedural face data set (AffectNet layout: images/, training.csv, validation.csv)')
+    .requiredOption('--out <dir>', 'where to write it')
+    .option('--seed <s>', 'seed: the same seed writes the same bytes', int('--seed'), 0)
+    .option('--train-per-class <n>', 'training images of the rarest class (contempt); the others follow AffectNet\'s ratios', int('--train-per-class'), 120)
+    .option('--test-per-class <m>', 'test images per class', int('--test-per-class'), 40)
+    .option('--size <WxH>', 'image size in pixels', '96x96')
+    .option('--imbalance <x>', 'exponent on AffectNet\'s class ratios: 1 = its proportions, 0.5 = their square root', num('--imbalance'), 0.5)
+    .action(async (opts) => {
+      const m = /^(\d+)x(\d+)$/.exec(opts.size);
+      if (!m) throw new Error(`--size must look like 96x96, got '${opts.size}'`);
+      const { synthesize, plannedTotal } = await import('./synth/generate.js');
+      const options = { out: opts.out, seed: opts.seed, trainPerClass: opts.trainPerClass, testPerClass: opts.testPerClass, width: Number(m[1]), height: Number(m[2]), imbalance: opts.imbalance };
+      const progress = new Progress({ label: 'synth', total: plannedTotal(options) });
+      const r = await synthesize(options, (done) => progress.update(done, done, {}));
+      progress.finish();
+      console.log(`wrote ${r.train.reduce((a, b) => a + b, 0)} training images (${r.train.join(', ')} per class) and ${r.test.reduce((a, b) => a + b, 0)} test images to ${opts.out}`);
+    });
+}
+
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('motivnet')
     .description('MotivNet facial emotion recognition: train, evaluate, predict, convert weights')
@@ -260,6 +283,7 @@ export async function main(argv: string[]): Promise<void> {
   evalCommand(program);
   predictCommand(program);
   convertCommand(program);
+  synthCommand(program);
   try {
     await program.parseAsync(argv);
   } catch (err) {

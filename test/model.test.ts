@@ -147,6 +147,19 @@ describe('MotivNet', () => {
     expect(growth).toBeLessThan(50);
   });
 
+  it('holds memory flat over 300 train steps', async () => {
+    // Gradients carry their op graph in candle: a sum or moment kept without detaching it
+    // keeps every step's activations alive (this model would grow ~1 MB a step).
+    const model = await load();
+    const lr = { encoderLr: 1e-4, decoderLr: 1e-4 };
+    let after20 = 0;
+    for (let i = 0; i < 300; i++) {
+      await model.trainStep({ tensor: x, batchSize: 4 }, labels, { ...lr, endOfCycle: i % 2 === 1 });
+      if (i === 19) after20 = process.memoryUsage().rss;
+    }
+    expect((process.memoryUsage().rss - after20) / 2 ** 20).toBeLessThan(50);
+  });
+
   it('loads beside a piscina pool and the process exits cleanly', () => {
     const child = spawnSync(process.execPath, [path.join(__dirname, 'fixtures', 'piscina-child.mjs')], {
       encoding: 'utf8',

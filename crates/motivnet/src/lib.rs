@@ -11,6 +11,7 @@
 //! logits (B, num_classes).
 
 pub mod config;
+pub mod cpu;
 pub mod device;
 pub mod encoder;
 pub mod error;

@@ -28,6 +28,7 @@ impl MotivNet {
     /// A freshly initialised model; `seed` fixes every initial weight.
     pub fn new(config: &ModelConfig, device: &Device, seed: u64) -> Result<Self> {
         config.validate()?;
+        crate::cpu::prepare();
         let mut params = ParamStore::new(device, seed);
         let encoder = SapiensEncoder::new(&mut params, ENCODER_PREFIX.trim_end_matches('.'), &config.encoder)?;
         let head =

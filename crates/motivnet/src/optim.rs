@@ -156,8 +156,11 @@ impl AdamW {
                 Some(mv) => mv,
                 None => (g.zeros_like()?, g.zeros_like()?),
             };
-            let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+            // detach(): a tensor computed from gradients carries the op graph that made it, so
+            // a moment kept across steps would keep every step's graph alive (memory growing
+            // without bound over a run).
+            let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
+            let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
             let mut value = p.var.as_detached_tensor();
             if wd != 0.0 {
                 value = (value * (1.0 - lr * wd))?;

@@ -48,6 +48,7 @@ pub struct Prediction {
 impl MotivNet {
     /// The model's input tensor for `input` on the model's device.
     pub fn input_tensor(&self, input: &ModelInput) -> Result<Tensor> {
+        crate::cpu::prepare();
         let enc = &self.config.encoder;
         match input {
             ModelInput::Pixels { batch, geometry } => {
@@ -153,6 +154,11 @@ impl Trainer {
         }
     }
 
+    /// The gradients summed since the last optimizer step, by parameter name.
+    pub fn accumulated_gradients(&self) -> impl Iterator<Item = (&String, &Tensor)> {
+        self.accumulated.iter()
+    }
+
     /// Micro-batches accumulated since the last optimizer step.
     pub fn pending_micro_batches(&self) -> usize {
         self.micro_batches
@@ -169,6 +175,7 @@ impl Trainer {
     ) -> Result<StepOutput> {
         // Checked before any work, so a bad call leaves the accumulated gradients intact.
         AdamW::check_learning_rates(lr)?;
+        crate::cpu::prepare();
         let x = self.model.input_tensor(input)?;
         let logits = self.model.forward(&x, &mut Mode::Train(&mut self.rng))?;
         let loss = cross_entropy(&logits, labels)?;
@@ -183,9 +190,10 @@ impl Trainer {
             let g = grads.remove(p.var.as_tensor()).ok_or_else(|| {
                 Error::Input(format!("parameter {} received no gradient: the graph is cut somewhere", p.name))
             })?;
+            // Detached: kept across calls, it must not hold this step's graph (see optim.rs).
             let sum = match self.accumulated.remove(&p.name) {
-                Some(prev) => (prev + g)?,
-                None => g,
+                Some(prev) => (prev + g)?.detach(),
+                None => g.detach(),
             };
             self.accumulated.insert(p.name.clone(), sum);
         }

@@ -148,3 +148,26 @@ fn bad_labels_and_learning_rates_are_named() {
     let err = trainer.model.predict(&ModelInput::Tensor(&wrong)).unwrap_err().to_string();
     assert!(err.contains("3 x 32 x 48") && err.contains("expected 3 x 64 x 48"), "{err}");
 }
+
+#[test]
+fn state_kept_across_steps_holds_no_graph() {
+    // A gradient, moment or sum that kept its op graph would keep every step's activations
+    // alive: memory would grow with each step until the process is killed.
+    let (x, labels) = batch();
+    let mut trainer = Trainer::new(reference_model(), TrainerConfig::default());
+    let input = ModelInput::Tensor(&x);
+    for i in 0..3 {
+        trainer.train_step(&input, &labels, LR, i == 1).unwrap();
+    }
+    assert_eq!(trainer.pending_micro_batches(), 1);
+    let mut checked = 0;
+    for (name, g) in trainer.accumulated_gradients() {
+        assert!(!g.track_op(), "accumulated gradient of {name} keeps its graph");
+        checked += 1;
+    }
+    for (name, t) in trainer.optimizer.state_tensors().unwrap() {
+        assert!(!t.track_op(), "optimizer state {name} keeps its graph");
+        checked += 1;
+    }
+    assert!(checked > 3 * trainer.model.params.len() - 10);
+}
