@@ -261,7 +261,7 @@ function synthCommand(program: Command): void {
     .option('--train-per-class <n>', 'training images of the rarest class (contempt); the others follow AffectNet\'s ratios', int('--train-per-class'), 120)
     .option('--test-per-class <m>', 'test images per class', int('--test-per-class'), 40)
     .option('--size <WxH>', 'image size in pixels', '96x96')
-    .option('--imbalance <x>', 'exponent on AffectNet\'s class ratios: 1 = its proportions, 0.5 = their square root', num('--imbalance'), 0.5)
+    .option('--imbalance <x>', 'exponent on AffectNet\'s class ratios: 1 = its proportions, 0.5 = their square root, 0 = balanced', num('--imbalance'), 1)
     .action(async (opts) => {
       const m = /^(\d+)x(\d+)$/.exec(opts.size);
       if (!m) throw new Error(`--size must look like 96x96, got '${opts.size}'`);

@@ -16,7 +16,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const rel = (p: string) => path.relative(process.cwd(), p) || '.';
 
 /** The demo's data set and training recipe (measured figures in the README). */
-export const DEMO_DATA: Omit<SynthOptions, 'out'> = { seed: 0, trainPerClass: 120, testPerClass: 40, width: 96, height: 96, imbalance: 0.5 };
+export const DEMO_DATA: Omit<SynthOptions, 'out'> = { seed: 0, trainPerClass: 120, testPerClass: 40, width: 96, height: 96, imbalance: 1 };
 export const DEMO_TRAINING = {
   format: 'affectnet',
   model: path.join(root, 'configs', 'demo-model.json'),

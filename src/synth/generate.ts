@@ -30,8 +30,8 @@ export interface SynthOptions {
   width?: number;
   height?: number;
   /**
-   * Exponent on AffectNet's class ratios: 1 gives its proportions (happy 36x contempt), 0.5
-   * their square root (6x), which keeps the demo small while keeping the order. Default 0.5.
+   * Exponent on AffectNet's class ratios: 1 (the default) gives its proportions (happy 36x
+   * contempt), 0.5 their square root (6x), 0 a balanced set.
    */
   imbalance?: number;
 }
@@ -49,7 +49,7 @@ export function trainCounts(perClass: number, imbalance: number): number[] {
 
 /** How many images `synthesize` will write for these options. */
 export function plannedTotal(opts: SynthOptions): number {
-  const train = trainCounts(opts.trainPerClass ?? 120, opts.imbalance ?? 0.5).reduce((a, b) => a + b, 0);
+  const train = trainCounts(opts.trainPerClass ?? 120, opts.imbalance ?? 1).reduce((a, b) => a + b, 0);
   return train + 8 * (opts.testPerClass ?? 40);
 }
 
@@ -81,7 +81,7 @@ export async function synthesize(opts: SynthOptions, onProgress?: (done: number,
   }
   if (width < 32 || height < 32) throw new RangeError(`size ${width}x${height} is too small to draw a face: at least 32x32`);
   const splits = [
-    { name: 'train', csv: 'training.csv', counts: trainCounts(perClass, opts.imbalance ?? 0.5) },
+    { name: 'train', csv: 'training.csv', counts: trainCounts(perClass, opts.imbalance ?? 1) },
     { name: 'test', csv: 'validation.csv', counts: new Array<number>(8).fill(testPer) },
   ];
   const total = splits.reduce((n, s) => n + s.counts.reduce((a, b) => a + b, 0), 0);

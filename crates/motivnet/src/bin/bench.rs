@@ -19,11 +19,12 @@ struct Args {
     warmup: usize,
     device: String,
     skip_train: bool,
+    skip_forward: bool,
     /// Time the fused resize + normalize of `batch` ~400 px images instead of the model.
     preprocess: bool,
 }
 
-const USAGE: &str = "usage: motivnet-bench [--model PRESET|FILE] [--batch B] [--iters N] [--warmup N] [--device cpu|cuda:N] [--skip-train] [--preprocess]";
+const USAGE: &str = "usage: motivnet-bench [--model PRESET|FILE] [--batch B] [--iters N] [--warmup N] [--device cpu|cuda:N] [--skip-train] [--skip-forward] [--preprocess]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -48,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
             "--warmup" => args.warmup = number(value("--warmup")?, "--warmup")?,
             "--device" => args.device = value("--device")?,
             "--skip-train" => args.skip_train = true,
+            "--skip-forward" => args.skip_forward = true,
             "--preprocess" => args.preprocess = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
@@ -57,6 +59,14 @@ fn parse_args() -> Result<Args, String> {
         return Err(format!("--batch and --iters must be at least 1\n{USAGE}"));
     }
     Ok(args)
+}
+
+/// Peak resident memory of this process (Linux: VmHWM), in MiB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn median_ms(mut samples: Vec<f64>) -> f64 {
@@ -109,10 +119,14 @@ fn run(args: &Args) -> motivnet::Result<String> {
     let x =
         Tensor::randn(0f32, 1.0, (args.batch, 3, enc.input_height, enc.input_width), &device)?.to_dtype(DType::F32)?;
     let input = ModelInput::Tensor(&x);
-    let forward_ms = time(args.warmup, args.iters, || {
-        model.predict(&input)?.to_device(&candle_core::Device::Cpu)?;
-        Ok(())
-    })?;
+    let forward_ms = if args.skip_forward {
+        None
+    } else {
+        Some(time(args.warmup, args.iters, || {
+            model.predict(&input)?.to_device(&candle_core::Device::Cpu)?;
+            Ok(())
+        })?)
+    };
     let mut train_ms = None;
     if !args.skip_train {
         let labels: Vec<u32> = (0..args.batch as u32).map(|i| i % config.head.num_classes as u32).collect();
@@ -123,11 +137,13 @@ fn run(args: &Args) -> motivnet::Result<String> {
     let threads = rayon::current_num_threads();
     Ok(format!(
         "{{\"model\":\"{}\",\"batch\":{},\"device\":\"{}\",\"threads\":{threads},\"parameters\":{total},\"trainable\":{trainable},\
-         \"forwardMs\":{forward_ms:.3},\"trainStepMs\":{}}}",
+         \"forwardMs\":{},\"trainStepMs\":{},\"peakRssMb\":{}}}",
         args.model,
         args.batch,
         args.device,
-        train_ms.map_or("null".to_string(), |t| format!("{t:.3}"))
+        forward_ms.map_or("null".to_string(), |t| format!("{t:.3}")),
+        train_ms.map_or("null".to_string(), |t| format!("{t:.3}")),
+        peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.1}"))
     ))
 }
 
