@@ -34,6 +34,7 @@ fn parse_args() -> Result<Args, String> {
         warmup: 1,
         device: "cpu".into(),
         skip_train: false,
+        skip_forward: false,
         preprocess: false,
     };
     let mut it = std::env::args().skip(1);
