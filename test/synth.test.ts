@@ -49,10 +49,10 @@ describe('the synthetic face data set', () => {
 
   it('a reduced demo run trains end to end and beats chance', async () => {
     // One epoch over a balanced set: a ViT trained from scratch sits at chance for its first
-    // ~2,500 images before the cues take hold, so the epoch must be at least that long.
+    // ~2,500 images before the cues take hold, so the epoch must be well past that.
     const base = tempDir('demo');
     const data = path.join(base, 'data');
-    await synthesize({ out: data, seed: 0, trainPerClass: 400, testPerClass: 10, width: 96, height: 96, imbalance: 0 });
+    await synthesize({ out: data, seed: 0, trainPerClass: 700, testPerClass: 10, width: 96, height: 96, imbalance: 0 });
     const result = await train(
       {
         data,
@@ -72,6 +72,6 @@ describe('the synthetic face data set', () => {
       { log: () => {}, progressStream: { write: () => true, isTTY: false } as unknown as NodeJS.WriteStream },
     );
     expect(result.status).toBe('completed');
-    expect(result.test!.accuracy).toBeGreaterThan(0.3); // chance is 0.125
+    expect(result.test!.accuracy).toBeGreaterThan(0.4); // chance is 0.125
   }, 120_000);
 });

@@ -69,8 +69,9 @@ impl Block {
 
     fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.ln1.forward(x)?, mode)?)?;
-        // Exact (erf) GELU as PyTorch's nn.GELU(); candle's gelu() is the tanh approximation.
-        let h = self.fc2.forward(&self.fc1.forward(&self.ln2.forward(&x)?)?.gelu_erf()?)?;
+        // Exact (erf) GELU as PyTorch's nn.GELU() (candle's gelu() is the tanh approximation),
+        // fused on the CPU.
+        let h = self.fc2.forward(&crate::fused::gelu_erf(&self.fc1.forward(&self.ln2.forward(&x)?)?)?)?;
         Ok((x + h)?)
     }
 }

@@ -91,9 +91,15 @@ impl Module for LayerNorm {
     }
 }
 
-/// Softmax over the last dimension. The max is detached: it only guards exp() against
-/// overflow, and differentiating through it adds rounding noise and work for no gradient.
+/// Softmax over the last dimension: fused and multi-threaded on the CPU (crate::fused).
 pub fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    crate::fused::softmax_last_dim(x)
+}
+
+/// Softmax from candle's primitive ops, for other devices. The max is detached: it only guards
+/// exp() against overflow, and differentiating through it adds rounding noise and work for no
+/// gradient.
+pub fn softmax_composed(x: &Tensor) -> candle_core::Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)

@@ -15,6 +15,7 @@ pub mod cpu;
 pub mod device;
 pub mod encoder;
 pub mod error;
+pub mod fused;
 pub mod head;
 pub mod layers;
 pub mod loss;

@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::params::{Group, Param, ParamStore};
@@ -75,6 +76,62 @@ pub struct AdamW {
     /// First and second moments by parameter name.
     moments: HashMap<String, (Tensor, Tensor)>,
     step: u64,
+}
+
+/// One parameter's AdamW update, with the step's constants.
+struct Step {
+    lr: f64,
+    wd: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    bias1: f64,
+    bias2_sqrt: f64,
+}
+
+impl Step {
+    /// Candle ops, for any device. The moments come back detached: a tensor computed from
+    /// gradients carries the op graph that made it, and one kept across steps would keep every
+    /// step's graph alive (memory growing without bound over a run).
+    fn apply_composed(&self, var: &Var, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let m = ((m * self.beta1)? + (g * (1.0 - self.beta1))?)?.detach();
+        let v = ((v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?.detach();
+        let mut value = var.as_detached_tensor();
+        if self.wd != 0.0 {
+            value = (value * (1.0 - self.lr * self.wd))?;
+        }
+        let denom = ((v.sqrt()? / self.bias2_sqrt)? + self.eps)?;
+        let value = (value - ((&m / denom)? * (self.lr / self.bias1))?)?;
+        var.set(&value)?;
+        Ok((m, v))
+    }
+
+    /// The same arithmetic in one multi-threaded pass over the CPU buffers: the composed form
+    /// makes a dozen single-threaded passes and as many allocations per parameter.
+    fn apply_cpu(&self, var: &Var, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let read = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let (mut pv, gv, mut mv, mut vv) = (read(var.as_tensor())?, read(g)?, read(m)?, read(v)?);
+        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
+        let decay = (1.0 - self.lr * self.wd) as f32;
+        let (inv_bias2_sqrt, eps, step_size) =
+            ((1.0 / self.bias2_sqrt) as f32, self.eps as f32, (self.lr / self.bias1) as f32);
+        const CHUNK: usize = 16 * 1024;
+        pv.par_chunks_mut(CHUNK)
+            .zip(mv.par_chunks_mut(CHUNK))
+            .zip(vv.par_chunks_mut(CHUNK))
+            .zip(gv.par_chunks(CHUNK))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    m[i] = m[i] * b1 + g[i] * (1.0 - b1);
+                    v[i] = v[i] * b2 + g[i] * g[i] * (1.0 - b2);
+                    let denom = v[i].sqrt() * inv_bias2_sqrt + eps;
+                    p[i] = p[i] * decay - m[i] / denom * step_size;
+                }
+            });
+        let (shape, dev) = (var.shape().clone(), var.device().clone());
+        var.set(&Tensor::from_vec(pv, shape.clone(), &dev)?)?;
+        Ok((Tensor::from_vec(mv, shape.clone(), &dev)?, Tensor::from_vec(vv, shape, &dev)?))
+    }
 }
 
 /// The learning-rate factor of a parameter under layer-wise decay (1 without it).
@@ -156,18 +213,12 @@ impl AdamW {
                 Some(mv) => mv,
                 None => (g.zeros_like()?, g.zeros_like()?),
             };
-            // detach(): a tensor computed from gradients carries the op graph that made it, so
-            // a moment kept across steps would keep every step's graph alive (memory growing
-            // without bound over a run).
-            let m = ((m * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
-            let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
-            let mut value = p.var.as_detached_tensor();
-            if wd != 0.0 {
-                value = (value * (1.0 - lr * wd))?;
-            }
-            let denom = ((v.sqrt()? / bias2_sqrt)? + c.eps)?;
-            let value = (value - ((&m / denom)? * (lr / bias1))?)?;
-            p.var.set(&value)?;
+            let step = Step { lr, wd, beta1: c.beta1, beta2: c.beta2, eps: c.eps, bias1, bias2_sqrt };
+            let (m, v) = if g.device().is_cpu() && g.dtype() == DType::F32 {
+                step.apply_cpu(&p.var, &g, &m, &v)?
+            } else {
+                step.apply_composed(&p.var, &g, &m, &v)?
+            };
             self.moments.insert(p.name.clone(), (m, v));
         }
         Ok(norm)
@@ -220,7 +271,34 @@ impl AdamW {
 
 #[cfg(test)]
 mod tests {
-    use super::layer_decay_scale;
+    use super::{layer_decay_scale, Step};
+    use candle_core::{Device, Tensor, Var};
+
+    #[test]
+    fn fused_cpu_update_matches_the_composed_one() {
+        let dev = Device::Cpu;
+        let rand = |s: f32| (Tensor::randn(0f32, 1.0, (70, 300), &dev).unwrap() * s as f64).unwrap();
+        let (p0, g, m, v) = (rand(1.0), rand(0.1), rand(0.01), rand(0.001).abs().unwrap());
+        let step = Step {
+            lr: 3e-3,
+            wd: 0.05,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            bias1: 1.0 - 0.9f64.powi(3),
+            bias2_sqrt: (1.0 - 0.999f64.powi(3)).sqrt(),
+        };
+        let (a, b) = (Var::from_tensor(&p0).unwrap(), Var::from_tensor(&p0).unwrap());
+        let (ma, va) = step.apply_cpu(&a, &g, &m, &v).unwrap();
+        let (mb, vb) = step.apply_composed(&b, &g, &m, &v).unwrap();
+        let diff = |x: &Tensor, y: &Tensor| {
+            (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        };
+        assert!(diff(a.as_tensor(), b.as_tensor()) < 1e-6);
+        assert!(diff(&ma, &mb) < 1e-7);
+        assert!(diff(&va, &vb) < 1e-8);
+        assert!(diff(a.as_tensor(), &p0) > 1e-4, "the update changed nothing");
+    }
 
     #[test]
     fn layer_decay_follows_depth() {

@@ -1,0 +1,203 @@
+//! Fused, multi-threaded CPU kernels with their own backward, for the element-wise work that
+//! candle runs as chains of single-threaded ops (CANDLE.md, "CPU speed"): exact GELU and the
+//! last-dimension softmax. Each is a candle custom op, so autograd flows through it; on other
+//! devices, other dtypes or strided inputs the composed candle ops run instead. Gradients are
+//! checked against the composed versions in this file's tests.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Elements per rayon task: large enough to amortise scheduling, small enough to balance.
+const CHUNK: usize = 16 * 1024;
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(values) = storage else { candle_core::bail!("{op}: expected f32 input") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{op}: input must be contiguous") };
+    Ok(&values[start..end])
+}
+
+fn fusable(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// GELU, exact (erf) form, as PyTorch's `nn.GELU()`: x * Phi(x).
+pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
+    if !fusable(x) {
+        return x.gelu_erf();
+    }
+    x.contiguous()?.apply_op1(GeluErf)
+}
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "fused-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(storage, layout, self.name())?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| {
+            for (o, &v) in o.iter_mut().zip(x) {
+                *o = 0.5 * v * (1.0 + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &GeluErfGrad)?))
+    }
+}
+
+/// d/dx [x Phi(x)] = Phi(x) + x phi(x), times the incoming gradient.
+struct GeluErfGrad;
+
+impl CustomOp2 for GeluErfGrad {
+    fn name(&self) -> &'static str {
+        "fused-gelu-erf-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, g) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK))).for_each(|(o, (x, g))| {
+            for ((o, &v), &g) in o.iter_mut().zip(x).zip(g) {
+                let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+                let pdf = FRAC_1_SQRT_2PI * (-0.5 * v * v).exp();
+                *o = g * (cdf + v * pdf);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    if !fusable(x) {
+        return crate::layers::softmax_composed(x);
+    }
+    x.contiguous()?.apply_op1(SoftmaxLastDim)
+}
+
+struct SoftmaxLastDim;
+
+fn last_dim(layout: &Layout) -> usize {
+    layout.dims().last().copied().unwrap_or(1).max(1)
+}
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "fused-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(storage, layout, self.name())?;
+        let n = last_dim(layout);
+        let rows_per_task = (CHUNK / n).max(1);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(n * rows_per_task).zip(x.par_chunks(n * rows_per_task)).for_each(|(o, x)| {
+            for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
+                let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = (v - max).exp();
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                o.iter_mut().for_each(|v| *v *= inv);
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(res.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxGrad)?))
+    }
+}
+
+/// dx = y * (g - sum(g * y)) per row, from the softmax output y and the incoming gradient g.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-softmax-last-dim-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, g) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
+        let n = last_dim(l1);
+        let rows_per_task = (CHUNK / n).max(1);
+        let mut out = vec![0f32; y.len()];
+        out.par_chunks_mut(n * rows_per_task)
+            .zip(y.par_chunks(n * rows_per_task).zip(g.par_chunks(n * rows_per_task)))
+            .for_each(|(o, (y, g))| {
+                for ((o, y), g) in o.chunks_mut(n).zip(y.chunks(n)).zip(g.chunks(n)) {
+                    let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+                    for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                        *o = y * (g - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Forward values and the gradient of sum(f(x) * w) agree between two implementations.
+    fn check(
+        fused: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+        composed: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+        scale: f64,
+    ) {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (3, 5, 37), &dev).unwrap() * scale).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (3, 5, 37), &dev).unwrap();
+        let (a, b) = (fused(x.as_tensor()).unwrap(), composed(x.as_tensor()).unwrap());
+        assert!(max_diff(&a, &b) < 1e-5, "forward differs by {}", max_diff(&a, &b));
+        let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let (ga, gb) = (ga.get(x.as_tensor()).unwrap(), gb.get(x.as_tensor()).unwrap());
+        assert!(max_diff(ga, gb) < 1e-5, "gradient differs by {}", max_diff(ga, gb));
+    }
+
+    #[test]
+    fn fused_gelu_matches_candle_forward_and_backward() {
+        check(gelu_erf, |x| x.gelu_erf(), 3.0);
+    }
+
+    #[test]
+    fn fused_softmax_matches_composed_forward_and_backward() {
+        check(softmax_last_dim, crate::layers::softmax_composed, 4.0);
+    }
+
+    #[test]
+    fn strided_input_falls_back_to_a_contiguous_copy() {
+        let x = Tensor::randn(0f32, 1.0, (4, 6), &Device::Cpu).unwrap().t().unwrap();
+        let (a, b) = (softmax_last_dim(&x).unwrap(), crate::layers::softmax_composed(&x).unwrap());
+        assert!(max_diff(&a, &b) < 1e-6);
+    }
+}
