@@ -1,10 +1,10 @@
 //! Fused, multi-threaded CPU kernels with their own backward, for the element-wise work that
-//! candle runs as chains of single-threaded ops (CANDLE.md, "CPU speed"): exact GELU and the
-//! last-dimension softmax. Each is a candle custom op, so autograd flows through it; on other
+//! candle runs as chains of single-threaded ops (CANDLE.md, "CPU speed"): exact GELU, the
+//! last-dimension softmax and LayerNorm. Each is a candle custom op, so autograd flows through it; on other
 //! devices, other dtypes or strided inputs the composed candle ops run instead. Gradients are
 //! checked against the composed versions in this file's tests.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Elements per rayon task: large enough to amortise scheduling, small enough to balance.
@@ -158,6 +158,142 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
+/// LayerNorm over the last dimension with weight and bias (biased variance, as PyTorch).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if !(fusable(x) && fusable(weight) && fusable(bias)) {
+        return crate::layers::layer_norm_composed(x, weight, bias, eps);
+    }
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps: eps as f32 })
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// Mean and 1/std of one row.
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, b) =
+            (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
+        let n = last_dim(l1);
+        if w.len() != n || b.len() != n {
+            candle_core::bail!("{}: weight and bias must have {n} values", self.name());
+        }
+        let rows_per_task = (CHUNK / n).max(1);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(n * rows_per_task).zip(x.par_chunks(n * rows_per_task)).for_each(|(o, x)| {
+            for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
+                let (mean, rstd) = row_stats(x, self.eps);
+                for i in 0..n {
+                    o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = x.dim(candle_core::D::Minus1)?;
+        let rows = x.elem_count() / n;
+        // One op computes all three: the rows of dx, then dw, then db.
+        let all = x.contiguous()?.apply_op3_no_bwd(
+            &w.contiguous()?,
+            &grad.contiguous()?,
+            &LayerNormGrad { eps: self.eps },
+        )?;
+        let dx = all.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = all.narrow(0, rows, 1)?.reshape(n)?;
+        let db = all.narrow(0, rows + 1, 1)?.reshape(n)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// From x, w and the output gradient g: dx = rstd (gw - mean(gw) - xhat mean(gw xhat)) per row
+/// with gw = g w, dw = sum over rows of g xhat, db = sum of g. Output (rows + 2, n).
+struct LayerNormGrad {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w, g) =
+            (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
+        let n = last_dim(l1);
+        let rows = x.len() / n;
+        let rows_per_task = (CHUNK / n).max(1);
+        let mut out = vec![0f32; (rows + 2) * n];
+        let (dx, sums) = out.split_at_mut(rows * n);
+        // Each task returns its partial dw and db; they are added up after.
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(n * rows_per_task)
+            .zip(x.par_chunks(n * rows_per_task).zip(g.par_chunks(n * rows_per_task)))
+            .map(|(dx, (x, g))| {
+                let mut acc = vec![0f32; 2 * n];
+                let mut xhat = vec![0f32; n];
+                for ((dx, x), g) in dx.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
+                    let (mean, rstd) = row_stats(x, self.eps);
+                    let (mut mean_gw, mut mean_gw_xhat) = (0f32, 0f32);
+                    for i in 0..n {
+                        xhat[i] = (x[i] - mean) * rstd;
+                        let gw = g[i] * w[i];
+                        mean_gw += gw;
+                        mean_gw_xhat += gw * xhat[i];
+                        acc[i] += g[i] * xhat[i];
+                        acc[n + i] += g[i];
+                    }
+                    let (mean_gw, mean_gw_xhat) = (mean_gw / n as f32, mean_gw_xhat / n as f32);
+                    for i in 0..n {
+                        dx[i] = rstd * (g[i] * w[i] - mean_gw - xhat[i] * mean_gw_xhat);
+                    }
+                }
+                acc
+            })
+            .collect();
+        for p in partials {
+            sums.iter_mut().zip(&p).for_each(|(s, v)| *s += v);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, n))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +328,25 @@ mod tests {
     #[test]
     fn fused_softmax_matches_composed_forward_and_backward() {
         check(softmax_last_dim, crate::layers::softmax_composed, 4.0);
+    }
+
+    #[test]
+    fn fused_layer_norm_matches_composed_forward_and_all_three_gradients() {
+        let dev = Device::Cpu;
+        let var = |t: Tensor| Var::from_tensor(&t).unwrap();
+        let x = var((Tensor::randn(0f32, 1.0, (2, 7, 40), &dev).unwrap() * 3.0).unwrap());
+        let w = var(Tensor::randn(1f32, 0.3, 40, &dev).unwrap());
+        let b = var(Tensor::randn(0f32, 0.3, 40, &dev).unwrap());
+        let up = Tensor::randn(0f32, 1.0, (2, 7, 40), &dev).unwrap();
+        let fused = layer_norm(&x, &w, &b, 1e-6).unwrap();
+        let composed = crate::layers::layer_norm_composed(&x, &w, &b, 1e-6).unwrap();
+        assert!(max_diff(&fused, &composed) < 1e-5, "forward differs by {}", max_diff(&fused, &composed));
+        let ga = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let (a, c) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+            assert!(max_diff(a, c) < 2e-4, "gradient of {name} differs by {}", max_diff(a, c));
+        }
     }
 
     #[test]
