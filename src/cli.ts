@@ -18,7 +18,8 @@ import { SkipLog } from './preprocess/skips.js';
 import { batches } from './preprocess/batcher.js';
 import { readConfigFile, TrainConfigSchema, validateTrainConfig } from './train/config.js';
 import { readSet } from './train/dataset.js';
-import { computeMetrics, type Metrics } from './train/metrics.js';
+import { evaluateSet } from './train/evaluate.js';
+import type { Metrics } from './train/metrics.js';
 import { Progress } from './train/progress.js';
 import { resume, train, TrainingStopped } from './train/trainer.js';
 
@@ -154,24 +155,16 @@ function evalCommand(program: Command): void {
       const model = await MotivNet.load({ model: opts.model, weights: opts.weights, device: opts.device });
       const pool = new PreprocessPool();
       const skips = new SkipLog();
-      const probabilities: number[] = [];
-      const labels: number[] = [];
-      let lossSum = 0;
+      let m: Metrics;
       try {
-        const { inputHeight, inputWidth } = model.config.encoder;
-        for await (const b of batches(set.samples, { batchSize: opts.batchSize, decode: (t) => pool.decode(t), minWidth: inputWidth, minHeight: inputHeight, skips })) {
-          const r = await model.evaluate(b, b.labels);
-          lossSum += r.loss * b.labels.length;
-          probabilities.push(...r.probabilities);
-          labels.push(...b.labels);
-        }
+        m = await evaluateSet(model, pool, set.samples, { batchSize: opts.batchSize, skips });
       } finally {
         await pool.destroy();
         model.dispose();
       }
-      const m = computeMetrics(probabilities, labels, opts.classes, lossSum / Math.max(1, labels.length));
-      if (opts.json) console.log(JSON.stringify({ images: labels.length, skipped: skips.entries, ...m }, null, 2));
-      else console.log(`${labels.length} images, ${skips.summary()}\n${metricsTable(m)}`);
+      const images = m.confusion.flat().reduce((a, b) => a + b, 0);
+      if (opts.json) console.log(JSON.stringify({ images, skipped: skips.entries, ...m }, null, 2));
+      else console.log(`${images} images, ${skips.summary()}\n${metricsTable(m)}`);
     });
 }
 

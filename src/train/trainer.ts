@@ -13,15 +13,15 @@ import path from 'node:path';
 
 import { epochOrder } from '../data/sample.js';
 import { createRng } from '../data/random.js';
-import type { Sample } from '../data/types.js';
 import { emotionLabels } from '../emotions.js';
 import { MotivNet } from '../model.js';
-import { batches, DEFAULT_MAX_PIXELS } from '../preprocess/batcher.js';
+import { batches } from '../preprocess/batcher.js';
 import { PreprocessPool } from '../preprocess/pool.js';
 import { SkipLog } from '../preprocess/skips.js';
 import { validateTrainConfig, type TrainConfig } from './config.js';
 import { loadDataset, type Dataset } from './dataset.js';
-import { computeMetrics, type Metrics } from './metrics.js';
+import { evaluateSet } from './evaluate.js';
+import type { Metrics } from './metrics.js';
 import { writeConfusion, writeCurves } from './plots.js';
 import { Progress } from './progress.js';
 import { RunFolder, type EpochRecord } from './run-folder.js';
@@ -156,24 +156,6 @@ async function execute(cfg: TrainConfig, run: RunFolder, resumeFrom: string | nu
   }
 }
 
-async function evaluateSet(model: MotivNet, pool: PreprocessPool, samples: Sample[], cfg: TrainConfig, skips: SkipLog, label: string, hooks: TrainHooks): Promise<Metrics> {
-  const classes = model.config.head.numClasses;
-  const { inputHeight: minHeight, inputWidth: minWidth } = model.config.encoder;
-  const probabilities: number[] = [];
-  const labels: number[] = [];
-  let lossSum = 0;
-  const progress = new Progress({ label, total: samples.length, stream: hooks.progressStream });
-  for await (const batch of batches(samples, { batchSize: Math.max(cfg.batchSize, 8), prefetch: cfg.prefetch, decode: (t) => pool.decode(t), minWidth, minHeight, maxPixels: cfg.maxPixels ?? DEFAULT_MAX_PIXELS, skips })) {
-    const r = await model.evaluate(batch, batch.labels);
-    lossSum += r.loss * batch.labels.length;
-    probabilities.push(...r.probabilities);
-    labels.push(...batch.labels);
-    progress.update(Math.min(samples.length, batch.offset + batch.samples.length), labels.length, {});
-  }
-  progress.finish();
-  return computeMetrics(probabilities, labels, classes, labels.length ? lossSum / labels.length : Number.NaN);
-}
-
 async function loop(cfg: TrainConfig, run: RunFolder, data: Dataset, model: MotivNet, pool: PreprocessPool, state: RunState, hooks: TrainHooks, log: (line: string) => void): Promise<TrainResult> {
   const classes = cfg.classes;
   const names = emotionLabels(classes);
@@ -246,7 +228,7 @@ async function loop(cfg: TrainConfig, run: RunFolder, data: Dataset, model: Moti
     }
     const seconds = (performance.now() - started) / 1000;
     const valSkips = new SkipLog();
-    const val = await evaluateSet(model, pool, data.validation, cfg, valSkips, `validate ${epoch + 1}`, hooks);
+    const val = await evaluateSet(model, pool, data.validation, { ...cfg, skips: valSkips, label: `validate ${epoch + 1}`, progressStream: hooks.progressStream });
     appendSkips(run, valSkips, epoch, 'validation');
     lastValidation = val;
     const { perClass: _p, confusion: _c, ...valSummary } = val;
@@ -294,10 +276,10 @@ async function loop(cfg: TrainConfig, run: RunFolder, data: Dataset, model: Moti
   let test: Metrics | undefined;
   if (data.test) {
     const testSkips = new SkipLog();
-    test = await evaluateSet(model, pool, data.test, cfg, testSkips, 'test', hooks);
+    test = await evaluateSet(model, pool, data.test, { ...cfg, skips: testSkips, label: 'test', progressStream: hooks.progressStream });
     appendSkips(run, testSkips, state.epoch, 'test');
   }
-  const final = test ?? (bestEpoch !== null ? await evaluateSet(model, pool, data.validation, cfg, new SkipLog(), 'validate best', hooks) : lastValidation);
+  const final = test ?? (bestEpoch !== null ? await evaluateSet(model, pool, data.validation, { ...cfg, skips: new SkipLog(), label: 'validate best', progressStream: hooks.progressStream }) : lastValidation);
   if (final) await writeConfusion(run.file('confusion.png'), final.confusion, names, `${test ? 'test' : 'validation'} set, best epoch ${bestEpoch === null ? '-' : bestEpoch + 1}`);
   const pick = (m?: Metrics) => m && { accuracy: m.accuracy, auroc: m.auroc, f1: m.f1, precision: m.precision, recall: m.recall, loss: m.loss };
   run.writeJson('summary.json', {

@@ -1,0 +1,37 @@
+/** A labelled set through the pool and the model in eval mode, to metrics. */
+import type { Sample } from '../data/types.js';
+import type { MotivNet } from '../model.js';
+import { batches, DEFAULT_MAX_PIXELS } from '../preprocess/batcher.js';
+import type { PreprocessPool } from '../preprocess/pool.js';
+import type { SkipLog } from '../preprocess/skips.js';
+import { computeMetrics, type Metrics } from './metrics.js';
+import { Progress } from './progress.js';
+
+export interface EvaluateOptions {
+  batchSize: number;
+  prefetch?: number;
+  maxPixels?: number;
+  skips: SkipLog;
+  /** Label of the progress bar; none when absent. */
+  label?: string;
+  progressStream?: NodeJS.WriteStream;
+}
+
+export async function evaluateSet(model: MotivNet, pool: PreprocessPool, samples: Sample[], opts: EvaluateOptions): Promise<Metrics> {
+  const classes = model.config.head.numClasses;
+  const { inputHeight: minHeight, inputWidth: minWidth } = model.config.encoder;
+  const probabilities: number[] = [];
+  const labels: number[] = [];
+  let lossSum = 0;
+  const progress = opts.label ? new Progress({ label: opts.label, total: samples.length, stream: opts.progressStream }) : undefined;
+  const batchSize = Math.max(opts.batchSize, 8);
+  for await (const batch of batches(samples, { batchSize, prefetch: opts.prefetch, decode: (t) => pool.decode(t), minWidth, minHeight, maxPixels: opts.maxPixels ?? DEFAULT_MAX_PIXELS, skips: opts.skips })) {
+    const r = await model.evaluate(batch, batch.labels);
+    lossSum += r.loss * batch.labels.length;
+    probabilities.push(...r.probabilities);
+    labels.push(...batch.labels);
+    progress?.update(Math.min(samples.length, batch.offset + batchSize), labels.length, {});
+  }
+  progress?.finish();
+  return computeMetrics(probabilities, labels, classes, labels.length ? lossSum / labels.length : Number.NaN);
+}
