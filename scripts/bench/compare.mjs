@@ -6,7 +6,7 @@
 //
 //   BENCH_ROUNDS (default 2), BENCH_THREADS (default: all cores), BENCH_CASES (comma list of case ids)
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -22,10 +22,18 @@ const CASES = [
   { id: 'train-tiny', name: 'train step, tiny, batch 8', preset: 'tiny', batch: 8, kind: 'train', iters: 3, memory: true },
   { id: 'train-small', name: 'train step, small, batch 2', preset: 'small', batch: 2, kind: 'train', iters: 2 },
   { id: 'forward-0.3b', name: 'inference forward, sapiens-0.3b 1024 x 768, batch 1', preset: 'sapiens-0.3b', batch: 1, kind: 'forward', iters: 1, memory: true },
+  { id: 'e2e-tiny', name: 'end to end: JPEG files -> train step, tiny, batch 8 (ms per batch)', preset: 'tiny', batch: 8, kind: 'e2e', iters: 10 },
 ];
+const jpegs = path.join(root, '.cache/bench/jpegs');
 const selected = process.env.BENCH_CASES ? CASES.filter((c) => process.env.BENCH_CASES.split(',').includes(c.id)) : CASES;
 
 function runOurs(c) {
+  if (c.kind === 'e2e') {
+    const r = spawnSync(process.execPath, [path.join(root, 'scripts/bench/e2e-ours.mjs'), jpegs, c.preset, String(c.batch), String(c.iters)], { encoding: 'utf8', env: { ...process.env, RAYON_NUM_THREADS: String(threads) } });
+    if (r.status !== 0) throw new Error(`e2e (ours) failed: ${r.stderr}`);
+    const j = JSON.parse(r.stdout.trim().split('\n').pop());
+    return { ms: j.ms, peakMb: j.peakRssMb };
+  }
   const args = ['--model', c.preset, '--batch', String(c.batch), '--iters', String(c.iters), '--warmup', '1', c.kind === 'forward' ? '--skip-train' : '--skip-forward'];
   const r = spawnSync(ours, args, { encoding: 'utf8', env: { ...process.env, RAYON_NUM_THREADS: String(threads) } });
   if (r.status !== 0) throw new Error(`motivnet-bench failed: ${r.stderr}`);
@@ -34,7 +42,7 @@ function runOurs(c) {
 }
 
 function runReference(c) {
-  const args = [path.join(root, 'scripts/reference/bench_model.py'), '--case', c.kind, '--preset', c.preset, '--batch', String(c.batch), '--threads', String(threads), '--iters', String(c.iters), '--warmup', '1'];
+  const args = [path.join(root, 'scripts/reference/bench_model.py'), ...(c.kind === 'e2e' ? ['--dir', jpegs] : []), '--case', c.kind, '--preset', c.preset, '--batch', String(c.batch), '--threads', String(threads), '--iters', String(c.iters), '--warmup', '1'];
   const r = spawnSync(python, args, { encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) } });
   if (r.status !== 0) throw new Error(`reference failed: ${r.stderr.trim().split('\n').pop()}`);
   const j = JSON.parse(r.stdout.trim().split('\n').pop());
@@ -44,6 +52,7 @@ function runReference(c) {
 const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 if (!existsSync(ours)) throw new Error(`${ours} is missing: run npm run bench (it builds it)`);
+if (selected.some((c) => c.kind === 'e2e') && !existsSync(jpegs)) throw new Error(`${jpegs} is missing: run npm run bench:preprocess once (it writes the JPEG files)`);
 const haveReference = existsSync(python);
 if (!haveReference) console.log(referenceMissing());
 const results = [];
@@ -70,6 +79,10 @@ for (const c of selected) {
   console.log(`${c.name}: ours ${oursMs.toFixed(1)} ms, reference ${referenceMs?.toFixed(1) ?? '-'} ms, ratio ${row.ratio?.toFixed(2) ?? '-'}; peak ${row.oursPeakMb.toFixed(0)} / ${row.referencePeakMb?.toFixed(0) ?? '-'} MB`);
 }
 
+// Cases not run this time keep their last numbers (BENCH_CASES runs a subset).
+const previous = existsSync(path.join(root, 'docs/benchmarks/compare.json')) ? JSON.parse(readFileSync(path.join(root, 'docs/benchmarks/compare.json'), 'utf8')).cases : [];
+for (const old of previous) if (!results.some((r) => r.name === old.name)) results.push(old);
+results.sort((a, b) => CASES.findIndex((c) => c.name === a.name) - CASES.findIndex((c) => c.name === b.name));
 const date = new Date().toISOString().slice(0, 10);
 writeJson('compare', { date, machine: machine(), threads, rounds, torch: torchVersion, cases: results });
 const fmt = (v, d = 1) => (v === null || v === undefined ? '-' : v.toFixed(d));

@@ -22,7 +22,8 @@ from motivnet_ref import from_preset  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--case", choices=["forward", "train"], required=True)
+    ap.add_argument("--case", choices=["forward", "train", "e2e"], required=True)
+    ap.add_argument("--dir", help="e2e: folder of JPEG files, read as the reference's loader does")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
@@ -35,7 +36,33 @@ def main() -> None:
     enc = model.pose_encoder.cfg
     x = torch.randn(args.batch, 3, enc.input_height, enc.input_width)
     y = torch.arange(args.batch) % 8
-    if args.case == "forward":
+    if args.case == "e2e":
+        # The reference's loader in one process (DataLoader's default num_workers=0): OpenCV
+        # read, resize (stretch) and normalize each file, then a train step per batch.
+        import cv2
+        import numpy as np
+
+        from motivnet_ref import MEAN, STD
+
+        files = sorted(str(p) for p in pathlib.Path(args.dir).glob("*.jpg"))
+        mean, std = np.array(MEAN, np.float32), np.array(STD, np.float32)
+        model.train()
+        opt = torch.optim.AdamW(model.param_groups(1e-5, 1e-4, 0.01, 0.01))
+        cursor = [0]
+
+        def load(path: str) -> np.ndarray:
+            img = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            img = cv2.resize(img, (enc.input_width, enc.input_height), interpolation=cv2.INTER_LINEAR)
+            return ((img.astype(np.float32) - mean) / std).transpose(2, 0, 1)
+
+        def step() -> None:
+            batch = [files[(cursor[0] + i) % len(files)] for i in range(args.batch)]
+            cursor[0] += args.batch
+            xb = torch.from_numpy(np.stack([load(f) for f in batch]))
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), y).backward()
+            opt.step()
+    elif args.case == "forward":
         model.eval()
 
         def step() -> None:
