@@ -103,7 +103,7 @@ impl SapiensEncoder {
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let mut x = self.patch_embed(images)?.broadcast_add(&self.pos_embed)?;
         for layer in &self.layers {
-            x = layer.forward(&x, mode)?;
+            x = crate::layers::cut_graph_in_eval(layer.forward(&x, mode)?, mode);
         }
         Ok(self.ln1.forward(&x)?)
     }

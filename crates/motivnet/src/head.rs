@@ -143,7 +143,7 @@ impl MlDecoder {
         // detach(): shares the storage (so loading new queries is seen) but cuts backward.
         let mut t = self.query_embed.detach().unsqueeze(0)?.broadcast_as((b, k, e))?.contiguous()?;
         for layer in &self.layers {
-            t = layer.forward(&t, &memory, mode)?;
+            t = crate::layers::cut_graph_in_eval(layer.forward(&t, &memory, mode)?, mode);
         }
         // logits[:, k*f + j] = t[:, k, :] . duplicate_pooling[k, :, j]: one batched matmul over K.
         let per_group = t.transpose(0, 1)?.contiguous()?.matmul(&self.duplicate_pooling)?; // (K, B, f)

@@ -24,6 +24,18 @@ impl Mode<'_> {
     }
 }
 
+/// In eval mode, drops the op graph behind `x`. Parameters are candle `Var`s, so every op on
+/// them records its inputs for backward; without a cut, inference would keep every layer's
+/// activations (for sapiens-0.3b at 1024 x 768, the attention matrices alone are 0.6 GB a
+/// layer) until the logits are dropped. Cutting between layers frees each layer's as it ends.
+pub fn cut_graph_in_eval(x: Tensor, mode: &Mode) -> Tensor {
+    if mode.is_train() {
+        x
+    } else {
+        x.detach()
+    }
+}
+
 /// `nn.Linear`: y = x W^T + b over the last dimension, any leading dimensions.
 pub struct Linear {
     pub weight: Tensor,

@@ -53,7 +53,7 @@ impl MotivNet {
 
     /// Normalized images (B, 3, H, W) -> logits (B, num_classes).
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let tokens = self.encoder.forward(images, mode)?;
-        self.head.forward(&tokens, mode)
+        let tokens = crate::layers::cut_graph_in_eval(self.encoder.forward(images, mode)?, mode);
+        Ok(crate::layers::cut_graph_in_eval(self.head.forward(&tokens, mode)?, mode))
     }
 }

@@ -171,3 +171,14 @@ fn state_kept_across_steps_holds_no_graph() {
     }
     assert!(checked > 3 * trainer.model.params.len() - 10);
 }
+
+#[test]
+fn inference_keeps_no_graph() {
+    // Parameters are Vars, so ops on them record their inputs; eval mode cuts the graph between
+    // layers, or inference would hold every layer's activations until the logits are dropped.
+    let (x, _) = batch();
+    let model = reference_model();
+    assert!(!model.forward(&x, &mut Mode::Eval).unwrap().track_op());
+    let mut rng = rand::SeedableRng::seed_from_u64(0);
+    assert!(model.forward(&x, &mut Mode::Train(&mut rng)).unwrap().track_op());
+}
