@@ -98,7 +98,7 @@ export interface EvaluateOutput {
   probabilities: Float32Array;
 }
 
-type NativeInput = Parameters<NativeModel['predict']>[0];
+export type NativeInput = Parameters<NativeModel['predict']>[0];
 
 function isPacked(images: Images): images is PackedImages {
   return (images as PackedImages).pixels !== undefined;
@@ -108,7 +108,8 @@ function isNormalized(images: Images): images is NormalizedBatch {
   return (images as NormalizedBatch).tensor !== undefined;
 }
 
-function toNativeInput(images: Images, geometry: Geometry): NativeInput {
+/** Images in any of the accepted forms, as the addon takes them (no copy for one image or a packed batch). */
+export function toNativeInput(images: Images, geometry: Geometry): NativeInput {
   if (isNormalized(images)) {
     if (!(images.tensor instanceof Float32Array)) throw new TypeError('tensor must be a Float32Array');
     return { tensor: images.tensor, batchSize: images.batchSize };

@@ -3,7 +3,7 @@
  * it: for inspecting preprocessing, benchmarks, and feeding other tools.
  */
 import { native } from './native.js';
-import type { Geometry, PackedImages } from './model.js';
+import { toNativeInput, type Geometry, type PackedImages } from './model.js';
 
 export interface InputTensorOptions {
   height: number;
@@ -19,6 +19,5 @@ export interface InputTensorOptions {
 
 /** (B, 3, height, width) float32, row-major: resized (OpenCV INTER_LINEAR conventions) and normalized. */
 export function toInputTensor(images: PackedImages, opts: InputTensorOptions): Promise<Float32Array> {
-  const input = { pixels: images.pixels, widths: Array.from(images.widths), heights: Array.from(images.heights), geometry: opts.geometry ?? 'stretch' };
-  return native.preprocess(input, opts.height, opts.width, opts.normalization, opts.out);
+  return native.preprocess(toNativeInput(images, opts.geometry ?? 'stretch'), opts.height, opts.width, opts.normalization, opts.out);
 }

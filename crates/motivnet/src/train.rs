@@ -175,7 +175,6 @@ impl Trainer {
     ) -> Result<StepOutput> {
         // Checked before any work, so a bad call leaves the accumulated gradients intact.
         AdamW::check_learning_rates(lr)?;
-        crate::cpu::prepare();
         let x = self.model.input_tensor(input)?;
         let logits = self.model.forward(&x, &mut Mode::Train(&mut self.rng))?;
         let loss = cross_entropy(&logits, labels)?;
