@@ -12,7 +12,7 @@ use candle_core::{Module, Tensor};
 
 use crate::config::EncoderConfig;
 use crate::error::{input_err, Result};
-use crate::layers::{attention, merge_heads, LayerNorm, Linear, Mode};
+use crate::layers::{LayerNorm, Linear, Mode};
 use crate::params::{torch_default_bound, Init, ParamStore};
 
 const LN_EPS: f64 = 1e-6;
@@ -33,16 +33,10 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
-        let hd = d / self.heads;
-        // (B, N, 3, heads, hd) -> (3, B, heads, N, hd): the reference's split of qkv.
-        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, self.heads, hd))?.permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let out = attention(&q, &k, &v, 0.0, mode)?;
-        Ok(self.proj.forward(&merge_heads(&out)?)?)
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // The reference splits qkv as (B, N, 3, heads, hd); the fused op reads that layout.
+        let out = crate::fused_attention::self_attention(&self.qkv.forward(x)?, self.heads)?;
+        Ok(self.proj.forward(&out)?)
     }
 }
 
@@ -67,8 +61,8 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mode)?)?;
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
         // Exact (erf) GELU as PyTorch's nn.GELU() (candle's gelu() is the tanh approximation),
         // fused on the CPU.
         let h = self.fc2.forward(&crate::fused::gelu_erf(&self.fc1.forward(&self.ln2.forward(&x)?)?)?)?;
@@ -103,7 +97,7 @@ impl SapiensEncoder {
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let mut x = self.patch_embed(images)?.broadcast_add(&self.pos_embed)?;
         for layer in &self.layers {
-            x = crate::layers::cut_graph_in_eval(layer.forward(&x, mode)?, mode);
+            x = crate::layers::cut_graph_in_eval(layer.forward(&x)?, mode);
         }
         Ok(self.ln1.forward(&x)?)
     }
@@ -137,7 +131,7 @@ impl SapiensEncoder {
             .reshape((b * gh * gw, 3 * k * k))?;
         let d = cfg.embed_dim;
         let kernel = self.projection.weight.reshape((d, 3 * k * k))?;
-        let tokens = patches.matmul(&kernel.t()?)?.broadcast_add(&self.projection.bias)?;
+        let tokens = crate::fused_linear::linear(&patches, &kernel, &self.projection.bias)?;
         Ok(tokens.reshape((b, gh * gw, d))?)
     }
 }

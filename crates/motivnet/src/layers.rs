@@ -64,15 +64,7 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dims = x.dims();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim;
-        let out_dim = self.weight.dim(0)?;
-        // One 2-D matmul against the transposed view: gemm reads either layout, no copy.
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().unwrap() = out_dim;
-        y.reshape(out_dims)
+        crate::fused_linear::linear(x, &self.weight, &self.bias)
     }
 }
 

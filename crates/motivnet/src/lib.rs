@@ -16,6 +16,8 @@ pub mod device;
 pub mod encoder;
 pub mod error;
 pub mod fused;
+pub mod fused_attention;
+pub mod fused_linear;
 pub mod head;
 pub mod layers;
 pub mod loss;
@@ -23,6 +25,7 @@ pub mod model;
 pub mod optim;
 pub mod params;
 pub mod pixels;
+pub mod strided_gemm;
 pub mod train;
 pub mod weights;
 

@@ -1,0 +1,303 @@
+//! Multi-head self-attention as one CPU op on the packed qkv projection, with its own backward.
+//!
+//! Composed from candle ops, attention costs three `contiguous` copies to split q, k and v into
+//! heads, one more to merge the heads back, a batched matmul that threads each small per-head
+//! product on its own, and it keeps every head's N x N probabilities alive for backward (for
+//! sapiens-0.3b at 1024 x 768: 16 heads x 3072^2 floats, 0.6 GB a layer). This op reads each
+//! head's q, k and v in place from the (B, N, 3D) qkv tensor through strides, runs the
+//! (batch, head) pairs in parallel, and writes the merged (B, N, D) output directly. Backward
+//! recomputes the probabilities of one head at a time instead of storing them, and writes
+//! dq, dk and dv straight into a (B, N, 3D) gradient.
+
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::strided_gemm::{matmul, threads_for_one_product, View, ViewMut, Write};
+
+/// softmax(q k^T / sqrt(hd)) v for every head. `qkv` is (B, N, 3D) with the reference's
+/// column order (q, k, v, each split into `heads` blocks of hd = D / heads); the result is
+/// (B, N, D), heads merged. No dropout on the probabilities (the encoder uses none).
+pub fn self_attention(qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (b, n, three_d) = qkv.dims3()?;
+    if three_d % (3 * heads) != 0 {
+        candle_core::bail!("self-attention: qkv width {three_d} is not 3 x heads ({heads}) x head size");
+    }
+    if qkv.device().is_cpu() && qkv.dtype() == candle_core::DType::F32 {
+        return qkv.contiguous()?.apply_op1(SelfAttention { heads });
+    }
+    self_attention_composed(qkv, heads, b, n, three_d / 3)
+}
+
+/// The same attention from candle's primitive ops, for other devices and for the tests.
+pub fn self_attention_composed(
+    qkv: &Tensor,
+    heads: usize,
+    b: usize,
+    n: usize,
+    d: usize,
+) -> candle_core::Result<Tensor> {
+    let qkv = qkv.reshape((b, n, 3, heads, d / heads))?.permute((2, 0, 3, 1, 4))?;
+    let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
+    let out = crate::layers::attention(&q, &k, &v, 0.0, &mut crate::layers::Mode::Eval)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    crate::layers::merge_heads(&out)
+}
+
+/// Shapes of one call, and where a (batch, head) pair's blocks start.
+#[derive(Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    tokens: usize,
+    dim: usize,
+    heads: usize,
+}
+
+impl Geometry {
+    fn from_qkv(layout: &Layout, heads: usize) -> candle_core::Result<Self> {
+        let (batch, tokens, three_d) = layout.shape().dims3()?;
+        Ok(Self { batch, tokens, dim: three_d / 3, heads })
+    }
+
+    fn head_dim(&self) -> usize {
+        self.dim / self.heads
+    }
+
+    fn pairs(&self) -> usize {
+        self.batch * self.heads
+    }
+
+    /// Offset of q (part 0), k (1) or v (2) of `pair` in the (B, N, 3D) tensor.
+    fn qkv_offset(&self, pair: usize, part: usize) -> usize {
+        let (b, h) = (pair / self.heads, pair % self.heads);
+        b * self.tokens * 3 * self.dim + part * self.dim + h * self.head_dim()
+    }
+
+    /// Offset of `pair`'s block in the merged (B, N, D) tensor.
+    fn merged_offset(&self, pair: usize) -> usize {
+        let (b, h) = (pair / self.heads, pair % self.heads);
+        b * self.tokens * self.dim + h * self.head_dim()
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim() as f32).sqrt()
+    }
+
+    /// Pairs run in parallel with single-threaded products; when there are fewer pairs than
+    /// threads, each product is threaded instead.
+    fn inner_parallelism(&self) -> Parallelism {
+        if self.pairs() >= rayon::current_num_threads() {
+            Parallelism::None
+        } else {
+            threads_for_one_product()
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread N x N buffers (scores, then their gradient), reused across calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer grown to at least `len` floats.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < len {
+            buf.resize(len, 0.0);
+        }
+        f(&mut buf[..len])
+    })
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(values) = storage else { candle_core::bail!("{op}: expected f32 input") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{op}: input must be contiguous") };
+    Ok(&values[start..end])
+}
+
+/// A pointer that may cross into rayon tasks; each task writes only its own pair's block.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: the tasks write disjoint (batch, head) blocks; see the callers.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn rows(self, offset: usize, row_stride: usize) -> ViewMut {
+        // SAFETY: callers pass offsets inside the buffer this pointer was taken from.
+        ViewMut { ptr: unsafe { self.0.add(offset) }, row_stride: row_stride as isize, col_stride: 1 }
+    }
+}
+
+/// Scores (n x n, row-major) = scale q k^T, then softmax over each row, in place.
+///
+/// # Safety
+/// `qkv` holds the whole (B, N, 3D) tensor described by `g`.
+unsafe fn probabilities(g: &Geometry, qkv: &[f32], pair: usize, p: &mut [f32], par: Parallelism) {
+    let (n, hd, row) = (g.tokens, g.head_dim(), 3 * g.dim);
+    let q = View::rows(qkv, g.qkv_offset(pair, 0), row);
+    let k = View::rows(qkv, g.qkv_offset(pair, 1), row);
+    matmul((n, n, hd), ViewMut::rows(p, 0, n), q, k.t(), g.scale(), Write::Overwrite, par);
+    for r in p.chunks_mut(n) {
+        let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in r.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        r.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+struct SelfAttention {
+    heads: usize,
+}
+
+impl CustomOp1 for SelfAttention {
+    fn name(&self) -> &'static str {
+        "fused-self-attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let qkv = contiguous_f32(storage, layout, self.name())?;
+        let g = Geometry::from_qkv(layout, self.heads)?;
+        let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
+        let par = g.inner_parallelism();
+        let mut out = vec![0f32; g.batch * n * d];
+        let shared = SharedOut(out.as_mut_ptr());
+        (0..g.pairs()).into_par_iter().for_each(|pair| {
+            with_scratch(n * n, |p| {
+                // SAFETY: every view lies inside `qkv`, `p` or `out` (offsets from `g`), and
+                // this pair's output block is written by this task alone.
+                unsafe {
+                    probabilities(&g, qkv, pair, p, par);
+                    let v = View::rows(qkv, g.qkv_offset(pair, 2), 3 * d);
+                    let dst = shared.rows(g.merged_offset(pair), d);
+                    matmul((n, hd, n), dst, View::rows(p, 0, n), v, 1.0, Write::Overwrite, par);
+                }
+            })
+        });
+        Ok((CpuStorage::F32(out), Shape::from((g.batch, n, d))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, out: &Tensor, grad_out: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad = qkv.apply_op3_no_bwd(out, &grad_out.contiguous()?, &SelfAttentionGrad { heads: self.heads })?;
+        Ok(Some(grad))
+    }
+}
+
+/// From qkv, the output o and its gradient do, per head with P recomputed:
+/// dP = do v^T, dS = P * (dP - rowsum(do * o)), dq = scale dS k, dk = scale dS^T q, dv = P^T do.
+struct SelfAttentionGrad {
+    heads: usize,
+}
+
+impl CustomOp3 for SelfAttentionGrad {
+    fn name(&self) -> &'static str {
+        "fused-self-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let qkv = contiguous_f32(s1, l1, self.name())?;
+        let out = contiguous_f32(s2, l2, self.name())?;
+        let grad_out = contiguous_f32(s3, l3, self.name())?;
+        let g = Geometry::from_qkv(l1, self.heads)?;
+        let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
+        if out.len() != g.batch * n * d || grad_out.len() != out.len() {
+            candle_core::bail!("{}: output and its gradient must be {} x {n} x {d}", self.name(), g.batch);
+        }
+        let par = g.inner_parallelism();
+        let mut grad = vec![0f32; qkv.len()];
+        let shared = SharedOut(grad.as_mut_ptr());
+        (0..g.pairs()).into_par_iter().for_each(|pair| {
+            with_scratch(2 * n * n, |scratch| {
+                let (p, ds) = scratch.split_at_mut(n * n);
+                let merged = g.merged_offset(pair);
+                let d_out = View::rows(grad_out, merged, d);
+                // SAFETY: every view lies inside `qkv`, `out`, `grad_out`, the scratch or
+                // `grad` (offsets from `g`); this pair's blocks of `grad` are written by this
+                // task alone.
+                unsafe {
+                    probabilities(&g, qkv, pair, p, par);
+                    let v = View::rows(qkv, g.qkv_offset(pair, 2), 3 * d);
+                    matmul((n, n, hd), ViewMut::rows(ds, 0, n), d_out, v.t(), 1.0, Write::Overwrite, par);
+                }
+                for i in 0..n {
+                    let row = merged + i * d;
+                    let delta: f32 = (0..hd).map(|c| grad_out[row + c] * out[row + c]).sum();
+                    for j in 0..n {
+                        ds[i * n + j] = p[i * n + j] * (ds[i * n + j] - delta);
+                    }
+                }
+                let (ds, p) = (View::rows(ds, 0, n), View::rows(p, 0, n));
+                let q = View::rows(qkv, g.qkv_offset(pair, 0), 3 * d);
+                let k = View::rows(qkv, g.qkv_offset(pair, 1), 3 * d);
+                // SAFETY: as above.
+                unsafe {
+                    let dq = shared.rows(g.qkv_offset(pair, 0), 3 * d);
+                    matmul((n, hd, n), dq, ds, k, g.scale(), Write::Overwrite, par);
+                    let dk = shared.rows(g.qkv_offset(pair, 1), 3 * d);
+                    matmul((n, hd, n), dk, ds.t(), q, g.scale(), Write::Overwrite, par);
+                    let dv = shared.rows(g.qkv_offset(pair, 2), 3 * d);
+                    matmul((n, hd, n), dv, p.t(), d_out, 1.0, Write::Overwrite, par);
+                }
+            })
+        });
+        Ok((CpuStorage::F32(grad), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    fn compare(batch: usize, tokens: usize, heads: usize, head_dim: usize) {
+        let dev = Device::Cpu;
+        let d = heads * head_dim;
+        let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, tokens, 3 * d), &dev).unwrap()).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (batch, tokens, d), &dev).unwrap();
+        let fused = self_attention(&qkv, heads).unwrap();
+        let composed = self_attention_composed(&qkv, heads, batch, tokens, d).unwrap();
+        assert!(max_diff(&fused, &composed) < 1e-5, "forward differs by {}", max_diff(&fused, &composed));
+        let ga = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, b) = (ga.get(qkv.as_tensor()).unwrap(), gb.get(qkv.as_tensor()).unwrap());
+        assert!(max_diff(a, b) < 1e-5, "qkv gradient differs by {}", max_diff(a, b));
+    }
+
+    #[test]
+    fn fused_attention_matches_composed_forward_and_qkv_gradient() {
+        compare(2, 7, 3, 5);
+        compare(3, 33, 2, 16);
+    }
+
+    #[test]
+    fn fewer_pairs_than_threads_thread_each_product() {
+        // One batch, one head: the products take rayon's threads instead of the pairs.
+        compare(1, 40, 1, 8);
+    }
+
+    #[test]
+    fn qkv_width_must_split_into_heads() {
+        let qkv = Tensor::zeros((1, 4, 10), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let err = self_attention(&qkv, 3).unwrap_err().to_string();
+        assert!(err.contains("qkv width 10"), "{err}");
+    }
+}

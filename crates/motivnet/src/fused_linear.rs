@@ -1,0 +1,219 @@
+//! `nn.Linear` (y = x W^T + b) as one CPU op with its own backward.
+//!
+//! Composed, candle adds the bias in a second pass over y, and its backward sums the bias
+//! gradient with a single-threaded strided reduction over every row (a tenth of a train step
+//! on the `tiny` preset) and accumulates the weight gradient through a transposed view. Here
+//! the forward starts the product from the broadcast bias, and one backward op writes dx, dW
+//! (already in W's layout) and db, the last with all threads.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::strided_gemm::{matmul, threads_for_one_product, View, ViewMut, Write};
+
+/// x (..., in) W^T (out, in) + b (out) -> (..., out).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = x.dims();
+    let in_dim = dims[dims.len() - 1];
+    let rows = x.elem_count() / in_dim.max(1);
+    let (out_dim, weight_in) = weight.dims2()?;
+    if weight_in != in_dim || bias.dims1()? != out_dim {
+        candle_core::bail!(
+            "linear: input width {in_dim}, weight {:?} and bias {:?} do not fit (expected weight ({out_dim}, {in_dim}))",
+            weight.dims(),
+            bias.dims()
+        );
+    }
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().unwrap() = out_dim;
+    let fusable = [x, weight, bias].iter().all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32);
+    let y = if fusable {
+        x.reshape((rows, in_dim))?.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearOp)?
+    } else {
+        linear_composed(&x.reshape((rows, in_dim))?, weight, bias)?
+    };
+    y.reshape(out_dims)
+}
+
+/// The same product from candle's ops (x is 2-D), for other devices and for the tests.
+pub fn linear_composed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    x.matmul(&weight.t()?)?.broadcast_add(bias)
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(values) = storage else { candle_core::bail!("{op}: expected f32 input") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{op}: input must be contiguous") };
+    Ok(&values[start..end])
+}
+
+struct LinearOp;
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let b = contiguous_f32(s3, l3, self.name())?;
+        let (rows, in_dim) = l1.shape().dims2()?;
+        let out_dim = b.len();
+        let mut y = vec![0f32; rows * out_dim];
+        y.par_chunks_mut(out_dim * 64).for_each(|block| block.chunks_mut(out_dim).for_each(|r| r.copy_from_slice(b)));
+        if in_dim > 0 {
+            // SAFETY: the views cover exactly x (rows x in), W (out x in) and y (rows x out).
+            unsafe {
+                matmul(
+                    (rows, out_dim, in_dim),
+                    ViewMut::rows(&mut y, 0, out_dim),
+                    View::rows(x, 0, in_dim),
+                    View::rows(w, 0, in_dim).t(),
+                    1.0,
+                    Write::Accumulate,
+                    threads_for_one_product(),
+                );
+            }
+        }
+        Ok((CpuStorage::F32(y), Shape::from((rows, out_dim))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, in_dim) = x.dims2()?;
+        let out_dim = w.dim(0)?;
+        // One op computes all three into one buffer: dx, then dW, then db.
+        let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearGrad)?;
+        let dx = all.narrow(0, 0, rows * in_dim)?.reshape((rows, in_dim))?;
+        let dw = all.narrow(0, rows * in_dim, out_dim * in_dim)?.reshape((out_dim, in_dim))?;
+        let db = all.narrow(0, (rows + out_dim) * in_dim, out_dim)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// From x, W and the output gradient g: dx = g W, dW = g^T x, db = column sums of g, flat.
+struct LinearGrad;
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "fused-linear-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name())?;
+        let w = contiguous_f32(s2, l2, self.name())?;
+        let g = contiguous_f32(s3, l3, self.name())?;
+        let (rows, in_dim) = l1.shape().dims2()?;
+        let (out_dim, _) = l2.shape().dims2()?;
+        let mut all = vec![0f32; (rows + out_dim) * in_dim + out_dim];
+        let (dx, rest) = all.split_at_mut(rows * in_dim);
+        let (dw, db) = rest.split_at_mut(out_dim * in_dim);
+        let threads = threads_for_one_product();
+        let g_rows = View::rows(g, 0, out_dim);
+        // SAFETY: the views cover exactly g (rows x out), W (out x in), x (rows x in) and the
+        // dx (rows x in) and dW (out x in) parts of the output buffer.
+        unsafe {
+            if out_dim > 0 {
+                matmul(
+                    (rows, in_dim, out_dim),
+                    ViewMut::rows(dx, 0, in_dim),
+                    g_rows,
+                    View::rows(w, 0, in_dim),
+                    1.0,
+                    Write::Overwrite,
+                    threads,
+                );
+            }
+            if rows > 0 {
+                matmul(
+                    (out_dim, in_dim, rows),
+                    ViewMut::rows(dw, 0, in_dim),
+                    g_rows.t(),
+                    View::rows(x, 0, in_dim),
+                    1.0,
+                    Write::Overwrite,
+                    threads,
+                );
+            }
+        }
+        // Column sums: each task sums a band of rows, the bands' sums are added after.
+        const ROWS_PER_TASK: usize = 256;
+        let partials: Vec<Vec<f32>> = g
+            .par_chunks(out_dim.max(1) * ROWS_PER_TASK)
+            .map(|band| {
+                let mut acc = vec![0f32; out_dim];
+                for row in band.chunks(out_dim.max(1)) {
+                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+                }
+                acc
+            })
+            .collect();
+        for p in partials {
+            db.iter_mut().zip(&p).for_each(|(s, v)| *s += v);
+        }
+        Ok((CpuStorage::F32(all), Shape::from((rows + out_dim) * in_dim + out_dim)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn fused_linear_matches_composed_forward_and_all_three_gradients() {
+        let dev = Device::Cpu;
+        let var = |t: Tensor| Var::from_tensor(&t).unwrap();
+        // 600 rows: more than one band of the bias-gradient sum.
+        let x = var(Tensor::randn(0f32, 1.0, (3, 200, 37), &dev).unwrap());
+        let w = var(Tensor::randn(0f32, 0.2, (29, 37), &dev).unwrap());
+        let b = var(Tensor::randn(0f32, 0.2, 29, &dev).unwrap());
+        let up = Tensor::randn(0f32, 1.0, (3, 200, 29), &dev).unwrap();
+        let fused = linear(&x, &w, &b).unwrap();
+        let composed = linear_composed(&x.reshape((600, 37)).unwrap(), &w, &b).unwrap().reshape((3, 200, 29)).unwrap();
+        assert!(max_diff(&fused, &composed) < 1e-5, "forward differs by {}", max_diff(&fused, &composed));
+        let ga = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let (a, c) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+            assert_eq!(a.dims(), v.dims(), "gradient of {name} has the parameter's shape");
+            assert!(max_diff(a, c) < 1e-4, "gradient of {name} differs by {}", max_diff(a, c));
+        }
+    }
+
+    #[test]
+    fn mismatched_weight_is_named() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 5), candle_core::DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((3, 4), candle_core::DType::F32, &dev).unwrap();
+        let b = Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap();
+        let err = linear(&x, &w, &b).unwrap_err().to_string();
+        assert!(err.contains("input width 5") && err.contains("[3, 4]"), "{err}");
+    }
+}

@@ -1,0 +1,97 @@
+//! Matrix products on strided views of f32 buffers, for the fused CPU kernels.
+//!
+//! The `gemm` crate (candle's own CPU matmul) reads any row and column stride, so a kernel can
+//! multiply a head's slice of a packed qkv tensor, or a transposed view, without copying it
+//! first. These wrappers name the strides and keep the unsafe pointer arithmetic in one place.
+
+use gemm::Parallelism;
+
+/// A read-only m x n view: element (i, j) at `ptr + i * row_stride + j * col_stride`.
+#[derive(Clone, Copy)]
+pub struct View {
+    pub ptr: *const f32,
+    pub row_stride: isize,
+    pub col_stride: isize,
+}
+
+impl View {
+    /// A row-major view of `data` starting at `offset` with rows `row_stride` apart.
+    pub fn rows(data: &[f32], offset: usize, row_stride: usize) -> Self {
+        Self { ptr: data[offset..].as_ptr(), row_stride: row_stride as isize, col_stride: 1 }
+    }
+
+    /// The transpose of this view: no copy, only the strides swap.
+    pub fn t(self) -> Self {
+        Self { ptr: self.ptr, row_stride: self.col_stride, col_stride: self.row_stride }
+    }
+}
+
+/// A writable view with the same addressing as [`View`].
+#[derive(Clone, Copy)]
+pub struct ViewMut {
+    pub ptr: *mut f32,
+    pub row_stride: isize,
+    pub col_stride: isize,
+}
+
+impl ViewMut {
+    /// A row-major view of `data` starting at `offset` with rows `row_stride` apart.
+    pub fn rows(data: &mut [f32], offset: usize, row_stride: usize) -> Self {
+        Self { ptr: data[offset..].as_mut_ptr(), row_stride: row_stride as isize, col_stride: 1 }
+    }
+}
+
+/// How a product lands in its destination.
+#[derive(Clone, Copy)]
+pub enum Write {
+    /// dst = scale * lhs rhs
+    Overwrite,
+    /// dst = dst + scale * lhs rhs
+    Accumulate,
+}
+
+/// dst (m x n) = [dst +] scale * lhs (m x k) * rhs (k x n).
+///
+/// # Safety
+/// Every element the three views address for these m, n, k must lie inside live allocations,
+/// and no other thread may touch the destination's elements while this runs.
+pub unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: ViewMut,
+    lhs: View,
+    rhs: View,
+    scale: f32,
+    write: Write,
+    parallelism: Parallelism,
+) {
+    let accumulate = matches!(write, Write::Accumulate);
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.ptr,
+        dst.col_stride,
+        dst.row_stride,
+        accumulate,
+        lhs.ptr,
+        lhs.col_stride,
+        lhs.row_stride,
+        rhs.ptr,
+        rhs.col_stride,
+        rhs.row_stride,
+        1.0,
+        scale,
+        false,
+        false,
+        false,
+        parallelism,
+    );
+}
+
+/// Rayon's threads for one large product, or none when the caller already runs in parallel.
+pub fn threads_for_one_product() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
