@@ -107,7 +107,7 @@ impl SapiensEncoder {
     /// kernel. candle's conv2d backward is slow and breaks on uneven remainders (CANDLE.md).
     fn patch_embed(&self, images: &Tensor) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let (b, c, h, w) = images.dims4()?;
+        let (_, c, h, w) = images.dims4()?;
         if c != 3 || h != cfg.input_height || w != cfg.input_width {
             return Err(input_err!(
                 "input batch is {c} x {h} x {w} (channels x height x width), expected 3 x {} x {}",
@@ -117,21 +117,9 @@ impl SapiensEncoder {
         }
         let (k, p) = (cfg.patch_size, cfg.patch_padding);
         let (gh, gw) = cfg.grid();
-        // The conv reads padded rows [0, gh*k), i.e. image rows [-p, gh*k - p): pad p before,
-        // and after only as much as that range overruns the image, then crop to the range.
-        let x = images
-            .pad_with_zeros(2, p, (gh * k).saturating_sub(h + p))?
-            .narrow(2, 0, gh * k)?
-            .pad_with_zeros(3, p, (gw * k).saturating_sub(w + p))?
-            .narrow(3, 0, gw * k)?;
-        let patches = x
-            .reshape((b, 3, gh, k, gw, k))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((b * gh * gw, 3 * k * k))?;
+        let patches = crate::patches::patch_rows(images, k, p, (gh, gw))?;
         let d = cfg.embed_dim;
         let kernel = self.projection.weight.reshape((d, 3 * k * k))?;
-        let tokens = crate::fused_linear::linear(&patches, &kernel, &self.projection.bias)?;
-        Ok(tokens.reshape((b, gh * gw, d))?)
+        Ok(crate::fused_linear::linear(&patches, &kernel, &self.projection.bias)?)
     }
 }

@@ -24,15 +24,15 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result
             bias.dims()
         );
     }
+    let fusable = [x, weight, bias].iter().all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32);
+    if fusable {
+        // Applied to x as it is: a reshape to 2-D and back would add two graph nodes, and
+        // candle's backward spends a zero-fill and an add over the whole activation on each.
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearOp);
+    }
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().unwrap() = out_dim;
-    let fusable = [x, weight, bias].iter().all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32);
-    let y = if fusable {
-        x.reshape((rows, in_dim))?.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearOp)?
-    } else {
-        linear_composed(&x.reshape((rows, in_dim))?, weight, bias)?
-    };
-    y.reshape(out_dims)
+    linear_composed(&x.reshape((rows, in_dim))?, weight, bias)?.reshape(out_dims)
 }
 
 /// The same product from candle's ops (x is 2-D), for other devices and for the tests.
@@ -65,8 +65,11 @@ impl CustomOp3 for LinearOp {
         let x = contiguous_f32(s1, l1, self.name())?;
         let w = contiguous_f32(s2, l2, self.name())?;
         let b = contiguous_f32(s3, l3, self.name())?;
-        let (rows, in_dim) = l1.shape().dims2()?;
+        let in_dim = l1.dims().last().copied().unwrap_or(0);
+        let rows = x.len() / in_dim.max(1);
         let out_dim = b.len();
+        let mut out_dims = l1.dims().to_vec();
+        *out_dims.last_mut().unwrap() = out_dim;
         let mut y = vec![0f32; rows * out_dim];
         y.par_chunks_mut(out_dim * 64).for_each(|block| block.chunks_mut(out_dim).for_each(|r| r.copy_from_slice(b)));
         if in_dim > 0 {
@@ -83,7 +86,7 @@ impl CustomOp3 for LinearOp {
                 );
             }
         }
-        Ok((CpuStorage::F32(y), Shape::from((rows, out_dim))))
+        Ok((CpuStorage::F32(y), Shape::from(out_dims)))
     }
 
     fn bwd(
@@ -94,11 +97,11 @@ impl CustomOp3 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (rows, in_dim) = x.dims2()?;
-        let out_dim = w.dim(0)?;
+        let (out_dim, in_dim) = w.dims2()?;
+        let rows = x.elem_count() / in_dim.max(1);
         // One op computes all three into one buffer: dx, then dW, then db.
         let all = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearGrad)?;
-        let dx = all.narrow(0, 0, rows * in_dim)?.reshape((rows, in_dim))?;
+        let dx = all.narrow(0, 0, rows * in_dim)?.reshape(x.shape())?;
         let dw = all.narrow(0, rows * in_dim, out_dim * in_dim)?.reshape((out_dim, in_dim))?;
         let db = all.narrow(0, (rows + out_dim) * in_dim, out_dim)?;
         Ok((Some(dx), Some(dw), Some(db)))
@@ -125,8 +128,8 @@ impl CustomOp3 for LinearGrad {
         let x = contiguous_f32(s1, l1, self.name())?;
         let w = contiguous_f32(s2, l2, self.name())?;
         let g = contiguous_f32(s3, l3, self.name())?;
-        let (rows, in_dim) = l1.shape().dims2()?;
-        let (out_dim, _) = l2.shape().dims2()?;
+        let (out_dim, in_dim) = l2.shape().dims2()?;
+        let rows = x.len() / in_dim.max(1);
         let mut all = vec![0f32; (rows + out_dim) * in_dim + out_dim];
         let (dx, rest) = all.split_at_mut(rows * in_dim);
         let (dw, db) = rest.split_at_mut(out_dim * in_dim);

@@ -24,6 +24,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod params;
+pub mod patches;
 pub mod pixels;
 pub mod strided_gemm;
 pub mod train;
