@@ -145,7 +145,7 @@ unsafe fn probabilities(g: &Geometry, qkv: &[f32], pair: usize, p: &mut [f32], p
         let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0f32;
         for v in r.iter_mut() {
-            *v = (*v - max).exp();
+            *v = crate::fused::exp_fast(*v - max);
             sum += *v;
         }
         let inv = 1.0 / sum;

@@ -149,6 +149,11 @@ fn run(args: &Args) -> motivnet::Result<String> {
 }
 
 fn main() {
+    // As the Node package does (src/native.ts): candle's own element-wise thread pool competes
+    // with rayon's for the same cores. Set before any thread starts.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(msg) => {
