@@ -18,5 +18,17 @@ export type { Emotion } from './emotions.js';
 export { presets, resolveModelConfig } from './config.js';
 export type { EncoderConfig, HeadConfig, ModelConfig } from './config.js';
 export { toInputTensor, type InputTensorOptions } from './pixels.js';
+export {
+  ACCEPTED_FORMATS,
+  ClassifierClosedError,
+  ClassifierInputError,
+  EmotionClassifier,
+  QueueFullError,
+  type Classification,
+  type ClassifierGeometry,
+  type ClassifierOptions,
+  type ClassifierStats,
+  type ClassifyOptions,
+} from './serve/classifier.js';
 export * as data from './data/index.js';
 export * as preprocessing from './preprocess/index.js';

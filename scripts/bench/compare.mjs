@@ -18,9 +18,9 @@ const threads = Number(process.env.BENCH_THREADS ?? os.availableParallelism());
 const rounds = Number(process.env.BENCH_ROUNDS ?? 2);
 
 const CASES = [
-  { id: 'forward-tiny', name: 'inference forward, tiny, batch 8', preset: 'tiny', batch: 8, kind: 'forward', iters: 5 },
-  { id: 'train-tiny', name: 'train step, tiny, batch 8', preset: 'tiny', batch: 8, kind: 'train', iters: 3, memory: true },
-  { id: 'train-small', name: 'train step, small, batch 2', preset: 'small', batch: 2, kind: 'train', iters: 2 },
+  { id: 'forward-tiny', name: 'inference forward, tiny, batch 8', preset: 'tiny', batch: 8, kind: 'forward', iters: 10 },
+  { id: 'train-tiny', name: 'train step, tiny, batch 8', preset: 'tiny', batch: 8, kind: 'train', iters: 8, memory: true },
+  { id: 'train-small', name: 'train step, small, batch 2', preset: 'small', batch: 2, kind: 'train', iters: 3 },
   { id: 'forward-0.3b', name: 'inference forward, sapiens-0.3b 1024 x 768, batch 1', preset: 'sapiens-0.3b', batch: 1, kind: 'forward', iters: 1, memory: true },
   { id: 'e2e-tiny', name: 'end to end: JPEG files -> train step, tiny, batch 8 (ms per batch)', preset: 'tiny', batch: 8, kind: 'e2e', iters: 10 },
 ];

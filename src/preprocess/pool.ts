@@ -43,8 +43,15 @@ export class PreprocessPool {
     });
   }
 
+  /**
+   * Decodes one image. Encoded `bytes` are copied once and the copy moved to the worker: the
+   * caller's buffer stays usable (moving it would empty it, and a small Buffer shares Node's
+   * pool with others), and the copy costs little next to the decode.
+   */
   decode(task: DecodeTask): Promise<DecodeResult> {
-    return this.pool.run(task);
+    if (!task.bytes) return this.pool.run(task);
+    const copy = new Uint8Array(task.bytes);
+    return this.pool.run({ ...task, bytes: copy }, { transferList: [copy.buffer] });
   }
 
   async destroy(): Promise<void> {

@@ -2,7 +2,12 @@
 import type { FaceBox } from '../data/types.js';
 
 export interface DecodeTask {
-  path: string;
+  /** The image file to read; or give its encoded bytes instead. */
+  path?: string;
+  /** Encoded image bytes (JPEG, PNG, WebP, ...). */
+  bytes?: Uint8Array;
+  /** Refuse formats other than these (sharp's names: 'jpeg', 'png', 'webp', ...). Default: any sharp reads. */
+  formats?: readonly string[];
   /** Crop to this box (after EXIF orientation). */
   box?: FaceBox;
   /** Mirror left-right (augmentation). */

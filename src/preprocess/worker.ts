@@ -47,10 +47,14 @@ class Decoded {
 
 export default async function decode(task: DecodeTask): Promise<DecodeResult> {
   try {
-    const file = await readFile(task.path);
-    if (file.length === 0) return { ok: false, reason: 'empty file' };
+    const file = task.bytes ?? (task.path !== undefined ? await readFile(task.path) : undefined);
+    if (file === undefined) return { ok: false, reason: 'no image given (a task needs a path or bytes)' };
+    if (file.length === 0) return { ok: false, reason: task.bytes ? 'empty body' : 'empty file' };
     let image = sharp(file, { limitInputPixels: task.maxPixels, failOn: 'warning' });
     const meta = await image.metadata();
+    if (task.formats && !task.formats.includes(meta.format)) {
+      return { ok: false, reason: `not an accepted image format (${meta.format}; accepted: ${task.formats.join(', ')})` };
+    }
     // Auto-orientation costs a pass over the pixels: only when the tag asks for it.
     const turned = (meta.orientation ?? 1) > 1;
     if (turned) image = image.rotate();

@@ -1,0 +1,287 @@
+/**
+ * The classifier a backend embeds: encoded image in, `{label, probabilities}` out.
+ *
+ * Each call is decoded by the sharp worker pool (in parallel, off the event loop), then waits
+ * in a queue for the model. The model runs one batch at a time; a batch starts when it is full
+ * (`maxBatchSize`) or when its oldest image has waited `maxWaitMs`. A lone request therefore
+ * waits at most `maxWaitMs`, and under load the queue fills while the model computes, so
+ * batches grow and so does throughput. `maxQueue` bounds the calls held at once (decoding,
+ * queued or computing): past it a call fails at once with {@link QueueFullError} rather than
+ * letting latency and memory grow without limit.
+ */
+import { availableParallelism } from 'node:os';
+
+import type { FaceBox } from '../data/types.js';
+import { MotivNet, type LoadOptions, type RgbImage } from '../model.js';
+import { PreprocessPool } from '../preprocess/pool.js';
+
+/** How an image is fitted to the model's input: letterbox keeps the aspect ratio (the reference's inference). */
+export type ClassifierGeometry = 'letterbox' | 'stretch';
+
+/** The formats a classifier decodes; anything else is refused as not an image. */
+export const ACCEPTED_FORMATS = ['jpeg', 'png', 'webp'] as const;
+
+export interface ClassifierOptions {
+  /** A loaded model (the caller keeps ownership), or how to load one (the classifier owns it). */
+  model: MotivNet | LoadOptions;
+  /** Most images per model call. Default 8. */
+  maxBatchSize?: number;
+  /** Longest an image waits for a batch to fill, in ms. Default 5. */
+  maxWaitMs?: number;
+  /** Most calls held at once (decoding, queued or computing). Default 256. */
+  maxQueue?: number;
+  /** Images with more pixels than this are refused before decoding. Default 40 million. */
+  maxPixels?: number;
+  /** Decoding workers. Default: the number of cores. */
+  decodeThreads?: number;
+  /** Default geometry of a call. Default 'letterbox'. */
+  geometry?: ClassifierGeometry;
+}
+
+export interface ClassifyOptions {
+  geometry?: ClassifierGeometry;
+  /** Crop to this face box (pixels of the oriented image) before resizing. */
+  box?: FaceBox;
+  /** Aborting drops the call if it has not reached the model yet. */
+  signal?: AbortSignal;
+}
+
+export interface Classification {
+  label: string;
+  /** Index of `label` in the model's classes. */
+  index: number;
+  /** Every class's probability, by label, in class order. */
+  probabilities: Record<string, number>;
+}
+
+export interface ClassifierStats {
+  /** Model calls made so far. */
+  modelCalls: number;
+  /** Images classified so far. */
+  images: number;
+  /** Calls held now: decoding, queued or computing. */
+  pending: number;
+}
+
+/** The input is not a usable image. `status` is the HTTP status it maps to. */
+export class ClassifierInputError extends Error {
+  constructor(
+    message: string,
+    readonly status: 400 | 413 | 415,
+  ) {
+    super(message);
+    this.name = 'ClassifierInputError';
+  }
+}
+
+/** Too many calls are held; `retryAfterS` estimates when there will be room. */
+export class QueueFullError extends Error {
+  constructor(
+    readonly limit: number,
+    readonly retryAfterS: number,
+  ) {
+    super(`the classifier is at its limit of ${limit} pending requests: retry in about ${retryAfterS} s`);
+    this.name = 'QueueFullError';
+  }
+}
+
+/** The classifier was closed before or while the call waited. */
+export class ClassifierClosedError extends Error {
+  constructor() {
+    super('the classifier is closed');
+    this.name = 'ClassifierClosedError';
+  }
+}
+
+interface Waiting {
+  image: RgbImage;
+  enqueuedAt: number;
+  signal?: AbortSignal;
+  resolve: (c: Classification) => void;
+  reject: (e: Error) => void;
+}
+
+function positiveInt(name: string, value: number | undefined, fallback: number, min = 1): number {
+  const v = value ?? fallback;
+  if (!Number.isInteger(v) || v < min) throw new RangeError(`${name} must be a whole number of at least ${min}, got ${value}`);
+  return v;
+}
+
+/** Maps a decode worker's reason to the error and status a client should see. */
+function inputError(reason: string, maxPixels: number): ClassifierInputError {
+  if (reason.startsWith('oversized')) return new ClassifierInputError(`image too large: more than ${maxPixels} pixels`, 413);
+  if (reason.startsWith('not an accepted image format') || reason === 'not an image') {
+    return new ClassifierInputError(`${reason}; send JPEG, PNG or WebP`, 415);
+  }
+  return new ClassifierInputError(reason, 400);
+}
+
+export class EmotionClassifier {
+  readonly model: MotivNet;
+  readonly maxBatchSize: number;
+  readonly maxWaitMs: number;
+  readonly maxQueue: number;
+  readonly maxPixels: number;
+  private readonly defaultGeometry: ClassifierGeometry;
+  private readonly ownsModel: boolean;
+  private readonly pool: PreprocessPool;
+  private readonly queues: Record<ClassifierGeometry, Waiting[]> = { letterbox: [], stretch: [] };
+  private timer: NodeJS.Timeout | undefined;
+  private running = false;
+  private closed = false;
+  private pending = 0;
+  private modelCalls = 0;
+  private images = 0;
+  /** Smoothed ms per model call, for Retry-After estimates. */
+  private batchMs = 0;
+  private idle: (() => void) | undefined;
+
+  private constructor(model: MotivNet, ownsModel: boolean, options: ClassifierOptions) {
+    this.model = model;
+    this.ownsModel = ownsModel;
+    this.maxBatchSize = positiveInt('maxBatchSize', options.maxBatchSize, 8);
+    this.maxWaitMs = positiveInt('maxWaitMs', options.maxWaitMs, 5, 0);
+    this.maxQueue = positiveInt('maxQueue', options.maxQueue, 256);
+    this.maxPixels = positiveInt('maxPixels', options.maxPixels, 40_000_000);
+    this.defaultGeometry = options.geometry ?? 'letterbox';
+    if (!(this.defaultGeometry in this.queues)) throw new RangeError(`geometry must be letterbox or stretch, got '${this.defaultGeometry}'`);
+    this.pool = new PreprocessPool({ threads: options.decodeThreads ?? availableParallelism() });
+  }
+
+  /** Loads the model when given load options, and starts the decoding workers. */
+  static async create(options: ClassifierOptions): Promise<EmotionClassifier> {
+    const given = options.model instanceof MotivNet;
+    const model = given ? (options.model as MotivNet) : await MotivNet.load(options.model as LoadOptions);
+    try {
+      return new EmotionClassifier(model, !given, options);
+    } catch (err) {
+      if (!given) model.dispose();
+      throw err;
+    }
+  }
+
+  get labels(): readonly string[] {
+    return this.model.labels;
+  }
+
+  stats(): ClassifierStats {
+    return { modelCalls: this.modelCalls, images: this.images, pending: this.pending };
+  }
+
+  /** Classifies one encoded image (a Buffer or Uint8Array of JPEG, PNG or WebP) or image file. */
+  async classify(input: Uint8Array | string, options: ClassifyOptions = {}): Promise<Classification> {
+    if (this.closed) throw new ClassifierClosedError();
+    const geometry = options.geometry ?? this.defaultGeometry;
+    if (!(geometry in this.queues)) throw new ClassifierInputError(`geometry must be letterbox or stretch, got '${geometry}'`, 400);
+    if (options.box) checkBox(options.box);
+    if (this.pending >= this.maxQueue) throw new QueueFullError(this.maxQueue, this.retryAfterS());
+    this.pending++;
+    try {
+      options.signal?.throwIfAborted();
+      const { inputWidth, inputHeight } = this.model.config.encoder;
+      const source = typeof input === 'string' ? { path: input } : { bytes: input };
+      const decoded = await this.pool.decode({
+        ...source,
+        box: options.box,
+        formats: ACCEPTED_FORMATS,
+        minWidth: inputWidth,
+        minHeight: inputHeight,
+        maxPixels: this.maxPixels,
+      });
+      if (!decoded.ok) throw inputError(decoded.reason, this.maxPixels);
+      options.signal?.throwIfAborted();
+      if (this.closed) throw new ClassifierClosedError();
+      return await new Promise<Classification>((resolve, reject) => {
+        const image = { data: decoded.data, width: decoded.width, height: decoded.height };
+        this.queues[geometry].push({ image, enqueuedAt: performance.now(), signal: options.signal, resolve, reject });
+        this.schedule();
+      });
+    } finally {
+      this.pending--;
+      if (this.pending === 0) this.idle?.();
+    }
+  }
+
+  /**
+   * Stops taking calls, lets every held call finish, then stops the workers and frees the
+   * model if the classifier loaded it.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.pending > 0) await new Promise<void>((resolve) => (this.idle = resolve));
+    clearTimeout(this.timer);
+    await this.pool.destroy();
+    if (this.ownsModel) this.model.dispose();
+  }
+
+  private retryAfterS(): number {
+    const batchesAhead = Math.ceil(this.pending / this.maxBatchSize);
+    return Math.max(1, Math.ceil((batchesAhead * (this.batchMs || 100)) / 1000));
+  }
+
+  /** The queue whose oldest image has waited longest, if any image waits. */
+  private oldestQueue(): Waiting[] | undefined {
+    let best: Waiting[] | undefined;
+    for (const q of Object.values(this.queues)) {
+      if (q.length > 0 && (!best || q[0]!.enqueuedAt < best[0]!.enqueuedAt)) best = q;
+    }
+    return best;
+  }
+
+  /** Starts a batch when one is due, else sets a timer for when the oldest image's wait ends. */
+  private schedule(): void {
+    if (this.running) return;
+    const queue = this.oldestQueue();
+    if (!queue) return;
+    const waited = performance.now() - queue[0]!.enqueuedAt;
+    if (queue.length >= this.maxBatchSize || waited >= this.maxWaitMs || this.closed) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      void this.runBatch(queue);
+    } else if (!this.timer) {
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.schedule();
+      }, this.maxWaitMs - waited);
+    }
+  }
+
+  private async runBatch(queue: Waiting[]): Promise<void> {
+    const geometry = (Object.keys(this.queues) as ClassifierGeometry[]).find((g) => this.queues[g] === queue)!;
+    const batch: Waiting[] = [];
+    while (batch.length < this.maxBatchSize && queue.length > 0) {
+      const w = queue.shift()!;
+      if (w.signal?.aborted) w.reject(w.signal.reason instanceof Error ? w.signal.reason : new Error('aborted'));
+      else batch.push(w);
+    }
+    if (batch.length === 0) return this.schedule();
+    this.running = true;
+    const started = performance.now();
+    try {
+      const r = await this.model.predict(batch.map((w) => w.image), { geometry });
+      this.modelCalls++;
+      this.images += batch.length;
+      const labels = this.model.labels;
+      batch.forEach((w, i) => {
+        const probs = r.probabilities.subarray(i * r.numClasses, (i + 1) * r.numClasses);
+        const probabilities = Object.fromEntries(labels.map((name, c) => [name, probs[c]!]));
+        w.resolve({ label: r.top[i]!.label, index: r.top[i]!.index, probabilities });
+      });
+    } catch (err) {
+      for (const w of batch) w.reject(err as Error);
+    } finally {
+      const ms = performance.now() - started;
+      this.batchMs = this.batchMs === 0 ? ms : 0.8 * this.batchMs + 0.2 * ms;
+      this.running = false;
+      this.schedule();
+    }
+  }
+}
+
+function checkBox(box: FaceBox): void {
+  const values = [box.x, box.y, box.width, box.height];
+  if (!values.every((v) => Number.isFinite(v)) || box.x < 0 || box.y < 0 || box.width < 1 || box.height < 1) {
+    throw new ClassifierInputError(`face box must have x, y >= 0 and width, height >= 1, got ${JSON.stringify(box)}`, 400);
+  }
+}

@@ -1,0 +1,194 @@
+/**
+ * `motivnet serve`: the classifier behind HTTP (fastify).
+ *
+ *   POST /v1/predict   the image as the raw body (image/jpeg, image/png, image/webp or
+ *                      application/octet-stream), or multipart/form-data with a field `image`;
+ *                      query `geometry=letterbox|stretch`, `box=x,y,width,height`.
+ *   GET  /v1/model     the model's config, classes and parameter count.
+ *   GET  /healthz      200 while serving, 503 once shutting down.
+ *
+ * Every error is JSON `{statusCode, error, message}`. What the client got wrong is a 4xx; a
+ * 5xx means the server failed or is overloaded (503 on timeout, with Retry-After), and 429
+ * with Retry-After when the queue is full.
+ */
+import { STATUS_CODES } from 'node:http';
+
+import multipart from '@fastify/multipart';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+
+import type { FaceBox } from '../data/types.js';
+import {
+  ClassifierClosedError,
+  ClassifierInputError,
+  EmotionClassifier,
+  QueueFullError,
+  type ClassifierGeometry,
+} from './classifier.js';
+
+export interface ServerOptions {
+  /** Name reported as `model` in responses (the preset or config file). */
+  modelName: string;
+  /** Largest request body in bytes. Default 10 MiB. */
+  bodyLimit?: number;
+  /** Longest a prediction may take, queueing included, in ms; then 503. Default 30 s. */
+  timeoutMs?: number;
+  /** Longest the client may take to send a request, in ms; then 408. Default 30 s. */
+  requestTimeoutMs?: number;
+  /** Log requests (pino, as fastify). Default false. */
+  logger?: boolean;
+}
+
+export const RAW_IMAGE_TYPES = ['image/jpeg', 'image/png', 'image/webp', 'application/octet-stream'];
+
+class HttpError extends Error {
+  constructor(
+    readonly statusCode: number,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+class TimeoutError extends Error {}
+
+function parseGeometry(value: unknown): ClassifierGeometry | undefined {
+  if (value === undefined) return undefined;
+  if (value === 'letterbox' || value === 'stretch') return value;
+  throw new HttpError(400, `geometry must be letterbox or stretch, got '${String(value)}'`);
+}
+
+function parseBox(value: unknown): FaceBox | undefined {
+  if (value === undefined) return undefined;
+  const parts = String(value).split(',').map(Number);
+  if (parts.length !== 4 || !parts.every(Number.isFinite)) {
+    throw new HttpError(400, `box must be four numbers x,y,width,height, got '${String(value)}'`);
+  }
+  const [x, y, width, height] = parts as [number, number, number, number];
+  return { x, y, width, height };
+}
+
+/** The image bytes of a request: its raw body, or the `image` field of a multipart form. */
+async function imageBytes(request: FastifyRequest, bodyLimit: number): Promise<Buffer> {
+  if (!request.isMultipart()) {
+    const body = request.body;
+    if (!Buffer.isBuffer(body)) throw new HttpError(400, 'the request has no image body');
+    return body;
+  }
+  for await (const part of request.parts({ limits: { fileSize: bodyLimit, files: 1, fields: 10 } })) {
+    if (part.type !== 'file') continue;
+    if (part.fieldname !== 'image') {
+      part.file.resume();
+      continue;
+    }
+    const bytes = await part.toBuffer();
+    if (part.file.truncated) throw new HttpError(413, `the image field is larger than ${bodyLimit} bytes`);
+    return bytes;
+  }
+  throw new HttpError(400, "the multipart form has no file field named 'image'");
+}
+
+function withTimeout<T>(work: (signal: AbortSignal) => Promise<T>, ms: number): Promise<T> {
+  const controller = new AbortController();
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      const err = new TimeoutError(`the prediction took longer than ${ms} ms`);
+      controller.abort(err);
+      reject(err);
+    }, ms);
+  });
+  return Promise.race([work(controller.signal), timeout]).finally(() => clearTimeout(timer));
+}
+
+/** The status, message and headers a client sees for an error. */
+function describe(err: unknown, classifier: EmotionClassifier): { status: number; message: string; headers: Record<string, string> } {
+  if (err instanceof HttpError) return { status: err.statusCode, message: err.message, headers: err.headers };
+  if (err instanceof ClassifierInputError) return { status: err.status, message: err.message, headers: {} };
+  if (err instanceof QueueFullError) return { status: 429, message: err.message, headers: { 'retry-after': String(err.retryAfterS) } };
+  if (err instanceof TimeoutError) {
+    const retry = String(Math.max(1, Math.ceil(classifier.stats().pending / classifier.maxBatchSize)));
+    return { status: 503, message: err.message, headers: { 'retry-after': retry } };
+  }
+  if (err instanceof ClassifierClosedError) return { status: 503, message: 'the server is shutting down', headers: {} };
+  const fe = err as FastifyError;
+  // fastify's own client errors: unsupported media type, body too large, bad multipart, ...
+  if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {
+    return { status: fe.statusCode, message: fe.message, headers: {} };
+  }
+  return { status: 500, message: 'internal server error', headers: {} };
+}
+
+function send(reply: FastifyReply, status: number, message: string, headers: Record<string, string>): FastifyReply {
+  return reply
+    .code(status)
+    .headers(headers)
+    .send({ statusCode: status, error: STATUS_CODES[status] ?? 'Error', message });
+}
+
+/** Builds the HTTP app around a classifier; `listen` is the caller's. */
+export async function createServer(classifier: EmotionClassifier, options: ServerOptions): Promise<FastifyInstance> {
+  const bodyLimit = options.bodyLimit ?? 10 * 1024 * 1024;
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const app = Fastify({
+    logger: options.logger ?? false,
+    bodyLimit,
+    requestTimeout: options.requestTimeoutMs ?? 30_000,
+    // On close, idle keep-alive connections end at once; busy ones after their response.
+    forceCloseConnections: 'idle',
+    return503OnClosing: true,
+  });
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  // Once closing, each response ends its connection: a keep-alive client would otherwise hold
+  // the server open until its idle timeout after the last in-flight request.
+  app.addHook('onSend', async (_request, reply) => {
+    if (closing) reply.header('connection', 'close');
+  });
+
+  // Only image bodies: JSON, text or a missing type get fastify's 415, not a parse attempt.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser(RAW_IMAGE_TYPES, { parseAs: 'buffer', bodyLimit }, (_req, body, done) => done(null, body));
+  await app.register(multipart, { limits: { fileSize: bodyLimit, files: 1 } });
+
+  app.setErrorHandler((err, request, reply) => {
+    const { status, message, headers } = describe(err, classifier);
+    if (status >= 500) request.log.error(err);
+    return send(reply, status, message, headers);
+  });
+  app.setNotFoundHandler((request, reply) => send(reply, 404, `no route ${request.method} ${request.url}`, {}));
+
+  app.get('/healthz', async (_request, reply) => (closing ? reply.code(503).send({ status: 'shutting down' }) : { status: 'ok' }));
+
+  app.get('/v1/model', async () => {
+    const model = classifier.model;
+    return {
+      model: options.modelName,
+      classes: model.labels,
+      config: model.config,
+      parameters: model.parameterCounts(),
+      batching: { maxBatchSize: classifier.maxBatchSize, maxWaitMs: classifier.maxWaitMs, maxQueue: classifier.maxQueue },
+      limits: { bodyBytes: bodyLimit, pixels: classifier.maxPixels, timeoutMs },
+    };
+  });
+
+  app.post('/v1/predict', async (request) => {
+    const started = performance.now();
+    const query = request.query as Record<string, unknown>;
+    const geometry = parseGeometry(query.geometry);
+    const box = parseBox(query.box);
+    const bytes = await imageBytes(request, bodyLimit);
+    if (bytes.length === 0) throw new HttpError(400, 'empty body: send the image bytes');
+    const result = await withTimeout((signal) => classifier.classify(bytes, { geometry, box, signal }), timeoutMs);
+    return {
+      label: result.label,
+      probabilities: result.probabilities,
+      model: options.modelName,
+      latencyMs: Math.round((performance.now() - started) * 100) / 100,
+    };
+  });
+
+  return app;
+}
