@@ -1,7 +1,7 @@
 // Our side of the end-to-end case of `npm run bench`: JPEG files through the sharp pool and
 // the batcher into `trainStep` (which resizes and normalizes natively). Prints one JSON line
 // with the median milliseconds per batch and the peak resident memory.
-//   node scripts/bench/e2e-ours.mjs DIR PRESET BATCH ITERS
+//   node scripts/bench/e2e-ours.mjs DIR PRESET BATCH ITERS   (POOL_THREADS: decoding workers, default all cores)
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
 
@@ -15,7 +15,7 @@ const batchSize = Number(batchArg);
 const iters = Number(itersArg);
 const files = readdirSync(dir).filter((f) => f.endsWith('.jpg')).sort().map((f) => path.join(dir, f));
 const model = await MotivNet.load({ model: preset });
-const pool = new PreprocessPool();
+const pool = new PreprocessPool({ threads: Number(process.env.POOL_THREADS ?? 0) || undefined });
 const { inputHeight, inputWidth } = model.config.encoder;
 const samples = Array.from({ length: (iters + 1) * batchSize }, (_, i) => ({ path: files[i % files.length], relPath: '', label: i % 8 }));
 const times = [];
