@@ -141,16 +141,7 @@ unsafe fn probabilities(g: &Geometry, qkv: &[f32], pair: usize, p: &mut [f32], p
     let q = View::rows(qkv, g.qkv_offset(pair, 0), row);
     let k = View::rows(qkv, g.qkv_offset(pair, 1), row);
     matmul((n, n, hd), ViewMut::rows(p, 0, n), q, k.t(), g.scale(), Write::Overwrite, par);
-    for r in p.chunks_mut(n) {
-        let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for v in r.iter_mut() {
-            *v = crate::fused::exp_fast(*v - max);
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        r.iter_mut().for_each(|v| *v *= inv);
-    }
+    crate::fused::softmax_rows(p, n);
 }
 
 struct SelfAttention {

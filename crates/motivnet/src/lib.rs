@@ -26,6 +26,7 @@ pub mod optim;
 pub mod params;
 pub mod patches;
 pub mod pixels;
+pub mod simd;
 pub mod strided_gemm;
 pub mod train;
 pub mod weights;
