@@ -29,13 +29,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (forward and train cases)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = from_preset(args.preset)
     enc = model.pose_encoder.cfg
-    x = torch.randn(args.batch, 3, enc.input_height, enc.input_width)
-    y = torch.arange(args.batch) % 8
+    device = torch.device(args.device)
+    model = model.to(device)
+    x = torch.randn(args.batch, 3, enc.input_height, enc.input_width, device=device)
+    y = (torch.arange(args.batch) % 8).to(device)
+    # CUDA runs asynchronously: a step's time counts only once its kernels have finished.
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if args.case == "e2e":
         # The reference's loader in one process (DataLoader's default num_workers=0): OpenCV
         # read, resize (stretch) and normalize each file, then a train step per batch.
@@ -83,10 +88,15 @@ def main() -> None:
     for _ in range(args.iters):
         start = time.perf_counter()
         step()
+        sync()
         times.append((time.perf_counter() - start) * 1e3)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"case": args.case, "preset": args.preset, "batch": args.batch, "threads": torch.get_num_threads(),
-                      "ms": statistics.median(times), "peakRssMb": peak_mb, "torch": torch.__version__}))
+    report = {"case": args.case, "preset": args.preset, "batch": args.batch, "threads": torch.get_num_threads(),
+              "ms": statistics.median(times), "peakRssMb": peak_mb, "torch": torch.__version__, "device": args.device}
+    if device.type == "cuda":
+        report["peakGpuMib"] = torch.cuda.max_memory_reserved(device) / 2**20
+        report["gpu"] = torch.cuda.get_device_name(device)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":
