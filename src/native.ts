@@ -36,9 +36,19 @@ function load(): NativeAddon {
   try {
     return require(loaderPath) as NativeAddon;
   } catch (err) {
-    throw new Error(
-      `motivnet's native addon failed to load: ${(err as Error).message}\n` + 'rebuild it with `npm run build:native`',
-    );
+    // napi's loader reports "Cannot find native binding" with each attempt's error chained in `cause`.
+    const messages: string[] = [];
+    for (let e: unknown = err; e instanceof Error && messages.length < 10; e = e.cause) messages.push(e.message);
+    const cudaMissing = messages.find((m) => /lib(cuda|cublas|cublasLt|curand|nvrtc|cudart)\.so/.test(m));
+    const message = cudaMissing ?? messages[0] ?? String(err);
+    if (cudaMissing) {
+      throw new Error(
+        `motivnet's native addon was built with CUDA (npm run build:cuda) and cannot find a CUDA library: ${message}\n` +
+          'it needs an NVIDIA driver and the CUDA 13 runtime libraries (add their folder to LD_LIBRARY_PATH), ' +
+          'or rebuild the CPU addon with `npm run build:native`',
+      );
+    }
+    throw new Error(`motivnet's native addon failed to load: ${message}\n` + 'rebuild it with `npm run build:native`');
   }
 }
 
