@@ -10,7 +10,8 @@ use rayon::prelude::*;
 /// Elements per rayon task: large enough to amortise scheduling, small enough to balance.
 const CHUNK: usize = 16 * 1024;
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+/// The f32 values of a contiguous CPU tensor, or an error naming the op.
+pub(crate) fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(values) = storage else { candle_core::bail!("{op}: expected f32 input") };
     let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{op}: input must be contiguous") };
     Ok(&values[start..end])

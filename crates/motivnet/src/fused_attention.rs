@@ -15,6 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use crate::fused::f32_slice;
 use crate::strided_gemm::{matmul, threads_for_one_product, View, ViewMut, Write};
 
 /// softmax(q k^T / sqrt(hd)) v for every head. `qkv` is (B, N, 3D) with the reference's
@@ -112,12 +113,6 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else { candle_core::bail!("{op}: expected f32 input") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{op}: input must be contiguous") };
-    Ok(&values[start..end])
-}
-
 /// A pointer that may cross into rayon tasks; each task writes only its own pair's block.
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
@@ -154,7 +149,7 @@ impl CustomOp1 for SelfAttention {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let qkv = contiguous_f32(storage, layout, self.name())?;
+        let qkv = f32_slice(storage, layout, self.name())?;
         let g = Geometry::from_qkv(layout, self.heads)?;
         let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
         let par = g.inner_parallelism();
@@ -201,9 +196,9 @@ impl CustomOp3 for SelfAttentionGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let qkv = contiguous_f32(s1, l1, self.name())?;
-        let out = contiguous_f32(s2, l2, self.name())?;
-        let grad_out = contiguous_f32(s3, l3, self.name())?;
+        let qkv = f32_slice(s1, l1, self.name())?;
+        let out = f32_slice(s2, l2, self.name())?;
+        let grad_out = f32_slice(s3, l3, self.name())?;
         let g = Geometry::from_qkv(l1, self.heads)?;
         let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
         if out.len() != g.batch * n * d || grad_out.len() != out.len() {

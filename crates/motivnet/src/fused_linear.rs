@@ -9,6 +9,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::fused::f32_slice;
 use crate::strided_gemm::{matmul, threads_for_one_product, View, ViewMut, Write};
 
 /// x (..., in) W^T (out, in) + b (out) -> (..., out).
@@ -40,12 +41,6 @@ pub fn linear_composed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_cor
     x.matmul(&weight.t()?)?.broadcast_add(bias)
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else { candle_core::bail!("{op}: expected f32 input") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{op}: input must be contiguous") };
-    Ok(&values[start..end])
-}
-
 struct LinearOp;
 
 impl CustomOp3 for LinearOp {
@@ -62,9 +57,9 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let w = contiguous_f32(s2, l2, self.name())?;
-        let b = contiguous_f32(s3, l3, self.name())?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let w = f32_slice(s2, l2, self.name())?;
+        let b = f32_slice(s3, l3, self.name())?;
         let in_dim = l1.dims().last().copied().unwrap_or(0);
         let rows = x.len() / in_dim.max(1);
         let out_dim = b.len();
@@ -125,9 +120,9 @@ impl CustomOp3 for LinearGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let w = contiguous_f32(s2, l2, self.name())?;
-        let g = contiguous_f32(s3, l3, self.name())?;
+        let x = f32_slice(s1, l1, self.name())?;
+        let w = f32_slice(s2, l2, self.name())?;
+        let g = f32_slice(s3, l3, self.name())?;
         let (out_dim, in_dim) = l2.shape().dims2()?;
         let rows = x.len() / in_dim.max(1);
         let mut all = vec![0f32; (rows + out_dim) * in_dim + out_dim];

@@ -50,11 +50,7 @@ impl CustomOp1 for PatchRows {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(values) = storage else { candle_core::bail!("patch-rows: expected f32 images") };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("patch-rows: images must be contiguous")
-        };
-        let pixels = &values[start..end];
+        let pixels = crate::fused::f32_slice(storage, layout, self.name())?;
         let (b, c, h, w) = layout.shape().dims4()?;
         let Self { k, p, gh, gw } = *self;
         let width = c * k * k;
