@@ -188,6 +188,23 @@ describe('HTTP server', () => {
     expect((await post(jpeg, 'image/jpeg')).status).toBe(200);
   });
 
+  it('answers 503 with Retry-After when a prediction outlasts the timeout', async () => {
+    // A batch wait longer than the timeout: the request is still queued when time runs out.
+    const slow = await EmotionClassifier.create({ model, maxWaitMs: 400, decodeThreads: 1 });
+    const app2 = await createServer(slow, { modelName: 'slow', timeoutMs: 100 });
+    const url = await app2.listen({ port: 0, host: '127.0.0.1' });
+    try {
+      const res = await fetch(`${url}/v1/predict`, { method: 'POST', body: await image('jpeg'), headers: { 'content-type': 'image/jpeg' } });
+      await expectError(res, 503, /took longer than 100 ms/);
+      expect(Number(res.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      // The abandoned request left the queue: the classifier still answers.
+      expect((await slow.classify(await image('png'))).label).toBeTruthy();
+    } finally {
+      await app2.close();
+      await slow.close();
+    }
+  });
+
   it('answers 429 with Retry-After when the queue is full', async () => {
     const small = await EmotionClassifier.create({ model, maxQueue: 1, maxWaitMs: 200, decodeThreads: 1 });
     const busy = await createServer(small, { modelName: 'busy' });
