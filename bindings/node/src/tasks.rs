@@ -16,15 +16,17 @@ use crate::options::Input;
 use motivnet::optim::{AdamWConfig, Groups};
 use motivnet::{Normalization, Trainer};
 
-/// Runs `work` on the model under its lock, or fails if the model was disposed.
-fn with_trainer<T>(shared: &Shared, work: impl FnOnce(&mut Trainer) -> motivnet::Result<T>) -> Result<T> {
+/// Runs `work` on the model under its lock, on the core's compute threads (see
+/// `motivnet::cpu::run_on_compute_threads`: not on this libuv thread), or fails if the model
+/// was disposed.
+fn with_trainer<T: Send>(shared: &Shared, work: impl FnOnce(&mut Trainer) -> motivnet::Result<T> + Send) -> Result<T> {
     let mut guard = shared.trainer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if shared.disposed.load(Ordering::SeqCst) {
         // dispose() found the model busy: free it now that the running call is done.
         guard.take();
     }
     let trainer = guard.as_mut().ok_or_else(|| invalid("the model was disposed: load a new one"))?;
-    work(trainer).js()
+    motivnet::cpu::run_on_compute_threads(|| work(trainer)).js()
 }
 
 pub struct LoadTask {
@@ -43,6 +45,17 @@ impl Task for LoadTask {
     type JsValue = NativeModel;
 
     fn compute(&mut self) -> Result<Trainer> {
+        // On the compute threads, as every later call on the model (see with_trainer).
+        motivnet::cpu::run_on_compute_threads(|| self.load())
+    }
+
+    fn resolve(&mut self, _env: Env, trainer: Trainer) -> Result<NativeModel> {
+        Ok(NativeModel::new(trainer))
+    }
+}
+
+impl LoadTask {
+    fn load(&self) -> Result<Trainer> {
         let config = motivnet::ModelConfig::from_preset_or_file(&self.spec).js()?;
         let device = motivnet::parse_device(&self.device).js()?;
         let mut model = motivnet::MotivNet::new(&config, &device, self.seed as u64).js()?;
@@ -52,10 +65,6 @@ impl Task for LoadTask {
         }
         let config = motivnet::TrainerConfig { optimizer: self.optimizer.clone(), seed: self.seed as u64 };
         Ok(Trainer::new(model, config))
-    }
-
-    fn resolve(&mut self, _env: Env, trainer: Trainer) -> Result<NativeModel> {
-        Ok(NativeModel::new(trainer))
     }
 }
 
@@ -275,8 +284,11 @@ impl Task for PreprocessTask {
         // Promise settles (documented on `toInputTensor`'s `out`); the task holds a reference
         // to it, so it stays alive while written.
         let out = self.out.as_mut().map(|o| unsafe { o.as_mut() });
-        motivnet::pixels::resize_normalize_checked(&batch, *geometry, self.height, self.width, &self.normalization, out)
-            .js()
+        let (height, width, normalization) = (self.height, self.width, &self.normalization);
+        motivnet::cpu::run_on_compute_threads(|| {
+            motivnet::pixels::resize_normalize_checked(&batch, *geometry, height, width, normalization, out)
+        })
+        .js()
     }
 
     fn resolve(&mut self, _env: Env, values: Self::Output) -> Result<Float32Array> {

@@ -7,7 +7,7 @@
 //! The mode is per thread, so it is set on every thread that computes: the caller's (at each
 //! entry point) and rayon's workers (when the pool starts).
 
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 
 /// Sets flush-to-zero and denormals-are-zero on the current thread.
 pub fn flush_subnormals_on_this_thread() {
@@ -41,6 +41,29 @@ pub fn prepare() {
     flush_subnormals_on_this_thread();
 }
 
+static COMPUTE_POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+
+/// Runs `work` on the compute threads, a rayon pool of its own (RAYON_NUM_THREADS threads,
+/// subnormals flushed), and waits for it; rayon's parallel loops and the matmuls inside run on
+/// the same pool.
+///
+/// Why not on the caller's thread: glibc's malloc gives each thread its own arena, and a
+/// model's large temporaries are best reused from one arena step after step. A host that
+/// calls from whichever thread is free (Node's libuv pool has four) spreads them over several
+/// arenas, each growing to the peak and paging in fresh memory: a `tiny` train step took
+/// 230 ms called from Node against 160 ms from one thread, at three times the memory
+/// (docs/BENCHMARKS.md). Here the work always lands on the same few threads.
+pub fn run_on_compute_threads<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    let pool = COMPUTE_POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("motivnet-compute-{i}"))
+            .start_handler(|_| flush_subnormals_on_this_thread())
+            .build()
+            .expect("motivnet: cannot start the compute threads")
+    });
+    pool.install(work)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -51,5 +74,19 @@ mod tests {
         let on_worker =
             rayon::join(|| std::hint::black_box(f32::MIN_POSITIVE) / std::hint::black_box(4.0f32), || 0.0).0;
         assert_eq!(on_worker, 0.0);
+    }
+
+    #[test]
+    fn compute_threads_run_the_work_with_subnormals_flushed_and_parallel_loops() {
+        use rayon::prelude::*;
+        let (flushed, name, threads) = super::run_on_compute_threads(|| {
+            let flushed = std::hint::black_box(f32::MIN_POSITIVE) / std::hint::black_box(4.0f32) == 0.0;
+            (flushed, std::thread::current().name().map(String::from), rayon::current_num_threads())
+        });
+        assert!(flushed);
+        assert!(name.unwrap_or_default().starts_with("motivnet-compute-"));
+        assert_eq!(threads, rayon::ThreadPoolBuilder::new().build().unwrap().current_num_threads());
+        let sum: u64 = super::run_on_compute_threads(|| (0..1000u64).into_par_iter().sum());
+        assert_eq!(sum, 499_500);
     }
 }
