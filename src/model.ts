@@ -1,8 +1,8 @@
 /**
  * `MotivNet`: the public model object. A thin, typed wrapper over the native model: every
- * method that touches tensors returns a Promise whose work runs on the libuv thread pool, so a
- * busy server's event loop keeps turning. Calls on one model run one at a time; separate
- * models run in parallel.
+ * method that touches tensors returns a Promise whose work runs on the core's compute threads,
+ * never on the event loop, so a busy server keeps turning. Calls on one model run one at a
+ * time; separate models share the compute threads.
  */
 import { native, type NativeModel } from './native.js';
 import type { ModelConfig } from './config.js';

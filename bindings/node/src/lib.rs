@@ -1,6 +1,7 @@
 //! Node.js binding of the motivnet core (napi-rs). It only converts values and maps errors:
 //! model logic lives in `crates/motivnet`. Every call that touches tensors is an `AsyncTask`
-//! on the libuv pool (tasks.rs); options and inputs are converted in options.rs.
+//! whose work runs on the core's compute threads (tasks.rs); options and inputs are converted
+//! in options.rs.
 
 mod error;
 mod options;

@@ -1,6 +1,7 @@
-//! The async calls: each runs its core work on the libuv thread pool (napi `AsyncTask`), never
-//! on the JS thread, and resolves a Promise. Calls on one model take its lock, so they run one
-//! at a time; two models run in parallel.
+//! The async calls: each is a napi `AsyncTask` (a libuv pool thread waits for it), never on the
+//! JS thread, and resolves a Promise. The core work itself runs on the core's compute threads
+//! (`motivnet::cpu::run_on_compute_threads`). Calls on one model take its lock, so they run one
+//! at a time; two models share the compute threads.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
