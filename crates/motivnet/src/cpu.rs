@@ -34,6 +34,12 @@ static INIT: Once = Once::new();
 /// Starts rayon's global pool (used by the matmuls and the pixel pass) with subnormals
 /// flushed on each worker, and sets the mode on the calling thread. Cheap after the first call.
 pub fn prepare() {
+    // On a pool's worker (the compute threads, see below) the work already runs where it
+    // should, with the mode set: no second pool is needed.
+    if rayon::current_thread_index().is_some() {
+        flush_subnormals_on_this_thread();
+        return;
+    }
     INIT.call_once(|| {
         // Fails only if something built the global pool first; its workers then keep their mode.
         let _ = rayon::ThreadPoolBuilder::new().start_handler(|_| flush_subnormals_on_this_thread()).build_global();

@@ -161,7 +161,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    match run(&args) {
+    // On the compute threads, where the Node addon runs every model call.
+    match motivnet::cpu::run_on_compute_threads(|| run(&args)) {
         Ok(line) => println!("{line}"),
         Err(e) => {
             eprintln!("motivnet-bench: {e}");
