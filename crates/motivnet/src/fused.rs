@@ -258,11 +258,61 @@ struct LayerNormOp {
 }
 
 /// Mean and 1/std of one row.
+#[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lane_sum(x.len(), |i| x[i]) / n;
+    let var = lane_sum(x.len(), |i| (x[i] - mean) * (x[i] - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// The sum of `term(i)` for i in 0..n, in eight partial sums so the loop vectorises (a single
+/// float accumulator must add in order, which keeps it scalar).
+#[inline(always)]
+pub(crate) fn lane_sum(n: usize, term: impl Fn(usize) -> f32) -> f32 {
+    const LANES: usize = 8;
+    let mut acc = [0f32; LANES];
+    let full = n / LANES * LANES;
+    for base in (0..full).step_by(LANES) {
+        for l in 0..LANES {
+            acc[l] += term(base + l);
+        }
+    }
+    let tail: f32 = (full..n).map(&term).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+crate::avx2_dispatch! {
+    /// LayerNorm of each `w.len()`-long row of `x` into `out`.
+    fn layer_norm_rows(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        let n = w.len();
+        for (o, x) in out.chunks_mut(n).zip(x.chunks(n)) {
+            let (mean, rstd) = row_stats(x, eps);
+            for i in 0..n {
+                o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+            }
+        }
+    }
+}
+
+crate::avx2_dispatch! {
+    /// dx of each row into `dx`; adds the rows' dw terms to acc[..n] and db terms to acc[n..].
+    fn layer_norm_grad_rows(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32, acc: &mut [f32], xhat: &mut [f32]) {
+        let n = w.len();
+        for ((dx, x), g) in dx.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
+            let (mean, rstd) = row_stats(x, eps);
+            for i in 0..n {
+                xhat[i] = (x[i] - mean) * rstd;
+            }
+            let mean_gw = lane_sum(n, |i| g[i] * w[i]) / n as f32;
+            let mean_gw_xhat = lane_sum(n, |i| g[i] * w[i] * xhat[i]) / n as f32;
+            for i in 0..n {
+                acc[i] += g[i] * xhat[i];
+                acc[n + i] += g[i];
+                dx[i] = rstd * (g[i] * w[i] - mean_gw - xhat[i] * mean_gw_xhat);
+            }
+        }
+    }
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -287,14 +337,9 @@ impl CustomOp3 for LayerNormOp {
         }
         let rows_per_task = (CHUNK / n).max(1);
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n * rows_per_task).zip(x.par_chunks(n * rows_per_task)).for_each(|(o, x)| {
-            for (o, x) in o.chunks_mut(n).zip(x.chunks(n)) {
-                let (mean, rstd) = row_stats(x, self.eps);
-                for i in 0..n {
-                    o[i] = (x[i] - mean) * rstd * w[i] + b[i];
-                }
-            }
-        });
+        out.par_chunks_mut(n * rows_per_task)
+            .zip(x.par_chunks(n * rows_per_task))
+            .for_each(|(o, x)| layer_norm_rows(o, x, w, b, self.eps));
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -353,24 +398,8 @@ impl CustomOp3 for LayerNormGrad {
             .par_chunks_mut(n * rows_per_task)
             .zip(x.par_chunks(n * rows_per_task).zip(g.par_chunks(n * rows_per_task)))
             .map(|(dx, (x, g))| {
-                let mut acc = vec![0f32; 2 * n];
-                let mut xhat = vec![0f32; n];
-                for ((dx, x), g) in dx.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
-                    let (mean, rstd) = row_stats(x, self.eps);
-                    let (mut mean_gw, mut mean_gw_xhat) = (0f32, 0f32);
-                    for i in 0..n {
-                        xhat[i] = (x[i] - mean) * rstd;
-                        let gw = g[i] * w[i];
-                        mean_gw += gw;
-                        mean_gw_xhat += gw * xhat[i];
-                        acc[i] += g[i] * xhat[i];
-                        acc[n + i] += g[i];
-                    }
-                    let (mean_gw, mean_gw_xhat) = (mean_gw / n as f32, mean_gw_xhat / n as f32);
-                    for i in 0..n {
-                        dx[i] = rstd * (g[i] * w[i] - mean_gw - xhat[i] * mean_gw_xhat);
-                    }
-                }
+                let (mut acc, mut xhat) = (vec![0f32; 2 * n], vec![0f32; n]);
+                layer_norm_grad_rows(dx, x, g, w, self.eps, &mut acc, &mut xhat);
                 acc
             })
             .collect();

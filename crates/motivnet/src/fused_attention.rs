@@ -139,6 +139,21 @@ unsafe fn probabilities(g: &Geometry, qkv: &[f32], pair: usize, p: &mut [f32], p
     crate::fused::softmax_rows(p, n);
 }
 
+crate::avx2_dispatch! {
+    /// dS = P * (dP - delta) in place over `ds` (holding dP), n x n, with delta_i = do_i . o_i
+    /// (the rows of do and o are `row_stride` apart, `hd` long): softmax's backward per row.
+    fn score_grad(ds: &mut [f32], p: &[f32], n: usize, d_out: &[f32], out: &[f32], row_stride: usize, hd: usize) {
+        for i in 0..n {
+            let (go, o) = (&d_out[i * row_stride..][..hd], &out[i * row_stride..][..hd]);
+            let delta = crate::fused::lane_sum(hd, |c| go[c] * o[c]);
+            let (ds, p) = (&mut ds[i * n..][..n], &p[i * n..][..n]);
+            for j in 0..n {
+                ds[j] = p[j] * (ds[j] - delta);
+            }
+        }
+    }
+}
+
 struct SelfAttention {
     heads: usize,
 }
@@ -220,13 +235,7 @@ impl CustomOp3 for SelfAttentionGrad {
                     let v = View::rows(qkv, g.qkv_offset(pair, 2), 3 * d);
                     matmul((n, n, hd), ViewMut::rows(ds, 0, n), d_out, v.t(), 1.0, Write::Overwrite, par);
                 }
-                for i in 0..n {
-                    let row = merged + i * d;
-                    let delta: f32 = (0..hd).map(|c| grad_out[row + c] * out[row + c]).sum();
-                    for j in 0..n {
-                        ds[i * n + j] = p[i * n + j] * (ds[i * n + j] - delta);
-                    }
-                }
+                score_grad(ds, p, n, &grad_out[merged..], &out[merged..], d, hd);
                 let (ds, p) = (View::rows(ds, 0, n), View::rows(p, 0, n));
                 let q = View::rows(qkv, g.qkv_offset(pair, 0), 3 * d);
                 let k = View::rows(qkv, g.qkv_offset(pair, 1), 3 * d);

@@ -41,6 +41,15 @@ pub fn linear_composed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_cor
     x.matmul(&weight.t()?)?.broadcast_add(bias)
 }
 
+crate::avx2_dispatch! {
+    /// Adds each `acc.len()`-long row of `rows` to `acc`.
+    fn add_rows(acc: &mut [f32], rows: &[f32]) {
+        for row in rows.chunks(acc.len().max(1)) {
+            acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+        }
+    }
+}
+
 struct LinearOp;
 
 impl CustomOp3 for LinearOp {
@@ -162,9 +171,7 @@ impl CustomOp3 for LinearGrad {
             .par_chunks(out_dim.max(1) * ROWS_PER_TASK)
             .map(|band| {
                 let mut acc = vec![0f32; out_dim];
-                for row in band.chunks(out_dim.max(1)) {
-                    acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
-                }
+                add_rows(&mut acc, band);
                 acc
             })
             .collect();

@@ -120,17 +120,24 @@ impl Step {
             .zip(mv.par_chunks_mut(CHUNK))
             .zip(vv.par_chunks_mut(CHUNK))
             .zip(gv.par_chunks(CHUNK))
-            .for_each(|(((p, m), v), g)| {
-                for i in 0..p.len() {
-                    m[i] = m[i] * b1 + g[i] * (1.0 - b1);
-                    v[i] = v[i] * b2 + g[i] * g[i] * (1.0 - b2);
-                    let denom = v[i].sqrt() * inv_bias2_sqrt + eps;
-                    p[i] = p[i] * decay - m[i] / denom * step_size;
-                }
-            });
+            .for_each(|(((p, m), v), g)| adamw_chunk(p, m, v, g, [b1, b2, decay, inv_bias2_sqrt, eps, step_size]));
         let (shape, dev) = (var.shape().clone(), var.device().clone());
         var.set(&Tensor::from_vec(pv, shape.clone(), &dev)?)?;
         Ok((Tensor::from_vec(mv, shape.clone(), &dev)?, Tensor::from_vec(vv, shape, &dev)?))
+    }
+}
+
+crate::avx2_dispatch! {
+    /// One AdamW update of a chunk, in place. `k` = [beta1, beta2, 1 - lr * weight decay,
+    /// 1 / sqrt(bias correction 2), eps, lr / bias correction 1].
+    fn adamw_chunk(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: [f32; 6]) {
+        let [b1, b2, decay, inv_bias2_sqrt, eps, step_size] = k;
+        for i in 0..p.len() {
+            m[i] = m[i] * b1 + g[i] * (1.0 - b1);
+            v[i] = v[i] * b2 + g[i] * g[i] * (1.0 - b2);
+            let denom = v[i].sqrt() * inv_bias2_sqrt + eps;
+            p[i] = p[i] * decay - m[i] / denom * step_size;
+        }
     }
 }
 
