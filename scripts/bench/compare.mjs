@@ -56,7 +56,9 @@ if (selected.some((c) => c.kind === 'e2e') && !existsSync(jpegs)) throw new Erro
 const haveReference = existsSync(python);
 if (!haveReference) console.log(referenceMissing());
 const results = [];
-let torchVersion = 'not installed';
+// The last run's version stands for the cases it measured, until a case runs again.
+const previousRun = existsSync(path.join(root, 'docs/benchmarks/compare.json')) ? JSON.parse(readFileSync(path.join(root, 'docs/benchmarks/compare.json'), 'utf8')) : { cases: [] };
+let torchVersion = previousRun.torch ?? 'not installed';
 for (const c of selected) {
   const a = [];
   const b = [];
@@ -74,14 +76,15 @@ for (const c of selected) {
     ratio: referenceMs ? oursMs / referenceMs : null,
     oursPeakMb: Math.max(...a.map((x) => x.peakMb)),
     referencePeakMb: b.length ? Math.max(...b.map((x) => x.peakMb)) : null,
+    rounds,
+    date: new Date().toISOString().slice(0, 10),
   };
   results.push(row);
   console.log(`${c.name}: ours ${oursMs.toFixed(1)} ms, reference ${referenceMs?.toFixed(1) ?? '-'} ms, ratio ${row.ratio?.toFixed(2) ?? '-'}; peak ${row.oursPeakMb.toFixed(0)} / ${row.referencePeakMb?.toFixed(0) ?? '-'} MB`);
 }
 
 // Cases not run this time keep their last numbers (BENCH_CASES runs a subset).
-const previous = existsSync(path.join(root, 'docs/benchmarks/compare.json')) ? JSON.parse(readFileSync(path.join(root, 'docs/benchmarks/compare.json'), 'utf8')).cases : [];
-for (const old of previous) if (!results.some((r) => r.name === old.name)) results.push(old);
+for (const old of previousRun.cases) if (!results.some((r) => r.name === old.name)) results.push(old);
 results.sort((a, b) => CASES.findIndex((c) => c.name === a.name) - CASES.findIndex((c) => c.name === b.name));
 const date = new Date().toISOString().slice(0, 10);
 writeJson('compare', { date, machine: machine(), threads, rounds, torch: torchVersion, cases: results });
@@ -91,10 +94,11 @@ writeSection(
   `## Ours versus the PyTorch reference
 
 \`npm run bench\` — ${date}, ${machine()}; ${threads} threads on both sides (RAYON_NUM_THREADS /
-torch.set_num_threads), random weights, median of ${rounds} alternating rounds, each the median of its iterations after one warm-up.
+torch.set_num_threads), random weights, the median of alternating rounds (count per case), each the median of its iterations
+after one warm-up. Cases not rerun keep the numbers of their last run (date per case).
 PyTorch ${torchVersion}. Targets: ratio 1.0 or below, peak memory no higher than the reference's.
 
-| case | ours ms | reference ms | ours / reference | ours peak MB | reference peak MB |
-|---|---|---|---|---|---|
-${results.map((r) => `| ${r.name} | ${fmt(r.oursMs)} | ${fmt(r.referenceMs)} | ${fmt(r.ratio, 2)} | ${fmt(r.oursPeakMb, 0)} | ${fmt(r.referencePeakMb, 0)} |`).join('\n')}`,
+| case | ours ms | reference ms | ours / reference | ours peak MB | reference peak MB | rounds | run |
+|---|---|---|---|---|---|---|---|
+${results.map((r) => `| ${r.name} | ${fmt(r.oursMs)} | ${fmt(r.referenceMs)} | ${fmt(r.ratio, 2)} | ${fmt(r.oursPeakMb, 0)} | ${fmt(r.referencePeakMb, 0)} | ${r.rounds ?? '-'} | ${r.date ?? '-'} |`).join('\n')}`,
 );
