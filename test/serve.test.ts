@@ -98,9 +98,20 @@ describe('EmotionClassifier', () => {
     }
   });
 
+  it('close() lets the calls it holds finish, then refuses new ones', async () => {
+    const own = await EmotionClassifier.create({ model, maxWaitMs: 50, decodeThreads: 1 });
+    const held = [own.classify(await image('jpeg')), own.classify(await image('png'))];
+    await own.close();
+    for (const r of await Promise.all(held)) expect(model.labels).toContain(r.label);
+    await expect(own.classify(await image('png'))).rejects.toThrow(/closed/);
+    expect(model.disposed).toBe(false); // the caller's model stays the caller's
+  });
+
   it('checks its options', async () => {
     await expect(EmotionClassifier.create({ model, maxBatchSize: 0 })).rejects.toThrow(/maxBatchSize must be a whole number of at least 1, got 0/);
     await expect(classifier.classify(await image('png'), { box: { x: -1, y: 0, width: 5, height: 5 } })).rejects.toThrow(/face box/);
+    const odd = { geometry: 'constructor' as 'letterbox' };
+    await expect(classifier.classify(await image('png'), odd)).rejects.toThrow(/geometry must be letterbox or stretch, got 'constructor'/);
   });
 });
 

@@ -144,7 +144,7 @@ export class EmotionClassifier {
     this.maxQueue = positiveInt('maxQueue', options.maxQueue, 256);
     this.maxPixels = positiveInt('maxPixels', options.maxPixels, 40_000_000);
     this.defaultGeometry = options.geometry ?? 'letterbox';
-    if (!(this.defaultGeometry in this.queues)) throw new RangeError(`geometry must be letterbox or stretch, got '${this.defaultGeometry}'`);
+    if (!Object.hasOwn(this.queues, this.defaultGeometry)) throw new RangeError(`geometry must be letterbox or stretch, got '${this.defaultGeometry}'`);
     this.pool = new PreprocessPool({ threads: options.decodeThreads ?? availableParallelism() });
   }
 
@@ -172,7 +172,7 @@ export class EmotionClassifier {
   async classify(input: Uint8Array | string, options: ClassifyOptions = {}): Promise<Classification> {
     if (this.closed) throw new ClassifierClosedError();
     const geometry = options.geometry ?? this.defaultGeometry;
-    if (!(geometry in this.queues)) throw new ClassifierInputError(`geometry must be letterbox or stretch, got '${geometry}'`, 400);
+    if (!Object.hasOwn(this.queues, geometry)) throw new ClassifierInputError(`geometry must be letterbox or stretch, got '${geometry}'`, 400);
     if (options.box) checkBox(options.box);
     if (this.pending >= this.maxQueue) throw new QueueFullError(this.maxQueue, this.retryAfterS());
     this.pending++;
@@ -190,7 +190,7 @@ export class EmotionClassifier {
       });
       if (!decoded.ok) throw inputError(decoded.reason, this.maxPixels);
       options.signal?.throwIfAborted();
-      if (this.closed) throw new ClassifierClosedError();
+      // A call that was decoding when close() came still runs: close() lets held calls finish.
       return await new Promise<Classification>((resolve, reject) => {
         const image = { data: decoded.data, width: decoded.width, height: decoded.height };
         this.queues[geometry].push({ image, enqueuedAt: performance.now(), signal: options.signal, resolve, reject });
