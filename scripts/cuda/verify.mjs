@@ -1,5 +1,6 @@
 // GPU verification of a CUDA build (`npm run build:cuda`), for a machine with an NVIDIA GPU.
 // Run from the repository root:  node scripts/cuda/verify.mjs [--out FILE] [--presets sapiens-0.3b,sapiens-1b]
+//   [--device cuda:0]   (--device cpu dry-runs the script itself on a machine without a GPU)
 //
 // 1. Agreement: the test fixture model on the CPU and on cuda:0 gives the same logits, and
 //    one train step (forward, backward, AdamW) the same loss and the same logits after it.
@@ -22,10 +23,11 @@ const flag = (name, fallback) => {
 };
 const outFile = flag('--out', path.join(process.env.OUT ?? '.', 'cuda-verify.json'));
 const presets = flag('--presets', 'sapiens-0.3b,sapiens-1b').split(',');
+const gpu = flag('--device', 'cuda:0');
 
 const { native } = await import(path.join(root, 'dist/native.js'));
 const { MotivNet } = await import(path.join(root, 'dist/index.js'));
-if (!native.cudaAvailable()) {
+if (gpu !== 'cpu' && !native.cudaAvailable()) {
   console.error('this addon was built without CUDA: run scripts/cuda/setup, then npm run build:cuda');
   process.exit(2);
 }
@@ -54,17 +56,17 @@ async function agreement() {
   const labels = Array.from(batch.labels.data, Number);
   const result = {};
   const runs = {};
-  for (const device of ['cpu', 'cuda:0']) {
+  for (const [key, device] of [['cpu', 'cpu'], ['gpu', gpu]]) {
     const model = await MotivNet.load({ model: path.join(fixtures, 'config.json'), weights: path.join(fixtures, 'weights.safetensors'), device, seed: 0 });
     const before = await model.predict(input);
     const step = await model.trainStep(input, labels, { encoderLr: 1e-3, decoderLr: 1e-3 });
     const after = await model.predict(input);
-    runs[device] = { before: before.logits, loss: step.loss, after: after.logits };
+    runs[key] = { before: before.logits, loss: step.loss, after: after.logits };
     model.dispose();
   }
-  result.logitsMaxDiff = maxDiff(runs.cpu.before, runs['cuda:0'].before);
-  result.lossDiff = Math.abs(runs.cpu.loss - runs['cuda:0'].loss);
-  result.logitsAfterStepMaxDiff = maxDiff(runs.cpu.after, runs['cuda:0'].after);
+  result.logitsMaxDiff = maxDiff(runs.cpu.before, runs.gpu.before);
+  result.lossDiff = Math.abs(runs.cpu.loss - runs.gpu.loss);
+  result.logitsAfterStepMaxDiff = maxDiff(runs.cpu.after, runs.gpu.after);
   result.ok = result.logitsMaxDiff < 1e-3 && result.lossDiff < 1e-4 && result.logitsAfterStepMaxDiff < 1e-3;
   return result;
 }
@@ -92,7 +94,7 @@ async function withPeakGpuMemory(work) {
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function timeOurs(preset) {
-  const model = await MotivNet.load({ model: preset, device: 'cuda:0', seed: 0 });
+  const model = await MotivNet.load({ model: preset, device: gpu, seed: 0 });
   const { inputHeight: h, inputWidth: w } = model.config.encoder;
   const input = { tensor: new Float32Array(3 * h * w).map((_, i) => Math.sin(i)), batchSize: 1 };
   const timed = async (fn) => {
@@ -111,11 +113,11 @@ async function timeOurs(preset) {
 }
 
 function timeReference(preset) {
-  const probe = spawnSync('python3', ['-c', 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)']);
+  const probe = spawnSync('python3', ['-c', `import torch, sys; sys.exit(0 if ${gpu === 'cpu' ? 'True' : 'torch.cuda.is_available()'} else 1)`]);
   if (probe.status !== 0) return { skipped: 'no CUDA-enabled PyTorch on this machine (python3 -c "import torch")' };
   const out = {};
   for (const kase of ['forward', 'train']) {
-    const r = spawnSync('python3', [path.join(root, 'scripts/reference/bench_model.py'), '--case', kase, '--preset', preset, '--batch', '1', '--device', 'cuda', '--iters', '5', '--warmup', '2'], { encoding: 'utf8' });
+    const r = spawnSync('python3', [path.join(root, 'scripts/reference/bench_model.py'), '--case', kase, '--preset', preset, '--batch', '1', '--device', gpu === 'cpu' ? 'cpu' : 'cuda', '--iters', '5', '--warmup', '2'], { encoding: 'utf8' });
     if (r.status !== 0) return { skipped: `bench_model.py failed: ${r.stderr.trim().split('\n').pop()}` };
     out[kase] = JSON.parse(r.stdout.trim().split('\n').pop());
   }
