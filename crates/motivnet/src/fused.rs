@@ -40,14 +40,14 @@ pub fn exp_fast(x: f32) -> f32 {
     p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// Softmax of each `n`-long row of `rows`, in place. The loops are written in 8 lanes (max
-/// and sum as eight partial results) so they vectorise, with AVX2 where the CPU has it
-/// (crate::simd).
+/// Softmax of each `n`-long row of `rows`, in place. The loops are written in 16 lanes (max
+/// and sum as sixteen partial results) so they vectorise, as wide as the CPU allows
+/// (crate::simd): one AVX-512 register or two AVX2 ones.
 pub fn softmax_rows(rows: &mut [f32], n: usize) {
     softmax_rows_dispatched(rows, n);
 }
 
-crate::avx2_dispatch! {
+crate::simd_dispatch! {
     fn softmax_rows_dispatched(rows: &mut [f32], n: usize) {
         softmax_rows_portable(rows, n)
     }
@@ -55,7 +55,7 @@ crate::avx2_dispatch! {
 
 #[inline(always)]
 fn softmax_rows_portable(rows: &mut [f32], n: usize) {
-    const LANES: usize = 8;
+    const LANES: usize = 16;
     for row in rows.chunks_mut(n.max(1)) {
         let mut max = [f32::NEG_INFINITY; LANES];
         let mut blocks = row.chunks_exact(LANES);
@@ -117,7 +117,7 @@ pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
 
 struct GeluErf;
 
-crate::avx2_dispatch! {
+crate::simd_dispatch! {
     fn gelu_chunk(out: &mut [f32], x: &[f32]) {
         for (o, &v) in out.iter_mut().zip(x) {
             *o = 0.5 * v * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2));
@@ -125,7 +125,7 @@ crate::avx2_dispatch! {
     }
 }
 
-crate::avx2_dispatch! {
+crate::simd_dispatch! {
     fn gelu_grad_chunk(out: &mut [f32], x: &[f32], grad: &[f32]) {
         for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
             let cdf = 0.5 * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2));
@@ -266,11 +266,11 @@ fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// The sum of `term(i)` for i in 0..n, in eight partial sums so the loop vectorises (a single
-/// float accumulator must add in order, which keeps it scalar).
+/// The sum of `term(i)` for i in 0..n, in sixteen partial sums so the loop vectorises (a
+/// single float accumulator must add in order, which keeps it scalar).
 #[inline(always)]
 pub(crate) fn lane_sum(n: usize, term: impl Fn(usize) -> f32) -> f32 {
-    const LANES: usize = 8;
+    const LANES: usize = 16;
     let mut acc = [0f32; LANES];
     let full = n / LANES * LANES;
     for base in (0..full).step_by(LANES) {
@@ -282,7 +282,7 @@ pub(crate) fn lane_sum(n: usize, term: impl Fn(usize) -> f32) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-crate::avx2_dispatch! {
+crate::simd_dispatch! {
     /// LayerNorm of each `w.len()`-long row of `x` into `out`.
     fn layer_norm_rows(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
         let n = w.len();
@@ -295,7 +295,7 @@ crate::avx2_dispatch! {
     }
 }
 
-crate::avx2_dispatch! {
+crate::simd_dispatch! {
     /// dx of each row into `dx`; adds the rows' dw terms to acc[..n] and db terms to acc[n..].
     fn layer_norm_grad_rows(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32, acc: &mut [f32], xhat: &mut [f32]) {
         let n = w.len();
@@ -413,6 +413,7 @@ impl CustomOp3 for LayerNormGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simd::{with_level, Level};
     use candle_core::{Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -459,16 +460,19 @@ mod tests {
     }
 
     #[test]
-    fn softmax_rows_agree_with_and_without_avx2() {
-        let mut a: Vec<f32> = (0..3 * 37).map(|i| ((i * 7919) % 101) as f32 * 0.13 - 6.0).collect();
-        let mut b = a.clone();
-        softmax_rows(&mut a, 37);
-        softmax_rows_portable(&mut b, 37);
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() < 1e-6, "{x} vs {y}");
-        }
-        for row in a.chunks(37) {
+    fn softmax_rows_agree_at_every_simd_level() {
+        let input: Vec<f32> = (0..3 * 37).map(|i| ((i * 7919) % 101) as f32 * 0.13 - 6.0).collect();
+        let mut portable = input.clone();
+        softmax_rows_portable(&mut portable, 37);
+        for row in portable.chunks(37) {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        for level in [Level::Avx2, Level::Avx512] {
+            let mut a = input.clone();
+            with_level(level, || softmax_rows(&mut a, 37));
+            for (x, y) in a.iter().zip(&portable) {
+                assert!((x - y).abs() < 1e-6, "{level:?}: {x} vs {y}");
+            }
         }
     }
 

@@ -139,7 +139,7 @@ unsafe fn probabilities(g: &Geometry, qkv: &[f32], pair: usize, p: &mut [f32], p
     crate::fused::softmax_rows(p, n);
 }
 
-crate::avx2_dispatch! {
+crate::simd_dispatch! {
     /// dS = P * (dP - delta) in place over `ds` (holding dP), n x n, with delta_i = do_i . o_i
     /// (the rows of do and o are `row_stride` apart, `hd` long): softmax's backward per row.
     fn score_grad(ds: &mut [f32], p: &[f32], n: usize, d_out: &[f32], out: &[f32], row_stride: usize, hd: usize) {

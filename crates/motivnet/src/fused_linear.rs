@@ -41,7 +41,7 @@ pub fn linear_composed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_cor
     x.matmul(&weight.t()?)?.broadcast_add(bias)
 }
 
-crate::avx2_dispatch! {
+crate::simd_dispatch! {
     /// Adds each `acc.len()`-long row of `rows` to `acc`.
     fn add_rows(acc: &mut [f32], rows: &[f32]) {
         for row in rows.chunks(acc.len().max(1)) {

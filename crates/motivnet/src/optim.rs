@@ -127,7 +127,7 @@ impl Step {
     }
 }
 
-crate::avx2_dispatch! {
+crate::simd_dispatch! {
     /// One AdamW update of a chunk, in place. `k` = [beta1, beta2, 1 - lr * weight decay,
     /// 1 / sqrt(bias correction 2), eps, lr / bias correction 1].
     fn adamw_chunk(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: [f32; 6]) {
