@@ -21,6 +21,7 @@ pub mod fused_linear;
 pub mod head;
 pub mod layers;
 pub mod loss;
+pub mod malloc;
 pub mod model;
 pub mod optim;
 pub mod params;

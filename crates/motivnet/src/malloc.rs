@@ -1,0 +1,61 @@
+//! glibc malloc settings for a model's temporaries.
+//!
+//! Every op allocates its output, and a train step frees most of them again: the same few
+//! megabyte-sized buffers, step after step. glibc serves a request above its mmap threshold
+//! with a fresh mapping and unmaps it on free, so each step pages its temporaries in again,
+//! zero-filled by the kernel. The threshold normally adapts upwards as large blocks are freed,
+//! but that depends on the order of allocations: an unrelated change to the optimizer once
+//! turned the `tiny` train step from 102 into 140 ms through page faults alone
+//! (docs/BENCHMARKS.md). Fixing the threshold at glibc's ceiling (32 MiB) and keeping up to
+//! 128 MiB of freed memory per arena makes the reuse deterministic; the price is a resident
+//! size that stays near its peak instead of shrinking between steps.
+//!
+//! A process whose environment sets its own malloc tuning (`GLIBC_TUNABLES` naming malloc,
+//! or `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`) keeps it.
+
+use std::sync::Once;
+
+/// Blocks up to this size come from the heap (glibc refuses higher values for thread arenas).
+pub const MMAP_THRESHOLD: usize = 32 << 20;
+/// Freed memory an arena keeps before returning it to the system.
+pub const TRIM_THRESHOLD: usize = 128 << 20;
+
+static TUNE: Once = Once::new();
+
+/// Whether the environment already chose malloc settings.
+fn user_tuned() -> bool {
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    tunables.contains("glibc.malloc.")
+        || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
+        || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
+}
+
+/// Applies the settings above once per process (glibc on Linux; elsewhere nothing).
+pub fn tune_for_model_temporaries() {
+    TUNE.call_once(|| {
+        if user_tuned() {
+            return;
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int);
+        }
+    });
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    #[test]
+    fn a_model_sized_temporary_comes_from_the_heap_not_a_fresh_mapping() {
+        super::tune_for_model_temporaries();
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let mapped = || unsafe { libc::mallinfo2().hblks };
+        let before = mapped();
+        let buffer = std::hint::black_box(vec![1f32; 2 << 20]); // 8 MiB, above glibc's default threshold
+        let during = mapped();
+        drop(buffer);
+        assert_eq!(during, before, "an 8 MiB block was mapped on its own");
+    }
+}
