@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::fused::f32_slice;
 use crate::params::{Group, Param, ParamStore};
 
 /// A value per optimizer group.
@@ -106,39 +107,141 @@ impl Step {
         Ok((m, v))
     }
 
-    /// The same arithmetic in one multi-threaded pass over the CPU buffers: the composed form
-    /// makes a dozen single-threaded passes and as many allocations per parameter.
-    fn apply_cpu(&self, var: &Var, g: &Tensor, m: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-        let read = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-        let (mut pv, gv, mut mv, mut vv) = (read(var.as_tensor())?, read(g)?, read(m)?, read(v)?);
+    /// The same arithmetic in place on the CPU buffers, multi-threaded: the moments, then the
+    /// parameter, each in one pass, with no copies or allocations (the composed form makes a
+    /// dozen single-threaded passes and as many allocations per parameter). `grad_scale` is
+    /// the clipping factor, applied to each gradient value as it is read.
+    fn apply_cpu(&self, var: &Var, g: &Tensor, grad_scale: f32, m: &Tensor, v: &Tensor) -> Result<()> {
         let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
-        let decay = (1.0 - self.lr * self.wd) as f32;
-        let (inv_bias2_sqrt, eps, step_size) =
-            ((1.0 / self.bias2_sqrt) as f32, self.eps as f32, (self.lr / self.bias1) as f32);
-        const CHUNK: usize = 16 * 1024;
-        pv.par_chunks_mut(CHUNK)
-            .zip(mv.par_chunks_mut(CHUNK))
-            .zip(vv.par_chunks_mut(CHUNK))
-            .zip(gv.par_chunks(CHUNK))
-            .for_each(|(((p, m), v), g)| adamw_chunk(p, m, v, g, [b1, b2, decay, inv_bias2_sqrt, eps, step_size]));
-        let (shape, dev) = (var.shape().clone(), var.device().clone());
-        var.set(&Tensor::from_vec(pv, shape.clone(), &dev)?)?;
-        Ok((Tensor::from_vec(mv, shape.clone(), &dev)?, Tensor::from_vec(vv, shape, &dev)?))
+        m.inplace_op2(g, &MomentUpdate { beta: b1, grad_scale, squared: false })?;
+        v.inplace_op2(g, &MomentUpdate { beta: b2, grad_scale, squared: true })?;
+        let update = ParamUpdate {
+            decay: (1.0 - self.lr * self.wd) as f32,
+            inv_bias2_sqrt: (1.0 / self.bias2_sqrt) as f32,
+            eps: self.eps as f32,
+            step_size: (self.lr / self.bias1) as f32,
+        };
+        var.as_tensor().inplace_op3(m, v, &update)?;
+        Ok(())
+    }
+}
+
+/// Elements per rayon task of the in-place updates.
+const CHUNK: usize = 16 * 1024;
+
+/// The contiguous f32 values of a CPU storage, mutably, or an error naming the op.
+fn f32_slice_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a mut [f32]> {
+    let CpuStorage::F32(values) = storage else { candle_core::bail!("{op}: expected f32") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("{op}: must be contiguous") };
+    Ok(&mut values[start..end])
+}
+
+/// m <- beta m + (1 - beta) g, or v <- beta v + (1 - beta) g^2, in place.
+struct MomentUpdate {
+    beta: f32,
+    grad_scale: f32,
+    squared: bool,
+}
+
+impl InplaceOp2 for MomentUpdate {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, g_l: &Layout) -> candle_core::Result<()> {
+        let g = f32_slice(g, g_l, self.name())?;
+        let dst = f32_slice_mut(dst, dst_l, self.name())?;
+        if dst.len() != g.len() {
+            candle_core::bail!("{}: moment has {} values, gradient {}", self.name(), dst.len(), g.len());
+        }
+        dst.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(d, g)| moment_chunk(d, g, [self.beta, self.grad_scale], self.squared));
+        Ok(())
+    }
+}
+
+/// p <- p (1 - lr wd) - lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps), in place.
+struct ParamUpdate {
+    decay: f32,
+    inv_bias2_sqrt: f32,
+    eps: f32,
+    step_size: f32,
+}
+
+impl InplaceOp3 for ParamUpdate {
+    fn name(&self) -> &'static str {
+        "adamw-param"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        m: &CpuStorage,
+        m_l: &Layout,
+        v: &CpuStorage,
+        v_l: &Layout,
+    ) -> candle_core::Result<()> {
+        let (m, v) = (f32_slice(m, m_l, self.name())?, f32_slice(v, v_l, self.name())?);
+        let p = f32_slice_mut(dst, dst_l, self.name())?;
+        if p.len() != m.len() || p.len() != v.len() {
+            candle_core::bail!(
+                "{}: parameter has {} values, moments {} and {}",
+                self.name(),
+                p.len(),
+                m.len(),
+                v.len()
+            );
+        }
+        let k = [self.decay, self.inv_bias2_sqrt, self.eps, self.step_size];
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks(CHUNK))
+            .zip(v.par_chunks(CHUNK))
+            .for_each(|((p, m), v)| param_chunk(p, m, v, k));
+        Ok(())
     }
 }
 
 crate::simd_dispatch! {
-    /// One AdamW update of a chunk, in place. `k` = [beta1, beta2, 1 - lr * weight decay,
+    /// One moment update of a chunk; `k` = [beta, gradient scale].
+    fn moment_chunk(dst: &mut [f32], g: &[f32], k: [f32; 2], squared: bool) {
+        let [beta, scale] = k;
+        if squared {
+            for (d, &g) in dst.iter_mut().zip(g) {
+                let g = g * scale;
+                *d = *d * beta + g * g * (1.0 - beta);
+            }
+        } else {
+            for (d, &g) in dst.iter_mut().zip(g) {
+                *d = *d * beta + g * scale * (1.0 - beta);
+            }
+        }
+    }
+}
+
+crate::simd_dispatch! {
+    /// One parameter update of a chunk; `k` = [1 - lr * weight decay,
     /// 1 / sqrt(bias correction 2), eps, lr / bias correction 1].
-    fn adamw_chunk(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: [f32; 6]) {
-        let [b1, b2, decay, inv_bias2_sqrt, eps, step_size] = k;
+    fn param_chunk(p: &mut [f32], m: &[f32], v: &[f32], k: [f32; 4]) {
+        let [decay, inv_bias2_sqrt, eps, step_size] = k;
         for i in 0..p.len() {
-            m[i] = m[i] * b1 + g[i] * (1.0 - b1);
-            v[i] = v[i] * b2 + g[i] * g[i] * (1.0 - b2);
             let denom = v[i].sqrt() * inv_bias2_sqrt + eps;
             p[i] = p[i] * decay - m[i] / denom * step_size;
         }
     }
+}
+
+/// The sum of squares of a tensor's values, in f64: one parallel pass over CPU f32 data,
+/// candle ops elsewhere.
+fn sum_of_squares(g: &Tensor) -> Result<f64> {
+    if g.device().is_cpu() && g.dtype() == DType::F32 && g.is_contiguous() {
+        let (storage, layout) = g.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else { unreachable!("checked: a CPU tensor") };
+        let values = f32_slice(cpu, layout, "sum of squares")?;
+        return Ok(values.par_chunks(CHUNK).map(|c| crate::fused::lane_sum(c.len(), |i| c[i] * c[i]) as f64).sum());
+    }
+    Ok(g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 
 /// The learning-rate factor of a parameter under layer-wise decay (1 without it).
@@ -197,7 +300,7 @@ impl AdamW {
         let mut sum_sq = 0f64;
         for p in params.trainable() {
             let g = grads.get(&p.name).ok_or_else(|| Error::Input(format!("no gradient for parameter {}", p.name)))?;
-            sum_sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            sum_sq += sum_of_squares(g)?;
         }
         let norm = sum_sq.sqrt();
         // torch.nn.utils.clip_grad_norm_: scale = max_norm / (norm + 1e-6), capped at 1.
@@ -212,18 +315,20 @@ impl AdamW {
         for p in params.trainable() {
             let lr = lr.get(p.group) * layer_decay_scale(&p.name, depth, c.encoder_layer_decay);
             let wd = self.weight_decay(p);
-            let mut g = grads[&p.name].clone();
-            if clip < 1.0 {
-                g = (g * clip)?;
-            }
+            let g = &grads[&p.name];
             let (m, v) = match self.moments.remove(&p.name) {
                 Some(mv) => mv,
                 None => (g.zeros_like()?, g.zeros_like()?),
             };
             let step = Step { lr, wd, beta1: c.beta1, beta2: c.beta2, eps: c.eps, bias1, bias2_sqrt };
-            let (m, v) = if g.device().is_cpu() && g.dtype() == DType::F32 {
-                step.apply_cpu(&p.var, &g, &m, &v)?
+            let fusable = [p.var.as_tensor(), g, &m, &v]
+                .iter()
+                .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous());
+            let (m, v) = if fusable {
+                step.apply_cpu(&p.var, g, clip as f32, &m, &v)?;
+                (m, v)
             } else {
+                let g = if clip < 1.0 { (g * clip)? } else { g.clone() };
                 step.apply_composed(&p.var, &g, &m, &v)?
             };
             self.moments.insert(p.name.clone(), (m, v));
@@ -231,7 +336,9 @@ impl AdamW {
         Ok(norm)
     }
 
-    /// The moments and step as named tensors (`optimizer.exp_avg.<param>`, ...).
+    /// The moments and step as named tensors (`optimizer.exp_avg.<param>`, ...). The moments
+    /// share storage with the live ones, which the next step updates in place: write them
+    /// out before stepping again.
     pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for (name, (m, v)) in &self.moments {
@@ -265,7 +372,8 @@ impl AdamW {
                             p.var.dims()
                         )));
                     }
-                    Ok(t.to_dtype(DType::F32)?.to_device(p.var.device())?)
+                    // A copy of its own: the update writes the moments in place.
+                    Ok(t.to_dtype(DType::F32)?.to_device(p.var.device())?.copy()?)
                 };
                 moments.insert(p.name.clone(), (get("exp_avg")?, get("exp_avg_sq")?));
             }
@@ -296,8 +404,11 @@ mod tests {
             bias2_sqrt: (1.0 - 0.999f64.powi(3)).sqrt(),
         };
         let (a, b) = (Var::from_tensor(&p0).unwrap(), Var::from_tensor(&p0).unwrap());
-        let (ma, va) = step.apply_cpu(&a, &g, &m, &v).unwrap();
-        let (mb, vb) = step.apply_composed(&b, &g, &m, &v).unwrap();
+        // The fused update works in place: on copies, so the composed one sees the same inputs.
+        let (ma, va) = (m.copy().unwrap(), v.copy().unwrap());
+        let clip = 0.5;
+        step.apply_cpu(&a, &g, clip, &ma, &va).unwrap();
+        let (mb, vb) = step.apply_composed(&b, &(&g * clip as f64).unwrap(), &m, &v).unwrap();
         let diff = |x: &Tensor, y: &Tensor| {
             (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
         };
