@@ -6,11 +6,13 @@
 //! the forward starts the product from the broadcast bias, and one backward op writes dx, dW
 //! (already in W's layout) and db, the last with all threads.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::fused::f32_slice;
-use crate::strided_gemm::{matmul, threads_for_one_product, View, ViewMut, Write};
+use crate::strided_gemm::{filled_vec, matmul, threads_for_one_product, View, ViewMut, Write};
 
 /// x (..., in) W^T (out, in) + b (out) -> (..., out).
 pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
@@ -74,8 +76,16 @@ impl CustomOp3 for LinearOp {
         let out_dim = b.len();
         let mut out_dims = l1.dims().to_vec();
         *out_dims.last_mut().unwrap() = out_dim;
-        let mut y = vec![0f32; rows * out_dim];
-        y.par_chunks_mut(out_dim * 64).for_each(|block| block.chunks_mut(out_dim).for_each(|r| r.copy_from_slice(b)));
+        // SAFETY: every row receives a copy of the bias (rows x out_dim values in all).
+        let mut y = unsafe {
+            filled_vec(rows * out_dim, |y| {
+                y.par_chunks_mut(out_dim.max(1) * 64).for_each(|block| {
+                    block
+                        .chunks_mut(out_dim.max(1))
+                        .for_each(|r| r.iter_mut().zip(b).for_each(|(o, &v)| _ = o.write(v)))
+                })
+            })
+        };
         if in_dim > 0 {
             // SAFETY: the views cover exactly x (rows x in), W (out x in) and y (rows x out).
             unsafe {
@@ -134,37 +144,9 @@ impl CustomOp3 for LinearGrad {
         let g = f32_slice(s3, l3, self.name())?;
         let (out_dim, in_dim) = l2.shape().dims2()?;
         let rows = x.len() / in_dim.max(1);
-        let mut all = vec![0f32; (rows + out_dim) * in_dim + out_dim];
-        let (dx, rest) = all.split_at_mut(rows * in_dim);
-        let (dw, db) = rest.split_at_mut(out_dim * in_dim);
+        let total = (rows + out_dim) * in_dim + out_dim;
         let threads = threads_for_one_product();
         let g_rows = View::rows(g, 0, out_dim);
-        // SAFETY: the views cover exactly g (rows x out), W (out x in), x (rows x in) and the
-        // dx (rows x in) and dW (out x in) parts of the output buffer.
-        unsafe {
-            if out_dim > 0 {
-                matmul(
-                    (rows, in_dim, out_dim),
-                    ViewMut::rows(dx, 0, in_dim),
-                    g_rows,
-                    View::rows(w, 0, in_dim),
-                    1.0,
-                    Write::Overwrite,
-                    threads,
-                );
-            }
-            if rows > 0 {
-                matmul(
-                    (out_dim, in_dim, rows),
-                    ViewMut::rows(dw, 0, in_dim),
-                    g_rows.t(),
-                    View::rows(x, 0, in_dim),
-                    1.0,
-                    Write::Overwrite,
-                    threads,
-                );
-            }
-        }
         // Column sums: each task sums a band of rows, the bands' sums are added after.
         const ROWS_PER_TASK: usize = 256;
         let partials: Vec<Vec<f32>> = g
@@ -175,10 +157,51 @@ impl CustomOp3 for LinearGrad {
                 acc
             })
             .collect();
-        for p in partials {
-            db.iter_mut().zip(&p).for_each(|(s, v)| *s += v);
+        let mut db_sum = vec![0f32; out_dim];
+        for p in &partials {
+            db_sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
         }
-        Ok((CpuStorage::F32(all), Shape::from((rows + out_dim) * in_dim + out_dim)))
+        let fill = |all: &mut [MaybeUninit<f32>]| {
+            let (dx, rest) = all.split_at_mut(rows * in_dim);
+            let (dw, db) = rest.split_at_mut(out_dim * in_dim);
+            // SAFETY: the views cover exactly g (rows x out), W (out x in), x (rows x in) and
+            // the dx (rows x in) and dW (out x in) parts of the output, which the products
+            // overwrite whole; an empty product's part is zeroed instead.
+            unsafe {
+                if out_dim > 0 {
+                    let dst = ViewMut::uninit_rows(dx, 0, in_dim);
+                    matmul(
+                        (rows, in_dim, out_dim),
+                        dst,
+                        g_rows,
+                        View::rows(w, 0, in_dim),
+                        1.0,
+                        Write::Overwrite,
+                        threads,
+                    );
+                } else {
+                    dx.fill(MaybeUninit::new(0.0));
+                }
+                if rows > 0 {
+                    let dst = ViewMut::uninit_rows(dw, 0, in_dim);
+                    matmul(
+                        (out_dim, in_dim, rows),
+                        dst,
+                        g_rows.t(),
+                        View::rows(x, 0, in_dim),
+                        1.0,
+                        Write::Overwrite,
+                        threads,
+                    );
+                } else {
+                    dw.fill(MaybeUninit::new(0.0));
+                }
+            }
+            db.iter_mut().zip(&db_sum).for_each(|(d, &v)| _ = d.write(v));
+        };
+        // SAFETY: `fill` writes dx, dW and db whole (above).
+        let all = unsafe { filled_vec(total, fill) };
+        Ok((CpuStorage::F32(all), Shape::from(total)))
     }
 }
 
