@@ -6,10 +6,12 @@
 //! sapiens-0.3b at 1024 x 768: 16 heads x 3072^2 floats, 0.6 GB a layer). This op reads each
 //! head's q, k and v in place from the (B, N, 3D) qkv tensor through strides, runs the
 //! (batch, head) pairs in parallel, and writes the merged (B, N, D) output directly. Backward
-//! recomputes the probabilities of one head at a time instead of storing them, and writes
-//! dq, dk and dv straight into a (B, N, 3D) gradient.
+//! writes dq, dk and dv straight into a (B, N, 3D) gradient. It reuses the forward's
+//! probabilities when they are small enough to keep ([`KEEP_PROBABILITIES_BYTES`]: the `tiny`
+//! and `small` presets), and otherwise recomputes them one head at a time.
 
 use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 use gemm::Parallelism;
@@ -17,6 +19,12 @@ use rayon::prelude::*;
 
 use crate::fused::f32_slice;
 use crate::strided_gemm::{matmul, threads_for_one_product, View, ViewMut, Write};
+
+/// The most memory one call keeps for backward as probabilities (all its heads' N x N
+/// matrices). Below it, backward skips recomputing q k^T and the softmax (a tenth of the
+/// `tiny` train step); above it (sapiens at 1024 x 768: 0.6 GB a layer per image) the
+/// probabilities are recomputed, so memory stays linear in N.
+pub const KEEP_PROBABILITIES_BYTES: usize = 32 << 20;
 
 /// softmax(q k^T / sqrt(hd)) v for every head. `qkv` is (B, N, 3D) with the reference's
 /// column order (q, k, v, each split into `heads` blocks of hd = D / heads); the result is
@@ -27,9 +35,21 @@ pub fn self_attention(qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor>
         candle_core::bail!("self-attention: qkv width {three_d} is not 3 x heads ({heads}) x head size");
     }
     if qkv.device().is_cpu() && qkv.dtype() == candle_core::DType::F32 {
-        return qkv.contiguous()?.apply_op1(SelfAttention { heads });
+        return fused_self_attention(qkv, heads, keeps_probabilities(qkv, heads)?);
     }
     self_attention_composed(qkv, heads, b, n, three_d / 3)
+}
+
+/// Whether the op keeps its probabilities: only for a result that backward will reach
+/// (`track_op`: candle keeps its graph) and within [`KEEP_PROBABILITIES_BYTES`].
+fn keeps_probabilities(qkv: &Tensor, heads: usize) -> candle_core::Result<bool> {
+    let (b, n, _) = qkv.dims3()?;
+    Ok(qkv.track_op() && b * heads * n * n * std::mem::size_of::<f32>() <= KEEP_PROBABILITIES_BYTES)
+}
+
+/// The CPU op, keeping the probabilities for backward or not.
+fn fused_self_attention(qkv: &Tensor, heads: usize, keep: bool) -> candle_core::Result<Tensor> {
+    qkv.contiguous()?.apply_op1(SelfAttention { heads, keep, kept: OnceLock::new() })
 }
 
 /// The same attention from candle's primitive ops, for other devices and for the tests.
@@ -156,6 +176,10 @@ crate::simd_dispatch! {
 
 struct SelfAttention {
     heads: usize,
+    /// Keep the probabilities for backward (see [`self_attention`]).
+    keep: bool,
+    /// The kept probabilities, pair after pair, once the forward has run.
+    kept: OnceLock<Arc<Vec<f32>>>,
 }
 
 impl CustomOp1 for SelfAttention {
@@ -168,33 +192,47 @@ impl CustomOp1 for SelfAttention {
         let g = Geometry::from_qkv(layout, self.heads)?;
         let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
         let par = g.inner_parallelism();
-        let mut out = vec![0f32; g.batch * n * d];
+        let len = g.batch * n * d;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
         let shared = SharedOut(out.as_mut_ptr());
-        (0..g.pairs()).into_par_iter().for_each(|pair| {
-            with_scratch(n * n, |p| {
-                // SAFETY: every view lies inside `qkv`, `p` or `out` (offsets from `g`), and
-                // this pair's output block is written by this task alone.
-                unsafe {
-                    probabilities(&g, qkv, pair, p, par);
-                    let v = View::rows(qkv, g.qkv_offset(pair, 2), 3 * d);
-                    let dst = shared.rows(g.merged_offset(pair), d);
-                    matmul((n, hd, n), dst, View::rows(p, 0, n), v, 1.0, Write::Overwrite, par);
-                }
-            })
-        });
+        let mut kept = if self.keep { vec![0f32; g.pairs() * n * n] } else { Vec::new() };
+        let attend = |pair: usize, p: &mut [f32]| {
+            // SAFETY: every view lies inside `qkv`, `p` or `out` (offsets from `g`), and
+            // this pair's output block is written by this task alone.
+            unsafe {
+                probabilities(&g, qkv, pair, p, par);
+                let v = View::rows(qkv, g.qkv_offset(pair, 2), 3 * d);
+                let dst = shared.rows(g.merged_offset(pair), d);
+                matmul((n, hd, n), dst, View::rows(p, 0, n), v, 1.0, Write::Overwrite, par);
+            }
+        };
+        if self.keep {
+            kept.par_chunks_mut((n * n).max(1)).enumerate().for_each(|(pair, p)| attend(pair, p));
+        } else {
+            (0..g.pairs()).into_par_iter().for_each(|pair| with_scratch(n * n, |p| attend(pair, p)));
+        }
+        // SAFETY: the pairs' blocks tile the (B, N, D) output: every element was written.
+        unsafe { out.set_len(len) };
+        if self.keep {
+            // A second forward of the same op value cannot happen: candle runs each once.
+            let _ = self.kept.set(Arc::new(kept));
+        }
         Ok((CpuStorage::F32(out), Shape::from((g.batch, n, d))))
     }
 
     fn bwd(&self, qkv: &Tensor, out: &Tensor, grad_out: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let grad = qkv.apply_op3_no_bwd(out, &grad_out.contiguous()?, &SelfAttentionGrad { heads: self.heads })?;
+        let op = SelfAttentionGrad { heads: self.heads, probabilities: self.kept.get().cloned() };
+        let grad = qkv.apply_op3_no_bwd(out, &grad_out.contiguous()?, &op)?;
         Ok(Some(grad))
     }
 }
 
-/// From qkv, the output o and its gradient do, per head with P recomputed:
+/// From qkv, the output o and its gradient do, per head with P kept or recomputed:
 /// dP = do v^T, dS = P * (dP - rowsum(do * o)), dq = scale dS k, dk = scale dS^T q, dv = P^T do.
 struct SelfAttentionGrad {
     heads: usize,
+    /// The forward's probabilities, pair after pair, when it kept them.
+    probabilities: Option<Arc<Vec<f32>>>,
 }
 
 impl CustomOp3 for SelfAttentionGrad {
@@ -219,19 +257,33 @@ impl CustomOp3 for SelfAttentionGrad {
         if out.len() != g.batch * n * d || grad_out.len() != out.len() {
             candle_core::bail!("{}: output and its gradient must be {} x {n} x {d}", self.name(), g.batch);
         }
+        if let Some(kept) = &self.probabilities {
+            if kept.len() != g.pairs() * n * n {
+                candle_core::bail!("{}: kept probabilities do not fit the input", self.name());
+            }
+        }
         let par = g.inner_parallelism();
-        let mut grad = vec![0f32; qkv.len()];
+        let mut grad: Vec<f32> = Vec::with_capacity(qkv.len());
         let shared = SharedOut(grad.as_mut_ptr());
         (0..g.pairs()).into_par_iter().for_each(|pair| {
-            with_scratch(2 * n * n, |scratch| {
-                let (p, ds) = scratch.split_at_mut(n * n);
+            let kept = self.probabilities.as_deref().map(|all| &all[pair * n * n..][..n * n]);
+            let scratch_len = if kept.is_some() { n * n } else { 2 * n * n };
+            with_scratch(scratch_len, |scratch| {
+                let (ds, recomputed) = scratch.split_at_mut(n * n);
                 let merged = g.merged_offset(pair);
                 let d_out = View::rows(grad_out, merged, d);
+                let p: &[f32] = match kept {
+                    Some(p) => p,
+                    None => {
+                        // SAFETY: `qkv` is the whole tensor `g` describes.
+                        unsafe { probabilities(&g, qkv, pair, recomputed, par) };
+                        recomputed
+                    }
+                };
                 // SAFETY: every view lies inside `qkv`, `out`, `grad_out`, the scratch or
                 // `grad` (offsets from `g`); this pair's blocks of `grad` are written by this
                 // task alone.
                 unsafe {
-                    probabilities(&g, qkv, pair, p, par);
                     let v = View::rows(qkv, g.qkv_offset(pair, 2), 3 * d);
                     matmul((n, n, hd), ViewMut::rows(ds, 0, n), d_out, v.t(), 1.0, Write::Overwrite, par);
                 }
@@ -250,6 +302,8 @@ impl CustomOp3 for SelfAttentionGrad {
                 }
             })
         });
+        // SAFETY: the pairs' dq, dk and dv blocks tile the (B, N, 3D) gradient.
+        unsafe { grad.set_len(qkv.len()) };
         Ok((CpuStorage::F32(grad), l1.shape().clone()))
     }
 }
@@ -268,13 +322,30 @@ mod tests {
         let d = heads * head_dim;
         let qkv = Var::from_tensor(&Tensor::randn(0f32, 1.0, (batch, tokens, 3 * d), &dev).unwrap()).unwrap();
         let up = Tensor::randn(0f32, 1.0, (batch, tokens, d), &dev).unwrap();
-        let fused = self_attention(&qkv, heads).unwrap();
         let composed = self_attention_composed(&qkv, heads, batch, tokens, d).unwrap();
-        assert!(max_diff(&fused, &composed) < 1e-5, "forward differs by {}", max_diff(&fused, &composed));
-        let ga = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        let gb = (composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
-        let (a, b) = (ga.get(qkv.as_tensor()).unwrap(), gb.get(qkv.as_tensor()).unwrap());
-        assert!(max_diff(a, b) < 1e-5, "qkv gradient differs by {}", max_diff(a, b));
+        let gb = (&composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let b = gb.get(qkv.as_tensor()).unwrap();
+        for keep in [true, false] {
+            let fused = fused_self_attention(&qkv, heads, keep).unwrap();
+            let diff = max_diff(&fused, &composed);
+            assert!(diff < 1e-5, "forward (keep {keep}) differs by {diff}");
+            let ga = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let a = ga.get(qkv.as_tensor()).unwrap();
+            assert!(max_diff(a, b) < 1e-5, "qkv gradient (keep {keep}) differs by {}", max_diff(a, b));
+        }
+    }
+
+    #[test]
+    fn probabilities_are_kept_only_for_backward_and_within_budget() {
+        let dev = Device::Cpu;
+        let tracked = Var::zeros((1, 8, 12), candle_core::DType::F32, &dev).unwrap();
+        assert!(keeps_probabilities(tracked.as_tensor(), 2).unwrap());
+        assert!(!keeps_probabilities(&tracked.as_tensor().detach(), 2).unwrap());
+        // 2 heads of n x n floats just over the budget.
+        let n = 1 + (KEEP_PROBABILITIES_BYTES / 8).isqrt();
+        let big = Var::zeros((1, n, 12), candle_core::DType::F32, &dev).unwrap();
+        assert!(!keeps_probabilities(big.as_tensor(), 2).unwrap());
+        assert!(keeps_probabilities(big.as_tensor(), 1).unwrap());
     }
 
     #[test]
