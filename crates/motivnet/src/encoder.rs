@@ -64,8 +64,8 @@ impl Block {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
         // Exact (erf) GELU as PyTorch's nn.GELU() (candle's gelu() is the tanh approximation),
-        // fused on the CPU.
-        let h = self.fc2.forward(&crate::fused::gelu_erf(&self.fc1.forward(&self.ln2.forward(&x)?)?)?)?;
+        // fused into fc1 on the CPU.
+        let h = self.fc2.forward(&self.fc1.forward_gelu(&self.ln2.forward(&x)?)?)?;
         Ok((x + h)?)
     }
 }

@@ -4,11 +4,15 @@
 //! devices, other dtypes or strided inputs the composed candle ops run instead. Gradients are
 //! checked against the composed versions in this file's tests.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::strided_gemm::filled_vec;
+
 /// Elements per rayon task: large enough to amortise scheduling, small enough to balance.
-const CHUNK: usize = 16 * 1024;
+pub(crate) const CHUNK: usize = 16 * 1024;
 
 /// The f32 values of a contiguous CPU tensor, or an error naming the op.
 pub(crate) fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
@@ -17,7 +21,7 @@ pub(crate) fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) 
     Ok(&values[start..end])
 }
 
-fn fusable(x: &Tensor) -> bool {
+pub(crate) fn fusable(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32
 }
 
@@ -117,21 +121,49 @@ pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
 
 struct GeluErf;
 
+#[inline(always)]
+fn gelu_value(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 crate::simd_dispatch! {
-    fn gelu_chunk(out: &mut [f32], x: &[f32]) {
+    /// GELU of each value of `x` into `out` (which may be fresh, unwritten memory).
+    pub(crate) fn gelu_chunk(out: &mut [MaybeUninit<f32>], x: &[f32]) {
         for (o, &v) in out.iter_mut().zip(x) {
-            *o = 0.5 * v * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2));
+            o.write(gelu_value(v));
         }
     }
 }
 
 crate::simd_dispatch! {
-    fn gelu_grad_chunk(out: &mut [f32], x: &[f32], grad: &[f32]) {
+    /// GELU of each value, in place.
+    pub(crate) fn gelu_in_place(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = gelu_value(*v);
+        }
+    }
+}
+
+crate::simd_dispatch! {
+    /// The gradient through GELU: `grad` times GELU's derivative at `x`, into `out`.
+    pub(crate) fn gelu_grad_chunk(out: &mut [MaybeUninit<f32>], x: &[f32], grad: &[f32]) {
         for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
             let cdf = 0.5 * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2));
             let pdf = FRAC_1_SQRT_2PI * exp_fast(-0.5 * v * v);
-            *o = g * (cdf + v * pdf);
+            o.write(g * (cdf + v * pdf));
         }
+    }
+}
+
+/// `grad` times GELU's derivative at `x`, element-wise, on all threads.
+pub(crate) fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
+    // SAFETY: the chunks of `out` pair up with those of `x`, which has len() elements.
+    unsafe {
+        filled_vec(x.len(), |out| {
+            out.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
+                .for_each(|(o, (x, g))| gelu_grad_chunk(o, x, g))
+        })
     }
 }
 
@@ -142,8 +174,12 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(storage, layout, self.name())?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| gelu_chunk(o, x));
+        // SAFETY: the chunks of `out` pair up with those of `x`, which has len() elements.
+        let out = unsafe {
+            filled_vec(x.len(), |out| {
+                out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| gelu_chunk(o, x))
+            })
+        };
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -168,11 +204,10 @@ impl CustomOp2 for GeluErfGrad {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, g) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
-            .for_each(|(o, (x, g))| gelu_grad_chunk(o, x, g));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        if x.len() != g.len() {
+            candle_core::bail!("{}: input has {} values, gradient {}", self.name(), x.len(), g.len());
+        }
+        Ok((CpuStorage::F32(gelu_backward(x, g)), l1.shape().clone()))
     }
 }
 

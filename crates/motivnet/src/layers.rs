@@ -60,6 +60,11 @@ impl Linear {
     pub fn from_parts(weight: Tensor, bias: Tensor) -> Self {
         Self { weight, bias }
     }
+
+    /// GELU (exact, erf form, as PyTorch's `nn.GELU()`) of this layer's output, as one op.
+    pub fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        crate::fused_linear::linear_gelu(x, &self.weight, &self.bias)
+    }
 }
 
 impl Module for Linear {
