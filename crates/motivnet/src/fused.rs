@@ -155,6 +155,16 @@ crate::simd_dispatch! {
     }
 }
 
+/// GELU of each value, on all threads.
+pub(crate) fn gelu_forward(x: &[f32]) -> Vec<f32> {
+    // SAFETY: the chunks of `out` pair up with those of `x`, which has len() elements.
+    unsafe {
+        filled_vec(x.len(), |out| {
+            out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| gelu_chunk(o, x))
+        })
+    }
+}
+
 /// `grad` times GELU's derivative at `x`, element-wise, on all threads.
 pub(crate) fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
     // SAFETY: the chunks of `out` pair up with those of `x`, which has len() elements.
@@ -174,13 +184,7 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = f32_slice(storage, layout, self.name())?;
-        // SAFETY: the chunks of `out` pair up with those of `x`, which has len() elements.
-        let out = unsafe {
-            filled_vec(x.len(), |out| {
-                out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, x)| gelu_chunk(o, x))
-            })
-        };
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
+        Ok((CpuStorage::F32(gelu_forward(x)), layout.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -292,6 +296,46 @@ struct LayerNormOp {
     eps: f32,
 }
 
+/// LayerNorm of each `w.len()`-long row of `x`, on all threads.
+pub(crate) fn layer_norm_forward(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    let n = w.len().max(1);
+    let rows_per_task = (CHUNK / n).max(1);
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(n * rows_per_task)
+        .zip(x.par_chunks(n * rows_per_task))
+        .for_each(|(o, x)| layer_norm_rows(o, x, w, b, eps));
+    out
+}
+
+/// LayerNorm's backward on all threads: writes (or with `accumulate`, adds) dx into `dx` and
+/// returns dw and db back to back (2n values).
+pub(crate) fn layer_norm_backward(
+    dx: &mut [f32],
+    accumulate: bool,
+    x: &[f32],
+    g: &[f32],
+    w: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    let n = w.len().max(1);
+    let rows_per_task = (CHUNK / n).max(1);
+    // Each task returns its partial dw and db; they are added up after.
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(n * rows_per_task)
+        .zip(x.par_chunks(n * rows_per_task).zip(g.par_chunks(n * rows_per_task)))
+        .map(|(dx, (x, g))| {
+            let (mut acc, mut xhat) = (vec![0f32; 2 * n], vec![0f32; n]);
+            layer_norm_grad_rows(dx, accumulate, x, g, w, eps, &mut acc, &mut xhat);
+            acc
+        })
+        .collect();
+    let mut sums = vec![0f32; 2 * n];
+    for p in partials {
+        sums.iter_mut().zip(&p).for_each(|(s, v)| *s += v);
+    }
+    sums
+}
+
 /// Mean and 1/std of one row.
 #[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
@@ -331,8 +375,18 @@ crate::simd_dispatch! {
 }
 
 crate::simd_dispatch! {
-    /// dx of each row into `dx`; adds the rows' dw terms to acc[..n] and db terms to acc[n..].
-    fn layer_norm_grad_rows(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32, acc: &mut [f32], xhat: &mut [f32]) {
+    /// dx of each row into `dx` (added to it with `accumulate`); adds the rows' dw terms to
+    /// acc[..n] and db terms to acc[n..].
+    fn layer_norm_grad_rows(
+        dx: &mut [f32],
+        accumulate: bool,
+        x: &[f32],
+        g: &[f32],
+        w: &[f32],
+        eps: f32,
+        acc: &mut [f32],
+        xhat: &mut [f32],
+    ) {
         let n = w.len();
         for ((dx, x), g) in dx.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
             let (mean, rstd) = row_stats(x, eps);
@@ -344,7 +398,15 @@ crate::simd_dispatch! {
             for i in 0..n {
                 acc[i] += g[i] * xhat[i];
                 acc[n + i] += g[i];
-                dx[i] = rstd * (g[i] * w[i] - mean_gw - xhat[i] * mean_gw_xhat);
+            }
+            if accumulate {
+                for i in 0..n {
+                    dx[i] += rstd * (g[i] * w[i] - mean_gw - xhat[i] * mean_gw_xhat);
+                }
+            } else {
+                for i in 0..n {
+                    dx[i] = rstd * (g[i] * w[i] - mean_gw - xhat[i] * mean_gw_xhat);
+                }
             }
         }
     }
@@ -370,12 +432,7 @@ impl CustomOp3 for LayerNormOp {
         if w.len() != n || b.len() != n {
             candle_core::bail!("{}: weight and bias must have {n} values", self.name());
         }
-        let rows_per_task = (CHUNK / n).max(1);
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(n * rows_per_task)
-            .zip(x.par_chunks(n * rows_per_task))
-            .for_each(|(o, x)| layer_norm_rows(o, x, w, b, self.eps));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(layer_norm_forward(x, w, b, self.eps)), l1.shape().clone()))
     }
 
     fn bwd(
@@ -425,22 +482,9 @@ impl CustomOp3 for LayerNormGrad {
             (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?, f32_slice(s3, l3, self.name())?);
         let n = last_dim(l1);
         let rows = x.len() / n;
-        let rows_per_task = (CHUNK / n).max(1);
         let mut out = vec![0f32; (rows + 2) * n];
         let (dx, sums) = out.split_at_mut(rows * n);
-        // Each task returns its partial dw and db; they are added up after.
-        let partials: Vec<Vec<f32>> = dx
-            .par_chunks_mut(n * rows_per_task)
-            .zip(x.par_chunks(n * rows_per_task).zip(g.par_chunks(n * rows_per_task)))
-            .map(|(dx, (x, g))| {
-                let (mut acc, mut xhat) = (vec![0f32; 2 * n], vec![0f32; n]);
-                layer_norm_grad_rows(dx, x, g, w, self.eps, &mut acc, &mut xhat);
-                acc
-            })
-            .collect();
-        for p in partials {
-            sums.iter_mut().zip(&p).for_each(|(s, v)| *s += v);
-        }
+        sums.copy_from_slice(&layer_norm_backward(dx, false, x, g, w, self.eps));
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, n))))
     }
 }

@@ -77,11 +77,6 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn from_qkv(layout: &Layout, heads: usize) -> candle_core::Result<Self> {
-        let (batch, tokens, three_d) = layout.shape().dims3()?;
-        Ok(Self { batch, tokens, dim: three_d / 3, heads })
-    }
-
     fn head_dim(&self) -> usize {
         self.dim / self.heads
     }
@@ -174,6 +169,47 @@ crate::simd_dispatch! {
     }
 }
 
+/// The attention output (B, N, D) of a packed (B, N, 3D) qkv slice, and the probabilities of
+/// every (batch, head) pair when `keep` asks for them.
+pub(crate) fn attention_forward(
+    qkv: &[f32],
+    (batch, tokens, dim): (usize, usize, usize),
+    heads: usize,
+    keep: bool,
+) -> candle_core::Result<(Vec<f32>, Option<Vec<f32>>)> {
+    let g = Geometry { batch, tokens, dim, heads };
+    if qkv.len() != batch * tokens * 3 * dim || heads == 0 || dim % heads != 0 {
+        candle_core::bail!(
+            "self-attention: qkv holds {} values, expected {batch} x {tokens} x 3 x {dim} in {heads} heads",
+            qkv.len()
+        );
+    }
+    let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
+    let par = g.inner_parallelism();
+    let len = g.batch * n * d;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let shared = SharedOut(out.as_mut_ptr());
+    let mut kept = if keep { vec![0f32; g.pairs() * n * n] } else { Vec::new() };
+    let attend = |pair: usize, p: &mut [f32]| {
+        // SAFETY: every view lies inside `qkv`, `p` or `out` (offsets from `g`), and
+        // this pair's output block is written by this task alone.
+        unsafe {
+            probabilities(&g, qkv, pair, p, par);
+            let v = View::rows(qkv, g.qkv_offset(pair, 2), 3 * d);
+            let dst = shared.rows(g.merged_offset(pair), d);
+            matmul((n, hd, n), dst, View::rows(p, 0, n), v, 1.0, Write::Overwrite, par);
+        }
+    };
+    if keep {
+        kept.par_chunks_mut((n * n).max(1)).enumerate().for_each(|(pair, p)| attend(pair, p));
+    } else {
+        (0..g.pairs()).into_par_iter().for_each(|pair| with_scratch(n * n, |p| attend(pair, p)));
+    }
+    // SAFETY: the pairs' blocks tile the (B, N, D) output: every element was written.
+    unsafe { out.set_len(len) };
+    Ok((out, keep.then_some(kept)))
+}
+
 struct SelfAttention {
     heads: usize,
     /// Keep the probabilities for backward (see [`self_attention`]).
@@ -189,35 +225,13 @@ impl CustomOp1 for SelfAttention {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = f32_slice(storage, layout, self.name())?;
-        let g = Geometry::from_qkv(layout, self.heads)?;
-        let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
-        let par = g.inner_parallelism();
-        let len = g.batch * n * d;
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        let shared = SharedOut(out.as_mut_ptr());
-        let mut kept = if self.keep { vec![0f32; g.pairs() * n * n] } else { Vec::new() };
-        let attend = |pair: usize, p: &mut [f32]| {
-            // SAFETY: every view lies inside `qkv`, `p` or `out` (offsets from `g`), and
-            // this pair's output block is written by this task alone.
-            unsafe {
-                probabilities(&g, qkv, pair, p, par);
-                let v = View::rows(qkv, g.qkv_offset(pair, 2), 3 * d);
-                let dst = shared.rows(g.merged_offset(pair), d);
-                matmul((n, hd, n), dst, View::rows(p, 0, n), v, 1.0, Write::Overwrite, par);
-            }
-        };
-        if self.keep {
-            kept.par_chunks_mut((n * n).max(1)).enumerate().for_each(|(pair, p)| attend(pair, p));
-        } else {
-            (0..g.pairs()).into_par_iter().for_each(|pair| with_scratch(n * n, |p| attend(pair, p)));
-        }
-        // SAFETY: the pairs' blocks tile the (B, N, D) output: every element was written.
-        unsafe { out.set_len(len) };
-        if self.keep {
+        let (batch, tokens, three_d) = layout.shape().dims3()?;
+        let (out, kept) = attention_forward(qkv, (batch, tokens, three_d / 3), self.heads, self.keep)?;
+        if let Some(kept) = kept {
             // A second forward of the same op value cannot happen: candle runs each once.
             let _ = self.kept.set(Arc::new(kept));
         }
-        Ok((CpuStorage::F32(out), Shape::from((g.batch, n, d))))
+        Ok((CpuStorage::F32(out), Shape::from((batch, tokens, three_d / 3))))
     }
 
     fn bwd(&self, qkv: &Tensor, out: &Tensor, grad_out: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -225,6 +239,78 @@ impl CustomOp1 for SelfAttention {
         let grad = qkv.apply_op3_no_bwd(out, &grad_out.contiguous()?, &op)?;
         Ok(Some(grad))
     }
+}
+
+/// The gradient (B, N, 3D) of the packed qkv from the attention output o, its gradient do
+/// and, when the forward kept them, the probabilities (recomputed otherwise).
+pub(crate) fn attention_backward(
+    qkv: &[f32],
+    out: &[f32],
+    grad_out: &[f32],
+    (batch, tokens, dim): (usize, usize, usize),
+    heads: usize,
+    kept: Option<&[f32]>,
+) -> candle_core::Result<Vec<f32>> {
+    const NAME: &str = "fused-self-attention-grad";
+    let g = Geometry { batch, tokens, dim, heads };
+    if qkv.len() != batch * tokens * 3 * dim || heads == 0 || dim % heads != 0 {
+        candle_core::bail!(
+            "{NAME}: qkv holds {} values, expected {batch} x {tokens} x 3 x {dim} in {heads} heads",
+            qkv.len()
+        );
+    }
+    let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
+    if out.len() != g.batch * n * d || grad_out.len() != out.len() {
+        candle_core::bail!("{}: output and its gradient must be {} x {n} x {d}", NAME, g.batch);
+    }
+    if let Some(kept) = kept {
+        if kept.len() != g.pairs() * n * n {
+            candle_core::bail!("{}: kept probabilities do not fit the input", NAME);
+        }
+    }
+    let par = g.inner_parallelism();
+    let mut grad: Vec<f32> = Vec::with_capacity(qkv.len());
+    let shared = SharedOut(grad.as_mut_ptr());
+    (0..g.pairs()).into_par_iter().for_each(|pair| {
+        let kept = kept.map(|all| &all[pair * n * n..][..n * n]);
+        let scratch_len = if kept.is_some() { n * n } else { 2 * n * n };
+        with_scratch(scratch_len, |scratch| {
+            let (ds, recomputed) = scratch.split_at_mut(n * n);
+            let merged = g.merged_offset(pair);
+            let d_out = View::rows(grad_out, merged, d);
+            let p: &[f32] = match kept {
+                Some(p) => p,
+                None => {
+                    // SAFETY: `qkv` is the whole tensor `g` describes.
+                    unsafe { probabilities(&g, qkv, pair, recomputed, par) };
+                    recomputed
+                }
+            };
+            // SAFETY: every view lies inside `qkv`, `out`, `grad_out`, the scratch or
+            // `grad` (offsets from `g`); this pair's blocks of `grad` are written by this
+            // task alone.
+            unsafe {
+                let v = View::rows(qkv, g.qkv_offset(pair, 2), 3 * d);
+                matmul((n, n, hd), ViewMut::rows(ds, 0, n), d_out, v.t(), 1.0, Write::Overwrite, par);
+            }
+            score_grad(ds, p, n, &grad_out[merged..], &out[merged..], d, hd);
+            let (ds, p) = (View::rows(ds, 0, n), View::rows(p, 0, n));
+            let q = View::rows(qkv, g.qkv_offset(pair, 0), 3 * d);
+            let k = View::rows(qkv, g.qkv_offset(pair, 1), 3 * d);
+            // SAFETY: as above.
+            unsafe {
+                let dq = shared.rows(g.qkv_offset(pair, 0), 3 * d);
+                matmul((n, hd, n), dq, ds, k, g.scale(), Write::Overwrite, par);
+                let dk = shared.rows(g.qkv_offset(pair, 1), 3 * d);
+                matmul((n, hd, n), dk, ds.t(), q, g.scale(), Write::Overwrite, par);
+                let dv = shared.rows(g.qkv_offset(pair, 2), 3 * d);
+                matmul((n, hd, n), dv, p.t(), d_out, 1.0, Write::Overwrite, par);
+            }
+        })
+    });
+    // SAFETY: the pairs' dq, dk and dv blocks tile the (B, N, 3D) gradient.
+    unsafe { grad.set_len(qkv.len()) };
+    Ok(grad)
 }
 
 /// From qkv, the output o and its gradient do, per head with P kept or recomputed:
@@ -252,58 +338,9 @@ impl CustomOp3 for SelfAttentionGrad {
         let qkv = f32_slice(s1, l1, self.name())?;
         let out = f32_slice(s2, l2, self.name())?;
         let grad_out = f32_slice(s3, l3, self.name())?;
-        let g = Geometry::from_qkv(l1, self.heads)?;
-        let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
-        if out.len() != g.batch * n * d || grad_out.len() != out.len() {
-            candle_core::bail!("{}: output and its gradient must be {} x {n} x {d}", self.name(), g.batch);
-        }
-        if let Some(kept) = &self.probabilities {
-            if kept.len() != g.pairs() * n * n {
-                candle_core::bail!("{}: kept probabilities do not fit the input", self.name());
-            }
-        }
-        let par = g.inner_parallelism();
-        let mut grad: Vec<f32> = Vec::with_capacity(qkv.len());
-        let shared = SharedOut(grad.as_mut_ptr());
-        (0..g.pairs()).into_par_iter().for_each(|pair| {
-            let kept = self.probabilities.as_deref().map(|all| &all[pair * n * n..][..n * n]);
-            let scratch_len = if kept.is_some() { n * n } else { 2 * n * n };
-            with_scratch(scratch_len, |scratch| {
-                let (ds, recomputed) = scratch.split_at_mut(n * n);
-                let merged = g.merged_offset(pair);
-                let d_out = View::rows(grad_out, merged, d);
-                let p: &[f32] = match kept {
-                    Some(p) => p,
-                    None => {
-                        // SAFETY: `qkv` is the whole tensor `g` describes.
-                        unsafe { probabilities(&g, qkv, pair, recomputed, par) };
-                        recomputed
-                    }
-                };
-                // SAFETY: every view lies inside `qkv`, `out`, `grad_out`, the scratch or
-                // `grad` (offsets from `g`); this pair's blocks of `grad` are written by this
-                // task alone.
-                unsafe {
-                    let v = View::rows(qkv, g.qkv_offset(pair, 2), 3 * d);
-                    matmul((n, n, hd), ViewMut::rows(ds, 0, n), d_out, v.t(), 1.0, Write::Overwrite, par);
-                }
-                score_grad(ds, p, n, &grad_out[merged..], &out[merged..], d, hd);
-                let (ds, p) = (View::rows(ds, 0, n), View::rows(p, 0, n));
-                let q = View::rows(qkv, g.qkv_offset(pair, 0), 3 * d);
-                let k = View::rows(qkv, g.qkv_offset(pair, 1), 3 * d);
-                // SAFETY: as above.
-                unsafe {
-                    let dq = shared.rows(g.qkv_offset(pair, 0), 3 * d);
-                    matmul((n, hd, n), dq, ds, k, g.scale(), Write::Overwrite, par);
-                    let dk = shared.rows(g.qkv_offset(pair, 1), 3 * d);
-                    matmul((n, hd, n), dk, ds.t(), q, g.scale(), Write::Overwrite, par);
-                    let dv = shared.rows(g.qkv_offset(pair, 2), 3 * d);
-                    matmul((n, hd, n), dv, p.t(), d_out, 1.0, Write::Overwrite, par);
-                }
-            })
-        });
-        // SAFETY: the pairs' dq, dk and dv blocks tile the (B, N, 3D) gradient.
-        unsafe { grad.set_len(qkv.len()) };
+        let (batch, tokens, three_d) = l1.shape().dims3()?;
+        let kept = self.probabilities.as_deref().map(|p| p.as_slice());
+        let grad = attention_backward(qkv, out, grad_out, (batch, tokens, three_d / 3), self.heads, kept)?;
         Ok((CpuStorage::F32(grad), l1.shape().clone()))
     }
 }

@@ -124,16 +124,29 @@ fn linear_forward(
     let w = f32_slice(s2, l2, name)?;
     let b = f32_slice(s3, l3, name)?;
     let in_dim = l1.dims().last().copied().unwrap_or(0);
+    let mut out_dims = l1.dims().to_vec();
+    *out_dims.last_mut().unwrap() = b.len();
+    Ok((linear_rows(x, w, b, in_dim, None), Shape::from(out_dims)))
+}
+
+/// x W^T + b [+ residual] over row-major slices (x: rows x in_dim, W: out x in_dim): the
+/// product accumulates onto the broadcast bias, plus the residual rows when given.
+pub(crate) fn linear_rows(x: &[f32], w: &[f32], b: &[f32], in_dim: usize, residual: Option<&[f32]>) -> Vec<f32> {
     let rows = x.len() / in_dim.max(1);
     let out_dim = b.len();
-    let mut out_dims = l1.dims().to_vec();
-    *out_dims.last_mut().unwrap() = out_dim;
-    // SAFETY: every row receives a copy of the bias (rows x out_dim values in all).
+    let width = out_dim.max(1);
+    // SAFETY: every row receives the bias (plus its residual row): rows x out_dim values.
     let mut y = unsafe {
-        filled_vec(rows * out_dim, |y| {
-            y.par_chunks_mut(out_dim.max(1) * 64).for_each(|block| {
-                block.chunks_mut(out_dim.max(1)).for_each(|r| r.iter_mut().zip(b).for_each(|(o, &v)| _ = o.write(v)))
-            })
+        filled_vec(rows * out_dim, |y| match residual {
+            None => y.par_chunks_mut(width * 64).for_each(|block| {
+                block.chunks_mut(width).for_each(|r| r.iter_mut().zip(b).for_each(|(o, &v)| _ = o.write(v)))
+            }),
+            Some(res) => y.par_chunks_mut(width * 64).zip(res.par_chunks(width * 64)).for_each(|(block, res)| {
+                block
+                    .chunks_mut(width)
+                    .zip(res.chunks(width))
+                    .for_each(|(r, res)| r.iter_mut().zip(b).zip(res).for_each(|((o, &v), &x)| _ = o.write(v + x)))
+            }),
         })
     };
     if in_dim > 0 {
@@ -150,7 +163,26 @@ fn linear_forward(
             );
         }
     }
-    Ok((y, Shape::from(out_dims)))
+    y
+}
+
+/// The sums of the columns of a row-major matrix with `cols` columns (a Linear's bias
+/// gradient): each task sums a band of rows, the bands' sums are added after.
+pub(crate) fn column_sums(g: &[f32], cols: usize) -> Vec<f32> {
+    const ROWS_PER_TASK: usize = 256;
+    let partials: Vec<Vec<f32>> = g
+        .par_chunks(cols.max(1) * ROWS_PER_TASK)
+        .map(|band| {
+            let mut acc = vec![0f32; cols];
+            add_rows(&mut acc, band);
+            acc
+        })
+        .collect();
+    let mut sums = vec![0f32; cols];
+    for p in &partials {
+        sums.iter_mut().zip(p).for_each(|(s, v)| *s += v);
+    }
+    sums
 }
 
 /// dx, dW and db of y = x W^T + b from the output gradient `grad` (contiguous).
@@ -265,20 +297,7 @@ impl CustomOp3 for LinearGrad {
         let total = (rows + out_dim) * in_dim + out_dim;
         let threads = threads_for_one_product();
         let g_rows = View::rows(g, 0, out_dim);
-        // Column sums: each task sums a band of rows, the bands' sums are added after.
-        const ROWS_PER_TASK: usize = 256;
-        let partials: Vec<Vec<f32>> = g
-            .par_chunks(out_dim.max(1) * ROWS_PER_TASK)
-            .map(|band| {
-                let mut acc = vec![0f32; out_dim];
-                add_rows(&mut acc, band);
-                acc
-            })
-            .collect();
-        let mut db_sum = vec![0f32; out_dim];
-        for p in &partials {
-            db_sum.iter_mut().zip(p).for_each(|(s, v)| *s += v);
-        }
+        let db_sum = column_sums(g, out_dim);
         let fill = |all: &mut [MaybeUninit<f32>]| {
             let (dx, rest) = all.split_at_mut(rows * in_dim);
             let (dw, db) = rest.split_at_mut(out_dim * in_dim);
