@@ -33,6 +33,10 @@ impl Attention {
         })
     }
 
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // The reference splits qkv as (B, N, 3, heads, hd); the fused op reads that layout.
         let out = crate::fused_attention::self_attention(&self.qkv.forward(x)?, self.heads)?;
@@ -91,6 +95,10 @@ impl SapiensEncoder {
             .collect::<Result<Vec<_>>>()?;
         let ln1 = LayerNorm::new(store, &format!("{prefix}.ln1"), d, LN_EPS)?;
         Ok(Self { projection: Linear::from_parts(weight, bias), pos_embed, layers, ln1, cfg: cfg.clone() })
+    }
+
+    pub fn config(&self) -> &EncoderConfig {
+        &self.cfg
     }
 
     /// Normalized images (B, 3, H, W) -> tokens (B, N, D).

@@ -14,6 +14,7 @@ pub mod config;
 pub mod cpu;
 pub mod device;
 pub mod encoder;
+pub mod encoder_train;
 pub mod error;
 pub mod fused;
 pub mod fused_attention;

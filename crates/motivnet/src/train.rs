@@ -176,7 +176,15 @@ impl Trainer {
         // Checked before any work, so a bad call leaves the accumulated gradients intact.
         AdamW::check_learning_rates(lr)?;
         let x = self.model.input_tensor(input)?;
-        let logits = self.model.forward(&x, &mut Mode::Train(&mut self.rng))?;
+        // On the CPU the encoder runs its hand-written training pass (encoder_train.rs); its
+        // tokens enter the head as a leaf, whose gradient then drives the encoder's backward.
+        let (logits, encoder_pass) = if crate::encoder_train::supported(&self.model.encoder, &x) {
+            let (tokens, tape) = crate::encoder_train::forward(&self.model.encoder, &x)?;
+            let logits = self.model.head.forward(tokens.as_tensor(), &mut Mode::Train(&mut self.rng))?;
+            (logits, Some((tokens, tape)))
+        } else {
+            (self.model.forward(&x, &mut Mode::Train(&mut self.rng))?, None)
+        };
         let loss = cross_entropy(&logits, labels)?;
         let loss_value = loss.to_scalar::<f32>()?;
         if !loss_value.is_finite() {
@@ -184,6 +192,14 @@ impl Trainer {
             return Err(Error::Input(format!("loss is not finite ({loss_value}): the micro-batch was not applied")));
         }
         let mut grads = loss.backward()?;
+        if let Some((tokens, tape)) = encoder_pass {
+            let d_tokens = grads
+                .remove(tokens.as_tensor())
+                .ok_or_else(|| Error::Input("the encoder's tokens received no gradient from the head".into()))?;
+            for (param, grad) in tape.backward(&d_tokens)? {
+                grads.insert(&param, grad);
+            }
+        }
         for p in self.model.params.trainable() {
             // backward also records gradients of non-Var leaves (the input): only Vars are kept.
             let g = grads.remove(p.var.as_tensor()).ok_or_else(|| {

@@ -46,6 +46,28 @@ fn train_loss_and_every_gradient_match_reference() {
     assert_eq!(checked, expected.keys().filter(|k| k.starts_with("grad.")).count());
 }
 
+#[test]
+fn the_trainers_gradients_match_reference() {
+    // The trainer runs the encoder's hand-written pass (encoder_train.rs), not candle's graph.
+    let (x, labels) = batch();
+    let expected = read("expected.safetensors");
+    let model = reference_model();
+    assert!(motivnet::encoder_train::supported(&model.encoder, &x));
+    let mut trainer = Trainer::new(model, TrainerConfig { seed: 0, ..TrainerConfig::default() });
+    let out =
+        trainer.train_step(&ModelInput::Tensor(&x), &labels, Groups { encoder: 1e-3, decoder: 1e-3 }, false).unwrap();
+    assert!(!out.stepped);
+    assert_close("loss", &Tensor::new(&[out.loss], x.device()).unwrap(), &expected["loss"], 1e-5, 0.0);
+    let grads: HashMap<&String, &Tensor> = trainer.accumulated_gradients().collect();
+    let mut checked = 0;
+    for p in trainer.model.params.trainable() {
+        let got = grads.get(&p.name).unwrap_or_else(|| panic!("{} has no gradient", p.name));
+        assert_close(&format!("grad of {}", p.name), got, &expected[&format!("grad.{}", p.name)], 1e-6, 1e-3);
+        checked += 1;
+    }
+    assert_eq!(checked, expected.keys().filter(|k| k.starts_with("grad.")).count());
+}
+
 fn steps_match(prefix: &str, max_grad_norm: Option<f64>) {
     let (x, labels) = batch();
     let expected = read("expected.safetensors");

@@ -1,0 +1,350 @@
+//! The encoder's training pass written out on the CPU: a forward that records what backward
+//! needs, and the backward by hand.
+//!
+//! Through candle's autograd every op of the encoder is a graph node, and backward spends a
+//! zero-filled tensor and an add on each gradient it hands to a node's input
+//! (`GradStore::or_insert`), on top of the residual adds and their temporaries: about a tenth
+//! of the `tiny` train step (docs/BENCHMARKS.md). Here the same kernels as the fused ops run
+//! on plain buffers. Each residual add is folded into the Linear that ends its branch, the
+//! residual stream's gradient is added to in place, and every parameter's gradient is
+//! written once.
+//!
+//! The head stays on candle's autograd: the tokens enter it as a leaf ([`Var`]), and the
+//! gradient candle computes for that leaf starts [`EncoderTape::backward`]. Only
+//! [`crate::train::Trainer`] uses this, on the CPU in f32; `MotivNet::forward` and other
+//! devices run the encoder as candle ops, and a test holds every encoder gradient of this
+//! pass to that path's.
+
+use std::mem::MaybeUninit;
+
+use candle_core::{Device, StorageRef, Tensor, Var};
+use rayon::prelude::*;
+
+use crate::encoder::{Block, SapiensEncoder};
+use crate::error::{input_err, Result};
+use crate::fused::{f32_slice, gelu_backward, gelu_forward, layer_norm_backward, layer_norm_forward};
+use crate::fused_attention::{attention_backward, attention_forward, KEEP_PROBABILITIES_BYTES};
+use crate::fused_linear::{column_sums, linear_rows};
+use crate::strided_gemm::{filled_vec, matmul, threads_for_one_product, View, ViewMut, Write};
+
+/// Whether the hand-written pass can run this encoder on these images: CPU, f32, contiguous.
+pub fn supported(encoder: &SapiensEncoder, images: &Tensor) -> bool {
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous();
+    cpu_f32(images) && parameters(encoder).iter().all(cpu_f32)
+}
+
+/// The encoder's parameters in a fixed order: patch embedding, position embedding, each
+/// block's, the final norm's. [`EncoderTape::backward`] returns gradients in this order.
+fn parameters(encoder: &SapiensEncoder) -> Vec<Tensor> {
+    let mut out = vec![encoder.projection.weight.clone(), encoder.projection.bias.clone(), encoder.pos_embed.clone()];
+    for b in &encoder.layers {
+        let (attn, ffn) =
+            (&b.attn, [&b.ln2.weight, &b.ln2.bias, &b.fc1.weight, &b.fc1.bias, &b.fc2.weight, &b.fc2.bias]);
+        out.extend(
+            [&b.ln1.weight, &b.ln1.bias, &attn.qkv.weight, &attn.qkv.bias, &attn.proj.weight, &attn.proj.bias]
+                .map(Tensor::clone),
+        );
+        out.extend(ffn.map(Tensor::clone));
+    }
+    out.extend([encoder.ln1.weight.clone(), encoder.ln1.bias.clone()]);
+    out
+}
+
+/// A tensor read-locked for the length of a pass, viewed as f32 values.
+struct Read<'a> {
+    storage: StorageRef<'a>,
+    layout: &'a candle_core::Layout,
+}
+
+impl<'a> Read<'a> {
+    fn new(t: &'a Tensor) -> Self {
+        let (storage, layout) = t.storage_and_layout();
+        Self { storage, layout }
+    }
+
+    fn values(&self) -> Result<&[f32]> {
+        match &*self.storage {
+            candle_core::Storage::Cpu(cpu) => Ok(f32_slice(cpu, self.layout, "encoder training pass")?),
+            _ => Err(input_err!("encoder training pass: expected a CPU tensor")),
+        }
+    }
+}
+
+/// What backward needs of one block, all row-major with B x N rows.
+struct BlockTape {
+    /// The block's input (D wide), LN1 of it, the packed qkv (3D), the attention output (D)
+    /// and, when small enough, the attention probabilities.
+    x_in: Vec<f32>,
+    normed1: Vec<f32>,
+    qkv: Vec<f32>,
+    attended: Vec<f32>,
+    probabilities: Option<Vec<f32>>,
+    /// After the attention branch's residual add (D), LN2 of it, fc1's output before and
+    /// after GELU (hidden wide).
+    x_mid: Vec<f32>,
+    normed2: Vec<f32>,
+    pre_gelu: Vec<f32>,
+    hidden: Vec<f32>,
+}
+
+/// The record of one training forward, consumed by [`EncoderTape::backward`].
+pub struct EncoderTape {
+    params: Vec<Tensor>,
+    heads: usize,
+    eps: f32,
+    /// (batch, tokens, embed dim, MLP hidden dim, patch row width 3 k k).
+    dims: (usize, usize, usize, usize, usize),
+    patches: Tensor,
+    blocks: Vec<BlockTape>,
+    /// The input of the final norm.
+    x_last: Vec<f32>,
+}
+
+/// One block's forward on the rows `x`; returns its output and its tape.
+fn block_forward(
+    block: &Block,
+    x: Vec<f32>,
+    (b, n, d): (usize, usize, usize),
+    eps: f32,
+) -> Result<(Vec<f32>, BlockTape)> {
+    let w = Read::new;
+    let (ln1_w, ln1_b, ln2_w, ln2_b) =
+        (w(&block.ln1.weight), w(&block.ln1.bias), w(&block.ln2.weight), w(&block.ln2.bias));
+    let (qkv_w, qkv_b, proj_w, proj_b) =
+        (w(&block.attn.qkv.weight), w(&block.attn.qkv.bias), w(&block.attn.proj.weight), w(&block.attn.proj.bias));
+    let (fc1_w, fc1_b, fc2_w, fc2_b) =
+        (w(&block.fc1.weight), w(&block.fc1.bias), w(&block.fc2.weight), w(&block.fc2.bias));
+    let heads = block.attn.heads();
+    let hidden_dim = fc1_b.values()?.len();
+
+    let normed1 = layer_norm_forward(&x, ln1_w.values()?, ln1_b.values()?, eps);
+    let qkv = linear_rows(&normed1, qkv_w.values()?, qkv_b.values()?, d, None);
+    let keep = b * heads * n * n * std::mem::size_of::<f32>() <= KEEP_PROBABILITIES_BYTES;
+    let (attended, probabilities) = attention_forward(&qkv, (b, n, d), heads, keep)?;
+    let x_mid = linear_rows(&attended, proj_w.values()?, proj_b.values()?, d, Some(&x));
+    let normed2 = layer_norm_forward(&x_mid, ln2_w.values()?, ln2_b.values()?, eps);
+    let pre_gelu = linear_rows(&normed2, fc1_w.values()?, fc1_b.values()?, d, None);
+    let hidden = gelu_forward(&pre_gelu);
+    let x_out = linear_rows(&hidden, fc2_w.values()?, fc2_b.values()?, hidden_dim, Some(&x_mid));
+    let tape = BlockTape { x_in: x, normed1, qkv, attended, probabilities, x_mid, normed2, pre_gelu, hidden };
+    Ok((x_out, tape))
+}
+
+/// Normalized images (B, 3, H, W) -> tokens (B, N, D) as a leaf for the head, and the tape.
+/// The same arithmetic as [`SapiensEncoder::forward`] in train mode.
+pub fn forward(encoder: &SapiensEncoder, images: &Tensor) -> Result<(Var, EncoderTape)> {
+    let cfg = encoder.config();
+    let (b, c, h, w) = images.dims4()?;
+    if c != 3 || h != cfg.input_height || w != cfg.input_width {
+        return Err(input_err!(
+            "input batch is {c} x {h} x {w} (channels x height x width), expected 3 x {} x {}",
+            cfg.input_height,
+            cfg.input_width
+        ));
+    }
+    let (k, d, n) = (cfg.patch_size, cfg.embed_dim, cfg.num_patches());
+    let patch_width = 3 * k * k;
+    let patches = crate::patches::patch_rows(images, k, cfg.patch_padding, cfg.grid())?;
+    let eps = encoder.ln1.eps as f32;
+
+    let mut x = {
+        let (rows, pe_w, pe_b) =
+            (Read::new(&patches), Read::new(&encoder.projection.weight), Read::new(&encoder.projection.bias));
+        let mut x = linear_rows(rows.values()?, pe_w.values()?, pe_b.values()?, patch_width, None);
+        let pos = Read::new(&encoder.pos_embed);
+        let pos = pos.values()?;
+        x.par_chunks_mut((n * d).max(1)).for_each(|image| image.iter_mut().zip(pos).for_each(|(v, p)| *v += p));
+        x
+    };
+    let mut blocks = Vec::with_capacity(encoder.layers.len());
+    for block in &encoder.layers {
+        let (out, tape) = block_forward(block, x, (b, n, d), eps)?;
+        blocks.push(tape);
+        x = out;
+    }
+    let tokens = {
+        let (ln_w, ln_b) = (Read::new(&encoder.ln1.weight), Read::new(&encoder.ln1.bias));
+        layer_norm_forward(&x, ln_w.values()?, ln_b.values()?, eps)
+    };
+    let tokens = Var::from_tensor(&Tensor::from_vec(tokens, (b, n, d), &Device::Cpu)?)?;
+    let heads = encoder.layers.first().map_or(1, |l| l.attn.heads());
+    let tape = EncoderTape {
+        params: parameters(encoder),
+        heads,
+        eps,
+        dims: (b, n, d, cfg.mlp_hidden(), patch_width),
+        patches,
+        blocks,
+        x_last: x,
+    };
+    Ok((tokens, tape))
+}
+
+/// lhs (m x k) times rhs (k x n) into a new row-major m x n buffer.
+fn product(m: usize, n: usize, k: usize, lhs: View, rhs: View) -> Vec<f32> {
+    let fill = |dst: &mut [MaybeUninit<f32>]| {
+        if k == 0 {
+            dst.fill(MaybeUninit::new(0.0));
+            return;
+        }
+        // SAFETY: the callers' views cover m x k and k x n elements of live slices; the
+        // destination is this m x n buffer, which an overwriting product never reads.
+        unsafe {
+            matmul(
+                (m, n, k),
+                ViewMut::uninit_rows(dst, 0, n),
+                lhs,
+                rhs,
+                1.0,
+                Write::Overwrite,
+                threads_for_one_product(),
+            )
+        }
+    };
+    // SAFETY: the product (or the zero fill) writes all m x n elements.
+    unsafe { filled_vec(m * n, fill) }
+}
+
+/// The parameter gradients of a Linear y = x W^T + b from dy (rows x out): dW (out x in) and
+/// db (out).
+fn linear_param_grads(x: &[f32], dy: &[f32], (rows, in_dim, out_dim): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
+    let dw = product(out_dim, in_dim, rows, View::rows(dy, 0, out_dim).t(), View::rows(x, 0, in_dim));
+    (dw, column_sums(dy, out_dim))
+}
+
+/// All three gradients of a Linear (W: out x in): dx (rows x in), dW and db.
+fn linear_backward(x: &[f32], w: &[f32], dy: &[f32], dims: (usize, usize, usize)) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (rows, in_dim, out_dim) = dims;
+    let dx = product(rows, in_dim, out_dim, View::rows(dy, 0, out_dim), View::rows(w, 0, in_dim));
+    let (dw, db) = linear_param_grads(x, dy, dims);
+    (dx, dw, db)
+}
+
+impl EncoderTape {
+    /// From the gradient of the tokens (B, N, D), every encoder parameter's gradient, as
+    /// (parameter, gradient) pairs.
+    pub fn backward(self, d_tokens: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
+        let (b, n, d, hidden_dim, patch_width) = self.dims;
+        let rows = b * n;
+        if d_tokens.dims() != [b, n, d] {
+            return Err(input_err!("encoder backward: token gradient {:?}, expected [{b}, {n}, {d}]", d_tokens.dims()));
+        }
+        let d_tokens = d_tokens.contiguous()?;
+        let mut grads: Vec<Vec<f32>> = Vec::with_capacity(self.params.len());
+        let p = |i: usize| Read::new(&self.params[i]);
+
+        // Final norm: its parameters are the last two.
+        let last = self.params.len() - 2;
+        let mut dx = vec![0f32; rows * d];
+        let final_norm = {
+            let (g, ln_w) = (Read::new(&d_tokens), p(last));
+            layer_norm_backward(&mut dx, false, &self.x_last, g.values()?, ln_w.values()?, self.eps)
+        };
+
+        // Blocks, last first; each block's twelve gradients are collected in parameter order.
+        let mut block_grads: Vec<Vec<Vec<f32>>> = Vec::with_capacity(self.blocks.len());
+        for (i, tape) in self.blocks.iter().enumerate().rev() {
+            let base = 3 + 12 * i;
+            let (ln1_w, qkv_w, proj_w, ln2_w, fc1_w, fc2_w) =
+                (p(base), p(base + 2), p(base + 4), p(base + 6), p(base + 8), p(base + 10));
+
+            let (d_hidden, d_fc2_w, d_fc2_b) =
+                linear_backward(&tape.hidden, fc2_w.values()?, &dx, (rows, hidden_dim, d));
+            let d_pre = gelu_backward(&tape.pre_gelu, &d_hidden);
+            drop(d_hidden);
+            let (d_normed2, d_fc1_w, d_fc1_b) =
+                linear_backward(&tape.normed2, fc1_w.values()?, &d_pre, (rows, d, hidden_dim));
+            drop(d_pre);
+            // The residual passes dx through; LN2's input gradient adds to it.
+            let ln2 = layer_norm_backward(&mut dx, true, &tape.x_mid, &d_normed2, ln2_w.values()?, self.eps);
+            let (d_attended, d_proj_w, d_proj_b) = linear_backward(&tape.attended, proj_w.values()?, &dx, (rows, d, d));
+            let kept = tape.probabilities.as_deref();
+            let d_qkv = attention_backward(&tape.qkv, &tape.attended, &d_attended, (b, n, d), self.heads, kept)?;
+            let (d_normed1, d_qkv_w, d_qkv_b) =
+                linear_backward(&tape.normed1, qkv_w.values()?, &d_qkv, (rows, d, 3 * d));
+            let ln1 = layer_norm_backward(&mut dx, true, &tape.x_in, &d_normed1, ln1_w.values()?, self.eps);
+            let (ln1_dw, ln1_db) = (ln1[..d].to_vec(), ln1[d..].to_vec());
+            let (ln2_dw, ln2_db) = (ln2[..d].to_vec(), ln2[d..].to_vec());
+            block_grads.push(vec![
+                ln1_dw, ln1_db, d_qkv_w, d_qkv_b, d_proj_w, d_proj_b, ln2_dw, ln2_db, d_fc1_w, d_fc1_b, d_fc2_w,
+                d_fc2_b,
+            ]);
+        }
+
+        // Patch embedding and position embedding: dx is now the gradient of their sum.
+        let patches = Read::new(&self.patches);
+        let (d_pe_w, d_pe_b) = linear_param_grads(patches.values()?, &dx, (rows, patch_width, d));
+        let mut d_pos = vec![0f32; n * d];
+        for image in dx.chunks(n * d) {
+            d_pos.par_chunks_mut(4096).zip(image.par_chunks(4096)).for_each(|(acc, g)| {
+                acc.iter_mut().zip(g).for_each(|(a, v)| *a += v);
+            });
+        }
+        grads.extend([d_pe_w, d_pe_b, d_pos]);
+        grads.extend(block_grads.into_iter().rev().flatten());
+        grads.extend([final_norm[..d].to_vec(), final_norm[d..].to_vec()]);
+
+        self.params
+            .into_iter()
+            .zip(grads)
+            .map(|(param, grad)| {
+                let grad = Tensor::from_vec(grad, param.shape(), &Device::Cpu)?;
+                Ok((param, grad))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+    use crate::layers::Mode;
+    use crate::model::MotivNet;
+
+    /// The hand-written pass against candle's graph on the `tiny` preset (3 heads, 4 blocks):
+    /// the tokens, and every encoder gradient of the same loss.
+    #[test]
+    fn matches_the_candle_graph_in_tokens_and_every_gradient() {
+        let dev = Device::Cpu;
+        let model = MotivNet::new(&ModelConfig::preset("tiny").unwrap(), &dev, 5).unwrap();
+        let images = Tensor::randn(0f32, 1.0, (2, 3, 256, 192), &dev).unwrap();
+        assert!(supported(&model.encoder, &images));
+        let mut rng = rand::SeedableRng::seed_from_u64(1);
+        let composed = model.encoder.forward(&images, &mut Mode::Train(&mut rng)).unwrap();
+        let (tokens, tape) = forward(&model.encoder, &images).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| {
+            let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-6);
+            let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            d / scale
+        };
+        assert!(diff(tokens.as_tensor(), &composed) < 1e-5, "tokens differ by {}", diff(tokens.as_tensor(), &composed));
+
+        // Any loss of the tokens will do: a fixed random projection.
+        let up = Tensor::randn(0f32, 1.0, composed.shape(), &dev).unwrap();
+        let expected = (&composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let d_tokens = (&up * 1.0).unwrap();
+        let got = tape.backward(&d_tokens).unwrap();
+        assert_eq!(
+            got.len(),
+            model.params.iter().filter(|p| p.name.starts_with(crate::weights::ENCODER_PREFIX)).count()
+        );
+        for (param, grad) in &got {
+            let name = model.params.iter().find(|p| p.var.as_tensor().id() == param.id()).unwrap().name.clone();
+            let want = expected.get(param).unwrap_or_else(|| panic!("{name}: no gradient on the candle path"));
+            assert_eq!(grad.dims(), param.dims(), "{name}");
+            assert!(diff(grad, want) < 1e-4, "{name} differs by {} (relative to its largest value)", diff(grad, want));
+        }
+    }
+
+    #[test]
+    fn a_token_gradient_of_the_wrong_shape_is_refused() {
+        let dev = Device::Cpu;
+        let model = MotivNet::new(&ModelConfig::preset("tiny").unwrap(), &dev, 5).unwrap();
+        let images = Tensor::zeros((1, 3, 256, 192), candle_core::DType::F32, &dev).unwrap();
+        let (_, tape) = forward(&model.encoder, &images).unwrap();
+        let wrong = Tensor::zeros((1, 10, 192), candle_core::DType::F32, &dev).unwrap();
+        let err = tape.backward(&wrong).unwrap_err().to_string();
+        assert!(err.contains("token gradient [1, 10, 192]"), "{err}");
+    }
+}
