@@ -37,9 +37,9 @@ impl Attention {
         self.heads
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
         // The reference splits qkv as (B, N, 3, heads, hd); the fused op reads that layout.
-        let out = crate::fused_attention::self_attention(&self.qkv.forward(x)?, self.heads)?;
+        let out = crate::fused_attention::self_attention(&self.qkv.forward(x)?, self.heads, training)?;
         Ok(self.proj.forward(&out)?)
     }
 }
@@ -65,11 +65,12 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln1.forward(x)?)?)?;
+    /// `training`: whether backward will follow (the fused ops then keep what it needs).
+    fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln1.forward(x)?, training)?)?;
         // Exact (erf) GELU as PyTorch's nn.GELU() (candle's gelu() is the tanh approximation),
         // fused into fc1 on the CPU.
-        let h = self.fc2.forward(&self.fc1.forward_gelu(&self.ln2.forward(&x)?)?)?;
+        let h = self.fc2.forward(&self.fc1.forward_gelu(&self.ln2.forward(&x)?, training)?)?;
         Ok((x + h)?)
     }
 }
@@ -105,7 +106,7 @@ impl SapiensEncoder {
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let mut x = self.patch_embed(images)?.broadcast_add(&self.pos_embed)?;
         for layer in &self.layers {
-            x = crate::layers::cut_graph_in_eval(layer.forward(&x)?, mode);
+            x = crate::layers::cut_graph_in_eval(layer.forward(&x, mode.is_train())?, mode);
         }
         Ok(self.ln1.forward(&x)?)
     }

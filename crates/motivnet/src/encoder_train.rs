@@ -104,7 +104,7 @@ pub struct EncoderTape {
 fn block_forward(
     block: &Block,
     x: Vec<f32>,
-    (b, n, d): (usize, usize, usize),
+    (b, n, d, hidden_dim): (usize, usize, usize, usize),
     eps: f32,
 ) -> Result<(Vec<f32>, BlockTape)> {
     let w = Read::new;
@@ -115,7 +115,6 @@ fn block_forward(
     let (fc1_w, fc1_b, fc2_w, fc2_b) =
         (w(&block.fc1.weight), w(&block.fc1.bias), w(&block.fc2.weight), w(&block.fc2.bias));
     let heads = block.attn.heads();
-    let hidden_dim = fc1_b.values()?.len();
 
     let normed1 = layer_norm_forward(&x, ln1_w.values()?, ln1_b.values()?, eps);
     let qkv = linear_rows(&normed1, qkv_w.values()?, qkv_b.values()?, d, None);
@@ -153,12 +152,15 @@ pub fn forward(encoder: &SapiensEncoder, images: &Tensor) -> Result<(Var, Encode
         let mut x = linear_rows(rows.values()?, pe_w.values()?, pe_b.values()?, patch_width, None);
         let pos = Read::new(&encoder.pos_embed);
         let pos = pos.values()?;
+        if pos.len() != n * d {
+            return Err(input_err!("pos_embed holds {} values, expected {n} x {d}", pos.len()));
+        }
         x.par_chunks_mut((n * d).max(1)).for_each(|image| image.iter_mut().zip(pos).for_each(|(v, p)| *v += p));
         x
     };
     let mut blocks = Vec::with_capacity(encoder.layers.len());
     for block in &encoder.layers {
-        let (out, tape) = block_forward(block, x, (b, n, d), eps)?;
+        let (out, tape) = block_forward(block, x, (b, n, d, cfg.mlp_hidden()), eps)?;
         blocks.push(tape);
         x = out;
     }
@@ -284,6 +286,9 @@ impl EncoderTape {
         grads.extend(block_grads.into_iter().rev().flatten());
         grads.extend([final_norm[..d].to_vec(), final_norm[d..].to_vec()]);
 
+        if grads.len() != self.params.len() {
+            return Err(input_err!("encoder backward: {} gradients for {} parameters", grads.len(), self.params.len()));
+        }
         self.params
             .into_iter()
             .zip(grads)

@@ -165,8 +165,10 @@ pub(crate) fn gelu_forward(x: &[f32]) -> Vec<f32> {
     }
 }
 
-/// `grad` times GELU's derivative at `x`, element-wise, on all threads.
+/// `grad` times GELU's derivative at `x`, element-wise, on all threads. Panics when the two
+/// differ in length (the output is filled only where both reach).
 pub(crate) fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
+    assert_eq!(x.len(), grad.len(), "gelu_backward: input and gradient lengths differ");
     // SAFETY: the chunks of `out` pair up with those of `x`, which has len() elements.
     unsafe {
         filled_vec(x.len(), |out| {
@@ -299,6 +301,7 @@ struct LayerNormOp {
 /// LayerNorm of each `w.len()`-long row of `x`, on all threads.
 pub(crate) fn layer_norm_forward(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
     let n = w.len().max(1);
+    assert!(b.len() == w.len() && x.len().is_multiple_of(n), "layer_norm_forward: x, weight and bias do not fit");
     let rows_per_task = (CHUNK / n).max(1);
     let mut out = vec![0f32; x.len()];
     out.par_chunks_mut(n * rows_per_task)
@@ -318,6 +321,10 @@ pub(crate) fn layer_norm_backward(
     eps: f32,
 ) -> Vec<f32> {
     let n = w.len().max(1);
+    assert!(
+        x.len().is_multiple_of(n) && g.len() == x.len() && dx.len() == x.len(),
+        "layer_norm_backward: lengths do not fit"
+    );
     let rows_per_task = (CHUNK / n).max(1);
     // Each task returns its partial dw and db; they are added up after.
     let partials: Vec<Vec<f32>> = dx

@@ -29,13 +29,16 @@ pub const KEEP_PROBABILITIES_BYTES: usize = 32 << 20;
 /// softmax(q k^T / sqrt(hd)) v for every head. `qkv` is (B, N, 3D) with the reference's
 /// column order (q, k, v, each split into `heads` blocks of hd = D / heads); the result is
 /// (B, N, D), heads merged. No dropout on the probabilities (the encoder uses none).
-pub fn self_attention(qkv: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+///
+/// `for_backward`: whether this forward will be backpropagated (train mode); only then are the
+/// probabilities kept. Without it a backward still works, recomputing them.
+pub fn self_attention(qkv: &Tensor, heads: usize, for_backward: bool) -> candle_core::Result<Tensor> {
     let (b, n, three_d) = qkv.dims3()?;
     if three_d % (3 * heads) != 0 {
         candle_core::bail!("self-attention: qkv width {three_d} is not 3 x heads ({heads}) x head size");
     }
     if qkv.device().is_cpu() && qkv.dtype() == candle_core::DType::F32 {
-        return fused_self_attention(qkv, heads, keeps_probabilities(qkv, heads)?);
+        return fused_self_attention(qkv, heads, for_backward && keeps_probabilities(qkv, heads)?);
     }
     self_attention_composed(qkv, heads, b, n, three_d / 3)
 }
@@ -117,15 +120,23 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with this thread's scratch buffer grown to at least `len` floats.
+/// Runs `f` with this thread's scratch buffer grown to at least `len` floats. The buffer is
+/// taken out of its cell while `f` runs: a threaded product inside `f` may have this thread
+/// run another pair's task while it waits, and that task then gets a buffer of its own
+/// instead of finding this one borrowed.
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.with(|cell| cell.take());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let out = f(&mut buf[..len]);
     SCRATCH.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < len {
-            buf.resize(len, 0.0);
+        // Keep the larger of the two when a nested task left one behind.
+        if cell.borrow().len() < buf.len() {
+            cell.replace(buf);
         }
-        f(&mut buf[..len])
-    })
+    });
+    out
 }
 
 /// A pointer that may cross into rayon tasks; each task writes only its own pair's block.
@@ -400,7 +411,7 @@ mod tests {
     #[test]
     fn qkv_width_must_split_into_heads() {
         let qkv = Tensor::zeros((1, 4, 10), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let err = self_attention(&qkv, 3).unwrap_err().to_string();
+        let err = self_attention(&qkv, 3, false).unwrap_err().to_string();
         assert!(err.contains("qkv width 10"), "{err}");
     }
 }

@@ -33,11 +33,13 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result
 }
 
 /// GELU (exact, erf form) of x (..., in) W^T (out, in) + b (out): the MLP's first layer.
-pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+/// `for_backward`: whether this forward will be backpropagated (train mode); only then is the
+/// pre-activation kept, and a backward through a forward without it is an error.
+pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
     check_shapes(x, weight, bias)?;
     if fusable(&[x, weight, bias]) {
         // Only a result that backward will reach needs the pre-activation kept.
-        let keep = [x, weight, bias].iter().any(|t| t.track_op());
+        let keep = for_backward && [x, weight, bias].iter().any(|t| t.track_op());
         let op = LinearGeluOp { keep, pre_activation: OnceLock::new() };
         return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op);
     }
@@ -131,9 +133,14 @@ fn linear_forward(
 
 /// x W^T + b [+ residual] over row-major slices (x: rows x in_dim, W: out x in_dim): the
 /// product accumulates onto the broadcast bias, plus the residual rows when given.
+///
+/// Panics when the lengths do not fit (rows x in_dim, out x in_dim, rows x out): the product
+/// reads through raw pointers, and the output is filled only where the inputs reach.
 pub(crate) fn linear_rows(x: &[f32], w: &[f32], b: &[f32], in_dim: usize, residual: Option<&[f32]>) -> Vec<f32> {
     let rows = x.len() / in_dim.max(1);
     let out_dim = b.len();
+    assert!(x.len() == rows * in_dim && w.len() == out_dim * in_dim, "linear_rows: x, W and b do not fit");
+    assert!(residual.is_none_or(|r| r.len() == rows * out_dim), "linear_rows: residual does not fit the output");
     let width = out_dim.max(1);
     // SAFETY: every row receives the bias (plus its residual row): rows x out_dim values.
     let mut y = unsafe {
@@ -380,7 +387,7 @@ mod tests {
         let w = var(Tensor::randn(0f32, 0.4, (41, 23), &dev).unwrap());
         let b = var(Tensor::randn(0f32, 0.4, 41, &dev).unwrap());
         let up = Tensor::randn(0f32, 1.0, (2, 150, 41), &dev).unwrap();
-        let fused = linear_gelu(&x, &w, &b).unwrap();
+        let fused = linear_gelu(&x, &w, &b, true).unwrap();
         let composed = linear_composed(&x.reshape((300, 23)).unwrap(), &w, &b).unwrap().gelu_erf().unwrap();
         let composed = composed.reshape((2, 150, 41)).unwrap();
         assert!(max_diff(&fused, &composed) < 1e-5, "forward differs by {}", max_diff(&fused, &composed));
@@ -391,11 +398,16 @@ mod tests {
             assert_eq!(a.dims(), v.dims(), "gradient of {name} has the parameter's shape");
             assert!(max_diff(a, c) < 1e-4, "gradient of {name} differs by {}", max_diff(a, c));
         }
-        // Untracked inputs take the in-place path, to the same values.
+        // Untracked inputs, or a forward not for backward, take the in-place path, to the same
+        // values; a backward through the latter is refused, not wrong.
         let (xd, wd, bd) = (x.as_detached_tensor(), w.as_detached_tensor(), b.as_detached_tensor());
-        let untracked = linear_gelu(&xd, &wd, &bd).unwrap();
+        let untracked = linear_gelu(&xd, &wd, &bd, true).unwrap();
         assert!(!untracked.track_op());
         assert!(max_diff(&untracked, &composed) < 1e-5);
+        let inference = linear_gelu(&x, &w, &b, false).unwrap();
+        assert!(max_diff(&inference, &composed) < 1e-5);
+        let err = (inference * &up).unwrap().sum_all().unwrap().backward().unwrap_err().to_string();
+        assert!(err.contains("kept no pre-activation"), "{err}");
     }
 
     #[test]

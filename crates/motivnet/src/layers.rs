@@ -61,9 +61,10 @@ impl Linear {
         Self { weight, bias }
     }
 
-    /// GELU (exact, erf form, as PyTorch's `nn.GELU()`) of this layer's output, as one op.
-    pub fn forward_gelu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        crate::fused_linear::linear_gelu(x, &self.weight, &self.bias)
+    /// GELU (exact, erf form, as PyTorch's `nn.GELU()`) of this layer's output, as one op;
+    /// `for_backward` as in [`crate::fused_linear::linear_gelu`].
+    pub fn forward_gelu(&self, x: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
+        crate::fused_linear::linear_gelu(x, &self.weight, &self.bias, for_backward)
     }
 }
 
