@@ -9,6 +9,7 @@ export type {
   NormalizedBatch,
   PackedImages,
   PredictOutput,
+  Precision,
   RgbImage,
   TrainStepOptions,
   TrainStepOutput,

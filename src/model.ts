@@ -33,6 +33,9 @@ export interface NormalizedBatch {
 
 export type Images = RgbImage | RgbImage[] | PackedImages | NormalizedBatch;
 
+/** The dtype a model computes in. */
+export type Precision = 'f32' | 'bf16';
+
 export interface LoadOptions {
   /** Preset name (`tiny`, `small`, `sapiens-0.3b`, `sapiens-0.6b`, `sapiens-1b`, `sapiens-2b`) or JSON config file. */
   model: string;
@@ -42,6 +45,8 @@ export interface LoadOptions {
   encoderOnly?: boolean;
   /** `cpu` (default), `cuda` or `cuda:N`. */
   device?: string;
+  /** `f32` (default), or `bf16` on CUDA: compute in bf16, keep the weights and optimizer in f32. */
+  precision?: Precision;
   /** Seeds the initial weights and dropout. Default 0. */
   seed?: number;
   optimizer?: {

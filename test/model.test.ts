@@ -198,6 +198,14 @@ describe('MotivNet', () => {
       await expect(MotivNet.load({ model: 'tiny', weights: fixtureModel.weights })).rejects.toThrow(/mis-shaped keys/);
     });
 
+    it('refuses bf16 off CUDA and names an unknown precision', async () => {
+      await expect(MotivNet.load({ ...fixtureModel, precision: 'bf16' })).rejects.toThrow(/precision 'bf16' runs on CUDA devices only/);
+      const bad = { ...fixtureModel, precision: 'fp8' } as unknown as Parameters<typeof MotivNet.load>[0];
+      await expect(MotivNet.load(bad)).rejects.toThrow(/precision 'fp8' is not valid: expected f32 or bf16/);
+      const model = await MotivNet.load({ ...fixtureModel, precision: 'f32' });
+      model.dispose();
+    });
+
     it('refuses use after dispose', async () => {
       const model = await MotivNet.load(fixtureModel);
       model.dispose();

@@ -4,10 +4,13 @@
 //
 // 1. Agreement: the test fixture model on the CPU and on cuda:0 gives the same logits, and
 //    one train step (forward, backward, AdamW) the same loss and the same logits after it.
+//    In bf16 (precision 'bf16', GPU only) the same model must stay within bf16's precision of
+//    the f32 CPU results.
 // 2. Timings at 1024 x 768, batch 1, random weights: inference forward and train step of each
-//    preset on the GPU (median of 5 after 2 warm-ups), and our peak GPU memory (nvidia-smi,
-//    sampled every 50 ms), beside PyTorch's on the same GPU when `python3` there has a
-//    CUDA-enabled torch (scripts/reference/bench_model.py --device cuda).
+//    preset on the GPU in f32 and in bf16 (median of 5 after 2 warm-ups), and our peak GPU
+//    memory (nvidia-smi, sampled every 50 ms), beside PyTorch's on the same GPU (f32, and bf16
+//    under torch.autocast) when `python3` there has a CUDA-enabled torch
+//    (scripts/reference/bench_model.py --device cuda [--autocast bf16]).
 // Prints one JSON object and writes it to --out (default: $OUT/cuda-verify.json or
 // ./cuda-verify.json). Exits 1 if the CPU and GPU disagree.
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -56,8 +59,10 @@ async function agreement() {
   const labels = Array.from(batch.labels.data, Number);
   const result = {};
   const runs = {};
-  for (const [key, device] of [['cpu', 'cpu'], ['gpu', gpu]]) {
-    const model = await MotivNet.load({ model: path.join(fixtures, 'config.json'), weights: path.join(fixtures, 'weights.safetensors'), device, seed: 0 });
+  // bf16 is refused on the CPU: a dry run (--device cpu) compares f32 only.
+  const variants = [['cpu', 'cpu', 'f32'], ['gpu', gpu, 'f32'], ...(gpu === 'cpu' ? [] : [['gpuBf16', gpu, 'bf16']])];
+  for (const [key, device, precision] of variants) {
+    const model = await MotivNet.load({ model: path.join(fixtures, 'config.json'), weights: path.join(fixtures, 'weights.safetensors'), device, precision, seed: 0 });
     const before = await model.predict(input);
     const step = await model.trainStep(input, labels, { encoderLr: 1e-3, decoderLr: 1e-3 });
     const after = await model.predict(input);
@@ -68,6 +73,18 @@ async function agreement() {
   result.lossDiff = Math.abs(runs.cpu.loss - runs.gpu.loss);
   result.logitsAfterStepMaxDiff = maxDiff(runs.cpu.after, runs.gpu.after);
   result.ok = result.logitsMaxDiff < 1e-3 && result.lossDiff < 1e-4 && result.logitsAfterStepMaxDiff < 1e-3;
+  if (runs.gpuBf16) {
+    // bf16 keeps 8 bits of mantissa: agreement to a few percent of the logits' scale.
+    const scale = Math.max(1, ...runs.cpu.before.map(Math.abs));
+    const bf16 = {
+      logitsMaxDiff: maxDiff(runs.cpu.before, runs.gpuBf16.before),
+      lossDiff: Math.abs(runs.cpu.loss - runs.gpuBf16.loss),
+      logitsAfterStepMaxDiff: maxDiff(runs.cpu.after, runs.gpuBf16.after),
+    };
+    bf16.ok = bf16.logitsMaxDiff < 0.05 * scale && bf16.lossDiff < 0.02 * Math.max(1, runs.cpu.loss) && bf16.logitsAfterStepMaxDiff < 0.05 * scale;
+    result.bf16 = bf16;
+    result.ok = result.ok && bf16.ok;
+  }
   return result;
 }
 
@@ -93,8 +110,8 @@ async function withPeakGpuMemory(work) {
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-async function timeOurs(preset) {
-  const model = await MotivNet.load({ model: preset, device: gpu, seed: 0 });
+async function timeOurs(preset, precision) {
+  const model = await MotivNet.load({ model: preset, device: gpu, precision, seed: 0 });
   const { inputHeight: h, inputWidth: w } = model.config.encoder;
   const input = { tensor: new Float32Array(3 * h * w).map((_, i) => Math.sin(i)), batchSize: 1 };
   const timed = async (fn) => {
@@ -112,12 +129,12 @@ async function timeOurs(preset) {
   return { forwardMs, trainStepMs: trainMs, peakGpuMib: { forward: forwardPeak, train: trainPeak } };
 }
 
-function timeReference(preset) {
+function timeReference(preset, autocast) {
   const probe = spawnSync('python3', ['-c', `import torch, sys; sys.exit(0 if ${gpu === 'cpu' ? 'True' : 'torch.cuda.is_available()'} else 1)`]);
   if (probe.status !== 0) return { skipped: 'no CUDA-enabled PyTorch on this machine (python3 -c "import torch")' };
   const out = {};
   for (const kase of ['forward', 'train']) {
-    const r = spawnSync('python3', [path.join(root, 'scripts/reference/bench_model.py'), '--case', kase, '--preset', preset, '--batch', '1', '--device', gpu === 'cpu' ? 'cpu' : 'cuda', '--iters', '5', '--warmup', '2'], { encoding: 'utf8' });
+    const r = spawnSync('python3', [path.join(root, 'scripts/reference/bench_model.py'), '--case', kase, '--preset', preset, '--batch', '1', '--device', gpu === 'cpu' ? 'cpu' : 'cuda', '--autocast', autocast, '--iters', '5', '--warmup', '2'], { encoding: 'utf8' });
     if (r.status !== 0) return { skipped: `bench_model.py failed: ${r.stderr.trim().split('\n').pop()}` };
     out[kase] = JSON.parse(r.stdout.trim().split('\n').pop());
   }
@@ -133,8 +150,10 @@ try {
 report.agreement = await agreement();
 console.error(`CPU vs CUDA: ${JSON.stringify(report.agreement)}`);
 for (const preset of presets) {
-  report.presets[preset] = { ours: await timeOurs(preset), reference: timeReference(preset) };
-  console.error(`${preset}: ${JSON.stringify(report.presets[preset])}`);
+  const entry = { ours: await timeOurs(preset, 'f32'), reference: timeReference(preset, 'none') };
+  if (gpu !== 'cpu') entry.bf16 = { ours: await timeOurs(preset, 'bf16'), reference: timeReference(preset, 'bf16') };
+  report.presets[preset] = entry;
+  console.error(`${preset}: ${JSON.stringify(entry)}`);
 }
 writeFileSync(outFile, JSON.stringify(report, null, 2) + '\n');
 console.log(JSON.stringify(report));

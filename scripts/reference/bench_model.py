@@ -20,6 +20,21 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from motivnet_ref import from_preset  # noqa: E402
 
 
+class Autocast(torch.nn.Module):
+    """The model's forward under torch.autocast in bf16; its weights and the optimizer stay f32."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.inner(x).float()
+
+    def param_groups(self, *args):
+        return self.inner.param_groups(*args)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", choices=["forward", "train", "e2e"], required=True)
@@ -30,6 +45,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (forward and train cases)")
+    ap.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                    help="bf16: forward under torch.autocast (weights and optimizer stay f32)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -41,6 +58,8 @@ def main() -> None:
     y = (torch.arange(args.batch) % 8).to(device)
     # CUDA runs asynchronously: a step's time counts only once its kernels have finished.
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if args.autocast == "bf16":
+        model = Autocast(model)
     if args.case == "e2e":
         # The reference's loader in one process (DataLoader's default num_workers=0): OpenCV
         # read, resize (stretch) and normalize each file, then a train step per batch.
@@ -92,7 +111,8 @@ def main() -> None:
         times.append((time.perf_counter() - start) * 1e3)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = {"case": args.case, "preset": args.preset, "batch": args.batch, "threads": torch.get_num_threads(),
-              "ms": statistics.median(times), "peakRssMb": peak_mb, "torch": torch.__version__, "device": args.device}
+              "ms": statistics.median(times), "peakRssMb": peak_mb, "torch": torch.__version__, "device": args.device,
+              "autocast": args.autocast}
     if device.type == "cuda":
         report["peakGpuMib"] = torch.cuda.max_memory_reserved(device) / 2**20
         report["gpu"] = torch.cuda.get_device_name(device)

@@ -46,6 +46,7 @@ export const TrainConfigSchema = z
     patience: z.number().int().nonnegative().default(0).describe('epochs without improvement before stopping (0: never)'),
     out: z.string().min(1),
     device: z.string().default('cpu'),
+    precision: z.enum(['f32', 'bf16']).default('f32').describe('compute dtype; bf16 runs on CUDA only, with f32 weights'),
     seed: z.number().int().nonnegative().default(0),
     threads: positiveInt.optional(),
     prefetch: z.number().int().nonnegative().default(2),

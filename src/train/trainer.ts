@@ -123,6 +123,7 @@ async function execute(cfg: TrainConfig, run: RunFolder, resumeFrom: string | nu
     weights: resumeFrom ? undefined : cfg.weights,
     encoderOnly: cfg.encoderOnly,
     device: cfg.device,
+    precision: cfg.precision,
     seed: cfg.seed,
     optimizer: {
       encoderWeightDecay: cfg.encoderWeightDecay,

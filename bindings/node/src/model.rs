@@ -8,7 +8,7 @@ use napi::bindgen_prelude::{AsyncTask, Int32Array};
 use napi::Result;
 use napi_derive::napi;
 
-use crate::error::invalid;
+use crate::error::{invalid, IntoJs};
 use crate::options::{labels, Input, LoadOptions, NativeInput};
 use crate::tasks::{EvaluateTask, FileTask, FileWork, LoadStateTask, LoadTask, PredictTask, TrainStepTask};
 use motivnet::optim::{AdamWConfig, Groups};
@@ -49,6 +49,7 @@ pub fn load_model(options: LoadOptions) -> Result<AsyncTask<LoadTask>> {
         weights: options.weights.map(PathBuf::from),
         encoder_only: options.encoder_only.unwrap_or(false),
         device: options.device.unwrap_or_else(|| "cpu".into()),
+        precision: motivnet::Precision::parse(options.precision.as_deref().unwrap_or("f32")).js()?,
         seed: options.seed.unwrap_or(0),
         optimizer,
         normalization,

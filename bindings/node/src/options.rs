@@ -22,6 +22,8 @@ pub struct LoadOptions {
     pub encoder_only: Option<bool>,
     /// `cpu`, `cuda` or `cuda:N`. @default "cpu"
     pub device: Option<String>,
+    /// `f32`, or `bf16` (CUDA only): compute in bf16 with f32 master weights. @default "f32"
+    pub precision: Option<String>,
     /// Seeds the initial weights and the dropout masks. @default 0
     pub seed: Option<u32>,
     pub optimizer: Option<OptimizerOptions>,

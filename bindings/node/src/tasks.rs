@@ -35,6 +35,7 @@ pub struct LoadTask {
     pub weights: Option<PathBuf>,
     pub encoder_only: bool,
     pub device: String,
+    pub precision: motivnet::Precision,
     pub seed: u32,
     pub optimizer: AdamWConfig,
     pub normalization: Normalization,
@@ -60,6 +61,7 @@ impl LoadTask {
         let config = motivnet::ModelConfig::from_preset_or_file(&self.spec).js()?;
         let device = motivnet::parse_device(&self.device).js()?;
         let mut model = motivnet::MotivNet::new(&config, &device, self.seed as u64).js()?;
+        model.set_precision(self.precision).js()?;
         model.normalization = self.normalization;
         if let Some(path) = &self.weights {
             model.load_weights(path, self.encoder_only).js()?;

@@ -104,7 +104,8 @@ impl SapiensEncoder {
 
     /// Normalized images (B, 3, H, W) -> tokens (B, N, D).
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        let mut x = self.patch_embed(images)?.broadcast_add(&self.pos_embed)?;
+        let x = self.patch_embed(images)?;
+        let mut x = x.broadcast_add(&self.pos_embed.to_dtype(x.dtype())?)?;
         for layer in &self.layers {
             x = crate::layers::cut_graph_in_eval(layer.forward(&x, mode.is_train())?, mode);
         }

@@ -21,8 +21,11 @@ use crate::fused::{f32_slice, gelu_chunk, gelu_in_place, CHUNK};
 use crate::strided_gemm::{filled_vec, matmul, threads_for_one_product, View, ViewMut, Write};
 
 /// x (..., in) W^T (out, in) + b (out) -> (..., out).
+///
+/// The weight and bias are cast to x's dtype (the f32 parameters under bf16 compute).
 pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
     let out_dims = check_shapes(x, weight, bias)?;
+    let (weight, bias) = (&weight.to_dtype(x.dtype())?, &bias.to_dtype(x.dtype())?);
     if fusable(&[x, weight, bias]) {
         // Applied to x as it is: a reshape to 2-D and back would add two graph nodes, and
         // candle's backward spends a zero-fill and an add over the whole activation on each.
@@ -37,6 +40,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result
 /// pre-activation kept, and a backward through a forward without it is an error.
 pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
     check_shapes(x, weight, bias)?;
+    let (weight, bias) = (&weight.to_dtype(x.dtype())?, &bias.to_dtype(x.dtype())?);
     if fusable(&[x, weight, bias]) {
         // Only a result that backward will reach needs the pre-activation kept.
         let keep = for_backward && [x, weight, bias].iter().any(|t| t.track_op());

@@ -141,13 +141,15 @@ impl MlDecoder {
         let memory = self.embed_standart.forward(tokens)?.relu()?;
         let (k, e) = self.query_embed.dims2()?;
         // detach(): shares the storage (so loading new queries is seen) but cuts backward.
-        let mut t = self.query_embed.detach().unsqueeze(0)?.broadcast_as((b, k, e))?.contiguous()?;
+        let queries = self.query_embed.detach().to_dtype(memory.dtype())?;
+        let mut t = queries.unsqueeze(0)?.broadcast_as((b, k, e))?.contiguous()?;
         for layer in &self.layers {
             t = crate::layers::cut_graph_in_eval(layer.forward(&t, &memory, mode)?, mode);
         }
         // logits[:, k*f + j] = t[:, k, :] . duplicate_pooling[k, :, j]: one batched matmul over K.
-        let per_group = t.transpose(0, 1)?.contiguous()?.matmul(&self.duplicate_pooling)?; // (K, B, f)
+        let pooling = self.duplicate_pooling.to_dtype(t.dtype())?;
+        let per_group = t.transpose(0, 1)?.contiguous()?.matmul(&pooling)?; // (K, B, f)
         let flat = per_group.transpose(0, 1)?.reshape((b, k * self.cfg.duplicate_factor()))?;
-        Ok(flat.narrow(1, 0, self.cfg.num_classes)?.broadcast_add(&self.duplicate_pooling_bias)?)
+        Ok(flat.narrow(1, 0, self.cfg.num_classes)?.broadcast_add(&self.duplicate_pooling_bias.to_dtype(t.dtype())?)?)
     }
 }

@@ -5,7 +5,7 @@
 //! fine (CANDLE.md). Each block here keeps the graph intact; `tests/gradients.rs` checks that
 //! every parameter receives a gradient.
 
-use candle_core::{Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor, D};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
@@ -92,7 +92,12 @@ impl LayerNorm {
 }
 
 impl Module for LayerNorm {
+    /// In f32 whatever x's dtype (its mean and variance lose too much in bf16), returned in x's.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.dtype() != DType::F32 {
+            let y = crate::fused::layer_norm(&x.to_dtype(DType::F32)?, &self.weight, &self.bias, self.eps)?;
+            return y.to_dtype(x.dtype());
+        }
         crate::fused::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
@@ -158,6 +163,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout_p: f64, mode: &mut 
     let hd = q.dim(D::Minus1)?;
     let q = (q * (1.0 / (hd as f64).sqrt()))?;
     let scores = q.matmul(&k.t()?)?;
-    let probs = dropout(&softmax(&scores)?, dropout_p, mode)?;
+    // The softmax in f32 under bf16 compute, as autocast runs it.
+    let probs = softmax(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?;
+    let probs = dropout(&probs, dropout_p, mode)?;
     Ok(probs.matmul(v)?)
 }

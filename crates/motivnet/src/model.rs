@@ -13,6 +13,7 @@ use crate::head::MlDecoder;
 pub use crate::layers::Mode;
 use crate::params::ParamStore;
 use crate::pixels::Normalization;
+use crate::precision::Precision;
 use crate::weights::{self, LoadOptions, LoadReport, DECODER_PREFIX, ENCODER_PREFIX};
 
 pub struct MotivNet {
@@ -22,6 +23,8 @@ pub struct MotivNet {
     pub head: MlDecoder,
     /// Mean and std the u8 pixels are normalized with (the reference's by default).
     pub normalization: Normalization,
+    /// The dtype activations are computed in (see [`crate::precision`]).
+    precision: Precision,
 }
 
 impl MotivNet {
@@ -33,7 +36,8 @@ impl MotivNet {
         let encoder = SapiensEncoder::new(&mut params, ENCODER_PREFIX.trim_end_matches('.'), &config.encoder)?;
         let head =
             MlDecoder::new(&mut params, DECODER_PREFIX.trim_end_matches('.'), &config.head, config.encoder.embed_dim)?;
-        Ok(Self { config: config.clone(), params, encoder, head, normalization: Normalization::default() })
+        let normalization = Normalization::default();
+        Ok(Self { config: config.clone(), params, encoder, head, normalization, precision: Precision::F32 })
     }
 
     /// Loads a checkpoint (see [`crate::weights`] for the layouts read).
@@ -49,6 +53,23 @@ impl MotivNet {
 
     pub fn device(&self) -> &Device {
         self.params.device()
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Computes in `precision` from now on; bf16 only on a CUDA device.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        precision.check_device(self.device())?;
+        self.precision = precision;
+        Ok(())
+    }
+
+    /// As [`MotivNet::set_precision`] without the device check: the tests run bf16 on the CPU.
+    #[cfg(test)]
+    pub(crate) fn force_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     /// Normalized images (B, 3, H, W) -> logits (B, num_classes).

@@ -46,8 +46,12 @@ pub struct Prediction {
 }
 
 impl MotivNet {
-    /// The model's input tensor for `input` on the model's device.
+    /// The model's input tensor for `input` on the model's device, in its compute dtype.
     pub fn input_tensor(&self, input: &ModelInput) -> Result<Tensor> {
+        Ok(self.input_tensor_f32(input)?.to_dtype(self.precision().dtype())?)
+    }
+
+    fn input_tensor_f32(&self, input: &ModelInput) -> Result<Tensor> {
         crate::cpu::prepare();
         let enc = &self.config.encoder;
         match input {
