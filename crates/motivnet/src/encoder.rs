@@ -112,10 +112,9 @@ impl SapiensEncoder {
         Ok(self.ln1.forward(&x)?)
     }
 
-    /// The stride-k, kernel-k convolution as one matmul: zero-pad (and crop) the image to
-    /// exactly the pixels the conv reads, cut it into k x k patches, multiply by the flattened
-    /// kernel. candle's conv2d backward is slow and breaks on uneven remainders (CANDLE.md).
-    fn patch_embed(&self, images: &Tensor) -> Result<Tensor> {
+    /// Images (B, 3, H, W) at the input size, checked, -> the patch embedding's matmul rows
+    /// (B, N, 3 k k).
+    pub fn patch_rows(&self, images: &Tensor) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (_, c, h, w) = images.dims4()?;
         if c != 3 || h != cfg.input_height || w != cfg.input_width {
@@ -125,9 +124,15 @@ impl SapiensEncoder {
                 cfg.input_width
             ));
         }
-        let (k, p) = (cfg.patch_size, cfg.patch_padding);
-        let (gh, gw) = cfg.grid();
-        let patches = crate::patches::patch_rows(images, k, p, (gh, gw))?;
+        Ok(crate::patches::patch_rows(images, cfg.patch_size, cfg.patch_padding, cfg.grid())?)
+    }
+
+    /// The stride-k, kernel-k convolution as one matmul: zero-pad (and crop) the image to
+    /// exactly the pixels the conv reads, cut it into k x k patches, multiply by the flattened
+    /// kernel. candle's conv2d backward is slow and breaks on uneven remainders (CANDLE.md).
+    fn patch_embed(&self, images: &Tensor) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (k, patches) = (cfg.patch_size, self.patch_rows(images)?);
         let d = cfg.embed_dim;
         let kernel = self.projection.weight.reshape((d, 3 * k * k))?;
         Ok(crate::fused_linear::linear(&patches, &kernel, &self.projection.bias)?)

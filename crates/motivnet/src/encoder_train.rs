@@ -133,17 +133,9 @@ fn block_forward(
 /// The same arithmetic as [`SapiensEncoder::forward`] in train mode.
 pub fn forward(encoder: &SapiensEncoder, images: &Tensor) -> Result<(Var, EncoderTape)> {
     let cfg = encoder.config();
-    let (b, c, h, w) = images.dims4()?;
-    if c != 3 || h != cfg.input_height || w != cfg.input_width {
-        return Err(input_err!(
-            "input batch is {c} x {h} x {w} (channels x height x width), expected 3 x {} x {}",
-            cfg.input_height,
-            cfg.input_width
-        ));
-    }
-    let (k, d, n) = (cfg.patch_size, cfg.embed_dim, cfg.num_patches());
-    let patch_width = 3 * k * k;
-    let patches = crate::patches::patch_rows(images, k, cfg.patch_padding, cfg.grid())?;
+    let patches = encoder.patch_rows(images)?;
+    let (b, d, n) = (images.dim(0)?, cfg.embed_dim, cfg.num_patches());
+    let patch_width = 3 * cfg.patch_size * cfg.patch_size;
     let eps = encoder.ln1.eps as f32;
 
     let mut x = {
