@@ -217,27 +217,30 @@ fn linear_backward(x: &[f32], w: &[f32], dy: &[f32], dims: (usize, usize, usize)
 impl EncoderTape {
     /// From the gradient of the tokens (B, N, D), every encoder parameter's gradient, as
     /// (parameter, gradient) pairs.
+    /// Each block's record is freed as soon as its backward is done.
     pub fn backward(self, d_tokens: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
-        let (b, n, d, hidden_dim, patch_width) = self.dims;
+        let EncoderTape { params, heads, eps, dims, patches, blocks, x_last } = self;
+        let (b, n, d, hidden_dim, patch_width) = dims;
         let rows = b * n;
         if d_tokens.dims() != [b, n, d] {
             return Err(input_err!("encoder backward: token gradient {:?}, expected [{b}, {n}, {d}]", d_tokens.dims()));
         }
         let d_tokens = d_tokens.contiguous()?;
-        let mut grads: Vec<Vec<f32>> = Vec::with_capacity(self.params.len());
-        let p = |i: usize| Read::new(&self.params[i]);
+        let mut grads: Vec<Vec<f32>> = Vec::with_capacity(params.len());
+        let p = |i: usize| Read::new(&params[i]);
 
         // Final norm: its parameters are the last two.
-        let last = self.params.len() - 2;
+        let last = params.len() - 2;
         let mut dx = vec![0f32; rows * d];
         let final_norm = {
             let (g, ln_w) = (Read::new(&d_tokens), p(last));
-            layer_norm_backward(&mut dx, false, &self.x_last, g.values()?, ln_w.values()?, self.eps)
+            layer_norm_backward(&mut dx, false, &x_last, g.values()?, ln_w.values()?, eps)
         };
+        drop(x_last);
 
         // Blocks, last first; each block's twelve gradients are collected in parameter order.
-        let mut block_grads: Vec<Vec<Vec<f32>>> = Vec::with_capacity(self.blocks.len());
-        for (i, tape) in self.blocks.iter().enumerate().rev() {
+        let mut block_grads: Vec<Vec<Vec<f32>>> = Vec::with_capacity(blocks.len());
+        for (i, tape) in blocks.into_iter().enumerate().rev() {
             let base = 3 + 12 * i;
             let (ln1_w, qkv_w, proj_w, ln2_w, fc1_w, fc2_w) =
                 (p(base), p(base + 2), p(base + 4), p(base + 6), p(base + 8), p(base + 10));
@@ -250,13 +253,13 @@ impl EncoderTape {
                 linear_backward(&tape.normed2, fc1_w.values()?, &d_pre, (rows, d, hidden_dim));
             drop(d_pre);
             // The residual passes dx through; LN2's input gradient adds to it.
-            let ln2 = layer_norm_backward(&mut dx, true, &tape.x_mid, &d_normed2, ln2_w.values()?, self.eps);
+            let ln2 = layer_norm_backward(&mut dx, true, &tape.x_mid, &d_normed2, ln2_w.values()?, eps);
             let (d_attended, d_proj_w, d_proj_b) = linear_backward(&tape.attended, proj_w.values()?, &dx, (rows, d, d));
             let kept = tape.probabilities.as_deref();
-            let d_qkv = attention_backward(&tape.qkv, &tape.attended, &d_attended, (b, n, d), self.heads, kept)?;
+            let d_qkv = attention_backward(&tape.qkv, &tape.attended, &d_attended, (b, n, d), heads, kept)?;
             let (d_normed1, d_qkv_w, d_qkv_b) =
                 linear_backward(&tape.normed1, qkv_w.values()?, &d_qkv, (rows, d, 3 * d));
-            let ln1 = layer_norm_backward(&mut dx, true, &tape.x_in, &d_normed1, ln1_w.values()?, self.eps);
+            let ln1 = layer_norm_backward(&mut dx, true, &tape.x_in, &d_normed1, ln1_w.values()?, eps);
             let (ln1_dw, ln1_db) = (ln1[..d].to_vec(), ln1[d..].to_vec());
             let (ln2_dw, ln2_db) = (ln2[..d].to_vec(), ln2[d..].to_vec());
             block_grads.push(vec![
@@ -266,7 +269,7 @@ impl EncoderTape {
         }
 
         // Patch embedding and position embedding: dx is now the gradient of their sum.
-        let patches = Read::new(&self.patches);
+        let patches = Read::new(&patches);
         let (d_pe_w, d_pe_b) = linear_param_grads(patches.values()?, &dx, (rows, patch_width, d));
         let mut d_pos = vec![0f32; n * d];
         for image in dx.chunks(n * d) {
@@ -278,10 +281,10 @@ impl EncoderTape {
         grads.extend(block_grads.into_iter().rev().flatten());
         grads.extend([final_norm[..d].to_vec(), final_norm[d..].to_vec()]);
 
-        if grads.len() != self.params.len() {
-            return Err(input_err!("encoder backward: {} gradients for {} parameters", grads.len(), self.params.len()));
+        if grads.len() != params.len() {
+            return Err(input_err!("encoder backward: {} gradients for {} parameters", grads.len(), params.len()));
         }
-        self.params
+        params
             .into_iter()
             .zip(grads)
             .map(|(param, grad)| {
