@@ -7,8 +7,10 @@
 //! but that depends on the order of allocations: an unrelated change to the optimizer once
 //! turned the `tiny` train step from 102 into 140 ms through page faults alone
 //! (docs/BENCHMARKS.md). Fixing the threshold at glibc's ceiling (32 MiB) and keeping up to
-//! 128 MiB of freed memory per arena makes the reuse deterministic; the price is a resident
-//! size that stays near its peak instead of shrinking between steps.
+//! as much freed memory at the top of each arena makes the reuse deterministic; the price is
+//! a resident size that stays near its peak instead of shrinking between steps. (Keeping
+//! 128 MiB per arena was no faster for `tiny` or `small`, and every thread's arena, sharp's
+//! included, would hold that much.)
 //!
 //! A process whose environment sets its own malloc tuning (`GLIBC_TUNABLES` naming malloc,
 //! or `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`) keeps it.
@@ -18,7 +20,7 @@ use std::sync::Once;
 /// Blocks up to this size come from the heap (glibc refuses higher values for thread arenas).
 pub const MMAP_THRESHOLD: usize = 32 << 20;
 /// Freed memory an arena keeps before returning it to the system.
-pub const TRIM_THRESHOLD: usize = 128 << 20;
+pub const TRIM_THRESHOLD: usize = 32 << 20;
 
 static TUNE: Once = Once::new();
 
