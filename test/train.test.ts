@@ -154,6 +154,9 @@ describe('the motivnet CLI', () => {
     expect(r.stdout.split('\n')[0]).toBe('file,label,neutral,happy,sad,surprise,fear,disgust,anger,contempt');
     r = run('predict', '--weights', weights, '--model', model, '--input', path.join(test, 'sad', '1.png'), '--format', 'table', '--top-k', '2');
     expect(r.stdout.trim()).toMatch(/1\.png +\w+ \d+\.\d% +\w+ \d+\.\d%$/);
+    r = run('predict', '--weights', weights, '--model', model, '--input', path.join(test, 'sad', '1.png'), '--precision', 'bf16');
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/precision 'bf16' runs on CUDA devices only/);
 
     const fixtures = path.resolve(__dirname, '../crates/motivnet/tests/fixtures');
     const converted = path.join(base, 'converted.safetensors');
