@@ -128,7 +128,7 @@ fn gelu_value(v: f32) -> f32 {
 
 crate::simd_dispatch! {
     /// GELU of each value of `x` into `out` (which may be fresh, unwritten memory).
-    pub(crate) fn gelu_chunk(out: &mut [MaybeUninit<f32>], x: &[f32]) {
+    fn gelu_chunk(out: &mut [MaybeUninit<f32>], x: &[f32]) {
         for (o, &v) in out.iter_mut().zip(x) {
             o.write(gelu_value(v));
         }

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused::{f32_slice, gelu_chunk, gelu_in_place, CHUNK};
+use crate::fused::{f32_slice, gelu_forward, gelu_in_place, CHUNK};
 use crate::strided_gemm::{filled_vec, matmul, threads_for_one_product, View, ViewMut, Write};
 
 /// x (..., in) W^T (out, in) + b (out) -> (..., out).
@@ -238,12 +238,7 @@ impl CustomOp3 for LinearGeluOp {
             z.par_chunks_mut(CHUNK).for_each(gelu_in_place);
             return Ok((CpuStorage::F32(z), shape));
         }
-        // SAFETY: the chunks of `y` pair up with those of `z`, which has len() elements.
-        let y = unsafe {
-            filled_vec(z.len(), |y| {
-                y.par_chunks_mut(CHUNK).zip(z.par_chunks(CHUNK)).for_each(|(y, z)| gelu_chunk(y, z))
-            })
-        };
+        let y = gelu_forward(&z);
         // Candle runs an op value's forward once; a second `set` could not happen.
         let _ = self.pre_activation.set(Tensor::from_vec(z, shape.clone(), &candle_core::Device::Cpu)?);
         Ok((CpuStorage::F32(y), shape))
