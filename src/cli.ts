@@ -28,6 +28,10 @@ const num = (what: string) => (v: string) => {
   if (v.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError(`${what} must be a number, got '${v}'`);
   return n;
 };
+/** `--precision` of every command that loads a model; unset means the model's default, f32. */
+const precisionOption = () =>
+  new Option('--precision <p>', 'compute dtype: f32 (default), or bf16 on CUDA (weights stay f32)').choices(['f32', 'bf16']);
+
 const int = (what: string) => (v: string) => {
   const n = num(what)(v);
   if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`${what} must be a whole number, got '${v}'`);
@@ -80,7 +84,7 @@ function trainCommand(program: Command): void {
     .option('--out <rundir>', 'run folder: config, metrics, plots, checkpoints')
     .option('--config <file>', 'a JSON or YAML file with any of these settings (flags win)')
     .option('--device <device>', 'cpu (default), cuda or cuda:N')
-    .addOption(new Option('--precision <p>', 'compute dtype: f32 (default), or bf16 on CUDA (weights stay f32)').choices(['f32', 'bf16']))
+    .addOption(precisionOption())
     .option('--seed <s>', 'seed of the sample, split, order, initial weights and dropout (default 0)', int('--seed'))
     .option('--threads <n>', 'preprocessing workers (default: the number of cores)', int('--threads'))
     .option('--prefetch <n>', 'batches decoded ahead (default 2)', int('--prefetch'))
@@ -146,7 +150,7 @@ function evalCommand(program: Command): void {
     .option('--crop-to-face', 'crop to the AffectNet face box')
     .option('--batch-size <n>', 'images per batch', int('--batch-size'), 8)
     .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
-    .addOption(new Option('--precision <p>', 'compute dtype: f32, or bf16 on CUDA (weights stay f32)').choices(['f32', 'bf16']).default('f32'))
+    .addOption(precisionOption())
     .option('--json', 'print the metrics as JSON')
     .action(async (opts) => {
       const set = await readSet(
@@ -199,7 +203,7 @@ function predictCommand(program: Command): void {
     .addOption(new Option('--format <format>', 'output format').choices(['jsonl', 'csv', 'table']).default('jsonl'))
     .option('--batch-size <n>', 'images per batch', int('--batch-size'), 8)
     .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
-    .addOption(new Option('--precision <p>', 'compute dtype: f32, or bf16 on CUDA (weights stay f32)').choices(['f32', 'bf16']).default('f32'))
+    .addOption(precisionOption())
     .action(async (opts) => {
       const files = expandInputs(opts.input as string[]);
       const model = await MotivNet.load({ model: opts.model, weights: opts.weights, device: opts.device, precision: opts.precision });
@@ -257,7 +261,7 @@ function serveCommand(program: Command): void {
     .option('--port <p>', 'port (0: any free port)', int('--port'), 8080)
     .option('--host <h>', 'address to listen on (0.0.0.0 for every interface)', '127.0.0.1')
     .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
-    .addOption(new Option('--precision <p>', 'compute dtype: f32, or bf16 on CUDA (weights stay f32)').choices(['f32', 'bf16']).default('f32'))
+    .addOption(precisionOption())
     .addOption(new Option('--resize <geometry>', 'default geometry: letterbox (the reference inference) or stretch').choices(['letterbox', 'stretch']).default('letterbox'))
     .option('--max-batch <n>', 'most images per model call', int('--max-batch'), 8)
     .option('--max-wait-ms <ms>', 'longest an image waits for its batch to fill', int('--max-wait-ms'), 5)
