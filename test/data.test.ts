@@ -52,6 +52,23 @@ describe('AffectNet reader', () => {
     await expect(readAffectNet({ csv: path.join(dir, 'absent.csv'), imagesDir: dir, classes: 8 })).rejects.toThrow(/absent\.csv: cannot read/);
   });
 
+  it('reads rows as the owners write them: unquoted landmarks, BOM, CRLF, no final newline', async () => {
+    const dir = tempDir('affectnet-real');
+    const marks = Array.from({ length: 136 }, (_, i) => (100 + i * 1.25).toFixed(2)).join(';');
+    const real = (file: string, code: number) => `${file},134,97,508,508,${marks},${code},0.785714,-0.055556`;
+    const text = '\uFEFF' + [HEADER, real('689/a b.jpg', 1), real('690/é.png', 6), real('691/c.jpg', 9)].join('\r\n');
+    const csv = writeText(path.join(dir, 'training.csv'), text);
+    const r = await readAffectNet({ csv, imagesDir: dir, classes: 8, cropToFace: true });
+    expect(r.samples.map((s) => [s.relPath, s.label, s.box])).toEqual([
+      ['689/a b.jpg', 1, { x: 134, y: 97, width: 508, height: 508 }],
+      ['690/é.png', 6, { x: 134, y: 97, width: 508, height: 508 }],
+    ]);
+    expect(r.dropped).toEqual({ '9 uncertain': 1 });
+    // A stray comma among the landmarks is a tenth column, named with its line.
+    const bad = writeText(path.join(dir, 'bad.csv'), [real('a.jpg', 1), real('b.jpg', 2).replace(';101.25;', ',101.25;')].join('\n'));
+    await expect(readAffectNet({ csv: bad, imagesDir: dir, classes: 8 })).rejects.toThrow(/bad\.csv:2: expected 9 columns .* got 10/);
+  });
+
   it('rejects paths that escape the data folder, by name', async () => {
     const base = tempDir('escape');
     const dir = path.join(base, 'images');
@@ -69,6 +86,17 @@ describe('AffectNet reader', () => {
       await expect(readAffectNet({ csv, imagesDir: dir, classes: 8 })).rejects.toThrow(message);
       await expect(readAffectNet({ csv, imagesDir: dir, classes: 8 })).rejects.toThrow(/labels\.csv:3:/);
     }
+    // A folder that is a link out of the data folder: its files are outside too.
+    mkdirSync(path.join(base, 'elsewhere'));
+    writeText(path.join(base, 'elsewhere', 'x.jpg'), 'outside');
+    symlinkSync(path.join(base, 'elsewhere'), path.join(dir, 'sub'));
+    const viaFolder = writeText(path.join(base, 'folder.csv'), [HEADER, row('sub/x.jpg', 1)].join('\n'));
+    await expect(readAffectNet({ csv: viaFolder, imagesDir: dir, classes: 8 })).rejects.toThrow(/folder\.csv:2: image path 'sub\/x\.jpg' lies in a link to .*elsewhere, outside the data folder/);
+    // A link that stays inside is fine, and so is a name that merely begins with two dots.
+    writeText(path.join(dir, 'real.jpg'), 'x');
+    symlinkSync(path.join(dir, 'real.jpg'), path.join(dir, 'alias.jpg'));
+    const inside = writeText(path.join(base, 'inside.csv'), [row('alias.jpg', 1), row('..hidden.jpg', 2)].join('\n'));
+    expect((await readAffectNet({ csv: inside, imagesDir: dir, classes: 8 })).samples).toHaveLength(2);
     // A missing file is not an error here: the pipeline reports it when it gets there.
     const csv = writeText(path.join(base, 'labels.csv'), [row('missing.jpg', 1)].join('\n'));
     expect((await readAffectNet({ csv, imagesDir: dir, classes: 8 })).samples).toHaveLength(1);

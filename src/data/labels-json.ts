@@ -14,14 +14,14 @@ export interface LabelsJsonOptions {
   classes: ClassCount;
 }
 
-/** The 1-based line of a character offset. */
+/** The 1-based line of a character offset (a scan from the start: only for error messages). */
 function lineOf(text: string, offset: number): number {
   let line = 1;
   for (let i = 0; i < offset && i < text.length; i++) if (text.charCodeAt(i) === 10) line++;
   return line;
 }
 
-/** The line where `"key"` appears as an object key, for messages about its value. */
+/** The line where `"key"` first appears, for messages about it: a scan, so only on errors. */
 function lineOfKey(text: string, key: string): number | undefined {
   const at = text.indexOf(`${JSON.stringify(key)}`);
   return at >= 0 ? lineOf(text, at) : undefined;
@@ -50,20 +50,20 @@ export function readLabelsJson(opts: LabelsJsonOptions): ReadResult {
   const samples: Sample[] = [];
   const dropped: Record<string, number> = {};
   for (const [key, files] of Object.entries(parsed as Record<string, unknown>)) {
-    const line = lineOfKey(text, key);
+    const line = () => lineOfKey(text, key);
     const label = parseClass(key, 8);
     if (label === undefined) {
-      throw new DataError(`key '${key}' is not a class: expected 0-7 or an emotion name`, file, line);
+      throw new DataError(`key '${key}' is not a class: expected 0-7 or an emotion name`, file, line());
     }
     if (!Array.isArray(files) || files.some((f) => typeof f !== 'string')) {
-      throw new DataError(`class '${key}' must map to a list of file names`, file, line);
+      throw new DataError(`class '${key}' must map to a list of file names`, file, line());
     }
     if (label >= opts.classes) {
       for (let i = 0; i < files.length; i++) countBy(dropped, '7 contempt (7-class label set)');
       continue;
     }
     for (const rel of files as string[]) {
-      samples.push({ path: root.resolve(rel, file, lineOfKey(text, rel) ?? line), relPath: rel, label });
+      samples.push({ path: root.resolve(rel, file, () => lineOfKey(text, rel) ?? line()), relPath: rel, label });
     }
   }
   return { samples, dropped, source: file };
