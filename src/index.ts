@@ -5,6 +5,7 @@ export type {
   EvaluateOutput,
   Geometry,
   Images,
+  InitScheme,
   LoadOptions,
   NormalizedBatch,
   PackedImages,

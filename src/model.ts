@@ -36,13 +36,34 @@ export type Images = RgbImage | RgbImage[] | PackedImages | NormalizedBatch;
 /** The dtype a model computes in. */
 export type Precision = 'f32' | 'bf16';
 
+/** How a fresh model is initialised (see `LoadOptions.init`). */
+export type InitScheme = 'upstream' | 'vit';
+
 export interface LoadOptions {
-  /** Preset name (`tiny`, `small`, `sapiens-0.3b`, `sapiens-0.6b`, `sapiens-1b`, `sapiens-2b`) or JSON config file. */
+  /**
+   * Preset name (`tiny`, `small`, `sapiens-0.3b`, `sapiens-0.6b`, `sapiens-1b`, `sapiens-2b`) or
+   * JSON config file. A preset fixes the encoder; its head (class count, query groups,
+   * embedding width, layers) comes from `weights` when they hold one, so the released 7-class
+   * MotivNet checkpoint loads with `sapiens-1b`. A config file fixes the head keys it writes.
+   */
   model: string;
   /** safetensors or PyTorch `.pth` weights (MotivNet or Sapiens layout). */
   weights?: string;
   /** Load only the encoder from `weights`; the head starts fresh. */
   encoderOnly?: boolean;
+  /**
+   * The head's class count: the weights' head by default, else the spec's (8 for presets).
+   * Asking for another count than the weights' head holds is an error: load `encoderOnly`
+   * to train a new head on their encoder.
+   */
+  numClasses?: number;
+  /**
+   * How a fresh model starts: `upstream` (default; as the PyTorch code: PyTorch's default
+   * Linear and Conv init, a zero position embedding, every decoder layer a copy of the first)
+   * or `vit` (truncated normal 0.02 for the encoder's weights and position embedding,
+   * independent decoder layers). Weights loaded from a file replace it.
+   */
+  init?: InitScheme;
   /** `cpu` (default), `cuda` or `cuda:N`. */
   device?: string;
   /** `f32` (default), or `bf16` on CUDA: compute in bf16, keep the weights and optimizer in f32. */
@@ -164,6 +185,15 @@ export class MotivNet {
   /** Builds a model from a preset or config file, with optional weights. */
   static async load(options: LoadOptions): Promise<MotivNet> {
     return new MotivNet(await native.loadModel(options));
+  }
+
+  /**
+   * The config `load` would build for `options`, without building the model: the weights
+   * file is read for its tensor shapes only. What a training run uses to learn the class
+   * count of a checkpoint before reading its data.
+   */
+  static async resolveConfig(options: Pick<LoadOptions, 'model' | 'weights' | 'encoderOnly' | 'numClasses'>): Promise<ModelConfig> {
+    return JSON.parse(await native.modelConfigFor(options)) as ModelConfig;
   }
 
   /** Eval-mode logits, probabilities and the top class of each image. */

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { EMOTIONS_8, MotivNet, type PackedImages } from '../src/index.js';
+import { EMOTIONS_7, EMOTIONS_8, MotivNet, type LoadOptions, type PackedImages } from '../src/index.js';
 import { maxAbsDiff, readSafetensors } from './helpers/safetensors.js';
 
 const fixtures = path.resolve(__dirname, '../crates/motivnet/tests/fixtures');
@@ -30,7 +30,7 @@ function randomImages(count: number, width: number, height: number, seed = 1): P
 describe('MotivNet', () => {
   const models: MotivNet[] = [];
   afterAll(() => models.forEach((m) => m.dispose()));
-  const load = async (opts = fixtureModel) => {
+  const load = async (opts: LoadOptions = fixtureModel) => {
     const m = await MotivNet.load(opts);
     models.push(m);
     return m;
@@ -110,7 +110,7 @@ describe('MotivNet', () => {
   });
 
   it('keeps the event loop responsive during a long predict', async () => {
-    const model = await load({ model: 'tiny' } as typeof fixtureModel);
+    const model = await load({ model: 'tiny' });
     let count = 16;
     for (;;) {
       const images = randomImages(count, 192, 256);
@@ -168,6 +168,59 @@ describe('MotivNet', () => {
     expect(child.stderr).toBe('');
     expect(child.status).toBe(0);
     expect(child.stdout).toMatch(/^ok 4 \w+/);
+  });
+
+  describe("the released checkpoint's layout", () => {
+    // motivnet7.pth: a plain state dict of a 7-class upstream MotivNet at the fixture size,
+    // saved by the PyTorch reference script as the released MotivNet.pth is.
+    const released = path.join(fixtures, 'motivnet7.pth');
+    const encoderOnlyConfig = path.join(fixtures, 'config_encoder_only.json');
+
+    it('takes the head from the weights where the spec leaves it open: 7 classes, the 7-class labels, the reference logits', async () => {
+      const config = await MotivNet.resolveConfig({ model: encoderOnlyConfig, weights: released });
+      expect(config.head).toMatchObject({ numClasses: 7, embedDim: 32, layers: 2, feedforward: 48 });
+      const model = await load({ model: encoderOnlyConfig, weights: released });
+      expect(model.labels).toEqual(EMOTIONS_7);
+      expect(model.labels).toEqual(['neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger']);
+      const out = await model.predict({ tensor: x, batchSize: 4 });
+      expect(out.numClasses).toBe(7);
+      const want = readSafetensors(path.join(fixtures, 'motivnet7_expected.safetensors')).logits_eval!.data as Float32Array;
+      expect(maxAbsDiff(out.logits, want)).toBeLessThan(1e-4);
+    });
+
+    it('a preset does the same with a checkpoint of its encoder', async () => {
+      const seven = await load({ model: 'tiny', numClasses: 7 });
+      expect(seven.config.head.numClasses).toBe(7);
+      const file = path.join(tmp, 'tiny7.safetensors');
+      await seven.save(file);
+      const config = await MotivNet.resolveConfig({ model: 'tiny', weights: file });
+      expect(config.head.numClasses).toBe(7);
+      const loaded = await load({ model: 'tiny', weights: file });
+      expect(loaded.labels).toEqual(EMOTIONS_7);
+      const images = randomImages(2, 96, 128);
+      const [a, b] = [await seven.predict(images), await loaded.predict(images)];
+      expect(maxAbsDiff(a.logits, b.logits)).toBe(0);
+      // Without weights a preset's head has 8 classes; encoder-only, the head is fresh too.
+      expect((await MotivNet.resolveConfig({ model: 'tiny' })).head.numClasses).toBe(8);
+      expect((await MotivNet.resolveConfig({ model: 'tiny', weights: file, encoderOnly: true, numClasses: 8 })).head.numClasses).toBe(8);
+    });
+
+    it('a config file that writes its head, or another class count, fails naming both shapes', async () => {
+      // config.json fixes 8 classes and feedforward 64: the file's head contradicts it.
+      await expect(MotivNet.load({ model: fixtureModel.model, weights: released })).rejects.toThrow(
+        /motivnet7\.pth: the weights do not fit this model[\s\S]*decoder\.decoder\.duplicate_pooling_bias: file \[7\], model \[8\]/,
+      );
+      await expect(MotivNet.load({ model: encoderOnlyConfig, weights: released, numClasses: 8 })).rejects.toThrow(
+        /motivnet7\.pth holds a 7-class head .* but 8 classes were asked for: to train a new 8-class head on its encoder, load it encoder-only/,
+      );
+      const fresh = await load({ model: encoderOnlyConfig, weights: released, encoderOnly: true, numClasses: 8 });
+      expect(fresh.labels).toEqual(EMOTIONS_8);
+    });
+
+    it('names an unknown init scheme', async () => {
+      const bad = { ...fixtureModel, init: 'xavier' } as unknown as Parameters<typeof MotivNet.load>[0];
+      await expect(MotivNet.load(bad)).rejects.toThrow(/init 'xavier' is not valid: expected upstream or vit/);
+    });
   });
 
   describe('wrong input', () => {

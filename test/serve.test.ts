@@ -267,6 +267,29 @@ describe('motivnet serve', () => {
     await expect(fetch(`${url}/healthz`)).rejects.toThrow();
   });
 
+  it("serves a 7-class checkpoint in the released layout with the head from the file", async () => {
+    const fixtures = path.resolve(__dirname, '../crates/motivnet/tests/fixtures');
+    const args = ['--weights', path.join(fixtures, 'motivnet7.pth'), '--model', path.join(fixtures, 'config_encoder_only.json'), '--port', '0', '--threads', '1'];
+    const child = spawn(process.execPath, [cli, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let stderr = '';
+      const url = await new Promise<string>((resolve, reject) => {
+        child.stderr.on('data', (d: Buffer) => {
+          stderr += d.toString();
+          const m = /listening on (http:\/\/\S+)/.exec(stderr);
+          if (m) resolve(m[1]!);
+        });
+        child.on('exit', (code) => reject(new Error(`serve exited early (${code}): ${stderr}`)));
+      });
+      const seven = ['neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger'];
+      const res = await fetch(`${url}/v1/predict`, { method: 'POST', body: await image('png'), headers: { 'content-type': 'image/png' } });
+      expect(res.status).toBe(200);
+      expect(Object.keys(((await res.json()) as { probabilities: Record<string, number> }).probabilities)).toEqual(seven);
+    } finally {
+      child.kill('SIGTERM');
+    }
+  });
+
   it('requires --weights and names a missing weights file', async () => {
     const run = (...args: string[]) =>
       new Promise<{ code: number | null; stderr: string }>((resolve) => {

@@ -1,13 +1,19 @@
-"""MotivNet in PyTorch, written from REFERENCE.md: the yardstick the Rust core is measured by.
+"""MotivNet in PyTorch, as the upstream code builds it: the yardstick the Rust core is
+measured by.
 
-Sapiens ViT encoder (section 1) + ML-Decoder head (section 2). Module and parameter names
-are the reference's, so `MotivNet().state_dict()` has exactly the checkpoint keys
-(`pose_encoder.*`, `decoder.decoder.*`). Used to make parity fixtures and for benchmarks;
-never needed by the package's tests at run time.
+Sapiens ViT encoder + ML-Decoder head. Module and parameter names are upstream's, so
+`MotivNet().state_dict()` has exactly the checkpoint keys (`pose_encoder.*`,
+`decoder.decoder.*`), and it starts where upstream starts: PyTorch's default Linear and Conv
+init, a zero position embedding, and decoder layers that are deep copies of one layer (as
+`nn.TransformerDecoder` makes them). The encoder's attention is
+`F.scaled_dot_product_attention`, as upstream calls it (`ATTENTION = "explicit"` switches to
+`softmax(q k^T / sqrt(d)) v`, numerically the same and slower). Used to make parity fixtures
+and for benchmarks; never needed by the package's tests at run time.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -61,6 +67,10 @@ PRESETS = {
 # ---------------------------------------------------------------- encoder (Sapiens ViT)
 
 
+# "sdpa" (upstream's call) or "explicit".
+ATTENTION = "sdpa"
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -72,8 +82,11 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
-        out = scores.softmax(dim=-1) @ v
+        if ATTENTION == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
+            out = scores.softmax(dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -108,7 +121,6 @@ class SapiensEncoder(nn.Module):
         gh, gw = cfg.grid
         self.projection = nn.Conv2d(3, d, cfg.patch_size, cfg.patch_size, padding=cfg.patch_padding)
         self.pos_embed = nn.Parameter(torch.zeros(1, gh * gw, d))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.layers = nn.ModuleList(Block(d, cfg.heads, int(d * cfg.mlp_ratio)) for _ in range(cfg.depth))
         self.ln1 = nn.LayerNorm(d, eps=1e-6)
 
@@ -162,9 +174,9 @@ class MLDecoder(nn.Module):
         self.decoder.embed_standart = nn.Linear(in_dim, e)
         self.decoder.query_embed = nn.Embedding(k, e)
         self.decoder.query_embed.requires_grad_(False)
-        self.decoder.layers = nn.ModuleList(
-            DecoderLayer(e, cfg.heads, cfg.feedforward, cfg.dropout) for _ in range(cfg.layers)
-        )
+        # nn.TransformerDecoder(layer, num_layers) deep-copies the one layer it is given.
+        layer = DecoderLayer(e, cfg.heads, cfg.feedforward, cfg.dropout)
+        self.decoder.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(cfg.layers))
         self.decoder.duplicate_pooling = nn.Parameter(torch.empty(k, e, self.factor))
         self.decoder.duplicate_pooling_bias = nn.Parameter(torch.empty(cfg.num_classes))
         nn.init.xavier_normal_(self.decoder.duplicate_pooling)

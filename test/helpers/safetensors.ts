@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 export interface Stored {
   dtype: string;
   shape: number[];
-  data: Float32Array | BigInt64Array | Uint8Array;
+  data: Float32Array | BigInt64Array | Int32Array | Uint8Array;
 }
 
 export function readSafetensors(path: string): Record<string, Stored> {
@@ -25,7 +25,9 @@ export function readSafetensors(path: string): Record<string, Stored> {
         ? new Float32Array(bytes.buffer)
         : info.dtype === 'I64'
           ? new BigInt64Array(bytes.buffer)
-          : bytes;
+          : info.dtype === 'I32'
+            ? new Int32Array(bytes.buffer)
+            : bytes;
     out[name] = { dtype: info.dtype, shape: info.shape, data };
   }
   return out;

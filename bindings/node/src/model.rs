@@ -10,7 +10,9 @@ use napi_derive::napi;
 
 use crate::error::{invalid, IntoJs};
 use crate::options::{labels, Input, LoadOptions, NativeInput};
-use crate::tasks::{EvaluateTask, FileTask, FileWork, LoadStateTask, LoadTask, PredictTask, TrainStepTask};
+use crate::tasks::{
+    ConfigRequest, ConfigTask, EvaluateTask, FileTask, FileWork, LoadStateTask, LoadTask, PredictTask, TrainStepTask,
+};
 use motivnet::optim::{AdamWConfig, Groups};
 use motivnet::{Normalization, Trainer};
 
@@ -36,6 +38,7 @@ pub struct NativeModel {
 /// Loads a model: a preset or config file, optional weights, device and seed.
 #[napi(ts_return_type = "Promise<NativeModel>")]
 pub fn load_model(options: LoadOptions) -> Result<AsyncTask<LoadTask>> {
+    let request = config_request(&options);
     let optimizer = match options.optimizer {
         Some(o) => AdamWConfig::try_from(o)?,
         None => AdamWConfig::default(),
@@ -45,15 +48,29 @@ pub fn load_model(options: LoadOptions) -> Result<AsyncTask<LoadTask>> {
         None => Normalization::default(),
     };
     Ok(AsyncTask::new(LoadTask {
-        spec: options.model,
-        weights: options.weights.map(PathBuf::from),
-        encoder_only: options.encoder_only.unwrap_or(false),
+        init: options.init.as_deref().unwrap_or("upstream").parse().js()?,
+        request,
         device: options.device.unwrap_or_else(|| "cpu".into()),
         precision: motivnet::Precision::parse(options.precision.as_deref().unwrap_or("f32")).js()?,
         seed: options.seed.unwrap_or(0),
         optimizer,
         normalization,
     }))
+}
+
+/// The config `loadModel` would build for `options`, reading only the weights file's shapes.
+#[napi(ts_return_type = "Promise<string>")]
+pub fn model_config_for(options: LoadOptions) -> AsyncTask<ConfigTask> {
+    AsyncTask::new(ConfigTask { request: config_request(&options) })
+}
+
+fn config_request(options: &LoadOptions) -> ConfigRequest {
+    ConfigRequest {
+        spec: options.model.clone(),
+        weights: options.weights.as_ref().map(PathBuf::from),
+        encoder_only: options.encoder_only.unwrap_or(false),
+        num_classes: options.num_classes.map(|n| n as usize),
+    }
 }
 
 impl NativeModel {

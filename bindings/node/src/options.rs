@@ -20,6 +20,15 @@ pub struct LoadOptions {
     /// Load only the encoder from `weights`; the head keeps its fresh initialisation.
     /// @default false
     pub encoder_only: Option<bool>,
+    /// The head's class count. By default a preset takes its head's shape (class count,
+    /// query groups, embedding width, layers) from `weights` when they hold a head, and has 8
+    /// classes otherwise; a config file fixes the head keys it writes. Asking for another
+    /// count than the weights' head holds is an error (load `encoderOnly` to train a new head).
+    pub num_classes: Option<u32>,
+    /// How a fresh model is initialised: `upstream` (as the PyTorch code: default Linear and
+    /// Conv init, zero position embedding, identical decoder layers) or `vit` (truncated
+    /// normal 0.02, independent decoder layers). @default "upstream"
+    pub init: Option<String>,
     /// `cpu`, `cuda` or `cuda:N`. @default "cpu"
     pub device: Option<String>,
     /// `f32`, or `bf16` (CUDA only): compute in bf16 with f32 master weights. @default "f32"

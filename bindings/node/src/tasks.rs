@@ -30,10 +30,49 @@ fn with_trainer<T: Send>(shared: &Shared, work: impl FnOnce(&mut Trainer) -> mot
     motivnet::cpu::run_on_compute_threads(|| work(trainer)).js()
 }
 
-pub struct LoadTask {
+/// What decides a model's config: the spec, and the weights file's head unless encoder-only.
+pub struct ConfigRequest {
     pub spec: String,
     pub weights: Option<PathBuf>,
     pub encoder_only: bool,
+    pub num_classes: Option<usize>,
+}
+
+impl ConfigRequest {
+    /// The config to build, reading only the shapes of the weights file (no tensor data).
+    pub fn resolve(&self) -> motivnet::Result<motivnet::ModelConfig> {
+        let spec = motivnet::ModelSpec::parse(&self.spec)?;
+        match (&self.weights, self.encoder_only) {
+            (Some(path), false) => {
+                let shapes = motivnet::weights::canonical_shapes(&motivnet::weights::read_shapes(path)?);
+                spec.resolve(Some((&path.display().to_string(), &shapes)), self.num_classes)
+            }
+            _ => spec.resolve(None, self.num_classes),
+        }
+    }
+}
+
+pub struct ConfigTask {
+    pub request: ConfigRequest,
+}
+
+#[napi]
+impl Task for ConfigTask {
+    type Output = String;
+    type JsValue = String;
+
+    fn compute(&mut self) -> Result<String> {
+        self.request.resolve().map(|c| c.to_json()).js()
+    }
+
+    fn resolve(&mut self, _env: Env, json: String) -> Result<String> {
+        Ok(json)
+    }
+}
+
+pub struct LoadTask {
+    pub request: ConfigRequest,
+    pub init: motivnet::InitScheme,
     pub device: String,
     pub precision: motivnet::Precision,
     pub seed: u32,
@@ -58,13 +97,13 @@ impl Task for LoadTask {
 
 impl LoadTask {
     fn load(&self) -> Result<Trainer> {
-        let config = motivnet::ModelConfig::from_preset_or_file(&self.spec).js()?;
+        let config = self.request.resolve().js()?;
         let device = motivnet::parse_device(&self.device).js()?;
-        let mut model = motivnet::MotivNet::new(&config, &device, self.seed as u64).js()?;
+        let mut model = motivnet::MotivNet::with_init(&config, &device, self.seed as u64, self.init).js()?;
         model.set_precision(self.precision).js()?;
         model.normalization = self.normalization;
-        if let Some(path) = &self.weights {
-            model.load_weights(path, self.encoder_only).js()?;
+        if let Some(path) = &self.request.weights {
+            model.load_weights(path, self.request.encoder_only).js()?;
         }
         let config = motivnet::TrainerConfig { optimizer: self.optimizer.clone(), seed: self.seed as u64 };
         Ok(Trainer::new(model, config))

@@ -13,10 +13,17 @@ use candle_core::{Module, Tensor};
 use crate::config::EncoderConfig;
 use crate::error::{input_err, Result};
 use crate::layers::{LayerNorm, Linear, Mode};
-use crate::params::{torch_default_bound, Init, ParamStore};
+use crate::params::{torch_default_bound, Init, InitScheme, ParamStore};
 
 const LN_EPS: f64 = 1e-6;
-const VIT_INIT: Init = Init::TruncNormal { std: 0.02 };
+
+/// A Linear layer's weight and bias init under `scheme`.
+fn linear_init(scheme: InitScheme, fan_in: usize) -> (Init, Init) {
+    match scheme {
+        InitScheme::Upstream => (torch_default_bound(fan_in), torch_default_bound(fan_in)),
+        InitScheme::Vit => (Init::TruncNormal { std: 0.02 }, Init::Zeros),
+    }
+}
 
 pub struct Attention {
     pub qkv: Linear,
@@ -25,10 +32,11 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn new(store: &mut ParamStore, prefix: &str, dim: usize, heads: usize) -> Result<Self> {
+    fn new(store: &mut ParamStore, prefix: &str, dim: usize, heads: usize, init: InitScheme) -> Result<Self> {
+        let (w, b) = linear_init(init, dim);
         Ok(Self {
-            qkv: Linear::new(store, &format!("{prefix}.qkv"), dim, 3 * dim, VIT_INIT, Init::Zeros)?,
-            proj: Linear::new(store, &format!("{prefix}.proj"), dim, dim, VIT_INIT, Init::Zeros)?,
+            qkv: Linear::new(store, &format!("{prefix}.qkv"), dim, 3 * dim, w, b)?,
+            proj: Linear::new(store, &format!("{prefix}.proj"), dim, dim, w, b)?,
             heads,
         })
     }
@@ -53,15 +61,17 @@ pub struct Block {
 }
 
 impl Block {
-    fn new(store: &mut ParamStore, prefix: &str, cfg: &EncoderConfig) -> Result<Self> {
+    fn new(store: &mut ParamStore, prefix: &str, cfg: &EncoderConfig, init: InitScheme) -> Result<Self> {
         let d = cfg.embed_dim;
         let hidden = cfg.mlp_hidden();
+        let (w1, b1) = linear_init(init, d);
+        let (w2, b2) = linear_init(init, hidden);
         Ok(Self {
             ln1: LayerNorm::new(store, &format!("{prefix}.ln1"), d, LN_EPS)?,
-            attn: Attention::new(store, &format!("{prefix}.attn"), d, cfg.heads)?,
+            attn: Attention::new(store, &format!("{prefix}.attn"), d, cfg.heads, init)?,
             ln2: LayerNorm::new(store, &format!("{prefix}.ln2"), d, LN_EPS)?,
-            fc1: Linear::new(store, &format!("{prefix}.ffn.layers.0.0"), d, hidden, VIT_INIT, Init::Zeros)?,
-            fc2: Linear::new(store, &format!("{prefix}.ffn.layers.1"), hidden, d, VIT_INIT, Init::Zeros)?,
+            fc1: Linear::new(store, &format!("{prefix}.ffn.layers.0.0"), d, hidden, w1, b1)?,
+            fc2: Linear::new(store, &format!("{prefix}.ffn.layers.1"), hidden, d, w2, b2)?,
         })
     }
 
@@ -85,14 +95,19 @@ pub struct SapiensEncoder {
 }
 
 impl SapiensEncoder {
-    pub fn new(store: &mut ParamStore, prefix: &str, cfg: &EncoderConfig) -> Result<Self> {
+    pub fn new(store: &mut ParamStore, prefix: &str, cfg: &EncoderConfig, init: InitScheme) -> Result<Self> {
         let (d, k) = (cfg.embed_dim, cfg.patch_size);
+        // The patch conv keeps PyTorch's default init under both schemes.
         let bound = torch_default_bound(3 * k * k);
         let weight = store.add(&format!("{prefix}.projection.weight"), (d, 3, k, k), bound)?;
         let bias = store.add(&format!("{prefix}.projection.bias"), d, bound)?;
-        let pos_embed = store.add(&format!("{prefix}.pos_embed"), (1, cfg.num_patches(), d), VIT_INIT)?;
+        let pos_init = match init {
+            InitScheme::Upstream => Init::Zeros,
+            InitScheme::Vit => Init::TruncNormal { std: 0.02 },
+        };
+        let pos_embed = store.add(&format!("{prefix}.pos_embed"), (1, cfg.num_patches(), d), pos_init)?;
         let layers = (0..cfg.depth)
-            .map(|i| Block::new(store, &format!("{prefix}.layers.{i}"), cfg))
+            .map(|i| Block::new(store, &format!("{prefix}.layers.{i}"), cfg, init))
             .collect::<Result<Vec<_>>>()?;
         let ln1 = LayerNorm::new(store, &format!("{prefix}.ln1"), d, LN_EPS)?;
         Ok(Self { projection: Linear::from_parts(weight, bias), pos_embed, layers, ln1, cfg: cfg.clone() })

@@ -13,7 +13,7 @@ use candle_core::{Module, Tensor};
 use crate::config::HeadConfig;
 use crate::error::Result;
 use crate::layers::{attention, dropout, merge_heads, split_heads, LayerNorm, Linear, Mode};
-use crate::params::{torch_default_bound, Init, ParamStore};
+use crate::params::{torch_default_bound, Init, InitScheme, ParamStore};
 
 const LN_EPS: f64 = 1e-5;
 
@@ -118,7 +118,15 @@ pub struct MlDecoder {
 }
 
 impl MlDecoder {
-    pub fn new(store: &mut ParamStore, prefix: &str, cfg: &HeadConfig, in_dim: usize) -> Result<Self> {
+    /// A fresh head; under [`InitScheme::Upstream`] every decoder layer starts as a copy of the
+    /// first, as `nn.TransformerDecoder(layer, num_layers)` deep-copies its one layer.
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        cfg: &HeadConfig,
+        in_dim: usize,
+        init: InitScheme,
+    ) -> Result<Self> {
         let (e, k, f) = (cfg.embed_dim, cfg.num_groups(), cfg.duplicate_factor());
         let bound = torch_default_bound(in_dim);
         let embed_standart = Linear::new(store, &format!("{prefix}.embed_standart"), in_dim, e, bound, bound)?;
@@ -127,6 +135,11 @@ impl MlDecoder {
         let layers = (0..cfg.layers)
             .map(|i| DecoderLayer::new(store, &format!("{prefix}.layers.{i}"), cfg))
             .collect::<Result<Vec<_>>>()?;
+        if init == InitScheme::Upstream {
+            for i in 1..cfg.layers {
+                store.copy_module(&format!("{prefix}.layers.0."), &format!("{prefix}.layers.{i}."))?;
+            }
+        }
         // Xavier-normal on (K, E, f): fan_in = E * f, fan_out = K * f.
         let xavier = Init::Normal { std: (2.0 / ((e * f + k * f) as f64)).sqrt() };
         let duplicate_pooling = store.add(&format!("{prefix}.duplicate_pooling"), (k, e, f), xavier)?;

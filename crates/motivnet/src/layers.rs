@@ -16,11 +16,48 @@ use crate::params::{Init, ParamStore};
 pub enum Mode<'a> {
     Eval,
     Train(&'a mut ChaCha8Rng),
+    /// Train mode with given dropout masks instead of drawn ones: how the parity tests run the
+    /// model on the masks PyTorch drew.
+    Replay(&'a mut RecordedMasks),
 }
 
 impl Mode<'_> {
     pub fn is_train(&self) -> bool {
-        matches!(self, Mode::Train(_))
+        matches!(self, Mode::Train(_) | Mode::Replay(_))
+    }
+}
+
+/// Dropout keep-masks (1 kept, 0 dropped) in the order the model applies dropout, each of the
+/// shape of the tensor it applies to. The 1/(1-p) scaling is the model's own.
+#[derive(Debug, Default)]
+pub struct RecordedMasks {
+    masks: std::collections::VecDeque<Tensor>,
+    taken: usize,
+}
+
+impl RecordedMasks {
+    pub fn new(masks: Vec<Tensor>) -> Self {
+        Self { masks: masks.into(), taken: 0 }
+    }
+
+    /// Masks not used yet: a replay that ends with some left over drew fewer than recorded.
+    pub fn remaining(&self) -> usize {
+        self.masks.len()
+    }
+
+    fn next(&mut self, shape: &[usize]) -> Result<Tensor> {
+        let n = self.taken;
+        let mask = self.masks.pop_front().ok_or_else(|| {
+            crate::error::Error::Input(format!("dropout {n} has no recorded mask: only {n} were given"))
+        })?;
+        if mask.dims() != shape {
+            return Err(crate::error::Error::Input(format!(
+                "recorded dropout mask {n} has shape {:?}, but the model applies dropout {n} to {shape:?}",
+                mask.dims()
+            )));
+        }
+        self.taken += 1;
+        Ok(mask)
     }
 }
 
@@ -135,11 +172,15 @@ pub fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
 /// Inverted dropout (`nn.Dropout`): in train mode zero each element with probability p and
 /// scale the rest by 1/(1-p); identity in eval mode or when p is 0.
 pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
+    let keep = (1.0 / (1.0 - p)) as f32;
     let rng = match mode {
         Mode::Train(rng) if p > 0.0 => rng,
+        Mode::Replay(masks) if p > 0.0 => {
+            let mask = masks.next(x.dims())?.to_device(x.device())?.to_dtype(x.dtype())?;
+            return Ok(x.mul(&(mask * keep as f64)?)?);
+        }
         _ => return Ok(x.clone()),
     };
-    let keep = (1.0 / (1.0 - p)) as f32;
     let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
     let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_device(x.device())?.to_dtype(x.dtype())?;
     Ok(x.mul(&mask)?)

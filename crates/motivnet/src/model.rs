@@ -11,7 +11,7 @@ use crate::encoder::SapiensEncoder;
 use crate::error::Result;
 use crate::head::MlDecoder;
 pub use crate::layers::Mode;
-use crate::params::ParamStore;
+use crate::params::{InitScheme, ParamStore};
 use crate::pixels::Normalization;
 use crate::precision::Precision;
 use crate::weights::{self, LoadOptions, LoadReport, DECODER_PREFIX, ENCODER_PREFIX};
@@ -28,14 +28,25 @@ pub struct MotivNet {
 }
 
 impl MotivNet {
-    /// A freshly initialised model; `seed` fixes every initial weight.
+    /// A freshly initialised model as the upstream code starts one ([`InitScheme::Upstream`]);
+    /// `seed` fixes every initial weight.
     pub fn new(config: &ModelConfig, device: &Device, seed: u64) -> Result<Self> {
+        Self::with_init(config, device, seed, InitScheme::Upstream)
+    }
+
+    /// A freshly initialised model under `init`.
+    pub fn with_init(config: &ModelConfig, device: &Device, seed: u64, init: InitScheme) -> Result<Self> {
         config.validate()?;
         crate::cpu::prepare();
         let mut params = ParamStore::new(device, seed);
-        let encoder = SapiensEncoder::new(&mut params, ENCODER_PREFIX.trim_end_matches('.'), &config.encoder)?;
-        let head =
-            MlDecoder::new(&mut params, DECODER_PREFIX.trim_end_matches('.'), &config.head, config.encoder.embed_dim)?;
+        let encoder = SapiensEncoder::new(&mut params, ENCODER_PREFIX.trim_end_matches('.'), &config.encoder, init)?;
+        let head = MlDecoder::new(
+            &mut params,
+            DECODER_PREFIX.trim_end_matches('.'),
+            &config.head,
+            config.encoder.embed_dim,
+            init,
+        )?;
         let normalization = Normalization::default();
         Ok(Self { config: config.clone(), params, encoder, head, normalization, precision: Precision::F32 })
     }

@@ -31,6 +31,32 @@ impl Group {
     }
 }
 
+/// How a fresh model is initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitScheme {
+    /// As the upstream PyTorch code starts a model: PyTorch's default Linear and Conv init
+    /// (Kaiming-uniform weights, uniform biases, bound 1/sqrt(fan_in)), a zero position
+    /// embedding, and every decoder layer a copy of the first (`nn.TransformerDecoder`
+    /// deep-copies the one layer it is given).
+    #[default]
+    Upstream,
+    /// The ViT convention (timm, mmpretrain): encoder Linear weights and the position
+    /// embedding truncated-normal with std 0.02, zero encoder biases, decoder layers drawn
+    /// independently. It trains the small demo model from scratch better.
+    Vit,
+}
+
+impl std::str::FromStr for InitScheme {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "upstream" => Ok(Self::Upstream),
+            "vit" => Ok(Self::Vit),
+            other => Err(crate::error::Error::Config(format!("init '{other}' is not valid: expected upstream or vit"))),
+        }
+    }
+}
+
 /// How a fresh parameter is filled.
 #[derive(Debug, Clone, Copy)]
 pub enum Init {
@@ -141,6 +167,17 @@ impl ParamStore {
     /// All parameters as detached tensors by name (for saving).
     pub fn tensors(&self) -> HashMap<String, Tensor> {
         self.params.iter().map(|p| (p.name.clone(), p.var.as_detached_tensor())).collect()
+    }
+
+    /// Sets every parameter under `to` (a name prefix) to the value of the same-named one
+    /// under `from`: a deep copy of a module, as PyTorch's `copy.deepcopy` of a layer.
+    pub fn copy_module(&self, from: &str, to: &str) -> Result<()> {
+        for p in self.params.iter().filter(|p| p.name.starts_with(from)) {
+            let target = format!("{to}{}", &p.name[from.len()..]);
+            assert!(self.index.contains_key(&target), "copy_module: {target} does not exist");
+            self.set(&target, &p.var.as_detached_tensor().copy()?)?;
+        }
+        Ok(())
     }
 
     /// Overwrites one parameter in place; shape must match (checked by the caller with the

@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{input_err, Error, Result};
-use crate::layers::Mode;
+use crate::layers::{Mode, RecordedMasks};
 use crate::loss::cross_entropy;
 use crate::model::MotivNet;
 use crate::optim::{AdamW, AdamWConfig, Groups};
@@ -177,17 +177,49 @@ impl Trainer {
         lr: Groups<f64>,
         end_of_cycle: bool,
     ) -> Result<StepOutput> {
+        self.step_with(input, labels, lr, end_of_cycle, None)
+    }
+
+    /// [`Trainer::train_step`] with the dropout masks given instead of drawn: the parity tests
+    /// replay the masks PyTorch drew. Every mask must be used.
+    pub fn train_step_replaying(
+        &mut self,
+        input: &ModelInput,
+        labels: &[u32],
+        lr: Groups<f64>,
+        end_of_cycle: bool,
+        masks: &mut RecordedMasks,
+    ) -> Result<StepOutput> {
+        let out = self.step_with(input, labels, lr, end_of_cycle, Some(masks))?;
+        if masks.remaining() > 0 {
+            return Err(input_err!("{} recorded dropout masks were left unused", masks.remaining()));
+        }
+        Ok(out)
+    }
+
+    fn step_with(
+        &mut self,
+        input: &ModelInput,
+        labels: &[u32],
+        lr: Groups<f64>,
+        end_of_cycle: bool,
+        replay: Option<&mut RecordedMasks>,
+    ) -> Result<StepOutput> {
         // Checked before any work, so a bad call leaves the accumulated gradients intact.
         AdamW::check_learning_rates(lr)?;
         let x = self.model.input_tensor(input)?;
+        let mut mode = match replay {
+            Some(masks) => Mode::Replay(masks),
+            None => Mode::Train(&mut self.rng),
+        };
         // On the CPU the encoder runs its hand-written training pass (encoder_train.rs); its
         // tokens enter the head as a leaf, whose gradient then drives the encoder's backward.
         let (logits, encoder_pass) = if crate::encoder_train::supported(&self.model.encoder, &x) {
             let (tokens, tape) = crate::encoder_train::forward(&self.model.encoder, &x)?;
-            let logits = self.model.head.forward(tokens.as_tensor(), &mut Mode::Train(&mut self.rng))?;
+            let logits = self.model.head.forward(tokens.as_tensor(), &mut mode)?;
             (logits, Some((tokens, tape)))
         } else {
-            (self.model.forward(&x, &mut Mode::Train(&mut self.rng))?, None)
+            (self.model.forward(&x, &mut mode)?, None)
         };
         let loss = cross_entropy(&logits, labels)?;
         let loss_value = loss.to_scalar::<f32>()?;

@@ -46,8 +46,16 @@ pub struct LoadReport {
     pub head_initialised: bool,
 }
 
-/// Reads every tensor of a safetensors or `.pth` file onto the CPU, by the file's own keys.
-pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+/// The two containers weights come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Container {
+    Safetensors,
+    /// A zip-format `torch.save` file.
+    Pth,
+}
+
+/// Which container `path` is, or an error for what cannot be read without PyTorch.
+fn container(path: &Path) -> Result<Container> {
     let file = path.display().to_string();
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut magic = [0u8; 4];
@@ -55,7 +63,6 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     if n < 4 {
         return Err(Error::Weights(format!("{file}: file is {n} bytes long, not a weights file")));
     }
-    let is_zip = &magic == b"PK\x03\x04";
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     if ext == "pt2" {
         return Err(Error::Weights(format!(
@@ -63,16 +70,25 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
              (load it in Python and save its state_dict)"
         )));
     }
-    if !is_zip {
-        return candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-            Error::Weights(format!("{file}: neither a safetensors file nor a zip-format PyTorch checkpoint ({e})"))
-        });
+    if &magic != b"PK\x03\x04" {
+        return Ok(Container::Safetensors);
     }
     if is_torchscript(&mut f).map_err(|e| Error::io(path, e))? {
         return Err(Error::Weights(format!(
             "{file}: a TorchScript archive, which cannot be read without PyTorch (its tensors would read as \
              zeros); convert it to safetensors first (torch.jit.load(...).state_dict())"
         )));
+    }
+    Ok(Container::Pth)
+}
+
+/// Reads every tensor of a safetensors or `.pth` file onto the CPU, by the file's own keys.
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let file = path.display().to_string();
+    if container(path)? == Container::Safetensors {
+        return candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+            Error::Weights(format!("{file}: neither a safetensors file nor a zip-format PyTorch checkpoint ({e})"))
+        });
     }
     // mmpose/Lightning checkpoints wrap the weights in `state_dict`; plain state dicts do not.
     let pairs = match candle_core::pickle::read_all_with_key(path, Some("state_dict")) {
@@ -84,6 +100,50 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
         return Err(Error::Weights(format!("{file}: the checkpoint holds no tensors")));
     }
     Ok(pairs.into_iter().collect())
+}
+
+/// Every tensor's shape, by the file's own keys, without reading tensor data: the header of a
+/// safetensors file, the pickled index of a `.pth` one.
+pub fn read_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
+    let file = path.display().to_string();
+    if container(path)? == Container::Safetensors {
+        let header = read_header(path).map_err(|e| {
+            Error::Weights(format!("{file}: neither a safetensors file nor a zip-format PyTorch checkpoint ({e})"))
+        })?;
+        let entries = header.as_object().ok_or_else(|| Error::Weights(format!("{file}: not a safetensors file")))?;
+        return entries
+            .iter()
+            .filter(|(key, _)| key.as_str() != "__metadata__")
+            .map(|(key, entry)| {
+                let shape = entry
+                    .get("shape")
+                    .and_then(|s| s.as_array())
+                    .and_then(|dims| dims.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
+                    .ok_or_else(|| Error::Weights(format!("{file}: tensor {key} has no valid shape in the header")))?;
+                Ok((key.clone(), shape))
+            })
+            .collect();
+    }
+    let infos = |key| candle_core::pickle::read_pth_tensor_info(path, false, key);
+    let infos = match infos(Some("state_dict")) {
+        Ok(infos) if !infos.is_empty() => infos,
+        _ => infos(None).map_err(|e| Error::Weights(format!("{file}: not a readable PyTorch state dict ({e})")))?,
+    };
+    if infos.is_empty() {
+        return Err(Error::Weights(format!("{file}: the checkpoint holds no tensors")));
+    }
+    Ok(infos.into_iter().map(|info| (info.name, info.layout.dims().to_vec())).collect())
+}
+
+/// The model-side names of a file's keys (see [`canonical`]), for the keys that are weights.
+pub fn canonical_shapes(shapes: &HashMap<String, Vec<usize>>) -> BTreeMap<String, Vec<usize>> {
+    shapes
+        .iter()
+        .filter_map(|(key, shape)| match canonical(key) {
+            KeyKind::Ours(name) => Some((name, shape.clone())),
+            KeyKind::Ignored | KeyKind::State => None,
+        })
+        .collect()
 }
 
 /// TorchScript zips carry `constants.pkl` and a `code/` folder; the names sit in the zip's
@@ -238,8 +298,8 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
     save_tensors_with_metadata(tensors, None, path)
 }
 
-/// The `__metadata__` of a safetensors file, reading only its header.
-pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+/// The JSON header of a safetensors file (tensor names, dtypes, shapes, offsets, metadata).
+fn read_header(path: &Path) -> Result<serde_json::Value> {
     let file = path.display().to_string();
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut len = [0u8; 8];
@@ -250,8 +310,12 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
     }
     let mut header = vec![0u8; len as usize];
     f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-    let parsed: serde_json::Value =
-        serde_json::from_slice(&header).map_err(|e| Error::Weights(format!("{file}: not a safetensors file ({e})")))?;
+    serde_json::from_slice(&header).map_err(|e| Error::Weights(format!("{file}: not a safetensors file ({e})")))
+}
+
+/// The `__metadata__` of a safetensors file, reading only its header.
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let parsed = read_header(path)?;
     let meta = parsed.get("__metadata__").and_then(|m| m.as_object());
     Ok(meta
         .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())

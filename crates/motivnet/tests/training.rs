@@ -182,3 +182,75 @@ fn inference_keeps_no_graph() {
     let mut rng = rand::SeedableRng::seed_from_u64(0);
     assert!(model.forward(&x, &mut Mode::Train(&mut rng)).unwrap().track_op());
 }
+
+/// Mean and standard deviation of a tensor's values.
+fn stats(t: &Tensor) -> (f64, f64) {
+    let v = values(t);
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+#[test]
+fn a_fresh_model_starts_where_the_upstream_code_starts() {
+    let config = ModelConfig::preset("tiny").unwrap();
+    let model = MotivNet::new(&config, &Device::Cpu, 4).unwrap();
+    let t = model.params.tensors();
+    // nn.TransformerDecoder deep-copies one layer: both decoder layers start identical.
+    let layer0: Vec<_> = t.keys().filter(|k| k.starts_with("decoder.decoder.layers.0.")).collect();
+    assert_eq!(layer0.len(), 14);
+    for k in layer0 {
+        assert_eq!(max_abs_diff(&t[k], &t[&k.replace("layers.0.", "layers.1.")]), 0.0, "{k}");
+    }
+    assert_eq!(max_abs(&t["pose_encoder.pos_embed"]), 0.0, "pos_embed starts at zero");
+    // PyTorch's default Linear/Conv init: weights and biases uniform in +-1/sqrt(fan_in), whose
+    // standard deviation is bound/sqrt(3).
+    for (name, fan_in) in [
+        ("pose_encoder.projection", 3 * 16 * 16),
+        ("pose_encoder.layers.0.attn.qkv", 192),
+        ("pose_encoder.layers.2.ffn.layers.0.0", 192),
+        ("pose_encoder.layers.3.ffn.layers.1", 768),
+        ("decoder.decoder.embed_standart", 192),
+        ("decoder.decoder.layers.0.linear1", 192),
+        ("decoder.decoder.layers.0.linear2", 2048),
+    ] {
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let (w, b) = (&t[&format!("{name}.weight")], &t[&format!("{name}.bias")]);
+        let (mean, std) = stats(w);
+        assert!(max_abs(w) as f64 <= bound * (1.0 + 1e-6), "{name}.weight exceeds the bound {bound}");
+        assert!(mean.abs() < 0.05 * bound, "{name}.weight mean {mean}");
+        assert!((std / (bound / 3f64.sqrt()) - 1.0).abs() < 0.05, "{name}.weight std {std}, bound {bound}");
+        assert!(max_abs(b) as f64 <= bound * (1.0 + 1e-6) && max_abs(b) > 0.0, "{name}.bias");
+    }
+    // MultiheadAttention's own init: Xavier-uniform in_proj, zero in_proj and out_proj biases.
+    let e = 192f64;
+    let (_, std) = stats(&t["decoder.decoder.layers.0.self_attn.in_proj_weight"]);
+    assert!((std / ((6.0 / (4.0 * e)).sqrt() / 3f64.sqrt()) - 1.0).abs() < 0.05, "in_proj std {std}");
+    assert_eq!(max_abs(&t["decoder.decoder.layers.0.self_attn.in_proj_bias"]), 0.0);
+    // The group FC: Xavier-normal (K, E, 1), zero bias; the queries standard normal.
+    let (_, std) = stats(&t["decoder.decoder.duplicate_pooling"]);
+    assert!((std / (2.0 / (e + 8.0)).sqrt() - 1.0).abs() < 0.1, "duplicate_pooling std {std}");
+    let (_, std) = stats(&t["decoder.decoder.query_embed.weight"]);
+    assert!((std - 1.0).abs() < 0.1, "query_embed std {std}");
+    // LayerNorms: ones and zeros.
+    assert_eq!(stats(&t["pose_encoder.layers.1.ln2.weight"]), (1.0, 0.0));
+    assert_eq!(stats(&t["decoder.decoder.layers.1.norm3.bias"]), (0.0, 0.0));
+}
+
+#[test]
+fn the_vit_init_is_available_by_name() {
+    let config = ModelConfig::preset("tiny").unwrap();
+    let init: motivnet::InitScheme = "vit".parse().unwrap();
+    let model = MotivNet::with_init(&config, &Device::Cpu, 4, init).unwrap();
+    let t = model.params.tensors();
+    let (_, std) = stats(&t["pose_encoder.pos_embed"]);
+    assert!((std - 0.02 * 0.88).abs() < 0.002, "pos_embed std {std}"); // N(0, 0.02) cut at 2 std
+    let (_, std) = stats(&t["pose_encoder.layers.0.attn.qkv.weight"]);
+    assert!((std - 0.02 * 0.88).abs() < 0.002, "qkv std {std}");
+    assert_eq!(max_abs(&t["pose_encoder.layers.0.attn.qkv.bias"]), 0.0);
+    let a = &t["decoder.decoder.layers.0.linear1.weight"];
+    assert!(max_abs_diff(a, &t["decoder.decoder.layers.1.linear1.weight"]) > 0.0, "layers drawn independently");
+    let err = "xavier".parse::<motivnet::InitScheme>().unwrap_err().to_string();
+    assert!(err.contains("expected upstream or vit"), "{err}");
+}

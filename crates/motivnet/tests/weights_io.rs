@@ -149,3 +149,44 @@ fn a_wrong_preset_checkpoint_lists_mismatched_shapes() {
     assert!(err.contains("pose_encoder.layers.0.attn.qkv.weight: file [96, 32], model [576, 192]"), "{err}");
     assert!(err.contains("missing keys") && err.contains("pose_encoder.layers.3.ln1.weight"), "{err}");
 }
+
+/// The released checkpoint's layout at the fixture size: a plain `torch.save(state_dict)` of a
+/// 7-class upstream module. A spec that leaves the head open takes it from the file.
+#[test]
+fn a_seven_class_checkpoint_fixes_the_head_of_an_open_spec() {
+    let (x, _) = batch();
+    let file = fixture("motivnet7.pth");
+    let shapes = motivnet::weights::canonical_shapes(&motivnet::weights::read_shapes(&file).unwrap());
+    let spec = motivnet::ModelSpec::parse(fixture("config_encoder_only.json").to_str().unwrap()).unwrap();
+    let config = spec.resolve(Some(("motivnet7.pth", &shapes)), None).unwrap();
+    assert_eq!((config.head.num_classes, config.head.embed_dim, config.head.feedforward), (7, 32, 48));
+    let model = MotivNet::new(&config, &Device::Cpu, 0).unwrap();
+    model.load_weights(&file, false).unwrap();
+    let logits = model.forward(&x, &mut Mode::Eval).unwrap();
+    assert_close("7-class logits", &logits, &read("motivnet7_expected.safetensors")["logits_eval"], 1e-4, 0.0);
+
+    // A config file that writes its head (8 classes, feedforward 64) contradicts the file.
+    let fixed = motivnet::ModelSpec::parse(fixture("config.json").to_str().unwrap()).unwrap();
+    let config = fixed.resolve(Some(("motivnet7.pth", &shapes)), None).unwrap();
+    let err = MotivNet::new(&config, &Device::Cpu, 0).unwrap().load_weights(&file, false).unwrap_err().to_string();
+    assert!(
+        err.contains("decoder.decoder.duplicate_pooling_bias: file [7], model [8]")
+            && err.contains("decoder.decoder.layers.0.linear1.weight: file [48, 32], model [64, 32]"),
+        "{err}"
+    );
+    // Asked for 8 classes, it says why it cannot and what to do instead.
+    let err = spec.resolve(Some(("motivnet7.pth", &shapes)), Some(8)).unwrap_err().to_string();
+    assert!(err.contains("holds a 7-class head") && err.contains("encoder-only"), "{err}");
+}
+
+#[test]
+fn shapes_are_read_without_the_tensor_data() {
+    for name in ["weights.safetensors", "weights.pth", "sapiens_backbone.pth"] {
+        let shapes = motivnet::weights::read_shapes(&fixture(name)).unwrap();
+        let tensors = motivnet::weights::read_tensors(&fixture(name)).unwrap();
+        assert_eq!(shapes.len(), tensors.len(), "{name}");
+        for (k, t) in &tensors {
+            assert_eq!(&shapes[k], t.dims(), "{name}: {k}");
+        }
+    }
+}
