@@ -17,7 +17,7 @@ const dir = tempDir('preprocess');
 const task = (file: string, extra: Partial<DecodeTask> = {}): DecodeTask => ({ path: file, minWidth: 48, minHeight: 64, maxPixels: 10_000_000, ...extra });
 
 describe('the sharp worker pool', () => {
-  it('decodes to RGB with the size, applies EXIF orientation, crops, flips and shrinks large images', async () => {
+  it('decodes to RGB with the size, applies EXIF orientation, crops, flips, and shrinks large images only when asked', async () => {
     const red: Rgb = [255, 0, 0];
     const img = await writeImage(path.join(dir, 'a.png'), solid(40, 20, [0, 0, 255], { x: 0, y: 0, size: 10, colour: red }), 40, 20);
     const plain = await pool.decode(task(img));
@@ -36,8 +36,10 @@ describe('the sharp worker pool', () => {
     const turned = await writeImage(path.join(dir, 'turned.jpg'), solid(40, 20, [0, 200, 0]), 40, 20, 'jpeg', 6);
     expect(await pool.decode(task(turned))).toMatchObject({ ok: true, width: 20, height: 40 });
 
+    // Full size by default (the core resizes, as the reference does); shrunk only on request.
     const big = await writeImage(path.join(dir, 'big.jpg'), solid(600, 800, [90, 90, 90]), 600, 800, 'jpeg');
-    const shrunk = await pool.decode(task(big, { minWidth: 96, minHeight: 128 }));
+    expect(await pool.decode(task(big, { minWidth: 96, minHeight: 128 }))).toMatchObject({ ok: true, width: 600, height: 800 });
+    const shrunk = await pool.decode(task(big, { minWidth: 96, minHeight: 128, fastDecode: true }));
     if (!shrunk.ok) throw new Error(shrunk.reason);
     expect(shrunk.width).toBeGreaterThanOrEqual(96);
     expect(shrunk.height).toBeGreaterThanOrEqual(128);

@@ -25,9 +25,11 @@ export interface BatcherOptions {
   /** Batches decoded ahead of the one being consumed. Default 2. */
   prefetch?: number;
   decode: (task: DecodeTask) => Promise<DecodeResult>;
-  /** The model's input size: large images shrink on load but never below it. */
+  /** The model's input size: the floor of `fastDecode`'s shrink. */
   minWidth: number;
   minHeight: number;
+  /** Shrink large JPEGs while decoding (see DecodeTask.fastDecode). Default false. */
+  fastDecode?: boolean;
   /** Pixel-count limit per image. Default 64 megapixels. */
   maxPixels?: number;
   /** Mirror each image with this probability, drawn from a seeded stream per epoch. */
@@ -72,6 +74,7 @@ export async function* batches(samples: readonly Sample[], opts: BatcherOptions)
           path: s.path,
           box: s.box,
           flip: flips[next],
+          fastDecode: opts.fastDecode,
           minWidth: opts.minWidth,
           minHeight: opts.minHeight,
           maxPixels: opts.maxPixels ?? DEFAULT_MAX_PIXELS,

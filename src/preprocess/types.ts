@@ -12,7 +12,14 @@ export interface DecodeTask {
   box?: FaceBox;
   /** Mirror left-right (augmentation). */
   flip?: boolean;
-  /** Large images are shrunk on load, but never below this size (the model's input). */
+  /**
+   * Shrink an image at least twice the model's input size both ways while decoding (JPEG
+   * shrink-on-load, then libvips' resize), never below `minWidth` x `minHeight`. Faster on
+   * large photographs, but the pixels are no longer those the reference computes on, which
+   * resizes the full image (docs/PREPROCESSING.md has the measured cost). Default false.
+   */
+  fastDecode?: boolean;
+  /** The model's input size: the floor of a fast decode's shrink. */
   minWidth: number;
   minHeight: number;
   /** Images with more pixels than this are refused unread (decompression bombs). */

@@ -1,9 +1,12 @@
 /**
  * The preprocessing worker (a piscina task): decode one image file with sharp, orient it by its
- * EXIF tag when it has one, crop to the face box, mirror when asked, shrink a large image on
- * load (never below the model's input size), and hand back RGB bytes with their size. The
- * bytes are moved to the main thread, not cloned. Failures come back as data (a reason), so
- * one bad file never fails a batch. The final resize and normalization are the core's.
+ * EXIF tag when it has one, crop to the face box, mirror when asked, and hand back RGB bytes
+ * at full size with their size. The bytes are moved to the main thread, not cloned. Failures
+ * come back as data (a reason), so one bad file never fails a batch.
+ *
+ * The resize is the core's, on the full image, as the reference's `cv2.resize` runs on what
+ * `cv2.imread` decoded: any shrinking here (JPEG shrink-on-load, libvips' own filter) would
+ * change the pixels the model sees. Only `fastDecode` shrinks large images here, on request.
  */
 import { readFileSync } from 'node:fs';
 import { isMainThread, workerData } from 'node:worker_threads';
@@ -72,9 +75,9 @@ export default async function decode(task: DecodeTask): Promise<DecodeResult> {
       image = image.extract({ left, top, width: bw, height: bh });
       [w, h] = [bw, bh];
     }
-    // Shrink only what is at least twice the input size both ways: libvips then decodes a
-    // JPEG at a fraction of its size (shrink-on-load), which is where the time goes.
-    if (w >= 2 * task.minWidth && h >= 2 * task.minHeight) {
+    // Fast decode shrinks only what is at least twice the input size both ways: libvips then
+    // decodes a JPEG at a fraction of its size (shrink-on-load), which is where the time goes.
+    if (task.fastDecode && w >= 2 * task.minWidth && h >= 2 * task.minHeight) {
       image = image.resize({ width: task.minWidth, height: task.minHeight, fit: 'outside', withoutEnlargement: true });
     }
     if (task.flip) image = image.flop();

@@ -36,6 +36,11 @@ export interface ClassifierOptions {
   decodeThreads?: number;
   /** Default geometry of a call. Default 'letterbox'. */
   geometry?: ClassifierGeometry;
+  /**
+   * Shrink large JPEGs while decoding: faster, and less memory per large image, but the
+   * pixels are no longer the reference's (docs/PREPROCESSING.md). Default false.
+   */
+  fastDecode?: boolean;
 }
 
 export interface ClassifyOptions {
@@ -122,6 +127,7 @@ export class EmotionClassifier {
   readonly maxWaitMs: number;
   readonly maxQueue: number;
   readonly maxPixels: number;
+  readonly fastDecode: boolean;
   private readonly defaultGeometry: ClassifierGeometry;
   private readonly ownsModel: boolean;
   private readonly pool: PreprocessPool;
@@ -143,6 +149,7 @@ export class EmotionClassifier {
     this.maxWaitMs = positiveInt('maxWaitMs', options.maxWaitMs, 5, 0);
     this.maxQueue = positiveInt('maxQueue', options.maxQueue, 256);
     this.maxPixels = positiveInt('maxPixels', options.maxPixels, 40_000_000);
+    this.fastDecode = options.fastDecode ?? false;
     this.defaultGeometry = options.geometry ?? 'letterbox';
     if (!Object.hasOwn(this.queues, this.defaultGeometry)) throw new RangeError(`geometry must be letterbox or stretch, got '${this.defaultGeometry}'`);
     this.pool = new PreprocessPool({ threads: options.decodeThreads ?? availableParallelism() });
@@ -184,6 +191,7 @@ export class EmotionClassifier {
         ...source,
         box: options.box,
         formats: ACCEPTED_FORMATS,
+        fastDecode: this.fastDecode,
         minWidth: inputWidth,
         minHeight: inputHeight,
         maxPixels: this.maxPixels,

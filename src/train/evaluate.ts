@@ -11,6 +11,8 @@ export interface EvaluateOptions {
   batchSize: number;
   prefetch?: number;
   maxPixels?: number;
+  /** Shrink large JPEGs while decoding (faster; not the reference's pixels). */
+  fastDecode?: boolean;
   skips: SkipLog;
   /** Label of the progress bar; none when absent. */
   label?: string;
@@ -25,7 +27,7 @@ export async function evaluateSet(model: MotivNet, pool: PreprocessPool, samples
   let lossSum = 0;
   const progress = opts.label ? new Progress({ label: opts.label, total: samples.length, stream: opts.progressStream }) : undefined;
   const batchSize = Math.max(opts.batchSize, 8);
-  for await (const batch of batches(samples, { batchSize, prefetch: opts.prefetch, decode: (t) => pool.decode(t), minWidth, minHeight, maxPixels: opts.maxPixels ?? DEFAULT_MAX_PIXELS, skips: opts.skips })) {
+  for await (const batch of batches(samples, { batchSize, prefetch: opts.prefetch, decode: (t) => pool.decode(t), minWidth, minHeight, maxPixels: opts.maxPixels ?? DEFAULT_MAX_PIXELS, fastDecode: opts.fastDecode, skips: opts.skips })) {
     const r = await model.evaluate(batch, batch.labels);
     lossSum += r.loss * batch.labels.length;
     probabilities.push(...r.probabilities);
