@@ -17,7 +17,8 @@ import { PreprocessPool } from './preprocess/pool.js';
 import { SkipLog } from './preprocess/skips.js';
 import { batches } from './preprocess/batcher.js';
 import { readConfigFile, TrainConfigSchema, validateTrainConfig } from './train/config.js';
-import { readSet } from './train/dataset.js';
+import { detectFormat } from './data/layout.js';
+import { dataSource, readSet } from './train/dataset.js';
 import { evaluateSet } from './train/evaluate.js';
 import type { Metrics } from './train/metrics.js';
 import { Progress } from './train/progress.js';
@@ -49,22 +50,29 @@ function trainCommand(program: Command): void {
   const cmd = program
     .command('train')
     .description('train on a data set: balanced sample, 9:1 split, validation every epoch, test with the best weights')
-    .option('--data <dir>', 'data folder (images; for affectnet also training.csv / validation.csv)')
-    .addOption(new Option('--format <format>', 'how labels are given').choices(['affectnet', 'json', 'folders']))
-    .option('--labels <file>', 'label file: AffectNet training CSV (default DATA/training.csv) or the JSON label file')
-    .option('--test-labels <file>', 'test label file (AffectNet CSV, default DATA/validation.csv; or JSON)')
+    .option('--data <dir>', 'data folder: AffectNet as unpacked (Manually_Annotated_file_lists/, Manually_Annotated_Images/), training.csv + validation.csv, or class folders')
+    .addOption(new Option('--format <format>', 'how labels are given (default: detected from --data)').choices(['affectnet', 'json', 'folders']))
+    .option('--labels <file>', 'label file: AffectNet training CSV (default: found in --data) or the JSON label file')
+    .option('--test-labels <file>', 'test label file (AffectNet CSV, default: validation.csv found in --data; or JSON)')
     .option('--test-data <dir>', 'test folder, for the folders format')
-    .option('--images <dir>', 'folder the label files are relative to (default: --data)')
-    .option('--classes <n>', '8 (with contempt, the paper) or 7 (without)', classes)
+    .option('--images <dir>', 'folder the label files are relative to (default: found in --data)')
+    .option('--classes <n>', "8 (with contempt, the paper) or 7 (without); default: the weights' head, else 8", classes)
     .option('--crop-to-face', 'crop to the face box of the AffectNet CSV')
+    .addOption(new Option('--recipe <name>', 'paper (default): batch 2 x 8, 30 epochs, balanced 9:1, best by accuracy; upstream-code: batch 32, 10 epochs, all images 80/20 at random, best by loss, test on the final weights').choices(['paper', 'upstream-code']))
+    .option('--balanced', 'balanced sampling: the smallest class size from every class (paper recipe)')
+    .option('--no-balanced', 'train on every image (upstream-code recipe)')
     .option('--cap-per-class <n>', 'sample at most this many images per class', int('--cap-per-class'))
-    .option('--validation-fraction <x>', 'share of the sample held out for validation (default 0.1)', num('--validation-fraction'))
+    .option('--validation-fraction <x>', 'share of the sample held out for validation (paper 0.1, upstream-code 0.2)', num('--validation-fraction'))
+    .option('--stratified-split', 'hold out that share of every class (paper recipe)')
+    .option('--no-stratified-split', 'hold it out of the whole set at random (upstream-code recipe)')
+    .addOption(new Option('--test-weights <which>', 'test with the best epoch\'s weights (paper) or the final ones (upstream-code)').choices(['best', 'final']))
     .option('--model <preset|file>', 'tiny, small, sapiens-0.3b, sapiens-0.6b, sapiens-1b, sapiens-2b, or a JSON model config (default tiny)')
-    .option('--weights <file>', 'initial weights (.safetensors or .pth; a Sapiens backbone loads the encoder only)')
+    .option('--weights <file>', 'initial weights (.safetensors or .pth; a Sapiens backbone loads the encoder only; a preset takes its head from them)')
     .option('--encoder-only', 'load only the encoder from --weights')
-    .option('--epochs <n>', 'epochs (default 30)', int('--epochs'))
-    .option('--batch-size <n>', 'images per micro-batch (default 2)', int('--batch-size'))
-    .option('--accumulate <k>', 'micro-batches per optimizer step (default 8)', int('--accumulate'))
+    .addOption(new Option('--init <scheme>', 'how a fresh model starts: upstream (default, as the PyTorch code) or vit (truncated normal 0.02)').choices(['upstream', 'vit']))
+    .option('--epochs <n>', 'epochs (paper 30, upstream-code 10)', int('--epochs'))
+    .option('--batch-size <n>', 'images per micro-batch (paper 2, upstream-code 32)', int('--batch-size'))
+    .option('--accumulate <k>', 'micro-batches per optimizer step (paper 8, upstream-code 1)', int('--accumulate'))
     .option('--encoder-lr <x>', 'encoder learning rate (default 1e-8)', num('--encoder-lr'))
     .option('--decoder-lr <x>', 'decoder learning rate (default 1e-5)', num('--decoder-lr'))
     .option('--encoder-weight-decay <x>', 'AdamW weight decay of the encoder (default 0.01)', num('--encoder-weight-decay'))
@@ -79,7 +87,7 @@ function trainCommand(program: Command): void {
     .addOption(new Option('--schedule-per <unit>', 'step the cosine per epoch (the reference) or per step').choices(['epoch', 'step']))
     .option('--warmup-steps <n>', 'linear warm-up over this many optimizer steps (default 0)', int('--warmup-steps'))
     .option('--flip <p>', 'probability of mirroring a training image (default 0)', num('--flip'))
-    .addOption(new Option('--metric <name>', 'validation metric that picks the best checkpoint (default accuracy)').choices(['accuracy', 'auroc', 'f1', 'loss']))
+    .addOption(new Option('--metric <name>', 'validation metric that picks the best checkpoint (paper accuracy, upstream-code loss)').choices(['accuracy', 'auroc', 'f1', 'loss']))
     .option('--patience <n>', 'stop after this many epochs without a better metric (default 0: never)', int('--patience'))
     .option('--out <rundir>', 'run folder: config, metrics, plots, checkpoints')
     .option('--config <file>', 'a JSON or YAML file with any of these settings (flags win)')
@@ -89,6 +97,7 @@ function trainCommand(program: Command): void {
     .option('--threads <n>', 'preprocessing workers (default: the number of cores)', int('--threads'))
     .option('--prefetch <n>', 'batches decoded ahead (default 2)', int('--prefetch'))
     .option('--max-pixels <n>', 'skip images with more pixels than this (default 67108864)', int('--max-pixels'))
+    .option('--fast-decode', "shrink large JPEGs while decoding: faster, but not the reference's pixels")
     .option('--resume <rundir>', 'continue the interrupted run in this folder, exactly where it stopped')
     .action(async (opts: Record<string, unknown>) => {
       const controller = new AbortController();
@@ -120,7 +129,7 @@ function trainCommand(program: Command): void {
       if (result.status === 'interrupted') process.exitCode = 130;
       else printSummary(result.test, result.runDir, result.bestEpoch);
     });
-  cmd.addHelpText('after', '\nDefaults follow the MotivNet recipe: AdamW, encoder lr 1e-8, decoder lr 1e-5, batch 2 x 8 accumulated, 30 epochs,\ncosine annealing with warm restarts (T_0 10) stepped per epoch, balanced sampling, 9:1 split.');
+  cmd.addHelpText('after', '\nDefaults follow the MotivNet paper (--recipe paper): AdamW, encoder lr 1e-8, decoder lr 1e-5, batch 2 x 8 accumulated,\n30 epochs, cosine annealing with warm restarts (T_0 10) stepped per epoch, balanced sampling, 9:1 split.\n--recipe upstream-code follows the released training code instead; any flag overrides the recipe.');
 }
 
 function printSummary(test: Metrics | undefined, runDir: string, bestEpoch: number | null): void {
@@ -141,36 +150,40 @@ function evalCommand(program: Command): void {
     .command('eval')
     .description('evaluate weights on a labelled set (all of it, no sampling)')
     .requiredOption('--weights <file>', 'weights (.safetensors or .pth)')
-    .option('--model <preset|file>', 'model preset or JSON config', 'tiny')
-    .requiredOption('--data <dir>', 'data folder')
-    .addOption(new Option('--format <format>', 'how labels are given').choices(['affectnet', 'json', 'folders']).makeOptionMandatory())
-    .option('--labels <file>', 'label file (AffectNet CSV, default DATA/validation.csv; or JSON)')
-    .option('--images <dir>', 'folder the label file is relative to (default: --data)')
-    .option('--classes <n>', '8 or 7', classes, 8 as ClassCount)
+    .option('--model <preset|file>', 'model preset or JSON config (a preset takes its head from the weights)', 'tiny')
+    .requiredOption('--data <dir>', 'data folder: AffectNet as unpacked, validation.csv at the top, or class folders')
+    .addOption(new Option('--format <format>', 'how labels are given (default: detected from --data)').choices(['affectnet', 'json', 'folders']))
+    .option('--labels <file>', 'label file (AffectNet CSV, default: the validation list found in --data; or JSON)')
+    .option('--images <dir>', 'folder the label file is relative to (default: found in --data)')
+    .option('--classes <n>', "8 or 7 (default: the model's)", classes)
     .option('--crop-to-face', 'crop to the AffectNet face box')
     .option('--batch-size <n>', 'images per batch', int('--batch-size'), 8)
+    .option('--fast-decode', "shrink large JPEGs while decoding: faster, but not the reference's pixels")
     .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
     .addOption(precisionOption())
     .option('--json', 'print the metrics as JSON')
     .action(async (opts) => {
-      const set = await readSet(
-        { data: opts.data, format: opts.format, labels: undefined, testLabels: opts.labels, testData: opts.data, images: opts.images, classes: opts.classes, cropToFace: Boolean(opts.cropToFace) },
-        'test',
-      );
-      if (!set) throw new Error(`no labelled set found: give --labels (looked for ${path.join(opts.data, 'validation.csv')})`);
-      const model = await MotivNet.load({ model: opts.model, weights: opts.weights, device: opts.device, precision: opts.precision });
+      const modelConfig = await MotivNet.resolveConfig({ model: opts.model, weights: opts.weights, numClasses: opts.classes });
+      const n = modelConfig.head.numClasses;
+      if (n !== 7 && n !== 8) throw new Error(`the model has ${n} classes; evaluating needs the 7- or 8-class emotion label set`);
+      const format = opts.format ?? detectFormat(opts.data);
+      // The labelled set is --labels, or the data folder's test list (AffectNet's validation list).
+      const settings = { data: opts.data, format, labels: opts.labels, testLabels: opts.labels, testData: opts.data, images: opts.images, classes: n as ClassCount, cropToFace: Boolean(opts.cropToFace) };
+      const set = await readSet(dataSource(settings), 'test', settings);
+      if (!set) throw new Error(`no labelled set found in ${opts.data}: give --labels`);
+      const model = await MotivNet.load({ model: opts.model, weights: opts.weights, numClasses: n, device: opts.device, precision: opts.precision });
       const pool = new PreprocessPool();
       const skips = new SkipLog();
       let m: Metrics;
       try {
-        m = await evaluateSet(model, pool, set.samples, { batchSize: opts.batchSize, skips });
+        m = await evaluateSet(model, pool, set.samples, { batchSize: opts.batchSize, fastDecode: Boolean(opts.fastDecode), skips });
       } finally {
         await pool.destroy();
         model.dispose();
       }
       const images = m.confusion.flat().reduce((a, b) => a + b, 0);
-      if (opts.json) console.log(JSON.stringify({ images, skipped: skips.entries, ...m }, null, 2));
-      else console.log(`${images} images, ${skips.summary()}\n${metricsTable(m)}`);
+      if (opts.json) console.log(JSON.stringify({ images, labels: set.source, skipped: skips.entries, ...m }, null, 2));
+      else console.log(`labels: ${set.source}\n${images} images, ${skips.summary()}\n${metricsTable(m)}`);
     });
 }
 
@@ -202,6 +215,7 @@ function predictCommand(program: Command): void {
     .option('--top-k <k>', 'classes to list per image in table format', int('--top-k'), 3)
     .addOption(new Option('--format <format>', 'output format').choices(['jsonl', 'csv', 'table']).default('jsonl'))
     .option('--batch-size <n>', 'images per batch', int('--batch-size'), 8)
+    .option('--fast-decode', "shrink large JPEGs while decoding: faster, but not the reference's pixels")
     .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
     .addOption(precisionOption())
     .action(async (opts) => {
@@ -214,7 +228,7 @@ function predictCommand(program: Command): void {
       try {
         const samples = files.map((f) => ({ path: path.resolve(f), relPath: f, label: 0 }));
         const { inputHeight, inputWidth } = model.config.encoder;
-        for await (const b of batches(samples, { batchSize: opts.batchSize, decode: (t) => pool.decode(t), minWidth: inputWidth, minHeight: inputHeight, skips })) {
+        for await (const b of batches(samples, { batchSize: opts.batchSize, decode: (t) => pool.decode(t), minWidth: inputWidth, minHeight: inputHeight, fastDecode: Boolean(opts.fastDecode), skips })) {
           const r = await model.predict(b, { geometry: opts.resize as Geometry });
           b.samples.forEach((s, i) => {
             const probs = Array.from(r.probabilities.subarray(i * r.numClasses, (i + 1) * r.numClasses));
@@ -270,6 +284,7 @@ function serveCommand(program: Command): void {
     .option('--max-pixels <n>', 'largest image, in pixels', int('--max-pixels'), 40_000_000)
     .option('--timeout-ms <ms>', 'longest a prediction may take, queueing included; then 503', int('--timeout-ms'), 30_000)
     .option('--threads <n>', 'decoding workers (default: the number of cores)', int('--threads'))
+    .option('--fast-decode', "shrink large JPEGs while decoding: faster and leaner, but not the reference's pixels")
     .option('--log', 'log every request (JSON lines on stdout)')
     .action(async (opts) => {
       const { EmotionClassifier } = await import('./serve/classifier.js');
@@ -286,6 +301,7 @@ function serveCommand(program: Command): void {
         maxPixels: opts.maxPixels,
         decodeThreads: opts.threads,
         geometry: opts.resize,
+        fastDecode: Boolean(opts.fastDecode),
       });
       const app = await createServer(classifier, {
         modelName: String(opts.model),

@@ -20,6 +20,9 @@ export const DEMO_DATA: Omit<SynthOptions, 'out'> = { seed: 0, trainPerClass: 12
 export const DEMO_TRAINING = {
   format: 'affectnet',
   model: path.join(root, 'configs', 'demo-model.json'),
+  // Trained from scratch, the ViT init reaches 95.9 / 90.6 / 93.8% test accuracy here (seeds
+  // 0-2) against 85.3 / 91.6 / 90.0% from the upstream code's init (measured, README).
+  init: 'vit',
   cropToFace: true,
   epochs: 14,
   batchSize: 8,

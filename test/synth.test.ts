@@ -59,6 +59,7 @@ describe('the synthetic face data set', () => {
         format: 'affectnet',
         cropToFace: true,
         model: path.resolve(__dirname, '../configs/demo-model.json'),
+        init: 'vit', // as the demo
         epochs: 1,
         batchSize: 8,
         accumulate: 1,

@@ -5,7 +5,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 
 import { MotivNet } from '../src/index.js';
 import { resume, train, TrainingStopped } from '../src/train/trainer.js';
-import { colourFolders, tinyModelConfig } from './helpers/dataset.js';
+import { colourAffectNet, colourFolders, tinyModelConfig } from './helpers/dataset.js';
 import { tempDir, writeText } from './helpers/files.js';
 import { readSafetensors } from './helpers/safetensors.js';
 
@@ -96,6 +96,29 @@ describe('training runs', () => {
     expect(metrics(broken)).toEqual(metrics(straight));
   }, 180_000);
 
+  it('the upstream-code recipe: every image, a random split, the test set on the final weights', async () => {
+    const out = path.join(base, 'recipe');
+    const result = await train(config(out, { recipe: 'upstream-code', epochs: 2, batchSize: 4, metric: undefined }), quiet);
+    expect(result.status).toBe('completed');
+    const saved = JSON.parse(readFileSync(path.join(out, 'config.json'), 'utf8'));
+    expect(saved).toMatchObject({ recipe: 'upstream-code', balanced: false, stratifiedSplit: false, validationFraction: 0.2, metric: 'loss', testWeights: 'final', accumulate: 2 });
+    const summary = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8'));
+    expect(summary.testWeights).toBe('final');
+    expect(summary.sample.perClass).toBeUndefined();
+    // The test metrics are those of the last epoch's weights, not a reloaded best.
+    const m = await MotivNet.load({ model });
+    await m.loadState(path.join(out, 'checkpoints/last.safetensors'));
+    const { evaluateSet } = await import('../src/train/evaluate.js');
+    const { PreprocessPool } = await import('../src/preprocess/pool.js');
+    const { SkipLog } = await import('../src/preprocess/skips.js');
+    const { readFolders } = await import('../src/data/folders.js');
+    const pool = new PreprocessPool({ threads: 1 });
+    const again = await evaluateSet(m, pool, readFolders({ dir: test, classes: 8 }).samples, { batchSize: 8, skips: new SkipLog() });
+    await pool.destroy();
+    m.dispose();
+    expect(summary.test.loss).toBeCloseTo(again.loss, 5);
+  }, 120_000);
+
   it('stops on a non-finite loss with a message naming the step, keeping the last good checkpoint', async () => {
     const out = path.join(base, 'nan');
     const run = train(config(out, { encoderLr: 1e30, decoderLr: 1e30, accumulate: 1 }), quiet);
@@ -119,6 +142,10 @@ describe('the motivnet CLI', () => {
     expect(r.stderr).toMatch(/argument 'csv' is invalid.*affectnet, json, folders/s);
     r = run('train', '--data', data, '--format', 'folders');
     expect(r.stderr).toMatch(/invalid training config[\s\S]*out: /);
+    r = run('train', '--data', data, '--recipe', 'fastest');
+    expect(r.stderr).toMatch(/argument 'fastest' is invalid.*paper, upstream-code/s);
+    r = run('train', '--data', path.join(base, 'nothing-here'), '--out', path.join(base, 'none'));
+    expect(r.stderr).toMatch(/nothing-here: the data folder does not exist/);
     const bad = writeText(path.join(base, 'bad.yaml'), 'data: x\nformat: folders\nout: y\nepochs: -3\nbatchsize: 2\n');
     r = run('train', '--config', bad);
     expect(r.stderr).toMatch(/bad\.yaml with the command-line flags: invalid training config/);
@@ -164,6 +191,35 @@ describe('the motivnet CLI', () => {
     expect(r.stdout).toMatch(/wrote \d+ tensors to .*converted\.safetensors, \d+ renamed, 1 left out \(backbone\.cls_token\)/);
     expect(Object.keys(readSafetensors(converted))).toContain('pose_encoder.projection.weight');
     expect(run('convert', '--input', path.join(fixtures, 'torchscript.pt'), '--output', converted).stderr).toMatch(/TorchScript/);
+  }, 120_000);
+
+  it('fine-tunes a 7-class checkpoint in the released layout on AffectNet as unpacked, given --data alone', async () => {
+    const fixtures = path.resolve(__dirname, '../crates/motivnet/tests/fixtures');
+    const spec = path.join(fixtures, 'config_encoder_only.json');
+    const released = path.join(fixtures, 'motivnet7.pth');
+    const root = await colourAffectNet(path.join(base, 'AffectNet'), 6, 2);
+    const out = path.join(base, 'finetune');
+    let r = run('train', '--data', root, '--model', spec, '--weights', released, '--out', out, '--epochs', '1', '--batch-size', '4', '--accumulate', '1', '--threads', '1', '--encoder-lr', '1e-3', '--decoder-lr', '1e-3');
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/data: affectnet-unpacked layout; labels .*Manually_Annotated_file_lists\/training\.csv, test .*validation\.csv; images in .*Manually_Annotated_Images/);
+    expect(r.stdout).toMatch(/dropped: 7 contempt \(7-class label set\): 6/);
+    expect(JSON.parse(readFileSync(path.join(out, 'config.json'), 'utf8'))).toMatchObject({ format: 'affectnet', classes: 7 });
+    expect(JSON.parse(readFileSync(path.join(out, 'model.json'), 'utf8')).head).toMatchObject({ numClasses: 7, feedforward: 48 });
+    const summary = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8'));
+    expect(summary.data.layout).toBe('affectnet-unpacked');
+    expect(summary.confusion).toHaveLength(7);
+    expect(summary.perClass.map((c: { class: string }) => c.class)).toEqual(['neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger']);
+
+    r = run('eval', '--weights', released, '--model', spec, '--data', root, '--json');
+    expect(r.status, r.stderr).toBe(0);
+    const metrics = JSON.parse(r.stdout);
+    expect(metrics.images).toBe(14); // 2 per class, contempt dropped
+    expect(metrics.labels).toBe(path.join(root, 'Manually_Annotated_file_lists', 'validation.csv'));
+    r = run('predict', '--weights', released, '--model', spec, '--input', path.join(root, 'Manually_Annotated_Images', '2'));
+    expect(Object.keys(JSON.parse(r.stdout.split('\n')[0]!).probabilities)).toEqual(['neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger']);
+    r = run('train', '--data', root, '--model', spec, '--weights', released, '--classes', '8', '--out', path.join(base, 'eight'));
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/holds a 7-class head .* 8 classes were asked for/);
   }, 120_000);
 
   it('a SIGINT mid-epoch saves a loadable last checkpoint and exits', async () => {

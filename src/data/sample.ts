@@ -1,19 +1,20 @@
 /**
- * Balanced sampling and the train/validation split (REFERENCE.md section 4): simple random
- * sampling without replacement of n images per class, n = the smallest class's size (or a
- * cap), then a seeded split, 9:1 by default. Inputs are put in a canonical order first, so
+ * Balanced sampling and the train/validation split, as the MotivNet paper undoes AffectNet's
+ * class imbalance: simple random sampling without replacement of n images per class, n = the
+ * smallest class's size (or a cap), then a seeded split, 9:1 by default. Inputs are put in a canonical order first, so
  * the same seed gives the same sample, split and epoch order on any machine, whatever order
  * the file system listed them in.
  */
 import { classNames } from './labels.js';
-import { createRng, shuffle } from './random.js';
+import { createRng, shuffle, type Rng } from './random.js';
 import type { ClassCount, Sample } from './types.js';
 
 export interface SampleReport {
   /** Images per class before and after sampling. */
   before: number[];
   after: number[];
-  perClass: number;
+  /** Images taken from each class; absent without balanced sampling. */
+  perClass?: number;
 }
 
 export interface BalancedSampleOptions {
@@ -52,23 +53,39 @@ export function balancedSample(samples: readonly Sample[], classes: ClassCount, 
 
 export interface SplitOptions {
   seed: number;
-  /** Fraction of each class held out for validation. Default 0.1 (the reference's 9:1). */
+  /** Fraction held out for validation. Default 0.1 (the paper's 9:1). */
   validationFraction?: number;
+  /**
+   * Hold out the fraction of every class (default), so both parts keep the class balance; or
+   * of the whole set at random, as the upstream code's `random_split` does.
+   */
+  stratified?: boolean;
 }
 
-/** A seeded split, stratified by class so both parts stay balanced. */
+/** A seeded split, stratified by class unless asked otherwise. */
 export function splitTrainValidation(samples: readonly Sample[], classes: ClassCount, opts: SplitOptions): { train: Sample[]; validation: Sample[] } {
   const fraction = opts.validationFraction ?? 0.1;
   if (!(fraction >= 0 && fraction < 1)) throw new RangeError(`validationFraction must be in [0, 1), got ${fraction}`);
-  const train: Sample[] = [];
-  const validation: Sample[] = [];
-  groupByClass(samples, classes).forEach((group, label) => {
-    const shuffled = shuffle(group, createRng(opts.seed, 2, label));
-    const held = Math.round(shuffled.length * fraction);
-    validation.push(...shuffled.slice(0, held).sort(byPath));
-    train.push(...shuffled.slice(held).sort(byPath));
-  });
-  return { train, validation };
+  const out = { train: [] as Sample[], validation: [] as Sample[] };
+  const groups = groupByClass(samples, classes);
+  if (opts.stratified === false) {
+    holdOut(groups.flat(), fraction, createRng(opts.seed, 5), out);
+  } else {
+    groups.forEach((group, label) => holdOut(group, fraction, createRng(opts.seed, 2, label), out));
+  }
+  return out;
+}
+
+/**
+ * Holds out a random `fraction` of `items` (in canonical order) into `out.validation` and the
+ * rest into `out.train`, both keeping the canonical order: the draw picks positions, so
+ * nothing is sorted again (at AffectNet's size, sorting was most of the split's time).
+ */
+function holdOut(items: Sample[], fraction: number, rng: Rng, out: { train: Sample[]; validation: Sample[] }): void {
+  const order = shuffle(Array.from(items, (_, i) => i), rng);
+  const held = new Uint8Array(items.length);
+  for (let i = 0; i < Math.round(items.length * fraction); i++) held[order[i]!] = 1;
+  items.forEach((s, i) => (held[i] ? out.validation : out.train).push(s));
 }
 
 /** The order of one epoch: a permutation fixed by the seed and the epoch number. */

@@ -11,15 +11,15 @@
 import { appendFileSync } from 'node:fs';
 import path from 'node:path';
 
-import { epochOrder } from '../data/sample.js';
+import { epochOrder, formatSampleReport } from '../data/sample.js';
 import { createRng } from '../data/random.js';
 import { emotionLabels } from '../emotions.js';
 import { MotivNet } from '../model.js';
 import { batches } from '../preprocess/batcher.js';
 import { PreprocessPool } from '../preprocess/pool.js';
 import { SkipLog } from '../preprocess/skips.js';
-import { validateTrainConfig, type TrainConfig } from './config.js';
-import { loadDataset, type Dataset } from './dataset.js';
+import { validateTrainConfig, type RunConfig } from './config.js';
+import { describeSource, loadDataset, resolveRunConfig, type Dataset } from './dataset.js';
 import { evaluateSet } from './evaluate.js';
 import type { Metrics } from './metrics.js';
 import { writeConfusion, writeCurves } from './plots.js';
@@ -70,9 +70,9 @@ export class TrainingStopped extends Error {
   }
 }
 
-const higherIsBetter = (metric: TrainConfig['metric']) => metric !== 'loss';
+const higherIsBetter = (metric: RunConfig['metric']) => metric !== 'loss';
 
-function scheduleOf(cfg: TrainConfig): ScheduleConfig {
+function scheduleOf(cfg: RunConfig): ScheduleConfig {
   return { kind: cfg.schedule, t0: cfg.t0, tMult: cfg.tMult, etaMin: cfg.etaMin, per: cfg.schedulePer, warmupSteps: cfg.warmupSteps };
 }
 
@@ -92,12 +92,14 @@ function argmaxCorrect(logits: Float32Array, labels: Int32Array, classes: number
 
 /** Starts a run in `config.out` (which must not hold one already). */
 export async function train(input: unknown, hooks: TrainHooks = {}): Promise<TrainResult> {
-  const cfg = validateTrainConfig(input, 'training config');
-  const run = new RunFolder(cfg.out);
   const { existsSync } = await import('node:fs');
-  if (existsSync(run.last)) {
-    throw new Error(`${cfg.out} already holds a run (checkpoints/last.safetensors): resume it with --resume ${cfg.out}, or choose another --out`);
+  const given = validateTrainConfig(input, 'training config');
+  if (existsSync(path.join(given.out, 'checkpoints', 'last.safetensors'))) {
+    throw new Error(`${given.out} already holds a run (checkpoints/last.safetensors): resume it with --resume ${given.out}, or choose another --out`);
   }
+  // The format and the label set are settled before anything is written, so config.json holds them.
+  const cfg = await resolveRunConfig(given);
+  const run = new RunFolder(cfg.out);
   run.writeJson('config.json', cfg);
   return execute(cfg, run, null, hooks);
 }
@@ -111,17 +113,23 @@ export async function resume(runDir: string, hooks: TrainHooks = {}): Promise<Tr
   } catch (err) {
     throw new Error(`${runDir}: not a run folder (cannot read config.json: ${(err as Error).message})`);
   }
-  const cfg = validateTrainConfig(saved, path.join(runDir, 'config.json'));
+  const cfg = await resolveRunConfig(validateTrainConfig(saved, path.join(runDir, 'config.json')));
   return execute(cfg, run, run.last, hooks);
 }
 
-async function execute(cfg: TrainConfig, run: RunFolder, resumeFrom: string | null, hooks: TrainHooks): Promise<TrainResult> {
+async function execute(cfg: RunConfig, run: RunFolder, resumeFrom: string | null, hooks: TrainHooks): Promise<TrainResult> {
   const log = hooks.log ?? ((line: string) => console.log(line));
   const data = await loadDataset(cfg);
+  // model.json records the exact model (its head may have come from the weights), so a resumed
+  // run builds the same one before restoring its state.
+  const { existsSync } = await import('node:fs');
+  const resolvedModel = run.file('model.json');
   const model = await MotivNet.load({
-    model: cfg.model,
+    model: resumeFrom && existsSync(resolvedModel) ? resolvedModel : cfg.model,
     weights: resumeFrom ? undefined : cfg.weights,
     encoderOnly: cfg.encoderOnly,
+    numClasses: cfg.classes,
+    init: cfg.init,
     device: cfg.device,
     precision: cfg.precision,
     seed: cfg.seed,
@@ -133,10 +141,6 @@ async function execute(cfg: TrainConfig, run: RunFolder, resumeFrom: string | nu
       encoderLayerDecay: cfg.layerDecay,
     },
   });
-  if (model.config.head.numClasses !== cfg.classes) {
-    model.dispose();
-    throw new Error(`model ${cfg.model} has ${model.config.head.numClasses} classes but the data uses ${cfg.classes}: set head.numClasses in a model config file, or --classes`);
-  }
   let state = freshState();
   if (resumeFrom) {
     const extra = (await model.loadState(resumeFrom)) as RunState | undefined;
@@ -144,7 +148,11 @@ async function execute(cfg: TrainConfig, run: RunFolder, resumeFrom: string | nu
     state = extra;
     log(`resuming ${run.dir} at epoch ${state.epoch + 1}, image ${state.position} of the epoch`);
   } else {
-    log(`${data.train.length} training, ${data.validation.length} validation${data.test ? `, ${data.test.length} test` : ''} images (${data.report.perClass} per class sampled)`);
+    run.writeJson('model.json', model.config);
+    log(describeSource(data.source));
+    log(formatSampleReport(data.report, cfg.classes, data.dropped));
+    const sampled = data.report.perClass === undefined ? 'no balanced sampling' : `${data.report.perClass} per class sampled`;
+    log(`${data.train.length} training, ${data.validation.length} validation${data.test ? `, ${data.test.length} test` : ''} images (${sampled}; ${cfg.stratifiedSplit ? 'split per class' : 'random split'})`);
     // A first checkpoint, so a failure in the first epoch still leaves a good one.
     await model.saveState(run.last, state);
   }
@@ -157,7 +165,7 @@ async function execute(cfg: TrainConfig, run: RunFolder, resumeFrom: string | nu
   }
 }
 
-async function loop(cfg: TrainConfig, run: RunFolder, data: Dataset, model: MotivNet, pool: PreprocessPool, state: RunState, hooks: TrainHooks, log: (line: string) => void): Promise<TrainResult> {
+async function loop(cfg: RunConfig, run: RunFolder, data: Dataset, model: MotivNet, pool: PreprocessPool, state: RunState, hooks: TrainHooks, log: (line: string) => void): Promise<TrainResult> {
   const classes = cfg.classes;
   const names = emotionLabels(classes);
   const schedule = scheduleOf(cfg);
@@ -187,7 +195,7 @@ async function loop(cfg: TrainConfig, run: RunFolder, data: Dataset, model: Moti
     const start = state.position;
     let interrupted = false;
     let lr = lrAt(epoch, start / B, state.globalStep);
-    for await (const batch of batches(order.slice(start), { batchSize: B, prefetch: cfg.prefetch, decode: (t) => pool.decode(t), minWidth, minHeight, maxPixels: cfg.maxPixels, flips: flips.slice(start), skips })) {
+    for await (const batch of batches(order.slice(start), { batchSize: B, prefetch: cfg.prefetch, decode: (t) => pool.decode(t), minWidth, minHeight, maxPixels: cfg.maxPixels, fastDecode: cfg.fastDecode, flips: flips.slice(start), skips })) {
       const microIndex = (start + batch.offset) / B;
       const endOfCycle = (microIndex + 1) % K === 0 || microIndex === microPerEpoch - 1;
       lr = lrAt(epoch, microIndex, state.globalStep);
@@ -271,28 +279,33 @@ async function loop(cfg: TrainConfig, run: RunFolder, data: Dataset, model: Moti
   }
   if (status === 'interrupted') return { status, runDir: run.dir, bestEpoch: state.best?.epoch ?? null };
 
-  // The test set (or, without one, the validation set) with the best weights.
+  // The test set (or, without one, the validation set) with the best weights, or the final
+  // ones where the recipe says so.
   const bestEpoch = state.best?.epoch ?? null;
-  if (bestEpoch !== null) await model.loadState(run.best);
+  const withBest = cfg.testWeights === 'best' && bestEpoch !== null;
+  if (withBest) await model.loadState(run.best);
   let test: Metrics | undefined;
   if (data.test) {
     const testSkips = new SkipLog();
     test = await evaluateSet(model, pool, data.test, { ...cfg, skips: testSkips, label: 'test', progressStream: hooks.progressStream });
     appendSkips(run, testSkips, state.epoch, 'test');
   }
-  const final = test ?? (bestEpoch !== null ? await evaluateSet(model, pool, data.validation, { ...cfg, skips: new SkipLog(), label: 'validate best', progressStream: hooks.progressStream }) : lastValidation);
-  if (final) await writeConfusion(run.file('confusion.png'), final.confusion, names, `${test ? 'test' : 'validation'} set, best epoch ${bestEpoch === null ? '-' : bestEpoch + 1}`);
+  const final = test ?? (withBest ? await evaluateSet(model, pool, data.validation, { ...cfg, skips: new SkipLog(), label: 'validate best', progressStream: hooks.progressStream }) : lastValidation);
+  const weightsUsed = withBest ? `best epoch ${bestEpoch + 1}` : 'final weights';
+  if (final) await writeConfusion(run.file('confusion.png'), final.confusion, names, `${test ? 'test' : 'validation'} set, ${weightsUsed}`);
   const pick = (m?: Metrics) => m && { accuracy: m.accuracy, auroc: m.auroc, f1: m.f1, precision: m.precision, recall: m.recall, loss: m.loss };
   run.writeJson('summary.json', {
     status,
     test: pick(test) ?? null,
-    bestValidation: pick(bestEpoch !== null && !test ? final : undefined) ?? (records.find((r) => r.epoch === bestEpoch)?.validation ?? null),
+    testWeights: withBest ? 'best' : 'final',
+    bestValidation: pick(withBest && !test ? final : undefined) ?? (records.find((r) => r.epoch === bestEpoch)?.validation ?? null),
     bestEpoch: bestEpoch === null ? null : bestEpoch + 1,
     bestMetric: cfg.metric,
     epochs: records.length,
     perClass: final ? final.perClass.map((m, i) => ({ class: names[i], ...m })) : [],
     confusion: final?.confusion ?? [],
     sample: data.report,
+    data: data.source,
     dropped: data.dropped,
   });
   return { status, runDir: run.dir, bestEpoch, test, validation: lastValidation };
