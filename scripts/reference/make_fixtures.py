@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from motivnet_ref import EncoderConfig, HeadConfig, MotivNet, preprocess  # noqa: E402
+from motivnet_ref import PRESETS, EncoderConfig, HeadConfig, MotivNet, preprocess  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 OUT = ROOT / "crates" / "motivnet" / "tests" / "fixtures"
@@ -228,6 +228,16 @@ def released_layout_fixture() -> None:
     (OUT / "config_encoder_only.json").write_text(json.dumps(encoder_only, indent=2) + "\n")
 
 
+def released_shapes_fixture() -> None:
+    """The key -> shape table of the released checkpoint's module: MotivNet with 7 classes on
+    sapiens-1b (decoder embedding 1152), built on the meta device, so no memory is spent."""
+    encoder, head = PRESETS["sapiens-1b"]
+    with torch.device("meta"):
+        model = MotivNet(encoder, HeadConfig(**{**head.__dict__, "num_classes": 7}))
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    (OUT / "released_shapes.json").write_text(json.dumps(shapes, sort_keys=True) + "\n")
+
+
 # ---------------------------------------------------------------- decoding + resize, as cv2 does it
 
 def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
@@ -308,6 +318,7 @@ if __name__ == "__main__":
     model_fixtures()
     dropout_fixtures()
     released_layout_fixture()
+    released_shapes_fixture()
     resize_fixtures()
     decode_fixtures()
     for out in (OUT, DECODE_OUT):

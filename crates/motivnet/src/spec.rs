@@ -165,21 +165,11 @@ impl HeadShape {
 mod tests {
     use super::*;
 
-    /// The head keys and shapes of the released MotivNet checkpoint: `MotivNet(7, 0, 0)`,
-    /// sapiens-1b (embedding 1536), decoder embedding 1152, 2 decoder layers, feedforward 2048.
+    /// The key -> shape table of the released checkpoint's module (`MotivNet(7, 0, 0)`:
+    /// sapiens-1b, decoder embedding 1152), written by the PyTorch reference script.
     fn released_head() -> BTreeMap<String, Vec<usize>> {
-        let mut s = BTreeMap::new();
-        let mut put = |k: &str, shape: &[usize]| s.insert(format!("{DECODER_PREFIX}{k}"), shape.to_vec());
-        put("embed_standart.weight", &[1152, 1536]);
-        put("query_embed.weight", &[7, 1152]);
-        for i in 0..2 {
-            put(&format!("layers.{i}.self_attn.in_proj_weight"), &[3456, 1152]);
-            put(&format!("layers.{i}.linear1.weight"), &[2048, 1152]);
-            put(&format!("layers.{i}.linear2.weight"), &[1152, 2048]);
-        }
-        put("duplicate_pooling", &[7, 1152, 1]);
-        put("duplicate_pooling_bias", &[7]);
-        s
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/released_shapes.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
     #[test]
@@ -194,6 +184,10 @@ mod tests {
         assert_eq!(config.head.layers, 2);
         assert_eq!(config.head.feedforward, 2048);
         assert_eq!(config.encoder, ModelConfig::preset("sapiens-1b").unwrap().encoder);
+        // The preset's encoder is the checkpoint's: 40 blocks of width 1536 on a 64 x 48 grid.
+        assert_eq!(shapes["pose_encoder.pos_embed"], [1, 64 * 48, 1536]);
+        assert_eq!(shapes["pose_encoder.layers.39.ffn.layers.0.0.weight"], [6144, 1536]);
+        assert!(!shapes.contains_key("pose_encoder.layers.40.ln1.weight"));
         // Without weights, or asked for its own class count: the same.
         assert_eq!(spec.resolve(None, None).unwrap().head.num_classes, 8);
         assert_eq!(spec.resolve(Some(("MotivNet.pth", &shapes)), Some(7)).unwrap(), config);

@@ -190,3 +190,24 @@ fn shapes_are_read_without_the_tensor_data() {
         }
     }
 }
+
+/// Our parameter names and shapes against the released checkpoint's module (its key -> shape
+/// table, written by the reference script): the whole head, and the encoder with one of its
+/// 40 blocks (the others differ only in their index), resolved from `sapiens-1b`.
+#[test]
+fn the_released_checkpoints_keys_and_shapes_are_ours() {
+    let released: std::collections::BTreeMap<String, Vec<usize>> =
+        serde_json::from_str(&std::fs::read_to_string(fixture("released_shapes.json")).unwrap()).unwrap();
+    let spec = motivnet::ModelSpec::parse("sapiens-1b").unwrap();
+    let mut config = spec.resolve(Some(("MotivNet.pth", &released)), None).unwrap();
+    assert_eq!(config.encoder.depth, 40);
+    config.encoder.depth = 1;
+    let model = MotivNet::new(&config, &Device::Cpu, 0).unwrap();
+    let ours: std::collections::BTreeMap<String, Vec<usize>> =
+        model.params.iter().map(|p| (p.name.clone(), p.var.dims().to_vec())).collect();
+    let wanted: std::collections::BTreeMap<String, Vec<usize>> = released
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("pose_encoder.layers.") || k.starts_with("pose_encoder.layers.0."))
+        .collect();
+    assert_eq!(ours, wanted);
+}
