@@ -237,23 +237,25 @@ describe('HTTP server', () => {
   });
 });
 
+/** Starts `motivnet serve` with `args` and resolves once it listens; `stderr()` is all it wrote so far. */
+async function startServe(args: string[]) {
+  const child = spawn(process.execPath, [cli, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  const url = await new Promise<string>((resolve, reject) => {
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      const m = /listening on (http:\/\/\S+)/.exec(stderr);
+      if (m) resolve(m[1]!);
+    });
+    child.on('exit', (code) => reject(new Error(`serve exited early (${code}): ${stderr}`)));
+  });
+  return { child, url, stderr: () => stderr };
+}
+
 describe('motivnet serve', () => {
   it('finishes the request in flight on SIGTERM, then exits cleanly', async () => {
     // A long batch wait keeps the request inside the server when the signal arrives.
-    const child = spawn(
-      process.execPath,
-      [cli, 'serve', '--weights', weights, '--model', config, '--port', '0', '--max-wait-ms', '1500', '--threads', '1'],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let stderr = '';
-    const url = await new Promise<string>((resolve, reject) => {
-      child.stderr.on('data', (d: Buffer) => {
-        stderr += d.toString();
-        const m = /listening on (http:\/\/\S+)/.exec(stderr);
-        if (m) resolve(m[1]!);
-      });
-      child.on('exit', (code) => reject(new Error(`serve exited early (${code}): ${stderr}`)));
-    });
+    const { child, url, stderr } = await startServe(['--weights', weights, '--model', config, '--port', '0', '--max-wait-ms', '1500', '--threads', '1']);
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
     const inFlight = fetch(`${url}/v1/predict`, { method: 'POST', body: await image('jpeg'), headers: { 'content-type': 'image/jpeg' } });
@@ -263,24 +265,15 @@ describe('motivnet serve', () => {
     expect(res.status).toBe(200);
     expect(model.labels).toContain(((await res.json()) as { label: string }).label);
     expect(await exited).toBe(0);
-    expect(stderr).toMatch(/SIGTERM: finishing the requests in flight/);
+    expect(stderr()).toMatch(/SIGTERM: finishing the requests in flight/);
     await expect(fetch(`${url}/healthz`)).rejects.toThrow();
   });
 
   it("serves a 7-class checkpoint in the released layout with the head from the file", async () => {
     const fixtures = path.resolve(__dirname, '../crates/motivnet/tests/fixtures');
     const args = ['--weights', path.join(fixtures, 'motivnet7.pth'), '--model', path.join(fixtures, 'config_encoder_only.json'), '--port', '0', '--threads', '1'];
-    const child = spawn(process.execPath, [cli, 'serve', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const { child, url } = await startServe(args);
     try {
-      let stderr = '';
-      const url = await new Promise<string>((resolve, reject) => {
-        child.stderr.on('data', (d: Buffer) => {
-          stderr += d.toString();
-          const m = /listening on (http:\/\/\S+)/.exec(stderr);
-          if (m) resolve(m[1]!);
-        });
-        child.on('exit', (code) => reject(new Error(`serve exited early (${code}): ${stderr}`)));
-      });
       const seven = ['neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger'];
       const res = await fetch(`${url}/v1/predict`, { method: 'POST', body: await image('png'), headers: { 'content-type': 'image/png' } });
       expect(res.status).toBe(200);
