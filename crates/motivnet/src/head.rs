@@ -12,7 +12,7 @@ use candle_core::{Module, Tensor};
 
 use crate::config::HeadConfig;
 use crate::error::Result;
-use crate::layers::{attention, dropout, merge_heads, split_heads, LayerNorm, Linear, Mode};
+use crate::layers::{attention, dropout, merge_heads, relu, split_heads, LayerNorm, Linear, Mode};
 use crate::params::{torch_default_bound, Init, InitScheme, ParamStore};
 
 const LN_EPS: f64 = 1e-5;
@@ -100,7 +100,7 @@ impl DecoderLayer {
         let t = self.norm1.forward(&(t + dropout(t, p, mode)?)?)?;
         let a = self.self_attn.forward(&t, memory, mode)?;
         let t = self.norm2.forward(&(&t + dropout(&a, p, mode)?)?)?;
-        let hidden = dropout(&self.linear1.forward(&t)?.relu()?, p, mode)?;
+        let hidden = dropout(&relu(&self.linear1.forward(&t)?)?, p, mode)?;
         let f = dropout(&self.linear2.forward(&hidden)?, p, mode)?;
         Ok(self.norm3.forward(&(&t + f)?)?)
     }
@@ -151,7 +151,7 @@ impl MlDecoder {
     /// Tokens (B, N, D) -> logits (B, num_classes).
     pub fn forward(&self, tokens: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let b = tokens.dim(0)?;
-        let memory = self.embed_standart.forward(tokens)?.relu()?;
+        let memory = relu(&self.embed_standart.forward(tokens)?)?;
         let (k, e) = self.query_embed.dims2()?;
         // detach(): shares the storage (so loading new queries is seen) but cuts backward.
         let queries = self.query_embed.detach().to_dtype(memory.dtype())?;
