@@ -11,6 +11,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 
 import { IMAGE_EXTENSIONS } from './data/folders.js';
 import type { ClassCount } from './data/types.js';
+import { nativeCall } from './errors.js';
 import { MotivNet, type Geometry } from './model.js';
 import { native } from './native.js';
 import { PreprocessPool } from './preprocess/pool.js';
@@ -261,7 +262,7 @@ function convertCommand(program: Command): void {
     .requiredOption('--output <file>', 'the .safetensors file to write')
     .addHelpText('after', '\nTorchScript and torch.export archives need PyTorch: use scripts/convert_torchscript.py first.')
     .action(async (opts) => {
-      const r = await native.convertWeights(opts.input, opts.output);
+      const r = await nativeCall(() => native.convertWeights(opts.input, opts.output));
       console.log(`wrote ${r.written} tensors to ${opts.output}${r.renamed.length ? `, ${r.renamed.length} renamed` : ''}${r.ignored.length ? `, ${r.ignored.length} left out (${r.ignored.slice(0, 5).join(', ')}${r.ignored.length > 5 ? ', ...' : ''})` : ''}`);
     });
 }

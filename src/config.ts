@@ -1,4 +1,5 @@
 /** Model configs as the core sees them: presets and validated JSON config files. */
+import { nativeCallSync } from './errors.js';
 import { native } from './native.js';
 
 export interface EncoderConfig {
@@ -34,5 +35,5 @@ export function presets(): string[] {
 
 /** A preset name or a path to a JSON config file, resolved and validated by the core. */
 export function resolveModelConfig(spec: string): ModelConfig {
-  return JSON.parse(native.resolveModelConfig(spec)) as ModelConfig;
+  return JSON.parse(nativeCallSync(() => native.resolveModelConfig(spec))) as ModelConfig;
 }

@@ -1,5 +1,6 @@
 /** motivnet: facial emotion recognition (MotivNet: Sapiens ViT + ML-Decoder) with a Rust core. */
 export { MotivNet } from './model.js';
+export { MotivNetError, type MotivNetErrorCode } from './errors.js';
 export type {
   ClassScore,
   EvaluateOutput,

@@ -2,11 +2,13 @@
  * `MotivNet`: the public model object. A thin, typed wrapper over the native model: every
  * method that touches tensors returns a Promise whose work runs on the core's compute threads,
  * never on the event loop, so a busy server keeps turning. Calls on one model run one at a
- * time; separate models share the compute threads.
+ * time; separate models share the compute threads. A failed call rejects with a
+ * `MotivNetError` whose `code` says what kind of failure it was.
  */
 import { native, type NativeModel } from './native.js';
 import type { ModelConfig } from './config.js';
 import { emotionLabels } from './emotions.js';
+import { nativeCall } from './errors.js';
 
 /** How an image of another size reaches the model's W x H input. */
 export type Geometry = 'stretch' | 'letterbox' | 'none';
@@ -184,7 +186,7 @@ export class MotivNet {
 
   /** Builds a model from a preset or config file, with optional weights. */
   static async load(options: LoadOptions): Promise<MotivNet> {
-    return new MotivNet(await native.loadModel(options));
+    return new MotivNet(await nativeCall(() => native.loadModel(options)));
   }
 
   /**
@@ -193,13 +195,13 @@ export class MotivNet {
    * count of a checkpoint before reading its data.
    */
   static async resolveConfig(options: Pick<LoadOptions, 'model' | 'weights' | 'encoderOnly' | 'numClasses'>): Promise<ModelConfig> {
-    return JSON.parse(await native.modelConfigFor(options)) as ModelConfig;
+    return JSON.parse(await nativeCall(() => native.modelConfigFor(options))) as ModelConfig;
   }
 
   /** Eval-mode logits, probabilities and the top class of each image. */
   async predict(images: Images, options: { geometry?: Geometry } = {}): Promise<PredictOutput> {
     const input = toNativeInput(images, options.geometry ?? 'letterbox');
-    const r = await this.inner.predict(input);
+    const r = await nativeCall(() => this.inner.predict(input));
     const top: ClassScore[] = [];
     for (let b = 0; b < r.batchSize; b++) {
       let best = 0;
@@ -214,18 +216,19 @@ export class MotivNet {
   /** One micro-batch of training: forward, loss, backward; updates the weights when `endOfCycle`. */
   async trainStep(images: Images, labels: Int32Array | readonly number[], options: TrainStepOptions): Promise<TrainStepOutput> {
     const input = toNativeInput(images, options.geometry ?? 'stretch');
-    const r = await this.inner.trainStep(input, toLabels(labels), options.encoderLr, options.decoderLr, options.endOfCycle ?? true);
+    const r = await nativeCall(() => this.inner.trainStep(input, toLabels(labels), options.encoderLr, options.decoderLr, options.endOfCycle ?? true));
     return { loss: r.loss, logits: r.logits, stepped: r.stepped, gradNorm: r.gradNorm ?? undefined, step: r.step };
   }
 
   /** Eval-mode loss, logits and probabilities for labelled images. */
   async evaluate(images: Images, labels: Int32Array | readonly number[], options: { geometry?: Geometry } = {}): Promise<EvaluateOutput> {
-    return this.inner.evaluate(toNativeInput(images, options.geometry ?? 'stretch'), toLabels(labels));
+    const input = toNativeInput(images, options.geometry ?? 'stretch');
+    return nativeCall(() => this.inner.evaluate(input, toLabels(labels)));
   }
 
   /** Writes the weights (safetensors, the reference's parameter names). */
   async save(path: string): Promise<void> {
-    await this.inner.saveWeights(path);
+    await nativeCall(() => this.inner.saveWeights(path));
   }
 
   /**
@@ -233,12 +236,12 @@ export class MotivNet {
    * and `extra` (any JSON-able bookkeeping) in the same file, atomically.
    */
   async saveState(path: string, extra?: unknown): Promise<void> {
-    await this.inner.saveState(path, extra === undefined ? undefined : JSON.stringify(extra));
+    await nativeCall(() => this.inner.saveState(path, extra === undefined ? undefined : JSON.stringify(extra)));
   }
 
   /** Restores a state written by `saveState` (the model config must match); returns its `extra`. */
   async loadState(path: string): Promise<unknown> {
-    const extra = await this.inner.loadState(path);
+    const extra = await nativeCall(() => this.inner.loadState(path));
     return extra === null ? undefined : (JSON.parse(extra) as unknown);
   }
 

@@ -2,6 +2,7 @@
  * The model's input tensor from u8 images, computed by the core exactly as the model computes
  * it: for inspecting preprocessing, benchmarks, and feeding other tools.
  */
+import { nativeCall } from './errors.js';
 import { native } from './native.js';
 import { toNativeInput, type Geometry, type PackedImages } from './model.js';
 
@@ -19,5 +20,6 @@ export interface InputTensorOptions {
 
 /** (B, 3, height, width) float32, row-major: resized (OpenCV INTER_LINEAR conventions) and normalized. */
 export function toInputTensor(images: PackedImages, opts: InputTensorOptions): Promise<Float32Array> {
-  return native.preprocess(toNativeInput(images, opts.geometry ?? 'stretch'), opts.height, opts.width, opts.normalization, opts.out);
+  const input = toNativeInput(images, opts.geometry ?? 'stretch');
+  return nativeCall(() => native.preprocess(input, opts.height, opts.width, opts.normalization, opts.out));
 }

@@ -54,19 +54,25 @@ describe('the sharp worker pool', () => {
 
   it('reports bad files as skips with a reason, never as errors', async () => {
     const good = readFileSync(await writeImage(path.join(dir, 'good.jpg'), solid(64, 64, [10, 20, 30]), 64, 64, 'jpeg'));
-    const cases: [string, RegExp][] = [
-      [path.join(dir, 'missing.jpg'), /^missing file$/],
-      [writeText(path.join(dir, 'empty.jpg'), ''), /^empty file$/],
-      [writeText(path.join(dir, 'text.jpg'), 'hello, I am not a picture'), /^not an image$/],
-      [writeText(path.join(dir, 'truncated.jpg'), good.subarray(0, Math.floor(good.length / 2))), /^truncated or corrupt image/],
+    const cases: [string, string, RegExp][] = [
+      [path.join(dir, 'missing.jpg'), 'missing', /^missing file$/],
+      [writeText(path.join(dir, 'empty.jpg'), ''), 'empty', /^empty file$/],
+      [writeText(path.join(dir, 'text.jpg'), 'hello, I am not a picture'), 'not-an-image', /^not an image$/],
+      [writeText(path.join(dir, 'truncated.jpg'), good.subarray(0, Math.floor(good.length / 2))), 'corrupt', /^truncated or corrupt image/],
+      [dir, 'not-a-file', /^not a file$/],
     ];
-    for (const [file, reason] of cases) {
+    for (const [file, kind, reason] of cases) {
       const r = await pool.decode(task(file));
       expect(r.ok, file).toBe(false);
-      if (!r.ok) expect(r.reason).toMatch(reason);
+      if (!r.ok) {
+        expect(r.kind, file).toBe(kind);
+        expect(r.reason).toMatch(reason);
+      }
     }
     const huge = await pool.decode(task(path.join(dir, 'good.jpg'), { maxPixels: 1000 }));
-    expect(huge).toEqual({ ok: false, reason: 'oversized (more than 1000 pixels)' });
+    expect(huge).toEqual({ ok: false, kind: 'oversized', reason: 'oversized (more than 1000 pixels)' });
+    const gif = await pool.decode({ ...task(path.join(dir, 'a.png')), formats: ['jpeg'] });
+    expect(gif).toMatchObject({ ok: false, kind: 'format-not-accepted' });
   });
 });
 

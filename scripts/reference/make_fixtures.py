@@ -228,6 +228,19 @@ def released_layout_fixture() -> None:
     (OUT / "config_encoder_only.json").write_text(json.dumps(encoder_only, indent=2) + "\n")
 
 
+class _ShortRebuild:
+    """Pickles as a tensor rebuild call with two arguments where PyTorch writes six."""
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, (1, 2))
+
+
+def malformed_fixture() -> None:
+    """A `.pth` whose tensor rebuild tuple is two items long: candle's pickle reader panics on
+    it, which must reach the caller as an error naming the file, not a crash."""
+    torch.save({"pose_encoder.projection.bias": torch.zeros(4), "pose_encoder.pos_embed": _ShortRebuild()}, OUT / "short_rebuild_tuple.pth")
+
+
 def released_shapes_fixture() -> None:
     """The key -> shape table of the released checkpoint's module: MotivNet with 7 classes on
     sapiens-1b (decoder embedding 1152), built on the meta device, so no memory is spent."""
@@ -319,6 +332,7 @@ if __name__ == "__main__":
     dropout_fixtures()
     released_layout_fixture()
     released_shapes_fixture()
+    malformed_fixture()
     resize_fixtures()
     decode_fixtures()
     for out in (OUT, DECODE_OUT):

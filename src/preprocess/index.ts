@@ -2,4 +2,4 @@
 export { PreprocessPool, type PoolOptions } from './pool.js';
 export { batches, pack, DEFAULT_MAX_PIXELS, type BatcherOptions, type PackedBatch } from './batcher.js';
 export { SkipLog, type Skip } from './skips.js';
-export type { DecodeResult, DecodeTask } from './types.js';
+export type { DecodeFailure, DecodeResult, DecodeTask } from './types.js';

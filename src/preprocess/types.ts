@@ -26,6 +26,19 @@ export interface DecodeTask {
   maxPixels: number;
 }
 
+/** Why a file was not decoded: what a caller branches on (the reason is for people). */
+export type DecodeFailure =
+  | 'no-input'
+  | 'missing'
+  | 'not-a-file'
+  | 'permission'
+  | 'empty'
+  | 'not-an-image'
+  | 'format-not-accepted'
+  | 'oversized'
+  | 'corrupt'
+  | 'unreadable';
+
 export type DecodeResult =
   | { ok: true; data: Uint8Array; width: number; height: number }
-  | { ok: false; reason: string };
+  | { ok: false; kind: DecodeFailure; reason: string };

@@ -14,7 +14,7 @@ import { isMainThread, workerData } from 'node:worker_threads';
 import { move, transferableSymbol, valueSymbol } from 'piscina';
 import sharp from 'sharp';
 
-import type { DecodeResult, DecodeTask } from './types.js';
+import type { DecodeFailure, DecodeResult, DecodeTask } from './types.js';
 
 if (isMainThread) throw new Error('src/preprocess/worker is a piscina worker: load it through the preprocessing pool');
 
@@ -22,19 +22,20 @@ if (isMainThread) throw new Error('src/preprocess/worker is a piscina worker: lo
 sharp.concurrency((workerData as { sharpThreads?: number } | undefined)?.sharpThreads ?? 1);
 sharp.cache(false);
 
-/** A short, stable reason for a skip report. */
-export function classify(err: unknown, maxPixels: number): string {
+/** The kind of a decode failure and a short, stable reason for the skip report. */
+export function classify(err: unknown, maxPixels: number): { kind: DecodeFailure; reason: string } {
   const e = err as NodeJS.ErrnoException;
-  if (e.code === 'ENOENT') return 'missing file';
-  if (e.code === 'EISDIR') return 'not a file';
-  if (e.code === 'EACCES' || e.code === 'EPERM') return 'unreadable (permission denied)';
+  if (e.code === 'ENOENT') return { kind: 'missing', reason: 'missing file' };
+  if (e.code === 'EISDIR') return { kind: 'not-a-file', reason: 'not a file' };
+  if (e.code === 'EACCES' || e.code === 'EPERM') return { kind: 'permission', reason: 'unreadable (permission denied)' };
   const msg = String(e.message ?? err);
-  if (/unsupported image format|bad seek|not in a known format/i.test(msg)) return 'not an image';
-  if (/pixel limit/i.test(msg)) return `oversized (more than ${maxPixels} pixels)`;
+  const first = msg.split('\n')[0]!.trim();
+  if (/unsupported image format|bad seek|not in a known format/i.test(msg)) return { kind: 'not-an-image', reason: 'not an image' };
+  if (/pixel limit/i.test(msg)) return { kind: 'oversized', reason: `oversized (more than ${maxPixels} pixels)` };
   if (/premature end|truncated|corrupt|invalid|unexpected end|read error|VipsJpeg|pngload|webp/i.test(msg)) {
-    return `truncated or corrupt image (${msg.split('\n')[0]!.trim()})`;
+    return { kind: 'corrupt', reason: `truncated or corrupt image (${first})` };
   }
-  return `unreadable (${msg.split('\n')[0]!.trim()})`;
+  return { kind: 'unreadable', reason: `unreadable (${first})` };
 }
 
 /** Piscina moves the pixel buffer (no copy) when a result carries these two symbols. */
@@ -53,12 +54,12 @@ export default async function decode(task: DecodeTask): Promise<DecodeResult> {
     // A blocking read: this thread has nothing else to do meanwhile, and an async read would
     // cost two more thread hand-offs per image through libuv's pool.
     const file = task.bytes ?? (task.path !== undefined ? readFileSync(task.path) : undefined);
-    if (file === undefined) return { ok: false, reason: 'no image given (a task needs a path or bytes)' };
-    if (file.length === 0) return { ok: false, reason: task.bytes ? 'empty body' : 'empty file' };
+    if (file === undefined) return { ok: false, kind: 'no-input', reason: 'no image given (a task needs a path or bytes)' };
+    if (file.length === 0) return { ok: false, kind: 'empty', reason: task.bytes ? 'empty body' : 'empty file' };
     let image = sharp(file, { limitInputPixels: task.maxPixels, failOn: 'warning' });
     const meta = await image.metadata();
     if (task.formats && !task.formats.includes(meta.format)) {
-      return { ok: false, reason: `not an accepted image format (${meta.format}; accepted: ${task.formats.join(', ')})` };
+      return { ok: false, kind: 'format-not-accepted', reason: `not an accepted image format (${meta.format}; accepted: ${task.formats.join(', ')})` };
     }
     // Auto-orientation costs a pass over the pixels: only when the tag asks for it.
     const turned = (meta.orientation ?? 1) > 1;
@@ -82,12 +83,12 @@ export default async function decode(task: DecodeTask): Promise<DecodeResult> {
     }
     if (task.flip) image = image.flop();
     const { data, info } = await image.toColourspace('srgb').removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
-    if (info.channels !== 3) return { ok: false, reason: `unexpected ${info.channels} channels after conversion to RGB` };
+    if (info.channels !== 3) return { ok: false, kind: 'unreadable', reason: `unexpected ${info.channels} channels after conversion to RGB` };
     // A private copy the worker can give away: sharp's buffer is not transferable.
     const pixels = new Uint8Array(data.length);
     pixels.set(data);
     return move(new Decoded({ ok: true, data: pixels, width: info.width, height: info.height })) as unknown as DecodeResult;
   } catch (err) {
-    return { ok: false, reason: classify(err, task.maxPixels) };
+    return { ok: false, ...classify(err, task.maxPixels) };
   }
 }

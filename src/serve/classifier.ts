@@ -14,6 +14,7 @@ import { availableParallelism } from 'node:os';
 import type { FaceBox } from '../data/types.js';
 import { MotivNet, type LoadOptions, type RgbImage } from '../model.js';
 import { PreprocessPool } from '../preprocess/pool.js';
+import type { DecodeFailure } from '../preprocess/types.js';
 
 /** How an image is fitted to the model's input: letterbox keeps the aspect ratio (the reference's inference). */
 export type ClassifierGeometry = 'letterbox' | 'stretch';
@@ -112,13 +113,17 @@ function positiveInt(name: string, value: number | undefined, fallback: number, 
   return v;
 }
 
-/** Maps a decode worker's reason to the error and status a client should see. */
-function inputError(reason: string, maxPixels: number): ClassifierInputError {
-  if (reason.startsWith('oversized')) return new ClassifierInputError(`image too large: more than ${maxPixels} pixels`, 413);
-  if (reason.startsWith('not an accepted image format') || reason === 'not an image') {
-    return new ClassifierInputError(`${reason}; send JPEG, PNG or WebP`, 415);
+/** Maps a decode failure to the error and status a client should see. */
+function inputError(failure: { kind: DecodeFailure; reason: string }, maxPixels: number): ClassifierInputError {
+  switch (failure.kind) {
+    case 'oversized':
+      return new ClassifierInputError(`image too large: more than ${maxPixels} pixels`, 413);
+    case 'not-an-image':
+    case 'format-not-accepted':
+      return new ClassifierInputError(`${failure.reason}; send JPEG, PNG or WebP`, 415);
+    default:
+      return new ClassifierInputError(failure.reason, 400);
   }
-  return new ClassifierInputError(reason, 400);
 }
 
 export class EmotionClassifier {
@@ -196,7 +201,7 @@ export class EmotionClassifier {
         minHeight: inputHeight,
         maxPixels: this.maxPixels,
       });
-      if (!decoded.ok) throw inputError(decoded.reason, this.maxPixels);
+      if (!decoded.ok) throw inputError(decoded, this.maxPixels);
       options.signal?.throwIfAborted();
       // A call that was decoding when close() came still runs: close() lets held calls finish.
       return await new Promise<Classification>((resolve, reject) => {

@@ -17,6 +17,7 @@ import multipart from '@fastify/multipart';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 
 import type { FaceBox } from '../data/types.js';
+import { MotivNetError } from '../errors.js';
 import {
   ClassifierClosedError,
   ClassifierInputError,
@@ -111,6 +112,8 @@ function describe(err: unknown, classifier: EmotionClassifier): { status: number
     return { status: 503, message: err.message, headers: { 'retry-after': retry } };
   }
   if (err instanceof ClassifierClosedError) return { status: 503, message: 'the server is shutting down', headers: {} };
+  // The model refused the input itself: the client's doing. Any other core failure is ours.
+  if (err instanceof MotivNetError && err.code === 'MOTIVNET_INPUT') return { status: 400, message: err.message, headers: {} };
   const fe = err as FastifyError;
   // fastify's own client errors: unsupported media type, body too large, bad multipart, ...
   if (typeof fe.statusCode === 'number' && fe.statusCode >= 400 && fe.statusCode < 500) {

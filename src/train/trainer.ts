@@ -14,6 +14,7 @@ import path from 'node:path';
 import { epochOrder, formatSampleReport } from '../data/sample.js';
 import { createRng } from '../data/random.js';
 import { emotionLabels } from '../emotions.js';
+import { MotivNetError } from '../errors.js';
 import { MotivNet } from '../model.js';
 import { batches } from '../preprocess/batcher.js';
 import { PreprocessPool } from '../preprocess/pool.js';
@@ -203,10 +204,11 @@ async function loop(cfg: RunConfig, run: RunFolder, data: Dataset, model: MotivN
       try {
         r = await model.trainStep(batch, batch.labels, { ...lr, endOfCycle, geometry: 'stretch' });
       } catch (err) {
-        const message = (err as Error).message;
-        if (/not finite|learning rate/.test(message)) {
+        // A step the core refused (a non-finite loss, a learning rate or batch it cannot use)
+        // stops the run; the last checkpoint is good.
+        if (err instanceof MotivNetError && (err.code === 'MOTIVNET_NON_FINITE' || err.code === 'MOTIVNET_INPUT')) {
           throw new TrainingStopped(
-            `training stopped at epoch ${epoch + 1}, micro-batch ${microIndex + 1} of ${microPerEpoch} (optimizer step ${state.globalStep + 1}): ${message}. ` +
+            `training stopped at epoch ${epoch + 1}, micro-batch ${microIndex + 1} of ${microPerEpoch} (optimizer step ${state.globalStep + 1}): ${err.message}. ` +
               `The last good checkpoint is ${run.last}`,
           );
         }

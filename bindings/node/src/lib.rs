@@ -25,7 +25,7 @@ pub fn presets() -> Vec<String> {
 /// validated; errors name the file or key at fault.
 #[napi]
 pub fn resolve_model_config(spec: String) -> Result<String> {
-    motivnet::ModelConfig::from_preset_or_file(&spec).map(|c| c.to_json()).js()
+    error::no_panic(|| motivnet::ModelConfig::from_preset_or_file(&spec).map(|c| c.to_json()).js())
 }
 
 /// Whether this build of the addon can use CUDA devices.

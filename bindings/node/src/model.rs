@@ -8,10 +8,11 @@ use napi::bindgen_prelude::{AsyncTask, Int32Array};
 use napi::Result;
 use napi_derive::napi;
 
-use crate::error::{invalid, IntoJs};
+use crate::error::{coded, IntoJs, DISPOSED};
 use crate::options::{labels, Input, LoadOptions, NativeInput};
 use crate::tasks::{
-    ConfigRequest, ConfigTask, EvaluateTask, FileTask, FileWork, LoadStateTask, LoadTask, PredictTask, TrainStepTask,
+    ConfigRequest, ConfigTask, EvaluateTask, FileTask, FileWork, LoadStateTask, LoadTask, PanicTask, PredictTask,
+    TrainStepTask,
 };
 use motivnet::optim::{AdamWConfig, Groups};
 use motivnet::{Normalization, Trainer};
@@ -20,6 +21,8 @@ pub struct Shared {
     pub trainer: Mutex<Option<Trainer>>,
     /// Set by dispose(); checked before every call, so use after dispose fails at once.
     pub disposed: AtomicBool,
+    /// Why the model refuses calls: a call that changes it failed inside the core midway.
+    pub torn: Mutex<Option<String>>,
 }
 
 #[napi(object)]
@@ -78,7 +81,11 @@ impl NativeModel {
         let config_json = trainer.model.config.to_json();
         let counts = trainer.model.params.counts();
         Self {
-            shared: Arc::new(Shared { trainer: Mutex::new(Some(trainer)), disposed: AtomicBool::new(false) }),
+            shared: Arc::new(Shared {
+                trainer: Mutex::new(Some(trainer)),
+                disposed: AtomicBool::new(false),
+                torn: Mutex::new(None),
+            }),
             config_json,
             counts,
         }
@@ -86,7 +93,7 @@ impl NativeModel {
 
     fn live(&self) -> Result<Arc<Shared>> {
         if self.shared.disposed.load(Ordering::SeqCst) {
-            return Err(invalid("the model was disposed: load a new one"));
+            return Err(coded(DISPOSED, "the model was disposed: load a new one"));
         }
         Ok(self.shared.clone())
     }
@@ -166,6 +173,14 @@ impl NativeModel {
         if let Ok(mut guard) = self.shared.trainer.try_lock() {
             guard.take();
         }
+    }
+
+    /// For the binding's tests: a call that panics inside the core while it would change the
+    /// model. Proves a panic rejects (code MOTIVNET_INTERNAL) and leaves the process alive and
+    /// the model refusing further calls.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn panic_for_test(&self) -> Result<AsyncTask<PanicTask>> {
+        Ok(AsyncTask::new(PanicTask { shared: self.live()? }))
     }
 
     #[napi(getter)]

@@ -11,23 +11,50 @@ use napi::bindgen_prelude::{Float32Array, Task};
 use napi::{Env, Result};
 use napi_derive::napi;
 
-use crate::error::{invalid, IntoJs};
+use crate::error::{coded, invalid, no_panic, IntoJs, DISPOSED, INTERNAL};
 use crate::model::{NativeModel, Shared};
 use crate::options::Input;
 use motivnet::optim::{AdamWConfig, Groups};
 use motivnet::{Normalization, Trainer};
 
+/// Whether a call changes the model: a failure inside the core during one that does may leave
+/// it half-updated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Reads,
+    Writes,
+}
+
 /// Runs `work` on the model under its lock, on the core's compute threads (see
 /// `motivnet::cpu::run_on_compute_threads`: not on this libuv thread), or fails if the model
-/// was disposed.
-fn with_trainer<T: Send>(shared: &Shared, work: impl FnOnce(&mut Trainer) -> motivnet::Result<T> + Send) -> Result<T> {
+/// was disposed, or was left torn by an earlier call that panicked while changing it.
+fn with_trainer<T: Send>(
+    shared: &Shared,
+    effect: Effect,
+    work: impl FnOnce(&mut Trainer) -> motivnet::Result<T> + Send,
+) -> Result<T> {
     let mut guard = shared.trainer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if shared.disposed.load(Ordering::SeqCst) {
         // dispose() found the model busy: free it now that the running call is done.
         guard.take();
     }
-    let trainer = guard.as_mut().ok_or_else(|| invalid("the model was disposed: load a new one"))?;
-    motivnet::cpu::run_on_compute_threads(|| work(trainer)).js()
+    let trainer = guard.as_mut().ok_or_else(|| coded(DISPOSED, "the model was disposed: load a new one"))?;
+    if let Some(why) = shared.torn.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return Err(coded(
+            INTERNAL,
+            format!(
+                "an earlier call failed inside the core while changing this model ({why}): its weights or optimizer \
+                 state may be half-updated, so it takes no more calls; load it again"
+            ),
+        ));
+    }
+    let result = no_panic(|| motivnet::cpu::run_on_compute_threads(|| work(trainer)).js());
+    if let Err(e) = &result {
+        if effect == Effect::Writes && e.reason.starts_with(&format!("[{INTERNAL}]")) {
+            *shared.torn.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.reason.clone());
+        }
+    }
+    result
 }
 
 /// What decides a model's config: the spec, and the weights file's head unless encoder-only.
@@ -62,7 +89,7 @@ impl Task for ConfigTask {
     type JsValue = String;
 
     fn compute(&mut self) -> Result<String> {
-        self.request.resolve().map(|c| c.to_json()).js()
+        no_panic(|| self.request.resolve().map(|c| c.to_json()).js())
     }
 
     fn resolve(&mut self, _env: Env, json: String) -> Result<String> {
@@ -87,7 +114,7 @@ impl Task for LoadTask {
 
     fn compute(&mut self) -> Result<Trainer> {
         // On the compute threads, as every later call on the model (see with_trainer).
-        motivnet::cpu::run_on_compute_threads(|| self.load())
+        no_panic(|| motivnet::cpu::run_on_compute_threads(|| self.load()))
     }
 
     fn resolve(&mut self, _env: Env, trainer: Trainer) -> Result<NativeModel> {
@@ -131,7 +158,7 @@ impl Task for PredictTask {
     type JsValue = PredictResult;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        with_trainer(&self.shared, |t| self.input.with(|input| t.model.classify(input)))
+        with_trainer(&self.shared, Effect::Reads, |t| self.input.with(|input| t.model.classify(input)))
     }
 
     fn resolve(&mut self, _env: Env, p: Self::Output) -> Result<PredictResult> {
@@ -173,7 +200,7 @@ impl Task for TrainStepTask {
     type JsValue = TrainStepResult;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        with_trainer(&self.shared, |t| {
+        with_trainer(&self.shared, Effect::Writes, |t| {
             let out = self.input.with(|input| t.train_step(input, &self.labels, self.lr, self.end_of_cycle))?;
             Ok((out, t.optimizer.step_count()))
         })
@@ -211,7 +238,7 @@ impl Task for EvaluateTask {
     type JsValue = EvaluateResult;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        with_trainer(&self.shared, |t| self.input.with(|input| t.model.evaluate(input, &self.labels)))
+        with_trainer(&self.shared, Effect::Reads, |t| self.input.with(|input| t.model.evaluate(input, &self.labels)))
     }
 
     fn resolve(&mut self, _env: Env, (loss, p): Self::Output) -> Result<EvaluateResult> {
@@ -242,7 +269,7 @@ impl Task for FileTask {
     type JsValue = ();
 
     fn compute(&mut self) -> Result<()> {
-        with_trainer(&self.shared, |t| match &self.work {
+        with_trainer(&self.shared, Effect::Reads, |t| match &self.work {
             FileWork::SaveWeights => t.model.save_weights(&self.path),
             FileWork::SaveState(extra) => t.save_state(&self.path, extra.as_deref()),
         })
@@ -264,7 +291,7 @@ impl Task for LoadStateTask {
     type JsValue = Option<String>;
 
     fn compute(&mut self) -> Result<Option<String>> {
-        with_trainer(&self.shared, |t| t.load_state(&self.path))
+        with_trainer(&self.shared, Effect::Writes, |t| t.load_state(&self.path))
     }
 
     fn resolve(&mut self, _env: Env, extra: Option<String>) -> Result<Option<String>> {
@@ -291,7 +318,7 @@ impl Task for ConvertTask {
     type JsValue = ConvertResult;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        motivnet::weights::convert_file(&self.input, &self.output).js()
+        no_panic(|| motivnet::weights::convert_file(&self.input, &self.output).js())
     }
 
     fn resolve(&mut self, _env: Env, r: Self::Output) -> Result<ConvertResult> {
@@ -327,10 +354,12 @@ impl Task for PreprocessTask {
         // to it, so it stays alive while written.
         let out = self.out.as_mut().map(|o| unsafe { o.as_mut() });
         let (height, width, normalization) = (self.height, self.width, &self.normalization);
-        motivnet::cpu::run_on_compute_threads(|| {
-            motivnet::pixels::resize_normalize_checked(&batch, *geometry, height, width, normalization, out)
+        no_panic(|| {
+            motivnet::cpu::run_on_compute_threads(|| {
+                motivnet::pixels::resize_normalize_checked(&batch, *geometry, height, width, normalization, out)
+            })
+            .js()
         })
-        .js()
     }
 
     fn resolve(&mut self, _env: Env, values: Self::Output) -> Result<Float32Array> {
@@ -339,5 +368,24 @@ impl Task for PreprocessTask {
             (None, Some(out)) => Ok(out),
             (None, None) => Err(invalid("preprocess produced no output")),
         }
+    }
+}
+
+/// See `NativeModel::panic_for_test`.
+pub struct PanicTask {
+    pub shared: Arc<Shared>,
+}
+
+#[napi]
+impl Task for PanicTask {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> Result<()> {
+        with_trainer(&self.shared, Effect::Writes, |_| -> motivnet::Result<()> { panic!("a panic raised on purpose") })
+    }
+
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<()> {
+        Ok(())
     }
 }

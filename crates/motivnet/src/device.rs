@@ -14,16 +14,16 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         Some(rest) => rest
             .strip_prefix(':')
             .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| Error::Config(format!("device '{spec}' is not valid: expected cpu, cuda or cuda:N")))?,
-        None => return Err(Error::Config(format!("device '{spec}' is not valid: expected cpu, cuda or cuda:N"))),
+            .ok_or_else(|| Error::Device(format!("device '{spec}' is not valid: expected cpu, cuda or cuda:N")))?,
+        None => return Err(Error::Device(format!("device '{spec}' is not valid: expected cpu, cuda or cuda:N"))),
     };
     if !candle_core::utils::cuda_is_available() {
-        return Err(Error::Config(format!(
+        return Err(Error::Device(format!(
             "device '{spec}' asked for, but this build of motivnet has no CUDA support: rebuild with the \
              `cuda` feature (npm run build:cuda)"
         )));
     }
-    Device::new_cuda(ordinal).map_err(|e| Error::Config(format!("device '{spec}': no usable CUDA GPU ({e})")))
+    Device::new_cuda(ordinal).map_err(|e| Error::Device(format!("device '{spec}': no usable CUDA GPU ({e})")))
 }
 
 /// The inverse of [`parse_device`], for reports and saved configs.

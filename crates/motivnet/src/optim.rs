@@ -299,7 +299,8 @@ impl AdamW {
         Self::check_learning_rates(lr)?;
         let mut sum_sq = 0f64;
         for p in params.trainable() {
-            let g = grads.get(&p.name).ok_or_else(|| Error::Input(format!("no gradient for parameter {}", p.name)))?;
+            let g =
+                grads.get(&p.name).ok_or_else(|| Error::Internal(format!("no gradient for parameter {}", p.name)))?;
             sum_sq += sum_of_squares(g)?;
         }
         let norm = sum_sq.sqrt();
@@ -349,25 +350,25 @@ impl AdamW {
         Ok(out)
     }
 
-    /// Restores what [`AdamW::state_tensors`] wrote, checking every name and shape.
-    pub fn load_state(&mut self, params: &ParamStore, tensors: &HashMap<String, Tensor>, file: &str) -> Result<()> {
-        let step = tensors
-            .get(&format!("{STATE_PREFIX}step"))
-            .ok_or_else(|| Error::Weights(format!("{file}: not a training state: key {STATE_PREFIX}step is missing")))?
-            .to_dtype(DType::I64)?
-            .flatten_all()?
-            .to_vec1::<i64>()?[0];
+    /// Reads and checks what [`AdamW::state_tensors`] wrote, every name and shape, without
+    /// changing the optimizer: [`AdamW::restore`] applies it.
+    pub fn read_state(&self, params: &ParamStore, tensors: &HashMap<String, Tensor>, file: &str) -> Result<SavedState> {
+        let bad = |what: String| Error::State(format!("{file}: {what}"));
+        let key = format!("{STATE_PREFIX}step");
+        let step = tensors.get(&key).ok_or_else(|| bad(format!("not a training state: key {key} is missing")))?;
+        let step = match step.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?.as_slice() {
+            &[n] if n >= 0 => n as u64,
+            other => return Err(bad(format!("{key} must hold one step count of at least 0, got {other:?}"))),
+        };
         let mut moments = HashMap::new();
         if step > 0 {
             for p in params.trainable() {
                 let get = |kind: &str| -> Result<Tensor> {
                     let key = format!("{STATE_PREFIX}{kind}.{}", p.name);
-                    let t = tensors
-                        .get(&key)
-                        .ok_or_else(|| Error::Weights(format!("{file}: optimizer state key {key} is missing")))?;
+                    let t = tensors.get(&key).ok_or_else(|| bad(format!("optimizer state key {key} is missing")))?;
                     if t.dims() != p.var.dims() {
-                        return Err(Error::Weights(format!(
-                            "{file}: optimizer state {key} has shape {:?}, expected {:?}",
+                        return Err(bad(format!(
+                            "optimizer state {key} has shape {:?}, expected {:?}",
                             t.dims(),
                             p.var.dims()
                         )));
@@ -378,10 +379,20 @@ impl AdamW {
                 moments.insert(p.name.clone(), (get("exp_avg")?, get("exp_avg_sq")?));
             }
         }
-        self.moments = moments;
-        self.step = step as u64;
-        Ok(())
+        Ok(SavedState { step, moments })
     }
+
+    /// Takes the state [`AdamW::read_state`] read.
+    pub fn restore(&mut self, state: SavedState) {
+        self.moments = state.moments;
+        self.step = state.step;
+    }
+}
+
+/// An optimizer state read from a file and checked, not yet applied.
+pub struct SavedState {
+    step: u64,
+    moments: HashMap<String, (Tensor, Tensor)>,
 }
 
 #[cfg(test)]

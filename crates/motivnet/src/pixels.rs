@@ -78,7 +78,12 @@ impl<'a> ImageBatch<'a> {
             if w == 0 || h == 0 {
                 return Err(input_err!("image {i} is {w} x {h} (width x height): both must be at least 1"));
             }
-            expected += w * h * 3;
+            // Checked: sizes come from outside, and a wrapped product could match a short buffer.
+            expected = w
+                .checked_mul(h)
+                .and_then(|n| n.checked_mul(3))
+                .and_then(|n| n.checked_add(expected))
+                .ok_or_else(|| input_err!("image {i} is {w} x {h} (width x height): too many pixels to address"))?;
         }
         if data.len() != expected {
             return Err(input_err!(
@@ -361,6 +366,14 @@ mod tests {
         assert!(err.contains("10 bytes") && err.contains("expected 12"), "{err}");
         let err = ImageBatch::new(&data, &[(0, 2)]).unwrap_err().to_string();
         assert!(err.contains("image 0 is 0 x 2"), "{err}");
+        // Sizes whose byte count overflows: refused, not wrapped into a small number.
+        let huge = 1usize << 32;
+        for sizes in [[(huge, huge)], [(usize::MAX / 2, 3)]] {
+            let err = ImageBatch::new(&data, &sizes).unwrap_err();
+            assert!(err.to_string().contains("too many pixels to address"), "{err}");
+        }
+        let err = ImageBatch::new(&data, &[(2, 2), (usize::MAX / 4, 2)]).unwrap_err();
+        assert!(err.to_string().contains("image 1"), "{err}");
     }
 
     #[test]

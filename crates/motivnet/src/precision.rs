@@ -46,7 +46,7 @@ impl Precision {
     /// and back), so bf16 there would only be slower and less exact.
     pub fn check_device(self, device: &Device) -> Result<()> {
         if self == Self::Bf16 && !device.is_cuda() {
-            return Err(Error::Config(
+            return Err(Error::Device(
                 "precision 'bf16' runs on CUDA devices only (the CPU computes in f32): pick --device cuda or f32"
                     .into(),
             ));

@@ -225,13 +225,15 @@ impl Trainer {
         let loss_value = loss.to_scalar::<f32>()?;
         if !loss_value.is_finite() {
             // Keep the weights and the accumulated gradients of the good micro-batches untouched.
-            return Err(Error::Input(format!("loss is not finite ({loss_value}): the micro-batch was not applied")));
+            return Err(Error::NonFinite(format!(
+                "loss is not finite ({loss_value}): the micro-batch was not applied"
+            )));
         }
         let mut grads = loss.backward()?;
         if let Some((tokens, tape)) = encoder_pass {
             let d_tokens = grads
                 .remove(tokens.as_tensor())
-                .ok_or_else(|| Error::Input("the encoder's tokens received no gradient from the head".into()))?;
+                .ok_or_else(|| Error::Internal("the encoder's tokens received no gradient from the head".into()))?;
             for (param, grad) in tape.backward(&d_tokens)? {
                 grads.insert(&param, grad);
             }
@@ -239,7 +241,7 @@ impl Trainer {
         for p in self.model.params.trainable() {
             // backward also records gradients of non-Var leaves (the input): only Vars are kept.
             let g = grads.remove(p.var.as_tensor()).ok_or_else(|| {
-                Error::Input(format!("parameter {} received no gradient: the graph is cut somewhere", p.name))
+                Error::Internal(format!("parameter {} received no gradient: the graph is cut somewhere", p.name))
             })?;
             // Detached: kept across calls, it must not hold this step's graph (see optim.rs).
             let sum = match self.accumulated.remove(&p.name) {
@@ -293,40 +295,52 @@ impl Trainer {
     }
 
     /// Restores what [`Trainer::save_state`] wrote and returns its `extra`. The model's config
-    /// must be the one saved.
+    /// must be the one saved. All or nothing: every part of the file is checked before any of
+    /// the trainer changes.
     pub fn load_state(&mut self, path: &Path) -> Result<Option<String>> {
         let file = path.display().to_string();
         let tensors = weights::read_tensors(path)?;
+        let bad = |what: String| Error::State(format!("{file}: {what}"));
+        let get =
+            |key: &str| tensors.get(key).ok_or_else(|| bad(format!("not a training state: key {key} is missing")));
+        let seed: [u8; 32] = get(&format!("{RNG_KEY}.seed"))?
+            .flatten_all()?
+            .to_vec1::<u8>()
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| bad(format!("{RNG_KEY}.seed must hold 32 bytes")))?;
+        let w = get(&format!("{RNG_KEY}.position"))?.flatten_all()?.to_vec1::<u32>().unwrap_or_default();
+        if w.len() != 6 {
+            return Err(bad(format!("{RNG_KEY}.position must hold 6 32-bit words, got {}", w.len())));
+        }
+        let count = match get(ACCUM_COUNT_KEY)?.flatten_all()?.to_vec1::<i64>().ok().as_deref() {
+            Some(&[n]) if n >= 0 => n as usize,
+            _ => return Err(bad(format!("{ACCUM_COUNT_KEY} must hold one count of at least 0"))),
+        };
+        let mut accumulated = HashMap::new();
+        if count > 0 {
+            for p in self.model.params.trainable() {
+                let key = format!("{ACCUM_PREFIX}{}", p.name);
+                let g = get(&key)?;
+                if g.dims() != p.var.dims() {
+                    return Err(bad(format!("{key} has shape {:?}, expected {:?}", g.dims(), p.var.dims())));
+                }
+                accumulated.insert(p.name.clone(), g.to_dtype(DType::F32)?.to_device(self.model.device())?);
+            }
+        }
+        let optimizer = self.optimizer.read_state(&self.model.params, &tensors, &file)?;
+        let extra = weights::read_metadata(path)?.remove(EXTRA_KEY);
+        // Everything is read and checked: the weights (all or nothing too), then the rest.
         let opts = weights::LoadOptions { encoder_only: false, grid: Some(self.model.config.encoder.grid()) };
         weights::load_into(&self.model.params, &tensors, &opts, &file)?;
-        self.optimizer.load_state(&self.model.params, &tensors, &file)?;
-        let missing = |key: &str| Error::Weights(format!("{file}: not a training state: key {key} is missing"));
-        let seed_t = tensors.get(&format!("{RNG_KEY}.seed")).ok_or_else(|| missing(&format!("{RNG_KEY}.seed")))?;
-        let pos_t =
-            tensors.get(&format!("{RNG_KEY}.position")).ok_or_else(|| missing(&format!("{RNG_KEY}.position")))?;
-        let seed: [u8; 32] = seed_t
-            .to_vec1::<u8>()?
-            .try_into()
-            .map_err(|_| Error::Weights(format!("{file}: {RNG_KEY}.seed must hold 32 bytes")))?;
-        let w = pos_t.to_vec1::<u32>()?;
-        if w.len() != 6 {
-            return Err(Error::Weights(format!("{file}: {RNG_KEY}.position must hold 6 words, got {}", w.len())));
-        }
+        self.optimizer.restore(optimizer);
         let pos = (w[0] as u128) << 96 | (w[1] as u128) << 64 | (w[2] as u128) << 32 | w[3] as u128;
         let mut rng = ChaCha8Rng::from_seed(seed);
         rng.set_stream((w[4] as u64) << 32 | w[5] as u64);
         rng.set_word_pos(pos);
         self.rng = rng;
-        let count = tensors.get(ACCUM_COUNT_KEY).ok_or_else(|| missing(ACCUM_COUNT_KEY))?.to_vec1::<i64>()?[0];
-        self.micro_batches = count as usize;
-        self.accumulated.clear();
-        if count > 0 {
-            for p in self.model.params.trainable() {
-                let key = format!("{ACCUM_PREFIX}{}", p.name);
-                let g = tensors.get(&key).ok_or_else(|| missing(&key))?;
-                self.accumulated.insert(p.name.clone(), g.to_dtype(DType::F32)?.to_device(self.model.device())?);
-            }
-        }
-        Ok(weights::read_metadata(path)?.remove(EXTRA_KEY))
+        self.micro_batches = count;
+        self.accumulated = accumulated;
+        Ok(extra)
     }
 }

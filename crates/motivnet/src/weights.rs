@@ -18,7 +18,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::{Error, Result};
+use crate::error::{catch_panic, Error, Result};
 use crate::params::ParamStore;
 
 pub const ENCODER_PREFIX: &str = "pose_encoder.";
@@ -83,7 +83,17 @@ fn container(path: &Path) -> Result<Container> {
 }
 
 /// Reads every tensor of a safetensors or `.pth` file onto the CPU, by the file's own keys.
+/// A file malformed enough to make a reader panic (candle's pickle reader does on some) is an
+/// error naming it, not a crash.
 pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let file = path.display().to_string();
+    catch_panic(
+        || read_tensors_unguarded(path),
+        |why| Error::Weights(format!("{file}: a malformed weights file ({why})")),
+    )
+}
+
+fn read_tensors_unguarded(path: &Path) -> Result<HashMap<String, Tensor>> {
     let file = path.display().to_string();
     if container(path)? == Container::Safetensors {
         return candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
@@ -105,6 +115,14 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
 /// Every tensor's shape, by the file's own keys, without reading tensor data: the header of a
 /// safetensors file, the pickled index of a `.pth` one.
 pub fn read_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
+    let file = path.display().to_string();
+    catch_panic(
+        || read_shapes_unguarded(path),
+        |why| Error::Weights(format!("{file}: a malformed weights file ({why})")),
+    )
+}
+
+fn read_shapes_unguarded(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
     let file = path.display().to_string();
     if container(path)? == Container::Safetensors {
         let header = read_header(path).map_err(|e| {

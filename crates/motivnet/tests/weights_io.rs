@@ -211,3 +211,57 @@ fn the_released_checkpoints_keys_and_shapes_are_ours() {
         .collect();
     assert_eq!(ours, wanted);
 }
+
+/// Files crafted to break readers: a reader's panic is an error naming the file.
+#[test]
+fn a_malformed_pth_is_an_error_not_a_panic() {
+    let file = fixture("short_rebuild_tuple.pth");
+    for err in [
+        motivnet::weights::read_tensors(&file).unwrap_err(),
+        motivnet::weights::read_shapes(&file).unwrap_err(),
+        fresh().load_weights(&file, false).unwrap_err(),
+    ] {
+        assert_eq!(err.code(), "MOTIVNET_WEIGHTS");
+        assert!(err.to_string().contains("short_rebuild_tuple.pth"), "{err}");
+        assert!(err.to_string().contains("removal index"), "the file no longer makes the reader panic: {err}");
+    }
+}
+
+#[test]
+fn a_training_state_with_empty_or_missing_tensors_is_refused_whole() {
+    use motivnet::{optim::Groups, ModelInput, Trainer, TrainerConfig};
+    let dir = temp_dir("badstate");
+    let (x, labels) = batch();
+    let mut trainer = Trainer::new(reference_model(), TrainerConfig::default());
+    let lr = Groups { encoder: 1e-3, decoder: 1e-3 };
+    trainer.train_step(&ModelInput::Tensor(&x), &labels, lr, true).unwrap();
+    let good = dir.join("good.safetensors");
+    trainer.save_state(&good, Some("{}")).unwrap();
+    let before = trainer.model.params.tensors();
+    for (key, why) in [
+        ("trainer.accumulated_micro_batches", "must hold one count"),
+        ("optimizer.step", "must hold one step count"),
+        ("trainer.rng.seed", "must hold 32 bytes"),
+        ("trainer.rng.position", "must hold 6 32-bit words"),
+    ] {
+        let mut tensors = candle_core::safetensors::load(&good, &Device::Cpu).unwrap();
+        let dtype = tensors[key].dtype();
+        tensors.insert(key.to_string(), Tensor::zeros(0, dtype, &Device::Cpu).unwrap());
+        let bad = write(&dir, "bad.safetensors", &tensors);
+        // A fresh trainer whose weights differ: nothing of the bad file may reach it.
+        let mut other = Trainer::new(fresh(), TrainerConfig::default());
+        let err = other.load_state(&bad).unwrap_err();
+        assert_eq!(err.code(), "MOTIVNET_STATE", "{key}: {err}");
+        assert!(err.to_string().contains("bad.safetensors") && err.to_string().contains(why), "{key}: {err}");
+        let untouched = other.model.params.tensors();
+        let fresh_weights = fresh().params.tensors();
+        assert!(untouched.iter().all(|(k, t)| max_abs_diff(t, &fresh_weights[k]) == 0.0), "{key}: weights changed");
+        assert_eq!(other.optimizer.step_count(), 0);
+    }
+    // The good file still restores.
+    let mut other = Trainer::new(fresh(), TrainerConfig::default());
+    other.load_state(&good).unwrap();
+    let after = other.model.params.tensors();
+    assert!(before.iter().all(|(k, t)| max_abs_diff(t, &after[k]) == 0.0));
+    std::fs::remove_dir_all(&dir).ok();
+}
