@@ -29,8 +29,9 @@ use crate::strided_gemm::{filled_vec, matmul, threads_for_one_product, View, Vie
 
 /// Whether the hand-written pass can run this encoder on these images: CPU, f32, contiguous.
 pub fn supported(encoder: &SapiensEncoder, images: &Tensor) -> bool {
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && t.is_contiguous();
-    cpu_f32(images) && parameters(encoder).iter().all(cpu_f32)
+    let params = parameters(encoder);
+    let all: Vec<&Tensor> = std::iter::once(images).chain(params.iter()).collect();
+    crate::dispatch::fused(&all) && all.iter().all(|t| t.is_contiguous())
 }
 
 /// The encoder's parameters in a fixed order: patch embedding, position embedding, each

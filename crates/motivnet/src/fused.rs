@@ -1,5 +1,5 @@
 //! Fused, multi-threaded CPU kernels with their own backward, for the element-wise work that
-//! candle runs as chains of single-threaded ops (CANDLE.md, "CPU speed"): exact GELU, the
+//! candle runs as chains of single-threaded ops (docs/ARCHITECTURE.md): exact GELU, the
 //! last-dimension softmax and LayerNorm. Each is a candle custom op, so autograd flows through it; on other
 //! devices, other dtypes or strided inputs the composed candle ops run instead. Gradients are
 //! checked against the composed versions in this file's tests.
@@ -22,7 +22,7 @@ pub(crate) fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) 
 }
 
 pub(crate) fn fusable(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+    crate::dispatch::fused(&[x])
 }
 
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
@@ -499,7 +499,7 @@ impl CustomOp3 for LayerNormGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simd::{with_level, Level};
+    use crate::simd::with_level;
     use candle_core::{Device, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -553,7 +553,7 @@ mod tests {
         for row in portable.chunks(37) {
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }
-        for level in [Level::Avx2, Level::Avx512] {
+        for level in crate::simd::tiers_to_check("softmax_rows_agree_at_every_simd_level") {
             let mut a = input.clone();
             with_level(level, || softmax_rows(&mut a, 37));
             for (x, y) in a.iter().zip(&portable) {

@@ -37,7 +37,7 @@ pub fn self_attention(qkv: &Tensor, heads: usize, for_backward: bool) -> candle_
     if three_d % (3 * heads) != 0 {
         candle_core::bail!("self-attention: qkv width {three_d} is not 3 x heads ({heads}) x head size");
     }
-    if qkv.device().is_cpu() && qkv.dtype() == candle_core::DType::F32 {
+    if crate::dispatch::fused(&[qkv]) {
         return fused_self_attention(qkv, heads, for_backward && keeps_probabilities(qkv, heads)?);
     }
     self_attention_composed(qkv, heads, b, n, three_d / 3)

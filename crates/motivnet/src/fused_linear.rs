@@ -71,7 +71,7 @@ fn check_shapes(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Resu
 }
 
 fn fusable(tensors: &[&Tensor]) -> bool {
-    tensors.iter().all(|t| crate::fused::fusable(t))
+    crate::dispatch::fused(tensors)
 }
 
 pub fn linear_composed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {

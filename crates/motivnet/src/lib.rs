@@ -13,6 +13,7 @@
 pub mod config;
 pub mod cpu;
 pub mod device;
+pub mod dispatch;
 pub mod encoder;
 pub mod encoder_train;
 pub mod error;

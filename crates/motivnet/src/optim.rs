@@ -4,7 +4,7 @@
 //! The update is PyTorch's `torch.optim.AdamW` (decoupled weight decay, bias-corrected moments):
 //!   p <- p (1 - lr wd);  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
 //!   p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-//! candle_nn's AdamW has one learning rate, private moments and no clipping (CANDLE.md).
+//! candle_nn's AdamW has one learning rate, private moments and no clipping.
 
 use std::collections::HashMap;
 
@@ -55,7 +55,7 @@ pub struct AdamWConfig {
 }
 
 impl Default for AdamWConfig {
-    /// PyTorch's AdamW defaults, as the reference uses them (REFERENCE.md section 3).
+    /// PyTorch's AdamW defaults, as the reference uses them (docs/REFERENCE.md, section 4).
     fn default() -> Self {
         Self {
             beta1: 0.9,
@@ -235,7 +235,7 @@ crate::simd_dispatch! {
 /// The sum of squares of a tensor's values, in f64: one parallel pass over CPU f32 data,
 /// candle ops elsewhere.
 fn sum_of_squares(g: &Tensor) -> Result<f64> {
-    if g.device().is_cpu() && g.dtype() == DType::F32 && g.is_contiguous() {
+    if crate::dispatch::fused(&[g]) && g.is_contiguous() {
         let (storage, layout) = g.storage_and_layout();
         let candle_core::Storage::Cpu(cpu) = &*storage else { unreachable!("checked: a CPU tensor") };
         let values = f32_slice(cpu, layout, "sum of squares")?;
@@ -322,9 +322,8 @@ impl AdamW {
                 None => (g.zeros_like()?, g.zeros_like()?),
             };
             let step = Step { lr, wd, beta1: c.beta1, beta2: c.beta2, eps: c.eps, bias1, bias2_sqrt };
-            let fusable = [p.var.as_tensor(), g, &m, &v]
-                .iter()
-                .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous());
+            let tensors = [p.var.as_tensor(), g, &m, &v];
+            let fusable = crate::dispatch::fused(&tensors) && tensors.iter().all(|t| t.is_contiguous());
             let (m, v) = if fusable {
                 step.apply_cpu(&p.var, g, clip as f32, &m, &v)?;
                 (m, v)

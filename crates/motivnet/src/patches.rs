@@ -13,7 +13,7 @@ use rayon::prelude::*;
 /// padding p, in (channel, row, column) order within a row, as the conv weight flattens.
 pub fn patch_rows(images: &Tensor, k: usize, p: usize, (gh, gw): (usize, usize)) -> candle_core::Result<Tensor> {
     // No backward: pixels are never trained. A tracked input takes the differentiable path.
-    if images.device().is_cpu() && images.dtype() == candle_core::DType::F32 && !images.track_op() {
+    if crate::dispatch::fused(&[images]) && !images.track_op() {
         return images.contiguous()?.apply_op1_no_bwd(&PatchRows { k, p, gh, gw });
     }
     patch_rows_composed(images, k, p, (gh, gw))

@@ -46,7 +46,7 @@ pub struct Normalization {
 }
 
 impl Default for Normalization {
-    /// The MotivNet reference's values (REFERENCE.md section 4).
+    /// The MotivNet reference's values (docs/REFERENCE.md, section 5).
     fn default() -> Self {
         Self { mean: [123.5, 116.5, 103.5], std: [58.5, 57.0, 57.5] }
     }
@@ -194,7 +194,7 @@ pub fn to_input_tensor(
     norm: &Normalization,
     device: &Device,
 ) -> Result<Tensor> {
-    if device.is_cpu() {
+    if device.is_cpu() && !crate::dispatch::composed_forced() {
         let data = resize_normalize_checked(batch, geometry, out_h, out_w, norm, None)?.expect("allocated");
         Ok(Tensor::from_vec(data, (batch.len(), 3, out_h, out_w), device)?)
     } else {

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::Device;
 use common::*;
-use motivnet::pixels::{resize_normalize_cpu, to_input_tensor};
+use motivnet::pixels::to_input_tensor;
 use motivnet::{Geometry, ImageBatch, Normalization};
 
 const H: usize = 64;
@@ -32,24 +32,28 @@ fn stretch_and_letterbox_match_opencv_within_one_level() {
     let norm = Normalization::default();
     let count = fixtures.keys().filter(|k| k.starts_with("src")).count();
     assert!(count >= 6);
-    for i in 0..count {
-        let src = &fixtures[&format!("src{i}")];
-        let (h, w, _) = src.dims3().unwrap();
-        let data = u8s(src);
-        let sizes = [(w, h)];
-        let batch = ImageBatch::new(&data, &sizes).unwrap();
-        for (geometry, key) in [(Geometry::Stretch, "stretch"), (Geometry::Letterbox, "letterbox")] {
-            let ours = levels(&resize_normalize_cpu(&batch, geometry, H, W, &norm), &norm);
-            let theirs = u8s(&fixtures[&format!("{key}{i}")]);
-            let worst = ours.iter().zip(&theirs).map(|(a, &b)| (a - b as f32).abs()).fold(0f32, f32::max);
-            assert!(worst <= 1.0 + 1e-3, "image {i} ({w} x {h}) {key}: off by {worst} levels");
+    // The fused CPU pass, and the tensor-op path a GPU runs.
+    on_both_paths(|| {
+        for i in 0..count {
+            let src = &fixtures[&format!("src{i}")];
+            let (h, w, _) = src.dims3().unwrap();
+            let data = u8s(src);
+            let sizes = [(w, h)];
+            let batch = ImageBatch::new(&data, &sizes).unwrap();
+            let input = |geometry| values(&to_input_tensor(&batch, geometry, H, W, &norm, &Device::Cpu).unwrap());
+            for (geometry, key) in [(Geometry::Stretch, "stretch"), (Geometry::Letterbox, "letterbox")] {
+                let ours = levels(&input(geometry), &norm);
+                let theirs = u8s(&fixtures[&format!("{key}{i}")]);
+                let worst = ours.iter().zip(&theirs).map(|(a, &b)| (a - b as f32).abs()).fold(0f32, f32::max);
+                assert!(worst <= 1.0 + 1e-3, "image {i} ({w} x {h}) {key}: off by {worst} levels");
+            }
+            // Normalization as the reference's preprocess(): (resized - mean) / std, CHW.
+            let ours = input(Geometry::Stretch);
+            let theirs = values(&fixtures[&format!("normalized{i}")]);
+            let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1.0 / 57.0 + 1e-4, "image {i} normalized: off by {worst}");
         }
-        // Normalization as the reference's preprocess(): (resized - mean) / std, CHW.
-        let ours = resize_normalize_cpu(&batch, Geometry::Stretch, H, W, &norm);
-        let theirs = values(&fixtures[&format!("normalized{i}")]);
-        let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst <= 1.0 / 57.0 + 1e-4, "image {i} normalized: off by {worst}");
-    }
+    });
 }
 
 #[test]

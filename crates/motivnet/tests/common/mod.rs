@@ -57,3 +57,12 @@ pub fn assert_close(name: &str, actual: &Tensor, expected: &Tensor, atol: f32, r
         max_abs(expected)
     );
 }
+
+/// Runs `check` on the fused CPU kernels, then on the composed, device-generic path that a GPU
+/// runs (forced on the CPU); the test's output names the path a failure happened on.
+pub fn on_both_paths(check: impl Fn()) {
+    eprintln!("on the fused CPU path");
+    check();
+    eprintln!("on the composed (GPU) path");
+    motivnet::dispatch::composed(check);
+}

@@ -1,0 +1,69 @@
+//! One rule for which path a computation takes: the fused CPU kernels (f32 tensors on the CPU),
+//! or candle's composed, device-generic ops, which are what a GPU runs.
+//!
+//! The composed path can be chosen on the CPU too: for a whole process with
+//! `MOTIVNET_KERNELS=composed` (read once), or for one thread's calls inside [`composed`]. The
+//! parity tests run the model both ways, so the GPU's graph is checked against PyTorch on a
+//! machine without a GPU.
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use candle_core::{DType, Tensor};
+
+thread_local! {
+    static FORCED_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the process runs on the composed path everywhere (`MOTIVNET_KERNELS=composed`).
+fn forced_by_env() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var("MOTIVNET_KERNELS").is_ok_and(|v| v.trim() == "composed"))
+}
+
+/// Whether the composed path is chosen for this thread's calls, whatever the device.
+pub fn composed_forced() -> bool {
+    forced_by_env() || FORCED_HERE.with(Cell::get)
+}
+
+/// Whether the fused CPU kernels take these tensors: all f32 on the CPU, and the composed
+/// path not forced. (A kernel that needs contiguous memory makes it so itself.)
+pub fn fused(tensors: &[&Tensor]) -> bool {
+    !composed_forced() && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// Runs `f` with the composed path forced for the calls this thread makes.
+pub fn composed<R>(f: impl FnOnce() -> R) -> R {
+    let before = FORCED_HERE.with(|c| c.replace(true));
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED_HERE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(before);
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_composed_path_is_chosen_inside_composed_only() {
+        let x = Tensor::zeros(3, DType::F32, &candle_core::Device::Cpu).unwrap();
+        let half = x.to_dtype(DType::BF16).unwrap();
+        if forced_by_env() {
+            assert!(!fused(&[&x]));
+            return;
+        }
+        assert!(fused(&[&x]));
+        assert!(!fused(&[&x, &half]), "a bf16 tensor takes the composed path");
+        composed(|| {
+            assert!(!fused(&[&x]));
+            composed(|| assert!(!fused(&[&x])));
+            assert!(!fused(&[&x]), "a nested call restores the outer choice");
+        });
+        assert!(fused(&[&x]));
+    }
+}
