@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { EMOTIONS_7, EMOTIONS_8, MotivNet, type LoadOptions, type PackedImages } from '../src/index.js';
+import { EMOTIONS_7, EMOTIONS_8, MotivNet, toInputTensor, type LoadOptions, type PackedImages } from '../src/index.js';
 import { maxAbsDiff, readSafetensors } from './helpers/safetensors.js';
 
 const fixtures = path.resolve(__dirname, '../crates/motivnet/tests/fixtures');
@@ -53,14 +53,22 @@ describe('MotivNet', () => {
     expect(counts.total - counts.trainable).toBe(8 * 32); // the frozen queries
   });
 
-  it('predicts on u8 images of mixed sizes', async () => {
+  it('predicts on u8 images of mixed sizes as on their input tensor', async () => {
     const model = await load();
-    const out = await model.predict([
-      { data: new Uint8Array(30 * 40 * 3).fill(200), width: 30, height: 40 },
-      { data: new Uint8Array(97 * 61 * 3).fill(20), width: 97, height: 61 },
-    ]);
+    const images = [
+      { data: randomImages(1, 30, 40, 3).pixels, width: 30, height: 40 },
+      { data: randomImages(1, 97, 61, 4).pixels, width: 97, height: 61 },
+    ];
+    const out = await model.predict(images);
     expect(out.batchSize).toBe(2);
-    expect(EMOTIONS_8).toContain(out.top[1]!.label);
+    // The same images resized and normalized by the core, then given as a tensor: the same answer.
+    const packed = { pixels: new Uint8Array([...images[0]!.data, ...images[1]!.data]), widths: [30, 97], heights: [40, 61] };
+    const tensor = await toInputTensor(packed, { height: 64, width: 48, geometry: 'letterbox' });
+    const viaTensor = await model.predict({ tensor, batchSize: 2 });
+    expect(maxAbsDiff(out.logits, viaTensor.logits)).toBeLessThan(1e-6);
+    expect(out.logits[0]).not.toBe(out.logits[8]); // two different images, two different answers
+    expect(out.top.map((t) => t.label)).toEqual(viaTensor.top.map((t) => t.label));
+    expect(out.top[1]!.label).toBe(EMOTIONS_8[out.top[1]!.index]);
   });
 
   it('lowers the loss over ten train steps', async () => {

@@ -59,17 +59,22 @@ describe('training runs', () => {
     }
     const rows = readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     expect(rows.map((r) => r.epoch)).toEqual([0, 1]);
+    // It learns: both losses fall from the first epoch to the second (about 1.9 -> 1.2 in training).
+    expect(rows[1].trainLoss).toBeLessThan(0.8 * rows[0].trainLoss);
+    expect(rows[1].validation.loss).toBeLessThan(rows[0].validation.loss);
     for (const r of rows) {
-      expect(r.trainLoss).toBeGreaterThan(0);
-      expect(r.validation.accuracy).toBeGreaterThanOrEqual(0);
-      expect(r.validation.accuracy).toBeLessThanOrEqual(1);
       expect(r.encoderLr).toBeGreaterThan(0);
       expect(r.imagesPerSecond).toBeGreaterThan(0);
     }
     expect(readFileSync(path.join(out, 'metrics.csv'), 'utf8').split('\n')[0]).toMatch(/^epoch,trainLoss,trainAccuracy,valLoss,valAccuracy,valAuroc/);
     const summary = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8'));
     expect(Object.keys(summary.test).sort()).toEqual(['accuracy', 'auroc', 'f1', 'loss', 'precision', 'recall']);
-    expect(summary.test.accuracy).toBeGreaterThan(0.125); // above chance on colour-coded classes
+    // Chance is 1/8; after two epochs on colour-coded classes this run reaches 0.75.
+    expect(summary.test.accuracy).toBeGreaterThanOrEqual(0.5);
+    const confusion = summary.confusion as number[][];
+    const total = confusion.flat().reduce((x, y) => x + y, 0);
+    expect(total).toBe(24);
+    expect(summary.test.accuracy).toBeCloseTo(confusion.reduce((t, row, i) => t + row[i]!, 0) / total, 12);
     expect([1, 2]).toContain(summary.bestEpoch);
     expect(summary.sample.after).toEqual(Array(8).fill(10));
     expect(statSync(path.join(out, 'curves.png')).size).toBeGreaterThan(1000);
@@ -164,8 +169,12 @@ describe('the motivnet CLI', () => {
     expect(r.status, r.stderr).toBe(0);
     const metrics = JSON.parse(r.stdout);
     expect(metrics.images).toBe(24);
-    expect(metrics.accuracy).toBeGreaterThanOrEqual(0);
     expect(metrics.confusion).toHaveLength(8);
+    // The run tested the same weights on the same images: the same numbers.
+    const summary = JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8'));
+    expect(metrics.accuracy).toBe(summary.test.accuracy);
+    expect(metrics.loss).toBeCloseTo(summary.test.loss, 5);
+    expect(metrics.auroc).toBeCloseTo(summary.test.auroc, 9);
     r = run('eval', '--weights', weights, '--model', model, '--data', test, '--format', 'folders');
     expect(r.stdout).toMatch(/24 images, no files skipped\naccuracy +AUROC/);
 

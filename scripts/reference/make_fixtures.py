@@ -131,8 +131,11 @@ def model_fixtures() -> None:
     resized = F.interpolate(grid, size=(th, tw), mode="bicubic", align_corners=False)
     save_file({"pos_embed": resized.flatten(2).transpose(1, 2).contiguous()}, OUT / "pos_embed_resized.safetensors")
 
-    # A TorchScript archive: candle's pickle reader would return zeros for it, so it must be refused.
-    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), OUT / "torchscript.pt")
+    # A TorchScript archive: candle's pickle reader would return zeros for it, so it must be
+    # refused; scripts/convert_torchscript.py turns it into these tensors.
+    scripted = torch.jit.script(torch.nn.Linear(2, 2))
+    torch.jit.save(scripted, OUT / "torchscript.pt")
+    save_file(contiguous(scripted.state_dict()), OUT / "torchscript_expected.safetensors")
 
     (OUT / "config.json").write_text(json.dumps(config_json(), indent=2) + "\n")
 

@@ -1,5 +1,5 @@
 //! Sapiens ViT encoder (Khirodkar et al., "Sapiens: Foundation for Human Vision Models", 2024),
-//! as the MotivNet reference uses it (REFERENCE.md section 1).
+//! as the MotivNet reference uses it (docs/REFERENCE.md, section 1).
 //!
 //! In: normalized images (B, 3, H, W). Out: tokens (B, N, D), N = grid_h x grid_w in row-major
 //! (h, w) order, after the final LayerNorm; the reference's (B, D, grid_h, grid_w) feature map
@@ -144,7 +144,7 @@ impl SapiensEncoder {
 
     /// The stride-k, kernel-k convolution as one matmul: zero-pad (and crop) the image to
     /// exactly the pixels the conv reads, cut it into k x k patches, multiply by the flattened
-    /// kernel. candle's conv2d backward is slow and breaks on uneven remainders (CANDLE.md).
+    /// kernel. candle's conv2d backward is slow and breaks on uneven remainders (docs/ARCHITECTURE.md).
     fn patch_embed(&self, images: &Tensor) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (k, patches) = (cfg.patch_size, self.patch_rows(images)?);

@@ -2,8 +2,8 @@
 //!
 //! Written on candle's primitive ops on purpose: candle_nn's fused `LayerNorm` and
 //! `softmax_last_dim` have no backward, so a model built on them trains nothing while looking
-//! fine (CANDLE.md). Each block here keeps the graph intact; `tests/gradients.rs` checks that
-//! every parameter receives a gradient.
+//! fine (docs/ARCHITECTURE.md). Each block here keeps the graph intact;
+//! `tests/training.rs` checks that every parameter receives a gradient.
 
 use candle_core::{DType, Device, Module, Tensor, D};
 use rand::Rng;

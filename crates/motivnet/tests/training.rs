@@ -63,10 +63,18 @@ fn four_accumulated_micro_batches_equal_one_batch_four_times_larger() {
     assert_eq!(small.optimizer.step_count(), 2);
     let (a, b) = (big.model.params.tensors(), small.model.params.tensors());
     for p in big.model.params.trainable() {
-        let diff = max_abs_diff(&a[&p.name], &b[&p.name]);
-        // Key biases have zero true gradient (see parity.rs): allow their noise-driven steps.
-        let bound = if p.name.contains("qkv.bias") || p.name.contains("in_proj_bias") { 4e-3 } else { 2e-5 };
-        assert!(diff <= bound, "{}: {diff:e}", p.name);
+        let (x, y) = (values(&a[&p.name]), values(&b[&p.name]));
+        // The key bias (the middle third of qkv.bias and in_proj_bias) has a zero true gradient:
+        // softmax is invariant to it, so Adam steps it on rounding noise, by up to lr a step
+        // (see parity.rs). Only those elements get that bound; the query and value thirds, and
+        // every other parameter, must agree closely.
+        let key_bias = p.name.ends_with("qkv.bias") || p.name.ends_with("in_proj_bias");
+        let third = x.len() / 3;
+        for i in 0..x.len() {
+            let noise = key_bias && (third..2 * third).contains(&i);
+            let bound = if noise { 2.0 * 2.0 * 1e-3 } else { 2e-5 };
+            assert!((x[i] - y[i]).abs() <= bound, "{}[{i}]: {} vs {} (bound {bound:e})", p.name, x[i], y[i]);
+        }
     }
 }
 
@@ -94,42 +102,44 @@ fn dropout_acts_in_train_mode_only_and_follows_the_seed() {
 
 #[test]
 fn a_saved_training_state_resumes_exactly() {
-    let (x, labels) = batch();
-    let input = ModelInput::Tensor(&x);
-    let config =
-        || TrainerConfig { optimizer: AdamWConfig { max_grad_norm: Some(1.0), ..AdamWConfig::default() }, seed: 3 };
-    let new_model = || {
-        let m = MotivNet::new(&dropout_config(), &Device::Cpu, 1).unwrap();
-        m.load_weights(&fixture("weights.safetensors"), false).unwrap();
-        m
-    };
-    // Six micro-batches with accumulation over 2; the state is saved mid-cycle after the third.
-    let run = |trainer: &mut Trainer, range: std::ops::Range<usize>| {
-        range.map(|i| trainer.train_step(&input, &labels, LR, i % 2 == 1).unwrap().loss).collect::<Vec<_>>()
-    };
-    let mut straight = Trainer::new(new_model(), config());
-    let losses = run(&mut straight, 0..6);
+    on_both_paths(|| {
+        let (x, labels) = batch();
+        let input = ModelInput::Tensor(&x);
+        let config =
+            || TrainerConfig { optimizer: AdamWConfig { max_grad_norm: Some(1.0), ..AdamWConfig::default() }, seed: 3 };
+        let new_model = || {
+            let m = MotivNet::new(&dropout_config(), &Device::Cpu, 1).unwrap();
+            m.load_weights(&fixture("weights.safetensors"), false).unwrap();
+            m
+        };
+        // Six micro-batches with accumulation over 2; the state is saved mid-cycle after the third.
+        let run = |trainer: &mut Trainer, range: std::ops::Range<usize>| {
+            range.map(|i| trainer.train_step(&input, &labels, LR, i % 2 == 1).unwrap().loss).collect::<Vec<_>>()
+        };
+        let mut straight = Trainer::new(new_model(), config());
+        let losses = run(&mut straight, 0..6);
 
-    let dir = std::env::temp_dir().join(format!("motivnet-resume-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let state = dir.join("state.safetensors");
-    let mut first = Trainer::new(new_model(), config());
-    let mut resumed_losses = run(&mut first, 0..3);
-    first.save_state(&state, Some("{\"epoch\":1}")).unwrap();
-    drop(first);
-    let mut second = Trainer::new(
-        MotivNet::new(&dropout_config(), &Device::Cpu, 99).unwrap(),
-        TrainerConfig { seed: 42, ..config() },
-    );
-    assert_eq!(second.load_state(&state).unwrap().as_deref(), Some("{\"epoch\":1}"));
-    assert_eq!(second.pending_micro_batches(), 1);
-    resumed_losses.extend(run(&mut second, 3..6));
-    assert_eq!(losses, resumed_losses);
-    let (a, b) = (straight.model.params.tensors(), second.model.params.tensors());
-    for (name, t) in &a {
-        assert_eq!(max_abs_diff(t, &b[name]), 0.0, "{name} differs after resume");
-    }
-    std::fs::remove_dir_all(&dir).ok();
+        let dir = std::env::temp_dir().join(format!("motivnet-resume-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("state.safetensors");
+        let mut first = Trainer::new(new_model(), config());
+        let mut resumed_losses = run(&mut first, 0..3);
+        first.save_state(&state, Some("{\"epoch\":1}")).unwrap();
+        drop(first);
+        let mut second = Trainer::new(
+            MotivNet::new(&dropout_config(), &Device::Cpu, 99).unwrap(),
+            TrainerConfig { seed: 42, ..config() },
+        );
+        assert_eq!(second.load_state(&state).unwrap().as_deref(), Some("{\"epoch\":1}"));
+        assert_eq!(second.pending_micro_batches(), 1);
+        resumed_losses.extend(run(&mut second, 3..6));
+        assert_eq!(losses, resumed_losses);
+        let (a, b) = (straight.model.params.tensors(), second.model.params.tensors());
+        for (name, t) in &a {
+            assert_eq!(max_abs_diff(t, &b[name]), 0.0, "{name} differs after resume");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    });
 }
 
 #[test]
