@@ -1,14 +1,18 @@
 //! Node.js binding of the motivnet core (napi-rs). It only converts values and maps errors:
 //! model logic lives in `crates/motivnet`. Every call that touches tensors is an `AsyncTask`
-//! whose work runs on the core's compute threads (tasks.rs); options and inputs are converted
-//! in options.rs.
+//! whose work runs on the core's compute threads; each file holds a feature's calls with their
+//! tasks (load, predict, train_step, state, preprocess, convert), `model.rs` the model object
+//! they share, `options.rs` the option and input types, `error.rs` the error mapping.
 
+mod convert;
 mod error;
-mod options;
-// Before `model`: napi's type generation learns each task's result type from the task impls,
-// and must see them before the methods that return them.
+mod load;
 mod model;
-mod tasks;
+mod options;
+mod predict;
+mod preprocess;
+mod state;
+mod train_step;
 
 use napi::Result;
 use napi_derive::napi;
@@ -32,40 +36,4 @@ pub fn resolve_model_config(spec: String) -> Result<String> {
 #[napi]
 pub fn cuda_available() -> bool {
     cfg!(feature = "cuda")
-}
-
-/// u8 images -> the normalized (B, 3, height, width) input tensor, as the model computes it
-/// (resize with OpenCV's INTER_LINEAR conventions, rounding, normalization), on the CPU.
-/// With `out`, writes into that buffer (reuse it across batches) and resolves to it.
-#[napi(ts_return_type = "Promise<Float32Array>")]
-pub fn preprocess(
-    input: options::NativeInput,
-    height: u32,
-    width: u32,
-    normalization: Option<options::NormalizationOptions>,
-    out: Option<napi::bindgen_prelude::Float32Array>,
-) -> Result<napi::bindgen_prelude::AsyncTask<tasks::PreprocessTask>> {
-    if height < width || width == 0 {
-        return Err(error::invalid(format!(
-            "output is {width} x {height} (width x height): height must be at least width, both positive"
-        )));
-    }
-    let normalization = match normalization {
-        Some(n) => motivnet::Normalization::try_from(n)?,
-        None => motivnet::Normalization::default(),
-    };
-    Ok(napi::bindgen_prelude::AsyncTask::new(tasks::PreprocessTask {
-        input: options::Input::try_from(input)?,
-        height: height as usize,
-        width: width as usize,
-        normalization,
-        out,
-    }))
-}
-
-/// Converts a `.pth` (MotivNet or Sapiens layout) or safetensors file to safetensors with the
-/// MotivNet reference's parameter names.
-#[napi(ts_return_type = "Promise<ConvertResult>")]
-pub fn convert_weights(input: String, output: String) -> napi::bindgen_prelude::AsyncTask<tasks::ConvertTask> {
-    napi::bindgen_prelude::AsyncTask::new(tasks::ConvertTask { input: input.into(), output: output.into() })
 }

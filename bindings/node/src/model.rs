@@ -1,21 +1,17 @@
-//! The JS model object: owns one core `Trainer` (model + optimizer) behind a lock.
+//! The JS model object: one core `Trainer` (model and optimizer) behind a lock, and the one
+//! way every call reaches it ([`with_trainer`]): on the core's compute threads, one call at a
+//! time, refused after `dispose()` or once a failed call may have torn the model. The calls
+//! themselves live by feature: load.rs, predict.rs, train_step.rs, state.rs.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{AsyncTask, Int32Array};
-use napi::Result;
+use napi::bindgen_prelude::{AsyncTask, Task};
+use napi::{Env, Result};
 use napi_derive::napi;
 
-use crate::error::{coded, IntoJs, DISPOSED};
-use crate::options::{labels, Input, LoadOptions, NativeInput};
-use crate::tasks::{
-    ConfigRequest, ConfigTask, EvaluateTask, FileTask, FileWork, LoadStateTask, LoadTask, PanicTask, PredictTask,
-    TrainStepTask,
-};
-use motivnet::optim::{AdamWConfig, Groups};
-use motivnet::{Normalization, Trainer};
+use crate::error::{coded, no_panic, IntoJs, DISPOSED, INTERNAL};
+use motivnet::Trainer;
 
 pub struct Shared {
     pub trainer: Mutex<Option<Trainer>>,
@@ -38,42 +34,44 @@ pub struct NativeModel {
     counts: (usize, usize),
 }
 
-/// Loads a model: a preset or config file, optional weights, device and seed.
-#[napi(ts_return_type = "Promise<NativeModel>")]
-pub fn load_model(options: LoadOptions) -> Result<AsyncTask<LoadTask>> {
-    let request = config_request(&options);
-    let optimizer = match options.optimizer {
-        Some(o) => AdamWConfig::try_from(o)?,
-        None => AdamWConfig::default(),
-    };
-    let normalization = match options.normalization {
-        Some(n) => Normalization::try_from(n)?,
-        None => Normalization::default(),
-    };
-    Ok(AsyncTask::new(LoadTask {
-        init: options.init.as_deref().unwrap_or("upstream").parse().js()?,
-        request,
-        device: options.device.unwrap_or_else(|| "cpu".into()),
-        precision: motivnet::Precision::parse(options.precision.as_deref().unwrap_or("f32")).js()?,
-        seed: options.seed.unwrap_or(0),
-        optimizer,
-        normalization,
-    }))
+/// Whether a call changes the model: a failure inside the core during one that does may leave
+/// it half-updated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Reads,
+    Writes,
 }
 
-/// The config `loadModel` would build for `options`, reading only the weights file's shapes.
-#[napi(ts_return_type = "Promise<string>")]
-pub fn model_config_for(options: LoadOptions) -> AsyncTask<ConfigTask> {
-    AsyncTask::new(ConfigTask { request: config_request(&options) })
-}
-
-fn config_request(options: &LoadOptions) -> ConfigRequest {
-    ConfigRequest {
-        spec: options.model.clone(),
-        weights: options.weights.as_ref().map(PathBuf::from),
-        encoder_only: options.encoder_only.unwrap_or(false),
-        num_classes: options.num_classes.map(|n| n as usize),
+/// Runs `work` on the model under its lock, on the core's compute threads (see
+/// `motivnet::runtime::cpu::run_on_compute_threads`: not on this libuv thread), or fails if the model
+/// was disposed, or was left torn by an earlier call that panicked while changing it.
+pub(crate) fn with_trainer<T: Send>(
+    shared: &Shared,
+    effect: Effect,
+    work: impl FnOnce(&mut Trainer) -> motivnet::Result<T> + Send,
+) -> Result<T> {
+    let mut guard = shared.trainer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if shared.disposed.load(Ordering::SeqCst) {
+        // dispose() found the model busy: free it now that the running call is done.
+        guard.take();
     }
+    let trainer = guard.as_mut().ok_or_else(|| coded(DISPOSED, "the model was disposed: load a new one"))?;
+    if let Some(why) = shared.torn.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        return Err(coded(
+            INTERNAL,
+            format!(
+                "an earlier call failed inside the core while changing this model ({why}): its weights or optimizer \
+                 state may be half-updated, so it takes no more calls; load it again"
+            ),
+        ));
+    }
+    let result = no_panic(|| motivnet::runtime::cpu::run_on_compute_threads(|| work(trainer)).js());
+    if let Err(e) = &result {
+        if effect == Effect::Writes && e.reason.starts_with(&format!("[{INTERNAL}]")) {
+            *shared.torn.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.reason.clone());
+        }
+    }
+    result
 }
 
 impl NativeModel {
@@ -91,7 +89,7 @@ impl NativeModel {
         }
     }
 
-    fn live(&self) -> Result<Arc<Shared>> {
+    pub(crate) fn live(&self) -> Result<Arc<Shared>> {
         if self.shared.disposed.load(Ordering::SeqCst) {
             return Err(coded(DISPOSED, "the model was disposed: load a new one"));
         }
@@ -101,60 +99,6 @@ impl NativeModel {
 
 #[napi]
 impl NativeModel {
-    /// Eval-mode logits and probabilities.
-    #[napi(ts_return_type = "Promise<PredictResult>")]
-    pub fn predict(&self, input: NativeInput) -> Result<AsyncTask<PredictTask>> {
-        Ok(AsyncTask::new(PredictTask { shared: self.live()?, input: Input::try_from(input)? }))
-    }
-
-    /// One micro-batch of training; the weights change when `endOfCycle` is true.
-    #[napi(ts_return_type = "Promise<TrainStepResult>")]
-    pub fn train_step(
-        &self,
-        input: NativeInput,
-        labels_in: Int32Array,
-        encoder_lr: f64,
-        decoder_lr: f64,
-        end_of_cycle: bool,
-    ) -> Result<AsyncTask<TrainStepTask>> {
-        Ok(AsyncTask::new(TrainStepTask {
-            shared: self.live()?,
-            input: Input::try_from(input)?,
-            labels: labels(&labels_in)?,
-            lr: Groups { encoder: encoder_lr, decoder: decoder_lr },
-            end_of_cycle,
-        }))
-    }
-
-    /// Eval-mode loss, logits and probabilities for labelled images.
-    #[napi(ts_return_type = "Promise<EvaluateResult>")]
-    pub fn evaluate(&self, input: NativeInput, labels_in: Int32Array) -> Result<AsyncTask<EvaluateTask>> {
-        Ok(AsyncTask::new(EvaluateTask {
-            shared: self.live()?,
-            input: Input::try_from(input)?,
-            labels: labels(&labels_in)?,
-        }))
-    }
-
-    /// Writes the weights as safetensors with the reference's names.
-    #[napi(ts_return_type = "Promise<void>")]
-    pub fn save_weights(&self, path: String) -> Result<AsyncTask<FileTask>> {
-        Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::SaveWeights }))
-    }
-
-    /// Writes weights, optimizer moments and step, dropout RNG and pending gradients, with
-    /// `extra` (the caller's JSON bookkeeping) in the same file.
-    #[napi(ts_return_type = "Promise<void>")]
-    pub fn save_state(&self, path: String, extra: Option<String>) -> Result<AsyncTask<FileTask>> {
-        Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::SaveState(extra) }))
-    }
-
-    /// Restores a state written by saveState; resolves to its `extra`, or null.
-    #[napi(ts_return_type = "Promise<string | null>")]
-    pub fn load_state(&self, path: String) -> Result<AsyncTask<LoadStateTask>> {
-        Ok(AsyncTask::new(LoadStateTask { shared: self.live()?, path: path.into() }))
-    }
-
     /// The resolved model config as JSON text.
     #[napi(getter)]
     pub fn config_json(&self) -> String {
@@ -186,5 +130,24 @@ impl NativeModel {
     #[napi(getter)]
     pub fn disposed(&self) -> bool {
         self.shared.disposed.load(Ordering::SeqCst)
+    }
+}
+
+/// See `NativeModel::panic_for_test`.
+pub struct PanicTask {
+    pub shared: Arc<Shared>,
+}
+
+#[napi]
+impl Task for PanicTask {
+    type Output = ();
+    type JsValue = ();
+
+    fn compute(&mut self) -> Result<()> {
+        with_trainer(&self.shared, Effect::Writes, |_| -> motivnet::Result<()> { panic!("a panic raised on purpose") })
+    }
+
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<()> {
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@ use napi::bindgen_prelude::{Float32Array, Int32Array, Uint8Array};
 use napi_derive::napi;
 
 use crate::error::invalid;
-use motivnet::optim::{AdamWConfig, GroupConfig};
+use motivnet::train::optim::{AdamWConfig, GroupConfig};
 use motivnet::{Geometry, Normalization};
 
 /// How to create a model.

@@ -1,51 +1,53 @@
 //! motivnet: facial emotion recognition with MotivNet on candle.
 //!
-//! MotivNet (Medicharla and Yilmaz) is a Sapiens ViT encoder ([`encoder`]) followed by an
-//! ML-Decoder attention head ([`head`], Ridnik et al. 2021), fine-tuned on AffectNet. This crate
-//! holds the model, its preprocessing ([`pixels`]), the loss, backward, gradient accumulation
-//! and an AdamW with parameter groups ([`optim`], [`train`]), and checkpoint I/O with the
-//! PyTorch reference's parameter names ([`weights`]). It knows nothing of Node: the binding
-//! crate only converts values.
+//! MotivNet (Medicharla and Yilmaz) is a Sapiens ViT encoder followed by an ML-Decoder
+//! attention head (Ridnik et al. 2021), fine-tuned on AffectNet. This crate holds the model,
+//! its preprocessing, the loss, backward, gradient accumulation and an AdamW with parameter
+//! groups, and checkpoint I/O with the PyTorch reference's parameter names. It knows nothing
+//! of Node: the binding crate only converts values.
 //!
 //! Shapes: images (B, 3, H, W) -> encoder tokens (B, N, D) with N = (H/16) x (W/16) ->
 //! logits (B, num_classes).
+//!
+//! # The map
+//!
+//! Each layer uses only those above it in this list:
+//!
+//! - [`kernels`]: candle-free slice math (strided matmuls, SIMD tiers, exp/erf, softmax,
+//!   GELU, LayerNorm, Linear, attention, patch rows, the OpenCV-style resize).
+//! - [`ops`]: candle custom ops over the kernels, each with its own backward and its
+//!   composed, device-generic twin beside it; [`ops::dispatch`] decides which runs.
+//! - [`nn`]: parameters by checkpoint name ([`nn::params`]), and Linear, LayerNorm, ReLU,
+//!   dropout, attention and the train/eval mode ([`nn::layers`]).
+//! - [`model`]: the Sapiens encoder, the ML-Decoder head, [`MotivNet`] with `forward` and
+//!   `forward_train`, and the encoder's hand-written training pass.
+//! - [`train`]: the [`Trainer`] (loss, backward, accumulation, training state) and AdamW.
+//!
+//! Beside them: [`config`] (configs, presets, what a spec leaves to the weights), [`io`]
+//! (checkpoints), [`keys`] (every checkpoint and state-key prefix), [`runtime`] (compute
+//! threads, malloc, devices, precision) and [`error`].
 
 pub mod config;
-pub mod cpu;
-pub mod device;
-pub mod dispatch;
-pub mod encoder;
-pub mod encoder_train;
 pub mod error;
-pub mod fused;
-pub mod fused_attention;
-pub mod fused_linear;
-pub mod head;
-pub mod layers;
-pub mod loss;
-pub mod malloc;
+pub mod io;
+pub(crate) mod kernels;
+pub mod keys;
 pub mod model;
-pub mod optim;
-pub mod params;
-pub mod patches;
-pub mod pixels;
-pub mod precision;
-pub mod simd;
-pub mod spec;
-pub mod strided_gemm;
+pub mod nn;
+pub mod ops;
+pub mod runtime;
 pub mod train;
-pub mod weights;
 
 /// candle, re-exported so dependents use the same version.
 pub use candle_core as candle;
+pub use config::spec::ModelSpec;
 pub use config::{EncoderConfig, HeadConfig, ModelConfig};
-pub use device::parse_device;
 pub use error::{Error, Result};
-pub use layers::RecordedMasks;
-pub use model::{Mode, MotivNet};
-pub use optim::{AdamW, AdamWConfig, GroupConfig};
-pub use params::InitScheme;
-pub use pixels::{Geometry, ImageBatch, Normalization};
-pub use precision::Precision;
-pub use spec::ModelSpec;
-pub use train::{ModelInput, Prediction, StepOutput, Trainer, TrainerConfig};
+pub use model::{Mode, ModelInput, MotivNet, Prediction};
+pub use nn::layers::RecordedMasks;
+pub use nn::params::InitScheme;
+pub use ops::pixels::{Geometry, ImageBatch, Normalization};
+pub use runtime::device::parse_device;
+pub use runtime::precision::Precision;
+pub use train::optim::{AdamW, AdamWConfig, GroupConfig};
+pub use train::{StepOutput, Trainer, TrainerConfig};

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 use common::*;
-use motivnet::optim::{AdamWConfig, GroupConfig, Groups};
+use motivnet::train::optim::{AdamWConfig, GroupConfig, Groups};
 use motivnet::{Mode, ModelInput, Trainer, TrainerConfig};
 
 #[test]
@@ -34,7 +34,7 @@ fn train_loss_and_every_gradient_match_reference() {
         let mut rng = rand::SeedableRng::seed_from_u64(0);
         let logits = model.forward(&x, &mut Mode::Train(&mut rng)).unwrap();
         assert_close("train logits", &logits, &expected["logits_train"], 1e-4, 0.0);
-        let loss = motivnet::loss::cross_entropy(&logits, &labels).unwrap();
+        let loss = motivnet::nn::loss::cross_entropy(&logits, &labels).unwrap();
         assert_close("loss", &loss.reshape(1).unwrap(), &expected["loss"], 1e-5, 0.0);
 
         let grads = loss.backward().unwrap();
@@ -57,7 +57,7 @@ fn the_trainers_gradients_match_reference() {
     let (x, labels) = batch();
     let expected = read("expected.safetensors");
     let model = reference_model();
-    assert!(motivnet::encoder_train::supported(&model.encoder, &x));
+    assert!(motivnet::model::encoder_train::supported(&model.encoder, &x));
     let mut trainer = Trainer::new(model, TrainerConfig { seed: 0, ..TrainerConfig::default() });
     let out =
         trainer.train_step(&ModelInput::Tensor(&x), &labels, Groups { encoder: 1e-3, decoder: 1e-3 }, false).unwrap();
@@ -142,7 +142,7 @@ fn dropout_on_train_step_matches_reference_on_its_masks() {
         assert_close("train logits (dropout 0.1)", &logits, &expected["logits_train"], 1e-4, 0.0);
         let no_dropout = read("expected.safetensors");
         assert!(max_abs_diff(&logits, &no_dropout["logits_train"]) > 1e-2, "the masks changed nothing");
-        let loss = motivnet::loss::cross_entropy(&logits, &labels).unwrap();
+        let loss = motivnet::nn::loss::cross_entropy(&logits, &labels).unwrap();
         assert_close("loss (dropout 0.1)", &loss.reshape(1).unwrap(), &expected["loss"], 1e-5, 0.0);
         let grads = loss.backward().unwrap();
         for p in model.params.trainable() {

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::Device;
 use common::*;
-use motivnet::pixels::to_input_tensor;
+use motivnet::ops::pixels::to_input_tensor;
 use motivnet::{Geometry, ImageBatch, Normalization};
 
 const H: usize = 64;

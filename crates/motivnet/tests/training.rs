@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use motivnet::optim::{AdamWConfig, Groups};
+use motivnet::train::optim::{AdamWConfig, Groups};
 use motivnet::{Mode, ModelConfig, ModelInput, MotivNet, Trainer, TrainerConfig};
 
 const LR: Groups<f64> = Groups { encoder: 1e-3, decoder: 1e-3 };
@@ -16,7 +16,7 @@ fn every_trainable_parameter_gets_a_gradient_and_the_queries_none() {
     let model = reference_model();
     let mut rng = rand::SeedableRng::seed_from_u64(0);
     let logits = model.forward(&x, &mut Mode::Train(&mut rng)).unwrap();
-    let grads = motivnet::loss::cross_entropy(&logits, &labels).unwrap().backward().unwrap();
+    let grads = motivnet::nn::loss::cross_entropy(&logits, &labels).unwrap().backward().unwrap();
     let mut trainable = 0;
     for p in model.params.iter() {
         match (p.trainable, grads.get(p.var.as_tensor())) {

@@ -156,7 +156,7 @@ fn a_wrong_preset_checkpoint_lists_mismatched_shapes() {
 fn a_seven_class_checkpoint_fixes_the_head_of_an_open_spec() {
     let (x, _) = batch();
     let file = fixture("motivnet7.pth");
-    let shapes = motivnet::weights::canonical_shapes(&motivnet::weights::read_shapes(&file).unwrap());
+    let shapes = motivnet::io::weights::canonical_shapes(&motivnet::io::weights::read_shapes(&file).unwrap());
     let spec = motivnet::ModelSpec::parse(fixture("config_encoder_only.json").to_str().unwrap()).unwrap();
     let config = spec.resolve(Some(("motivnet7.pth", &shapes)), None).unwrap();
     assert_eq!((config.head.num_classes, config.head.embed_dim, config.head.feedforward), (7, 32, 48));
@@ -182,8 +182,8 @@ fn a_seven_class_checkpoint_fixes_the_head_of_an_open_spec() {
 #[test]
 fn shapes_are_read_without_the_tensor_data() {
     for name in ["weights.safetensors", "weights.pth", "sapiens_backbone.pth"] {
-        let shapes = motivnet::weights::read_shapes(&fixture(name)).unwrap();
-        let tensors = motivnet::weights::read_tensors(&fixture(name)).unwrap();
+        let shapes = motivnet::io::weights::read_shapes(&fixture(name)).unwrap();
+        let tensors = motivnet::io::weights::read_tensors(&fixture(name)).unwrap();
         assert_eq!(shapes.len(), tensors.len(), "{name}");
         for (k, t) in &tensors {
             assert_eq!(&shapes[k], t.dims(), "{name}: {k}");
@@ -217,8 +217,8 @@ fn the_released_checkpoints_keys_and_shapes_are_ours() {
 fn a_malformed_pth_is_an_error_not_a_panic() {
     let file = fixture("short_rebuild_tuple.pth");
     for err in [
-        motivnet::weights::read_tensors(&file).unwrap_err(),
-        motivnet::weights::read_shapes(&file).unwrap_err(),
+        motivnet::io::weights::read_tensors(&file).unwrap_err(),
+        motivnet::io::weights::read_shapes(&file).unwrap_err(),
         fresh().load_weights(&file, false).unwrap_err(),
     ] {
         assert_eq!(err.code(), "MOTIVNET_WEIGHTS");
@@ -229,7 +229,7 @@ fn a_malformed_pth_is_an_error_not_a_panic() {
 
 #[test]
 fn a_training_state_with_empty_or_missing_tensors_is_refused_whole() {
-    use motivnet::{optim::Groups, ModelInput, Trainer, TrainerConfig};
+    use motivnet::{train::optim::Groups, ModelInput, Trainer, TrainerConfig};
     let dir = temp_dir("badstate");
     let (x, labels) = batch();
     let mut trainer = Trainer::new(reference_model(), TrainerConfig::default());

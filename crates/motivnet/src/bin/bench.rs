@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use motivnet::optim::Groups;
+use motivnet::train::optim::Groups;
 use motivnet::{parse_device, ModelConfig, ModelInput, MotivNet, Trainer, TrainerConfig};
 
 struct Args {
@@ -97,7 +97,13 @@ fn run_preprocess(args: &Args, config: &ModelConfig) -> motivnet::Result<String>
     let (h, w) = (config.encoder.input_height, config.encoder.input_width);
     let norm = motivnet::Normalization::default();
     let ms = time(args.warmup, args.iters, || {
-        std::hint::black_box(motivnet::pixels::resize_normalize_cpu(&batch, motivnet::Geometry::Stretch, h, w, &norm));
+        std::hint::black_box(motivnet::ops::pixels::resize_normalize_cpu(
+            &batch,
+            motivnet::Geometry::Stretch,
+            h,
+            w,
+            &norm,
+        ));
         Ok(())
     })?;
     Ok(format!(
@@ -162,7 +168,7 @@ fn main() {
         }
     };
     // On the compute threads, where the Node addon runs every model call.
-    match motivnet::cpu::run_on_compute_threads(|| run(&args)) {
+    match motivnet::runtime::cpu::run_on_compute_threads(|| run(&args)) {
         Ok(line) => println!("{line}"),
         Err(e) => {
             eprintln!("motivnet-bench: {e}");

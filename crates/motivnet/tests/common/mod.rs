@@ -64,5 +64,5 @@ pub fn on_both_paths(check: impl Fn()) {
     eprintln!("on the fused CPU path");
     check();
     eprintln!("on the composed (GPU) path");
-    motivnet::dispatch::composed(check);
+    motivnet::ops::dispatch::composed(check);
 }

@@ -1,0 +1,97 @@
+//! Eval-mode calls: `predict` (logits and probabilities) and `evaluate` (with the loss).
+
+use std::sync::Arc;
+
+use napi::bindgen_prelude::{AsyncTask, Float32Array, Int32Array, Task};
+use napi::{Env, Result};
+use napi_derive::napi;
+
+use crate::model::{with_trainer, Effect, NativeModel, Shared};
+use crate::options::{labels, Input, NativeInput};
+
+#[napi]
+impl NativeModel {
+    /// Eval-mode logits and probabilities.
+    #[napi(ts_return_type = "Promise<PredictResult>")]
+    pub fn predict(&self, input: NativeInput) -> Result<AsyncTask<PredictTask>> {
+        Ok(AsyncTask::new(PredictTask { shared: self.live()?, input: Input::try_from(input)? }))
+    }
+
+    /// Eval-mode loss, logits and probabilities for labelled images.
+    #[napi(ts_return_type = "Promise<EvaluateResult>")]
+    pub fn evaluate(&self, input: NativeInput, labels_in: Int32Array) -> Result<AsyncTask<EvaluateTask>> {
+        Ok(AsyncTask::new(EvaluateTask {
+            shared: self.live()?,
+            input: Input::try_from(input)?,
+            labels: labels(&labels_in)?,
+        }))
+    }
+}
+
+#[napi(object)]
+pub struct PredictResult {
+    /// (batchSize, numClasses), row-major.
+    pub logits: Float32Array,
+    /// Softmax of the logits, same layout.
+    pub probabilities: Float32Array,
+    pub batch_size: u32,
+    pub num_classes: u32,
+}
+
+pub struct PredictTask {
+    pub shared: Arc<Shared>,
+    pub input: Input,
+}
+
+#[napi]
+impl Task for PredictTask {
+    type Output = motivnet::Prediction;
+    type JsValue = PredictResult;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        with_trainer(&self.shared, Effect::Reads, |t| self.input.with(|input| t.model.classify(input)))
+    }
+
+    fn resolve(&mut self, _env: Env, p: Self::Output) -> Result<PredictResult> {
+        let batch_size = (p.logits.len() / p.num_classes) as u32;
+        Ok(PredictResult {
+            logits: Float32Array::new(p.logits),
+            probabilities: Float32Array::new(p.probabilities),
+            batch_size,
+            num_classes: p.num_classes as u32,
+        })
+    }
+}
+
+#[napi(object)]
+pub struct EvaluateResult {
+    /// Mean cross-entropy (eval mode).
+    pub loss: f64,
+    /// (batchSize, numClasses), row-major.
+    pub logits: Float32Array,
+    pub probabilities: Float32Array,
+}
+
+pub struct EvaluateTask {
+    pub shared: Arc<Shared>,
+    pub input: Input,
+    pub labels: Vec<u32>,
+}
+
+#[napi]
+impl Task for EvaluateTask {
+    type Output = (f32, motivnet::Prediction);
+    type JsValue = EvaluateResult;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        with_trainer(&self.shared, Effect::Reads, |t| self.input.with(|input| t.model.evaluate(input, &self.labels)))
+    }
+
+    fn resolve(&mut self, _env: Env, (loss, p): Self::Output) -> Result<EvaluateResult> {
+        Ok(EvaluateResult {
+            loss: loss as f64,
+            logits: Float32Array::new(p.logits),
+            probabilities: Float32Array::new(p.probabilities),
+        })
+    }
+}

@@ -1,0 +1,5 @@
+//! Checkpoints in and out: safetensors and PyTorch `.pth` state dicts with the reference's
+//! names ([`weights`]), and position embeddings for another grid ([`pos_embed`]).
+
+pub mod pos_embed;
+pub mod weights;

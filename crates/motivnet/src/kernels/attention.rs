@@ -1,0 +1,234 @@
+//! Multi-head self-attention over a packed (B, N, 3D) qkv buffer, and its backward: each
+//! (batch, head) pair reads its q, k and v in place through strides and writes its block of
+//! the merged (B, N, D) output directly.
+
+use std::cell::RefCell;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::gemm::{matmul, threads_for_one_product, View, ViewMut, Write};
+use super::KernelResult;
+
+/// Shapes of one call, and where a (batch, head) pair's blocks start.
+#[derive(Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    tokens: usize,
+    dim: usize,
+    heads: usize,
+}
+
+impl Geometry {
+    fn head_dim(&self) -> usize {
+        self.dim / self.heads
+    }
+
+    fn pairs(&self) -> usize {
+        self.batch * self.heads
+    }
+
+    /// Offset of q (part 0), k (1) or v (2) of `pair` in the (B, N, 3D) tensor.
+    fn qkv_offset(&self, pair: usize, part: usize) -> usize {
+        let (b, h) = (pair / self.heads, pair % self.heads);
+        b * self.tokens * 3 * self.dim + part * self.dim + h * self.head_dim()
+    }
+
+    /// Offset of `pair`'s block in the merged (B, N, D) tensor.
+    fn merged_offset(&self, pair: usize) -> usize {
+        let (b, h) = (pair / self.heads, pair % self.heads);
+        b * self.tokens * self.dim + h * self.head_dim()
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim() as f32).sqrt()
+    }
+
+    /// Pairs run in parallel with single-threaded products; when there are fewer pairs than
+    /// threads, each product is threaded instead.
+    fn inner_parallelism(&self) -> Parallelism {
+        if self.pairs() >= rayon::current_num_threads() {
+            Parallelism::None
+        } else {
+            threads_for_one_product()
+        }
+    }
+}
+
+thread_local! {
+    /// Per-thread N x N buffers (scores, then their gradient), reused across calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer grown to at least `len` floats. The buffer is
+/// taken out of its cell while `f` runs: a threaded product inside `f` may have this thread
+/// run another pair's task while it waits, and that task then gets a buffer of its own
+/// instead of finding this one borrowed.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut buf = SCRATCH.with(|cell| cell.take());
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let out = f(&mut buf[..len]);
+    SCRATCH.with(|cell| {
+        // Keep the larger of the two when a nested task left one behind.
+        if cell.borrow().len() < buf.len() {
+            cell.replace(buf);
+        }
+    });
+    out
+}
+
+/// A pointer that may cross into rayon tasks; each task writes only its own pair's block.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: the tasks write disjoint (batch, head) blocks; see the callers.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn rows(self, offset: usize, row_stride: usize) -> ViewMut {
+        // SAFETY: callers pass offsets inside the buffer this pointer was taken from.
+        ViewMut { ptr: unsafe { self.0.add(offset) }, row_stride: row_stride as isize, col_stride: 1 }
+    }
+}
+
+/// Scores (n x n, row-major) = scale q k^T, then softmax over each row, in place.
+///
+/// # Safety
+/// `qkv` holds the whole (B, N, 3D) tensor described by `g`.
+unsafe fn probabilities(g: &Geometry, qkv: &[f32], pair: usize, p: &mut [f32], par: Parallelism) {
+    let (n, hd, row) = (g.tokens, g.head_dim(), 3 * g.dim);
+    let q = View::rows(qkv, g.qkv_offset(pair, 0), row);
+    let k = View::rows(qkv, g.qkv_offset(pair, 1), row);
+    matmul((n, n, hd), ViewMut::rows(p, 0, n), q, k.t(), g.scale(), Write::Overwrite, par);
+    super::softmax::softmax_rows(p, n);
+}
+
+crate::simd_dispatch! {
+    /// dS = P * (dP - delta) in place over `ds` (holding dP), n x n, with delta_i = do_i . o_i
+    /// (the rows of do and o are `row_stride` apart, `hd` long): softmax's backward per row.
+    fn score_grad(ds: &mut [f32], p: &[f32], n: usize, d_out: &[f32], out: &[f32], row_stride: usize, hd: usize) {
+        for i in 0..n {
+            let (go, o) = (&d_out[i * row_stride..][..hd], &out[i * row_stride..][..hd]);
+            let delta = super::math::lane_sum(hd, |c| go[c] * o[c]);
+            let (ds, p) = (&mut ds[i * n..][..n], &p[i * n..][..n]);
+            for j in 0..n {
+                ds[j] = p[j] * (ds[j] - delta);
+            }
+        }
+    }
+}
+
+/// The attention output (B, N, D) of a packed (B, N, 3D) qkv slice, and the probabilities of
+/// every (batch, head) pair when `keep` asks for them.
+pub fn attention_forward(
+    qkv: &[f32],
+    (batch, tokens, dim): (usize, usize, usize),
+    heads: usize,
+    keep: bool,
+) -> KernelResult<(Vec<f32>, Option<Vec<f32>>)> {
+    let g = Geometry { batch, tokens, dim, heads };
+    if qkv.len() != batch * tokens * 3 * dim || heads == 0 || dim % heads != 0 {
+        return Err(format!(
+            "self-attention: qkv holds {} values, expected {batch} x {tokens} x 3 x {dim} in {heads} heads",
+            qkv.len()
+        ));
+    }
+    let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
+    let par = g.inner_parallelism();
+    let len = g.batch * n * d;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let shared = SharedOut(out.as_mut_ptr());
+    let mut kept = if keep { vec![0f32; g.pairs() * n * n] } else { Vec::new() };
+    let attend = |pair: usize, p: &mut [f32]| {
+        // SAFETY: every view lies inside `qkv`, `p` or `out` (offsets from `g`), and
+        // this pair's output block is written by this task alone.
+        unsafe {
+            probabilities(&g, qkv, pair, p, par);
+            let v = View::rows(qkv, g.qkv_offset(pair, 2), 3 * d);
+            let dst = shared.rows(g.merged_offset(pair), d);
+            matmul((n, hd, n), dst, View::rows(p, 0, n), v, 1.0, Write::Overwrite, par);
+        }
+    };
+    if keep {
+        kept.par_chunks_mut((n * n).max(1)).enumerate().for_each(|(pair, p)| attend(pair, p));
+    } else {
+        (0..g.pairs()).into_par_iter().for_each(|pair| with_scratch(n * n, |p| attend(pair, p)));
+    }
+    // SAFETY: the pairs' blocks tile the (B, N, D) output: every element was written.
+    unsafe { out.set_len(len) };
+    Ok((out, keep.then_some(kept)))
+}
+
+/// The gradient (B, N, 3D) of the packed qkv from the attention output o, its gradient do
+/// and, when the forward kept them, the probabilities (recomputed otherwise).
+pub fn attention_backward(
+    qkv: &[f32],
+    out: &[f32],
+    grad_out: &[f32],
+    (batch, tokens, dim): (usize, usize, usize),
+    heads: usize,
+    kept: Option<&[f32]>,
+) -> KernelResult<Vec<f32>> {
+    const NAME: &str = "fused-self-attention-grad";
+    let g = Geometry { batch, tokens, dim, heads };
+    if qkv.len() != batch * tokens * 3 * dim || heads == 0 || dim % heads != 0 {
+        return Err(format!(
+            "{NAME}: qkv holds {} values, expected {batch} x {tokens} x 3 x {dim} in {heads} heads",
+            qkv.len()
+        ));
+    }
+    let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
+    if out.len() != g.batch * n * d || grad_out.len() != out.len() {
+        return Err(format!("{NAME}: output and its gradient must be {} x {n} x {d}", g.batch));
+    }
+    if let Some(kept) = kept {
+        if kept.len() != g.pairs() * n * n {
+            return Err(format!("{NAME}: kept probabilities do not fit the input"));
+        }
+    }
+    let par = g.inner_parallelism();
+    let mut grad: Vec<f32> = Vec::with_capacity(qkv.len());
+    let shared = SharedOut(grad.as_mut_ptr());
+    (0..g.pairs()).into_par_iter().for_each(|pair| {
+        let kept = kept.map(|all| &all[pair * n * n..][..n * n]);
+        let scratch_len = if kept.is_some() { n * n } else { 2 * n * n };
+        with_scratch(scratch_len, |scratch| {
+            let (ds, recomputed) = scratch.split_at_mut(n * n);
+            let merged = g.merged_offset(pair);
+            let d_out = View::rows(grad_out, merged, d);
+            let p: &[f32] = match kept {
+                Some(p) => p,
+                None => {
+                    // SAFETY: `qkv` is the whole tensor `g` describes.
+                    unsafe { probabilities(&g, qkv, pair, recomputed, par) };
+                    recomputed
+                }
+            };
+            // SAFETY: every view lies inside `qkv`, `out`, `grad_out`, the scratch or
+            // `grad` (offsets from `g`); this pair's blocks of `grad` are written by this
+            // task alone.
+            unsafe {
+                let v = View::rows(qkv, g.qkv_offset(pair, 2), 3 * d);
+                matmul((n, n, hd), ViewMut::rows(ds, 0, n), d_out, v.t(), 1.0, Write::Overwrite, par);
+            }
+            score_grad(ds, p, n, &grad_out[merged..], &out[merged..], d, hd);
+            let (ds, p) = (View::rows(ds, 0, n), View::rows(p, 0, n));
+            let q = View::rows(qkv, g.qkv_offset(pair, 0), 3 * d);
+            let k = View::rows(qkv, g.qkv_offset(pair, 1), 3 * d);
+            // SAFETY: as above.
+            unsafe {
+                let dq = shared.rows(g.qkv_offset(pair, 0), 3 * d);
+                matmul((n, hd, n), dq, ds, k, g.scale(), Write::Overwrite, par);
+                let dk = shared.rows(g.qkv_offset(pair, 1), 3 * d);
+                matmul((n, hd, n), dk, ds.t(), q, g.scale(), Write::Overwrite, par);
+                let dv = shared.rows(g.qkv_offset(pair, 2), 3 * d);
+                matmul((n, hd, n), dv, p.t(), d_out, 1.0, Write::Overwrite, par);
+            }
+        })
+    });
+    // SAFETY: the pairs' dq, dk and dv blocks tile the (B, N, 3D) gradient.
+    unsafe { grad.set_len(qkv.len()) };
+    Ok(grad)
+}

@@ -1,0 +1,105 @@
+//! LayerNorm over the last dimension (biased variance, as PyTorch) and its backward, over
+//! row-major slices.
+
+use rayon::prelude::*;
+
+use super::math::lane_sum;
+use super::CHUNK;
+
+/// LayerNorm of each `w.len()`-long row of `x`, on all threads.
+pub fn layer_norm_forward(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    let n = w.len().max(1);
+    assert!(b.len() == w.len() && x.len().is_multiple_of(n), "layer_norm_forward: x, weight and bias do not fit");
+    let rows_per_task = (CHUNK / n).max(1);
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(n * rows_per_task)
+        .zip(x.par_chunks(n * rows_per_task))
+        .for_each(|(o, x)| layer_norm_rows(o, x, w, b, eps));
+    out
+}
+
+/// LayerNorm's backward on all threads: writes (or with `accumulate`, adds) dx into `dx` and
+/// returns dw and db back to back (2n values).
+pub fn layer_norm_backward(dx: &mut [f32], accumulate: bool, x: &[f32], g: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let n = w.len().max(1);
+    assert!(
+        x.len().is_multiple_of(n) && g.len() == x.len() && dx.len() == x.len(),
+        "layer_norm_backward: lengths do not fit"
+    );
+    let rows_per_task = (CHUNK / n).max(1);
+    // Each task returns its partial dw and db; they are added up after.
+    let partials: Vec<Vec<f32>> = dx
+        .par_chunks_mut(n * rows_per_task)
+        .zip(x.par_chunks(n * rows_per_task).zip(g.par_chunks(n * rows_per_task)))
+        .map(|(dx, (x, g))| {
+            let (mut acc, mut xhat) = (vec![0f32; 2 * n], vec![0f32; n]);
+            layer_norm_grad_rows(dx, accumulate, x, g, w, eps, &mut acc, &mut xhat);
+            acc
+        })
+        .collect();
+    let mut sums = vec![0f32; 2 * n];
+    for p in partials {
+        sums.iter_mut().zip(&p).for_each(|(s, v)| *s += v);
+    }
+    sums
+}
+
+/// Mean and 1/std of one row.
+#[inline(always)]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = lane_sum(x.len(), |i| x[i]) / n;
+    let var = lane_sum(x.len(), |i| (x[i] - mean) * (x[i] - mean)) / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+crate::simd_dispatch! {
+    /// LayerNorm of each `w.len()`-long row of `x` into `out`.
+    fn layer_norm_rows(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        let n = w.len();
+        for (o, x) in out.chunks_mut(n).zip(x.chunks(n)) {
+            let (mean, rstd) = row_stats(x, eps);
+            for i in 0..n {
+                o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+            }
+        }
+    }
+}
+
+crate::simd_dispatch! {
+    /// dx of each row into `dx` (added to it with `accumulate`); adds the rows' dw terms to
+    /// acc[..n] and db terms to acc[n..].
+    fn layer_norm_grad_rows(
+        dx: &mut [f32],
+        accumulate: bool,
+        x: &[f32],
+        g: &[f32],
+        w: &[f32],
+        eps: f32,
+        acc: &mut [f32],
+        xhat: &mut [f32],
+    ) {
+        let n = w.len();
+        for ((dx, x), g) in dx.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
+            let (mean, rstd) = row_stats(x, eps);
+            for i in 0..n {
+                xhat[i] = (x[i] - mean) * rstd;
+            }
+            let mean_gw = lane_sum(n, |i| g[i] * w[i]) / n as f32;
+            let mean_gw_xhat = lane_sum(n, |i| g[i] * w[i] * xhat[i]) / n as f32;
+            for i in 0..n {
+                acc[i] += g[i] * xhat[i];
+                acc[n + i] += g[i];
+            }
+            if accumulate {
+                for i in 0..n {
+                    dx[i] += rstd * (g[i] * w[i] - mean_gw - xhat[i] * mean_gw_xhat);
+                }
+            } else {
+                for i in 0..n {
+                    dx[i] = rstd * (g[i] * w[i] - mean_gw - xhat[i] * mean_gw_xhat);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Slice math under the fused ops: plain f32 buffers in, f32 buffers out, no candle types.
+//! The ops (`crate::ops`) wrap these as candle custom ops with their own backward; the
+//! encoder's hand-written training pass (`crate::model::encoder_train`) calls them directly.
+//!
+//! Loops are written so they vectorise (lanes of partial sums, branch-free exp and erf) and
+//! run as wide as the CPU allows ([`simd`]); products go through `gemm` on strided views
+//! ([`gemm`]); work is split over rayon's threads in chunks of [`CHUNK`] elements.
+
+pub mod attention;
+pub mod gelu;
+pub mod gemm;
+pub mod layer_norm;
+pub mod linear;
+pub mod math;
+pub mod patches;
+pub mod resize;
+pub mod simd;
+pub mod softmax;
+
+/// Elements per rayon task: large enough to amortise scheduling, small enough to balance.
+pub const CHUNK: usize = 16 * 1024;
+
+/// What a kernel reports when its inputs do not fit together (the ops turn it into their
+/// error type).
+pub type KernelResult<T> = std::result::Result<T, String>;

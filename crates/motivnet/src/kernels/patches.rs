@@ -1,0 +1,36 @@
+//! The rows of the patch-embedding matmul: each output token of a stride-k, kernel-k conv
+//! with padding p is one row of 3 x k x k pixels, zeros where the window falls outside the
+//! image. One parallel pass writes them.
+
+use rayon::prelude::*;
+
+/// Images (B, C, H, W), row-major, -> patch rows (B, gh * gw, C k k), in (channel, row,
+/// column) order within a row, as the conv weight flattens.
+pub fn patch_rows(
+    pixels: &[f32],
+    (b, c, h, w): (usize, usize, usize, usize),
+    k: usize,
+    p: usize,
+    (gh, gw): (usize, usize),
+) -> Vec<f32> {
+    assert_eq!(pixels.len(), b * c * h * w, "patch_rows: the pixels do not fit the shape");
+    let width = c * k * k;
+    let mut rows = vec![0f32; b * gh * gw * width];
+    rows.par_chunks_mut(width).enumerate().for_each(|(token, row)| {
+        let (img, gi, gj) = (token / (gh * gw), token / gw % gh, token % gw);
+        for ch in 0..c {
+            let plane = &pixels[(img * c + ch) * h * w..][..h * w];
+            for di in 0..k {
+                // Image row read by this kernel row; rows in the padding stay zero.
+                let Some(y) = (gi * k + di).checked_sub(p).filter(|&y| y < h) else { continue };
+                let dst = &mut row[(ch * k + di) * k..][..k];
+                for (dj, v) in dst.iter_mut().enumerate() {
+                    if let Some(x) = (gj * k + dj).checked_sub(p).filter(|&x| x < w) {
+                        *v = plane[y * w + x];
+                    }
+                }
+            }
+        }
+    });
+    rows
+}

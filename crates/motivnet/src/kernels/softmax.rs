@@ -1,0 +1,104 @@
+//! Softmax over the rows of a row-major buffer, and its backward.
+
+use rayon::prelude::*;
+
+use super::math::exp_fast;
+use super::CHUNK;
+
+/// Softmax of each `n`-long row of `rows`, in place. The loops are written in 16 lanes (max
+/// and sum as sixteen partial results) so they vectorise, as wide as the CPU allows
+/// (crate::kernels::simd): one AVX-512 register or two AVX2 ones.
+pub fn softmax_rows(rows: &mut [f32], n: usize) {
+    softmax_rows_dispatched(rows, n);
+}
+
+crate::simd_dispatch! {
+    fn softmax_rows_dispatched(rows: &mut [f32], n: usize) {
+        softmax_rows_portable(rows, n)
+    }
+}
+
+#[inline(always)]
+fn softmax_rows_portable(rows: &mut [f32], n: usize) {
+    const LANES: usize = 16;
+    for row in rows.chunks_mut(n.max(1)) {
+        let mut max = [f32::NEG_INFINITY; LANES];
+        let mut blocks = row.chunks_exact(LANES);
+        for block in &mut blocks {
+            for l in 0..LANES {
+                max[l] = if block[l] > max[l] { block[l] } else { max[l] };
+            }
+        }
+        let max = blocks.remainder().iter().chain(max.iter()).copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = [0f32; LANES];
+        let mut blocks = row.chunks_exact_mut(LANES);
+        for block in &mut blocks {
+            for l in 0..LANES {
+                block[l] = exp_fast(block[l] - max);
+                sum[l] += block[l];
+            }
+        }
+        let mut total: f32 = sum.iter().sum();
+        for v in blocks.into_remainder() {
+            *v = exp_fast(*v - max);
+            total += *v;
+        }
+        let inv = 1.0 / total;
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// Softmax of each `n`-long row of `x`, on all threads.
+pub fn softmax_forward(x: &[f32], n: usize) -> Vec<f32> {
+    let n = n.max(1);
+    let rows_per_task = (CHUNK / n).max(1);
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(n * rows_per_task).zip(x.par_chunks(n * rows_per_task)).for_each(|(o, x)| {
+        o.copy_from_slice(x);
+        softmax_rows(o, n);
+    });
+    out
+}
+
+/// dx = y * (g - sum(g * y)) per `n`-long row, from the softmax output y and the incoming
+/// gradient g, on all threads.
+pub fn softmax_backward(y: &[f32], g: &[f32], n: usize) -> Vec<f32> {
+    assert_eq!(y.len(), g.len(), "softmax_backward: output and gradient lengths differ");
+    let n = n.max(1);
+    let rows_per_task = (CHUNK / n).max(1);
+    let mut out = vec![0f32; y.len()];
+    out.par_chunks_mut(n * rows_per_task)
+        .zip(y.par_chunks(n * rows_per_task).zip(g.par_chunks(n * rows_per_task)))
+        .for_each(|(o, (y, g))| {
+            for ((o, y), g) in o.chunks_mut(n).zip(y.chunks(n)).zip(g.chunks(n)) {
+                let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
+                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                    *o = y * (g - dot);
+                }
+            }
+        });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::simd::with_level;
+
+    #[test]
+    fn softmax_rows_agree_at_every_simd_level() {
+        let input: Vec<f32> = (0..3 * 37).map(|i| ((i * 7919) % 101) as f32 * 0.13 - 6.0).collect();
+        let mut portable = input.clone();
+        softmax_rows_portable(&mut portable, 37);
+        for row in portable.chunks(37) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        for level in crate::kernels::simd::tiers_to_check("softmax_rows_agree_at_every_simd_level") {
+            let mut a = input.clone();
+            with_level(level, || softmax_rows(&mut a, 37));
+            for (x, y) in a.iter().zip(&portable) {
+                assert!((x - y).abs() < 1e-6, "{level:?}: {x} vs {y}");
+            }
+        }
+    }
+}

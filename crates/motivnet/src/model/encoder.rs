@@ -1,0 +1,197 @@
+//! Sapiens ViT encoder (Khirodkar et al., "Sapiens: Foundation for Human Vision Models", 2024),
+//! as the MotivNet reference uses it (docs/REFERENCE.md, section 1).
+//!
+//! In: normalized images (B, 3, H, W). Out: tokens (B, N, D), N = grid_h x grid_w in row-major
+//! (h, w) order, after the final LayerNorm; the reference's (B, D, grid_h, grid_w) feature map
+//! is exactly these tokens transposed, and the head flattens it straight back.
+//!
+//! Names follow the checkpoint: `projection`, `pos_embed`, `layers.{i}.{ln1,attn.qkv,attn.proj,
+//! ln2,ffn.layers.0.0,ffn.layers.1}`, `ln1` (final norm), under `pose_encoder.`.
+
+use candle_core::{Module, Tensor};
+
+use crate::config::EncoderConfig;
+use crate::error::{input_err, Result};
+use crate::nn::layers::{LayerNorm, Linear, Mode};
+use crate::nn::params::{torch_default_bound, Group, Init, InitScheme, ParamStore};
+
+const LN_EPS: f64 = 1e-6;
+
+/// A Linear layer's weight and bias init under `scheme`.
+fn linear_init(scheme: InitScheme, fan_in: usize) -> (Init, Init) {
+    match scheme {
+        InitScheme::Upstream => (torch_default_bound(fan_in), torch_default_bound(fan_in)),
+        InitScheme::Vit => (Init::TruncNormal { std: 0.02 }, Init::Zeros),
+    }
+}
+
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn new(store: &mut ParamStore, prefix: &str, dim: usize, heads: usize, init: InitScheme) -> Result<Self> {
+        let (w, b) = linear_init(init, dim);
+        Ok(Self {
+            qkv: Linear::new(store, &format!("{prefix}.qkv"), dim, 3 * dim, w, b)?,
+            proj: Linear::new(store, &format!("{prefix}.proj"), dim, dim, w, b)?,
+            heads,
+        })
+    }
+
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
+        // The reference splits qkv as (B, N, 3, heads, hd); the fused op reads that layout.
+        let out = crate::ops::attention::self_attention(&self.qkv.forward(x)?, self.heads, training)?;
+        Ok(self.proj.forward(&out)?)
+    }
+}
+
+/// One pre-norm transformer block. Its fields are the one schema of the block's parameters:
+/// the graph forward, the hand-written training pass (`encoder_train`) and its gradients all
+/// name them through these fields and [`Block::parameters`].
+pub struct Block {
+    pub ln1: LayerNorm,
+    pub attn: Attention,
+    pub ln2: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+/// A value for each parameter of a [`Block`], by the block's field names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockParams<T> {
+    pub ln1: (T, T),
+    pub qkv: (T, T),
+    pub proj: (T, T),
+    pub ln2: (T, T),
+    pub fc1: (T, T),
+    pub fc2: (T, T),
+}
+
+impl<T> BlockParams<T> {
+    /// (weight, bias) pairs in the block's order.
+    pub fn into_pairs(self) -> [(T, T); 6] {
+        [self.ln1, self.qkv, self.proj, self.ln2, self.fc1, self.fc2]
+    }
+}
+
+impl Block {
+    /// The block's parameter tensors, by field.
+    pub fn parameters(&self) -> BlockParams<Tensor> {
+        let pair = |w: &Tensor, b: &Tensor| (w.clone(), b.clone());
+        BlockParams {
+            ln1: pair(&self.ln1.weight, &self.ln1.bias),
+            qkv: pair(&self.attn.qkv.weight, &self.attn.qkv.bias),
+            proj: pair(&self.attn.proj.weight, &self.attn.proj.bias),
+            ln2: pair(&self.ln2.weight, &self.ln2.bias),
+            fc1: pair(&self.fc1.weight, &self.fc1.bias),
+            fc2: pair(&self.fc2.weight, &self.fc2.bias),
+        }
+    }
+
+    fn new(store: &mut ParamStore, prefix: &str, cfg: &EncoderConfig, init: InitScheme) -> Result<Self> {
+        let d = cfg.embed_dim;
+        let hidden = cfg.mlp_hidden();
+        let (w1, b1) = linear_init(init, d);
+        let (w2, b2) = linear_init(init, hidden);
+        Ok(Self {
+            ln1: LayerNorm::new(store, &format!("{prefix}.ln1"), d, LN_EPS)?,
+            attn: Attention::new(store, &format!("{prefix}.attn"), d, cfg.heads, init)?,
+            ln2: LayerNorm::new(store, &format!("{prefix}.ln2"), d, LN_EPS)?,
+            fc1: Linear::new(store, &format!("{prefix}.ffn.layers.0.0"), d, hidden, w1, b1)?,
+            fc2: Linear::new(store, &format!("{prefix}.ffn.layers.1"), hidden, d, w2, b2)?,
+        })
+    }
+
+    /// `training`: whether backward will follow (the fused ops then keep what it needs).
+    fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln1.forward(x)?, training)?)?;
+        // Exact (erf) GELU as PyTorch's nn.GELU() (candle's gelu() is the tanh approximation),
+        // fused into fc1 on the CPU.
+        let h = self.fc2.forward(&self.fc1.forward_gelu(&self.ln2.forward(&x)?, training)?)?;
+        Ok((x + h)?)
+    }
+}
+
+pub struct SapiensEncoder {
+    /// Conv2d(3, D, k, stride k, padding p) weight (D, 3, k, k) and bias (D).
+    pub projection: Linear,
+    pub pos_embed: Tensor,
+    pub layers: Vec<Block>,
+    pub ln1: LayerNorm,
+    cfg: EncoderConfig,
+}
+
+impl SapiensEncoder {
+    /// A fresh encoder. Its parameters are placed in the encoder's optimizer group at their
+    /// depth: 0 for the patch and position embeddings, i + 1 for block i, depth + 1 for the
+    /// final norm (what layer-wise learning-rate decay reads).
+    pub fn new(store: &mut ParamStore, prefix: &str, cfg: &EncoderConfig, init: InitScheme) -> Result<Self> {
+        let (d, k) = (cfg.embed_dim, cfg.patch_size);
+        store.place(Group::Encoder, Some(0));
+        // The patch conv keeps PyTorch's default init under both schemes.
+        let bound = torch_default_bound(3 * k * k);
+        let weight = store.add(&format!("{prefix}.projection.weight"), (d, 3, k, k), bound)?;
+        let bias = store.add(&format!("{prefix}.projection.bias"), d, bound)?;
+        let pos_init = match init {
+            InitScheme::Upstream => Init::Zeros,
+            InitScheme::Vit => Init::TruncNormal { std: 0.02 },
+        };
+        let pos_embed = store.add_no_decay(&format!("{prefix}.pos_embed"), (1, cfg.num_patches(), d), pos_init)?;
+        let layers = (0..cfg.depth)
+            .map(|i| {
+                store.place(Group::Encoder, Some(i + 1));
+                Block::new(store, &format!("{prefix}.layers.{i}"), cfg, init)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        store.place(Group::Encoder, Some(cfg.depth + 1));
+        let ln1 = LayerNorm::new(store, &format!("{prefix}.ln1"), d, LN_EPS)?;
+        Ok(Self { projection: Linear::from_parts(weight, bias), pos_embed, layers, ln1, cfg: cfg.clone() })
+    }
+
+    pub fn config(&self) -> &EncoderConfig {
+        &self.cfg
+    }
+
+    /// Normalized images (B, 3, H, W) -> tokens (B, N, D).
+    pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let x = self.patch_embed(images)?;
+        let mut x = x.broadcast_add(&self.pos_embed.to_dtype(x.dtype())?)?;
+        for layer in &self.layers {
+            x = crate::nn::layers::cut_graph_in_eval(layer.forward(&x, mode.is_train())?, mode);
+        }
+        Ok(self.ln1.forward(&x)?)
+    }
+
+    /// Images (B, 3, H, W) at the input size, checked, -> the patch embedding's matmul rows
+    /// (B, N, 3 k k).
+    pub fn patch_rows(&self, images: &Tensor) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (_, c, h, w) = images.dims4()?;
+        if c != 3 || h != cfg.input_height || w != cfg.input_width {
+            return Err(input_err!(
+                "input batch is {c} x {h} x {w} (channels x height x width), expected 3 x {} x {}",
+                cfg.input_height,
+                cfg.input_width
+            ));
+        }
+        Ok(crate::ops::patches::patch_rows(images, cfg.patch_size, cfg.patch_padding, cfg.grid())?)
+    }
+
+    /// The stride-k, kernel-k convolution as one matmul: zero-pad (and crop) the image to
+    /// exactly the pixels the conv reads, cut it into k x k patches, multiply by the flattened
+    /// kernel. candle's conv2d backward is slow and breaks on uneven remainders (docs/ARCHITECTURE.md).
+    fn patch_embed(&self, images: &Tensor) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (k, patches) = (cfg.patch_size, self.patch_rows(images)?);
+        let d = cfg.embed_dim;
+        let kernel = self.projection.weight.reshape((d, 3 * k * k))?;
+        Ok(crate::ops::linear::linear(&patches, &kernel, &self.projection.bias)?)
+    }
+}

@@ -1,0 +1,169 @@
+//! ML-Decoder head (Ridnik et al., "ML-Decoder: Scalable and Versatile Classification Head",
+//! 2021), configured as the MotivNet reference does (docs/REFERENCE.md, section 2).
+//!
+//! In: encoder tokens (B, N, D). Out: logits (B, num_classes).
+//! Memory m = ReLU(embed_standart(tokens)) (B, N, E); K fixed queries (B, K, E) pass through
+//! `layers` cross-attention decoder layers; a group fully-connected layer maps each query to
+//! `factor` logits. Names follow the checkpoint under `decoder.decoder.`: `embed_standart`,
+//! `query_embed`, `layers.{i}.{self_attn,linear1,linear2,norm1,norm2,norm3}`,
+//! `duplicate_pooling`, `duplicate_pooling_bias`.
+
+use candle_core::{Module, Tensor};
+
+use crate::config::HeadConfig;
+use crate::error::Result;
+use crate::nn::layers::{attention, dropout, merge_heads, relu, split_heads, LayerNorm, Linear, Mode};
+use crate::nn::params::{torch_default_bound, Group, Init, InitScheme, ParamStore};
+
+const LN_EPS: f64 = 1e-5;
+
+/// `nn.MultiheadAttention` (batch second in the reference; the math is the same).
+pub struct CrossAttention {
+    pub in_proj_weight: Tensor,
+    pub in_proj_bias: Tensor,
+    pub out_proj: Linear,
+    heads: usize,
+    dropout: f64,
+}
+
+impl CrossAttention {
+    fn new(store: &mut ParamStore, prefix: &str, e: usize, heads: usize, dropout: f64) -> Result<Self> {
+        // PyTorch's _reset_parameters: Xavier-uniform in_proj, zero biases, Linear default out_proj weight.
+        let xavier = Init::Uniform { bound: (6.0 / (e + 3 * e) as f64).sqrt() };
+        Ok(Self {
+            in_proj_weight: store.add(&format!("{prefix}.in_proj_weight"), (3 * e, e), xavier)?,
+            in_proj_bias: store.add(&format!("{prefix}.in_proj_bias"), 3 * e, Init::Zeros)?,
+            out_proj: Linear::new(store, &format!("{prefix}.out_proj"), e, e, torch_default_bound(e), Init::Zeros)?,
+            heads,
+            dropout,
+        })
+    }
+
+    fn forward(&self, query: &Tensor, memory: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let e = self.out_proj.weight.dim(0)?;
+        let project = |x: &Tensor, from: usize, len: usize| -> candle_core::Result<Tensor> {
+            Linear::from_parts(self.in_proj_weight.narrow(0, from, len)?, self.in_proj_bias.narrow(0, from, len)?)
+                .forward(x)
+        };
+        let q = split_heads(&project(query, 0, e)?, self.heads)?;
+        // Keys and values in one matmul over the (long) memory.
+        let kv = project(memory, e, 2 * e)?;
+        let k = split_heads(&kv.narrow(2, 0, e)?, self.heads)?;
+        let v = split_heads(&kv.narrow(2, e, e)?, self.heads)?;
+        let out = attention(&q, &k, &v, self.dropout, mode)?;
+        Ok(self.out_proj.forward(&merge_heads(&out)?)?)
+    }
+}
+
+/// ML-Decoder's `TransformerDecoderLayerOptimal`: no self-attention, and the query is added to
+/// (a dropout of) itself before the first norm; the reference keeps that quirk, so do we.
+pub struct DecoderLayer {
+    pub self_attn: CrossAttention,
+    pub linear1: Linear,
+    pub linear2: Linear,
+    pub norm1: LayerNorm,
+    pub norm2: LayerNorm,
+    pub norm3: LayerNorm,
+    dropout: f64,
+}
+
+impl DecoderLayer {
+    fn new(store: &mut ParamStore, prefix: &str, cfg: &HeadConfig) -> Result<Self> {
+        let (e, ff) = (cfg.embed_dim, cfg.feedforward);
+        Ok(Self {
+            self_attn: CrossAttention::new(store, &format!("{prefix}.self_attn"), e, cfg.heads, cfg.dropout)?,
+            linear1: Linear::new(
+                store,
+                &format!("{prefix}.linear1"),
+                e,
+                ff,
+                torch_default_bound(e),
+                torch_default_bound(e),
+            )?,
+            linear2: Linear::new(
+                store,
+                &format!("{prefix}.linear2"),
+                ff,
+                e,
+                torch_default_bound(ff),
+                torch_default_bound(ff),
+            )?,
+            norm1: LayerNorm::new(store, &format!("{prefix}.norm1"), e, LN_EPS)?,
+            norm2: LayerNorm::new(store, &format!("{prefix}.norm2"), e, LN_EPS)?,
+            norm3: LayerNorm::new(store, &format!("{prefix}.norm3"), e, LN_EPS)?,
+            dropout: cfg.dropout,
+        })
+    }
+
+    fn forward(&self, t: &Tensor, memory: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let p = self.dropout;
+        let t = self.norm1.forward(&(t + dropout(t, p, mode)?)?)?;
+        let a = self.self_attn.forward(&t, memory, mode)?;
+        let t = self.norm2.forward(&(&t + dropout(&a, p, mode)?)?)?;
+        let hidden = dropout(&relu(&self.linear1.forward(&t)?)?, p, mode)?;
+        let f = dropout(&self.linear2.forward(&hidden)?, p, mode)?;
+        Ok(self.norm3.forward(&(&t + f)?)?)
+    }
+}
+
+pub struct MlDecoder {
+    pub embed_standart: Linear,
+    /// Fixed queries (K, E): loaded and saved, never trained (requires_grad false upstream).
+    pub query_embed: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    /// Group fully-connected weights (K, E, factor) and bias (num_classes).
+    pub duplicate_pooling: Tensor,
+    pub duplicate_pooling_bias: Tensor,
+    cfg: HeadConfig,
+}
+
+impl MlDecoder {
+    /// A fresh head; under [`InitScheme::Upstream`] every decoder layer starts as a copy of the
+    /// first, as `nn.TransformerDecoder(layer, num_layers)` deep-copies its one layer.
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        cfg: &HeadConfig,
+        in_dim: usize,
+        init: InitScheme,
+    ) -> Result<Self> {
+        let (e, k, f) = (cfg.embed_dim, cfg.num_groups(), cfg.duplicate_factor());
+        store.place(Group::Decoder, None);
+        let bound = torch_default_bound(in_dim);
+        let embed_standart = Linear::new(store, &format!("{prefix}.embed_standart"), in_dim, e, bound, bound)?;
+        let query_embed =
+            store.add_frozen(&format!("{prefix}.query_embed.weight"), (k, e), Init::Normal { std: 1.0 })?;
+        let layers = (0..cfg.layers)
+            .map(|i| DecoderLayer::new(store, &format!("{prefix}.layers.{i}"), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        if init == InitScheme::Upstream {
+            for i in 1..cfg.layers {
+                store.copy_module(&format!("{prefix}.layers.0."), &format!("{prefix}.layers.{i}."))?;
+            }
+        }
+        // Xavier-normal on (K, E, f): fan_in = E * f, fan_out = K * f.
+        let xavier = Init::Normal { std: (2.0 / ((e * f + k * f) as f64)).sqrt() };
+        let duplicate_pooling = store.add(&format!("{prefix}.duplicate_pooling"), (k, e, f), xavier)?;
+        let duplicate_pooling_bias =
+            store.add(&format!("{prefix}.duplicate_pooling_bias"), cfg.num_classes, Init::Zeros)?;
+        Ok(Self { embed_standart, query_embed, layers, duplicate_pooling, duplicate_pooling_bias, cfg: cfg.clone() })
+    }
+
+    /// Tokens (B, N, D) -> logits (B, num_classes).
+    pub fn forward(&self, tokens: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let b = tokens.dim(0)?;
+        let memory = relu(&self.embed_standart.forward(tokens)?)?;
+        let (k, e) = self.query_embed.dims2()?;
+        // detach(): shares the storage (so loading new queries is seen) but cuts backward.
+        let queries = self.query_embed.detach().to_dtype(memory.dtype())?;
+        let mut t = queries.unsqueeze(0)?.broadcast_as((b, k, e))?.contiguous()?;
+        for layer in &self.layers {
+            t = crate::nn::layers::cut_graph_in_eval(layer.forward(&t, &memory, mode)?, mode);
+        }
+        // logits[:, k*f + j] = t[:, k, :] . duplicate_pooling[k, :, j]: one batched matmul over K.
+        let pooling = self.duplicate_pooling.to_dtype(t.dtype())?;
+        let per_group = t.transpose(0, 1)?.contiguous()?.matmul(&pooling)?; // (K, B, f)
+        let flat = per_group.transpose(0, 1)?.reshape((b, k * self.cfg.duplicate_factor()))?;
+        Ok(flat.narrow(1, 0, self.cfg.num_classes)?.broadcast_add(&self.duplicate_pooling_bias.to_dtype(t.dtype())?)?)
+    }
+}

@@ -1,0 +1,220 @@
+//! The differentiable building blocks shared by the encoder and the head.
+//!
+//! Written on candle's primitive ops on purpose: candle_nn's fused `LayerNorm` and
+//! `softmax_last_dim` have no backward, so a model built on them trains nothing while looking
+//! fine (docs/ARCHITECTURE.md). Each block here keeps the graph intact;
+//! `tests/training.rs` checks that every parameter receives a gradient.
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::params::{Init, ParamStore};
+use crate::error::Result;
+
+/// Train mode carries the RNG that draws dropout masks (candle's CPU RNG cannot be seeded).
+pub enum Mode<'a> {
+    Eval,
+    Train(&'a mut ChaCha8Rng),
+    /// Train mode with given dropout masks instead of drawn ones: how the parity tests run the
+    /// model on the masks PyTorch drew.
+    Replay(&'a mut RecordedMasks),
+}
+
+impl Mode<'_> {
+    pub fn is_train(&self) -> bool {
+        matches!(self, Mode::Train(_) | Mode::Replay(_))
+    }
+}
+
+/// Dropout keep-masks (1 kept, 0 dropped) in the order the model applies dropout, each of the
+/// shape of the tensor it applies to. The 1/(1-p) scaling is the model's own.
+#[derive(Debug, Default)]
+pub struct RecordedMasks {
+    masks: std::collections::VecDeque<Tensor>,
+    taken: usize,
+}
+
+impl RecordedMasks {
+    pub fn new(masks: Vec<Tensor>) -> Self {
+        Self { masks: masks.into(), taken: 0 }
+    }
+
+    /// Masks not used yet: a replay that ends with some left over drew fewer than recorded.
+    pub fn remaining(&self) -> usize {
+        self.masks.len()
+    }
+
+    fn next(&mut self, shape: &[usize]) -> Result<Tensor> {
+        let n = self.taken;
+        let mask = self.masks.pop_front().ok_or_else(|| {
+            crate::error::Error::Input(format!("dropout {n} has no recorded mask: only {n} were given"))
+        })?;
+        if mask.dims() != shape {
+            return Err(crate::error::Error::Input(format!(
+                "recorded dropout mask {n} has shape {:?}, but the model applies dropout {n} to {shape:?}",
+                mask.dims()
+            )));
+        }
+        self.taken += 1;
+        Ok(mask)
+    }
+}
+
+/// In eval mode, drops the op graph behind `x`. Parameters are candle `Var`s, so every op on
+/// them records its inputs for backward; without a cut, inference would keep every layer's
+/// activations (for sapiens-0.3b at 1024 x 768, the attention matrices alone are 0.6 GB a
+/// layer) until the logits are dropped. Cutting between layers frees each layer's as it ends.
+pub fn cut_graph_in_eval(x: Tensor, mode: &Mode) -> Tensor {
+    if mode.is_train() {
+        x
+    } else {
+        x.detach()
+    }
+}
+
+/// `nn.Linear`: y = x W^T + b over the last dimension, any leading dimensions.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Linear {
+    pub fn new(
+        store: &mut ParamStore,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        weight: Init,
+        bias: Init,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: store.add(&format!("{prefix}.weight"), (out_dim, in_dim), weight)?,
+            bias: store.add(&format!("{prefix}.bias"), out_dim, bias)?,
+        })
+    }
+
+    pub fn from_parts(weight: Tensor, bias: Tensor) -> Self {
+        Self { weight, bias }
+    }
+
+    /// GELU (exact, erf form, as PyTorch's `nn.GELU()`) of this layer's output, as one op;
+    /// `for_backward` as in [`crate::ops::linear::linear_gelu`].
+    pub fn forward_gelu(&self, x: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
+        crate::ops::linear::linear_gelu(x, &self.weight, &self.bias, for_backward)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        crate::ops::linear::linear(x, &self.weight, &self.bias)
+    }
+}
+
+/// `nn.LayerNorm` over the last dimension with the biased variance, as PyTorch.
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(store: &mut ParamStore, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: store.add(&format!("{prefix}.weight"), dim, Init::Ones)?,
+            bias: store.add(&format!("{prefix}.bias"), dim, Init::Zeros)?,
+            eps,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    /// In f32 whatever x's dtype (its mean and variance lose too much in bf16), returned in x's.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if x.dtype() != DType::F32 {
+            let y = crate::ops::layer_norm::layer_norm(&x.to_dtype(DType::F32)?, &self.weight, &self.bias, self.eps)?;
+            return y.to_dtype(x.dtype());
+        }
+        crate::ops::layer_norm::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// ReLU as PyTorch computes it: max(x, 0) with NaN kept and a zero gradient at 0. candle's own
+/// `relu` maps NaN to 0: a diverged encoder would then reach the head as zeros, and the loss
+/// would stay finite, hiding the divergence from the trainer's non-finite-loss check.
+pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
+    let keep = x.gt(0.0)?.maximum(&x.ne(x)?)?; // x > 0, or x is NaN
+    keep.where_cond(x, &x.zeros_like()?)
+}
+
+/// Softmax over the last dimension (crate::ops::softmax).
+pub fn softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    crate::ops::softmax::softmax_last_dim(x)
+}
+
+pub fn log_softmax(x: &Tensor) -> candle_core::Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+/// Inverted dropout (`nn.Dropout`): in train mode zero each element with probability p and
+/// scale the rest by 1/(1-p); identity in eval mode or when p is 0.
+pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let rng = match mode {
+        Mode::Train(rng) if p > 0.0 => rng,
+        Mode::Replay(masks) if p > 0.0 => {
+            let mask = masks.next(x.dims())?.to_device(x.device())?.to_dtype(x.dtype())?;
+            return Ok(x.mul(&(mask * keep as f64)?)?);
+        }
+        _ => return Ok(x.clone()),
+    };
+    let mask: Vec<f32> = (0..x.elem_count()).map(|_| if rng.random::<f64>() < p { 0.0 } else { keep }).collect();
+    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?.to_device(x.device())?.to_dtype(x.dtype())?;
+    Ok(x.mul(&mask)?)
+}
+
+/// Splits (B, N, heads * hd) into (B, heads, N, hd), contiguous for the batched matmul.
+pub fn split_heads(x: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let (b, n, d) = x.dims3()?;
+    x.reshape((b, n, heads, d / heads))?.transpose(1, 2)?.contiguous()
+}
+
+/// The inverse of [`split_heads`].
+pub fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, h, n, hd) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, n, h * hd))
+}
+
+/// Scaled dot-product attention, no mask: softmax(q k^T / sqrt(hd)) v, with optional dropout
+/// on the probabilities (PyTorch's MultiheadAttention applies it in training).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout_p: f64, mode: &mut Mode) -> Result<Tensor> {
+    let hd = q.dim(D::Minus1)?;
+    let q = (q * (1.0 / (hd as f64).sqrt()))?;
+    let scores = q.matmul(&k.t()?)?;
+    // The softmax in f32 under bf16 compute, as autocast runs it.
+    let probs = softmax(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?;
+    let probs = dropout(&probs, dropout_p, mode)?;
+    Ok(probs.matmul(v)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relu_keeps_nan_and_has_pytorchs_gradient() {
+        let x =
+            candle_core::Var::new(&[-2f32, -0.0, 0.0, 0.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY], &Device::Cpu)
+                .unwrap();
+        let y = relu(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(&y[..4], &[0.0, 0.0, 0.0, 0.5]);
+        assert!(y[4].is_nan(), "NaN must pass through, as in PyTorch");
+        assert_eq!(&y[5..], &[f32::INFINITY, 0.0]);
+        let grads = relu(x.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(&g[..4], &[0.0, 0.0, 0.0, 1.0]); // zero at 0, as PyTorch
+    }
+}

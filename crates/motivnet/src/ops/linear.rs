@@ -1,0 +1,314 @@
+//! `nn.Linear` (y = x W^T + b) as one CPU op with its own backward.
+//!
+//! Composed, candle adds the bias in a second pass over y, and its backward sums the bias
+//! gradient with a single-threaded strided reduction over every row (a tenth of a train step
+//! on the `tiny` preset) and accumulates the weight gradient through a transposed view. Here
+//! the forward starts the product from the broadcast bias, and one backward op writes dx, dW
+//! (already in W's layout) and db, the last with all threads.
+//!
+//! [`linear_gelu`] is the MLP's first layer, GELU(x W^T + b), as one op: the activation runs
+//! in place on the product, and its backward folds GELU's derivative into the Linear's.
+//! Composed, the GELU is a graph node of its own over the block's widest activation (4 D
+//! wide), which candle's backward zero-fills and adds into once more.
+
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::f32_slice;
+use crate::kernels::gelu::{gelu_backward, gelu_forward, gelu_in_place};
+use crate::kernels::linear::{linear_grads, linear_rows};
+use crate::kernels::CHUNK;
+
+/// x (..., in) W^T (out, in) + b (out) -> (..., out).
+///
+/// The weight and bias are cast to x's dtype (the f32 parameters under bf16 compute).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let out_dims = check_shapes(x, weight, bias)?;
+    let (weight, bias) = (&weight.to_dtype(x.dtype())?, &bias.to_dtype(x.dtype())?);
+    if fusable(&[x, weight, bias]) {
+        // Applied to x as it is: a reshape to 2-D and back would add two graph nodes, and
+        // candle's backward spends a zero-fill and an add over the whole activation on each.
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearOp);
+    }
+    let (rows, in_dim) = (x.elem_count() / weight.dim(1)?.max(1), weight.dim(1)?);
+    linear_composed(&x.reshape((rows, in_dim))?, weight, bias)?.reshape(out_dims)
+}
+
+/// GELU (exact, erf form) of x (..., in) W^T (out, in) + b (out): the MLP's first layer.
+/// `for_backward`: whether this forward will be backpropagated (train mode); only then is the
+/// pre-activation kept, and a backward through a forward without it is an error.
+pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
+    check_shapes(x, weight, bias)?;
+    let (weight, bias) = (&weight.to_dtype(x.dtype())?, &bias.to_dtype(x.dtype())?);
+    if fusable(&[x, weight, bias]) {
+        // Only a result that backward will reach needs the pre-activation kept.
+        let keep = for_backward && [x, weight, bias].iter().any(|t| t.track_op());
+        let op = LinearGeluOp { keep, pre_activation: OnceLock::new() };
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op);
+    }
+    super::gelu::gelu_erf(&linear(x, weight, bias)?)
+}
+
+/// The output dims of x W^T, or an error naming the shapes that do not fit.
+fn check_shapes(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Vec<usize>> {
+    let dims = x.dims();
+    let in_dim = dims.last().copied().unwrap_or(0);
+    let (out_dim, weight_in) = weight.dims2()?;
+    if dims.is_empty() {
+        candle_core::bail!("linear: the input is a scalar, expected (..., {weight_in})");
+    }
+    if weight_in != in_dim || bias.dims1()? != out_dim {
+        candle_core::bail!(
+            "linear: input width {in_dim}, weight {:?} and bias {:?} do not fit (expected weight ({out_dim}, {in_dim}))",
+            weight.dims(),
+            bias.dims()
+        );
+    }
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().unwrap() = out_dim;
+    Ok(out_dims)
+}
+
+fn fusable(tensors: &[&Tensor]) -> bool {
+    super::dispatch::fused(tensors)
+}
+
+/// The same from candle's primitive ops (2-D x), for other devices and for the tests.
+pub fn linear_composed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    x.matmul(&weight.t()?)?.broadcast_add(bias)
+}
+
+struct LinearOp;
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (y, shape) = linear_forward(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        linear_backward(x, w, &grad.contiguous()?)
+    }
+}
+
+/// x W^T + b over CPU storages: the product starts from the broadcast bias.
+fn linear_forward(
+    name: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> candle_core::Result<(Vec<f32>, Shape)> {
+    let x = f32_slice(s1, l1, name)?;
+    let w = f32_slice(s2, l2, name)?;
+    let b = f32_slice(s3, l3, name)?;
+    let in_dim = l1.dims().last().copied().unwrap_or(0);
+    let mut out_dims = l1.dims().to_vec();
+    *out_dims.last_mut().unwrap() = b.len();
+    Ok((linear_rows(x, w, b, in_dim, None), Shape::from(out_dims)))
+}
+
+/// dx, dW and db of y = x W^T + b from the output gradient `grad` (contiguous).
+fn linear_backward(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (out_dim, in_dim) = w.dims2()?;
+    let rows = x.elem_count() / in_dim.max(1);
+    // One op computes all three into one buffer: dx, then dW, then db.
+    let all = x.apply_op3_no_bwd(w, grad, &LinearGrad)?;
+    let dx = all.narrow(0, 0, rows * in_dim)?.reshape(x.shape())?;
+    let dw = all.narrow(0, rows * in_dim, out_dim * in_dim)?.reshape((out_dim, in_dim))?;
+    let db = all.narrow(0, (rows + out_dim) * in_dim, out_dim)?;
+    Ok((Some(dx), Some(dw), Some(db)))
+}
+
+/// GELU(x W^T + b), keeping the pre-activation for backward when asked.
+struct LinearGeluOp {
+    keep: bool,
+    /// x W^T + b, once the forward has run with `keep`.
+    pre_activation: OnceLock<Tensor>,
+}
+
+impl CustomOp3 for LinearGeluOp {
+    fn name(&self) -> &'static str {
+        "fused-linear-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (mut z, shape) = linear_forward(self.name(), (s1, l1), (s2, l2), (s3, l3))?;
+        if !self.keep {
+            z.par_chunks_mut(CHUNK).for_each(gelu_in_place);
+            return Ok((CpuStorage::F32(z), shape));
+        }
+        let y = gelu_forward(&z);
+        // Candle runs an op value's forward once; a second `set` could not happen.
+        let _ = self.pre_activation.set(Tensor::from_vec(z, shape.clone(), &candle_core::Device::Cpu)?);
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Backward reaches only ops whose inputs were tracked, and those kept it.
+        let Some(z) = self.pre_activation.get() else {
+            candle_core::bail!("{}: backward through a forward that kept no pre-activation", self.name())
+        };
+        let grad = grad.contiguous()?;
+        let dz = {
+            let (z_storage, z_layout) = z.storage_and_layout();
+            let (g_storage, g_layout) = grad.storage_and_layout();
+            let (candle_core::Storage::Cpu(zs), candle_core::Storage::Cpu(gs)) = (&*z_storage, &*g_storage) else {
+                candle_core::bail!("{}: expected CPU tensors", self.name())
+            };
+            let (z_values, g_values) = (f32_slice(zs, z_layout, self.name())?, f32_slice(gs, g_layout, self.name())?);
+            if z_values.len() != g_values.len() {
+                candle_core::bail!(
+                    "{}: gradient has {} values, output {}",
+                    self.name(),
+                    g_values.len(),
+                    z_values.len()
+                );
+            }
+            Tensor::from_vec(gelu_backward(z_values, g_values), z.shape(), &candle_core::Device::Cpu)?
+        };
+        linear_backward(x, w, &dz)
+    }
+}
+
+/// From x, W and the output gradient g: dx = g W, dW = g^T x, db = column sums of g, flat.
+struct LinearGrad;
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "fused-linear-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, self.name())?;
+        let w = f32_slice(s2, l2, self.name())?;
+        let g = f32_slice(s3, l3, self.name())?;
+        let (out_dim, in_dim) = l2.shape().dims2()?;
+        let rows = x.len() / in_dim.max(1);
+        if x.len() != rows * in_dim || g.len() != rows * out_dim {
+            candle_core::bail!("{}: x, W and the gradient do not fit", self.name());
+        }
+        let all = linear_grads(x, w, g, (out_dim, in_dim));
+        let total = all.len();
+        Ok((CpuStorage::F32(all), Shape::from(total)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn fused_linear_matches_composed_forward_and_all_three_gradients() {
+        let dev = Device::Cpu;
+        let var = |t: Tensor| Var::from_tensor(&t).unwrap();
+        // 600 rows: more than one band of the bias-gradient sum.
+        let x = var(Tensor::randn(0f32, 1.0, (3, 200, 37), &dev).unwrap());
+        let w = var(Tensor::randn(0f32, 0.2, (29, 37), &dev).unwrap());
+        let b = var(Tensor::randn(0f32, 0.2, 29, &dev).unwrap());
+        let up = Tensor::randn(0f32, 1.0, (3, 200, 29), &dev).unwrap();
+        let fused = linear(&x, &w, &b).unwrap();
+        let composed = linear_composed(&x.reshape((600, 37)).unwrap(), &w, &b).unwrap().reshape((3, 200, 29)).unwrap();
+        assert!(max_diff(&fused, &composed) < 1e-5, "forward differs by {}", max_diff(&fused, &composed));
+        let ga = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let (a, c) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+            assert_eq!(a.dims(), v.dims(), "gradient of {name} has the parameter's shape");
+            assert!(max_diff(a, c) < 1e-4, "gradient of {name} differs by {}", max_diff(a, c));
+        }
+    }
+
+    #[test]
+    fn fused_linear_gelu_matches_composed_forward_and_all_three_gradients() {
+        let dev = Device::Cpu;
+        let var = |t: Tensor| Var::from_tensor(&t).unwrap();
+        let x = var(Tensor::randn(0f32, 1.0, (2, 150, 23), &dev).unwrap());
+        let w = var(Tensor::randn(0f32, 0.4, (41, 23), &dev).unwrap());
+        let b = var(Tensor::randn(0f32, 0.4, 41, &dev).unwrap());
+        let up = Tensor::randn(0f32, 1.0, (2, 150, 41), &dev).unwrap();
+        let fused = linear_gelu(&x, &w, &b, true).unwrap();
+        let composed = linear_composed(&x.reshape((300, 23)).unwrap(), &w, &b).unwrap().gelu_erf().unwrap();
+        let composed = composed.reshape((2, 150, 41)).unwrap();
+        assert!(max_diff(&fused, &composed) < 1e-5, "forward differs by {}", max_diff(&fused, &composed));
+        let ga = (fused * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (&composed * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+            let (a, c) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+            assert_eq!(a.dims(), v.dims(), "gradient of {name} has the parameter's shape");
+            assert!(max_diff(a, c) < 1e-4, "gradient of {name} differs by {}", max_diff(a, c));
+        }
+        // Untracked inputs, or a forward not for backward, take the in-place path, to the same
+        // values; a backward through the latter is refused, not wrong.
+        let (xd, wd, bd) = (x.as_detached_tensor(), w.as_detached_tensor(), b.as_detached_tensor());
+        let untracked = linear_gelu(&xd, &wd, &bd, true).unwrap();
+        assert!(!untracked.track_op());
+        assert!(max_diff(&untracked, &composed) < 1e-5);
+        let inference = linear_gelu(&x, &w, &b, false).unwrap();
+        assert!(max_diff(&inference, &composed) < 1e-5);
+        let err = (inference * &up).unwrap().sum_all().unwrap().backward().unwrap_err().to_string();
+        assert!(err.contains("kept no pre-activation"), "{err}");
+    }
+
+    #[test]
+    fn mismatched_weight_is_named() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 5), candle_core::DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((3, 4), candle_core::DType::F32, &dev).unwrap();
+        let b = Tensor::zeros(3, candle_core::DType::F32, &dev).unwrap();
+        let err = linear(&x, &w, &b).unwrap_err().to_string();
+        assert!(err.contains("input width 5") && err.contains("[3, 4]"), "{err}");
+    }
+}

@@ -1,0 +1,101 @@
+//! CPU floating-point mode for the threads that compute.
+//!
+//! A model close to convergence produces subnormal floats (tiny gradients, softmax tails,
+//! Adam moments of quiet parameters). x86 handles those in microcode, up to a hundred times
+//! slower: a training run slows to a crawl after a few epochs. Flushing subnormals to zero
+//! (FTZ, and DAZ for inputs) removes that cliff; it changes only values below 1.2e-38.
+//! The mode is per thread, so it is set on every thread that computes: the caller's (at each
+//! entry point) and rayon's workers (when the pool starts).
+
+use std::sync::{Once, OnceLock};
+
+/// Sets flush-to-zero and denormals-are-zero on the current thread.
+pub fn flush_subnormals_on_this_thread() {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(deprecated)]
+    // SAFETY: reading and writing MXCSR has no memory effects; only the two mode bits change.
+    unsafe {
+        use std::arch::x86_64::{_mm_getcsr, _mm_setcsr};
+        const FTZ: u32 = 1 << 15;
+        const DAZ: u32 = 1 << 6;
+        _mm_setcsr(_mm_getcsr() | FTZ | DAZ);
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: FPCR.FZ (bit 24) only changes how subnormals are computed.
+    unsafe {
+        let mut fpcr: u64;
+        std::arch::asm!("mrs {}, fpcr", out(reg) fpcr);
+        std::arch::asm!("msr fpcr, {}", in(reg) fpcr | (1 << 24));
+    }
+}
+
+static INIT: Once = Once::new();
+
+/// Starts rayon's global pool (used by the matmuls and the pixel pass) with subnormals
+/// flushed on each worker, and sets the mode on the calling thread; applies the malloc
+/// settings of [`crate::runtime::malloc`]. Cheap after the first call.
+pub fn prepare() {
+    crate::runtime::malloc::tune_for_model_temporaries();
+    // On a pool's worker (the compute threads, see below) the work already runs where it
+    // should, with the mode set: no second pool is needed.
+    if rayon::current_thread_index().is_some() {
+        flush_subnormals_on_this_thread();
+        return;
+    }
+    INIT.call_once(|| {
+        // Fails only if something built the global pool first; its workers then keep their mode.
+        let _ = rayon::ThreadPoolBuilder::new().start_handler(|_| flush_subnormals_on_this_thread()).build_global();
+    });
+    flush_subnormals_on_this_thread();
+}
+
+static COMPUTE_POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+
+/// Runs `work` on the compute threads, a rayon pool of its own (RAYON_NUM_THREADS threads,
+/// subnormals flushed), and waits for it; rayon's parallel loops and the matmuls inside run on
+/// the same pool.
+///
+/// Why not on the caller's thread: glibc's malloc gives each thread its own arena, and a
+/// model's large temporaries are best reused from one arena step after step. A host that
+/// calls from whichever thread is free (Node's libuv pool has four) spreads them over several
+/// arenas, each growing to the peak and paging in fresh memory: a `tiny` train step took
+/// 230 ms called from Node against 160 ms from one thread, at three times the memory
+/// (docs/BENCHMARKS.md). Here the work always lands on the same few threads.
+pub fn run_on_compute_threads<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    let pool = COMPUTE_POOL.get_or_init(|| {
+        crate::runtime::malloc::tune_for_model_temporaries();
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("motivnet-compute-{i}"))
+            .start_handler(|_| flush_subnormals_on_this_thread())
+            .build()
+            .expect("motivnet: cannot start the compute threads")
+    });
+    pool.install(work)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn subnormals_flush_to_zero_after_prepare() {
+        super::prepare();
+        let tiny = std::hint::black_box(f32::MIN_POSITIVE);
+        assert_eq!(tiny / std::hint::black_box(4.0f32), 0.0);
+        let on_worker =
+            rayon::join(|| std::hint::black_box(f32::MIN_POSITIVE) / std::hint::black_box(4.0f32), || 0.0).0;
+        assert_eq!(on_worker, 0.0);
+    }
+
+    #[test]
+    fn compute_threads_run_the_work_with_subnormals_flushed_and_parallel_loops() {
+        use rayon::prelude::*;
+        let (flushed, name, threads) = super::run_on_compute_threads(|| {
+            let flushed = std::hint::black_box(f32::MIN_POSITIVE) / std::hint::black_box(4.0f32) == 0.0;
+            (flushed, std::thread::current().name().map(String::from), rayon::current_num_threads())
+        });
+        assert!(flushed);
+        assert!(name.unwrap_or_default().starts_with("motivnet-compute-"));
+        assert_eq!(threads, rayon::ThreadPoolBuilder::new().build().unwrap().current_num_threads());
+        let sum: u64 = super::run_on_compute_threads(|| (0..1000u64).into_par_iter().sum());
+        assert_eq!(sum, 499_500);
+    }
+}
