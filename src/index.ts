@@ -1,21 +1,8 @@
 /** motivnet: facial emotion recognition (MotivNet: Sapiens ViT + ML-Decoder) with a Rust core. */
 export { MotivNet } from './model.js';
 export { MotivNetError, type MotivNetErrorCode } from './errors.js';
-export type {
-  ClassScore,
-  EvaluateOutput,
-  Geometry,
-  Images,
-  InitScheme,
-  LoadOptions,
-  NormalizedBatch,
-  PackedImages,
-  PredictOutput,
-  Precision,
-  RgbImage,
-  TrainStepOptions,
-  TrainStepOutput,
-} from './model.js';
+export type { ClassScore, EvaluateOutput, InitScheme, LoadOptions, PredictOutput, Precision, TrainStepOptions, TrainStepOutput } from './model.js';
+export type { Geometry, Images, NormalizedBatch, PackedImages, RgbImage } from './images.js';
 export { EMOTIONS_7, EMOTIONS_8, emotionLabels } from './emotions.js';
 export type { Emotion } from './emotions.js';
 export { presets, resolveModelConfig } from './config.js';
@@ -35,3 +22,5 @@ export {
 } from './serve/classifier.js';
 export * as data from './data/index.js';
 export * as preprocessing from './preprocess/index.js';
+export { evaluateData, type EvaluateDataOptions, type EvaluateDataResult } from './pipelines/evaluate.js';
+export { expandInputs, predictFiles, type FilePrediction, type PredictFilesOptions } from './pipelines/predict.js';

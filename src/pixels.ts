@@ -4,7 +4,7 @@
  */
 import { nativeCall } from './errors.js';
 import { native } from './native.js';
-import { toNativeInput, type Geometry, type PackedImages } from './model.js';
+import { toNativeInput, type Geometry, type PackedImages } from './images.js';
 
 export interface InputTensorOptions {
   height: number;

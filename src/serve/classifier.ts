@@ -12,7 +12,8 @@
 import { availableParallelism } from 'node:os';
 
 import type { FaceBox } from '../data/types.js';
-import { MotivNet, type LoadOptions, type RgbImage } from '../model.js';
+import type { RgbImage } from '../images.js';
+import { MotivNet, type LoadOptions } from '../model.js';
 import { PreprocessPool } from '../preprocess/pool.js';
 import type { DecodeFailure } from '../preprocess/types.js';
 

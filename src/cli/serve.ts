@@ -1,0 +1,75 @@
+/** `motivnet serve`: the HTTP server, with limits, batching and a graceful stop. */
+import { Command, Option } from 'commander';
+
+import { int, num, precisionOption } from './options.js';
+
+export function serveCommand(program: Command): void {
+  program
+    .command('serve')
+    .description('serve predictions over HTTP: POST /v1/predict, GET /v1/model, GET /healthz')
+    .requiredOption('--weights <file>', 'weights (.safetensors or .pth)')
+    .option('--model <preset|file>', 'model preset or JSON config', 'tiny')
+    .option('--port <p>', 'port (0: any free port)', int('--port'), 8080)
+    .option('--host <h>', 'address to listen on (0.0.0.0 for every interface)', '127.0.0.1')
+    .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
+    .addOption(precisionOption())
+    .addOption(new Option('--resize <geometry>', 'default geometry: letterbox (the reference inference) or stretch').choices(['letterbox', 'stretch']).default('letterbox'))
+    .option('--max-batch <n>', 'most images per model call', int('--max-batch'), 8)
+    .option('--max-wait-ms <ms>', 'longest an image waits for its batch to fill', int('--max-wait-ms'), 5)
+    .option('--max-queue <n>', 'most requests held at once; beyond it 429 with Retry-After', int('--max-queue'), 256)
+    .option('--max-body-mb <mb>', 'largest request body', num('--max-body-mb'), 10)
+    .option('--max-pixels <n>', 'largest image, in pixels', int('--max-pixels'), 40_000_000)
+    .option('--timeout-ms <ms>', 'longest a prediction may take, queueing included; then 503', int('--timeout-ms'), 30_000)
+    .option('--threads <n>', 'decoding workers (default: the number of cores)', int('--threads'))
+    .option('--fast-decode', "shrink large JPEGs while decoding: faster and leaner, but not the reference's pixels")
+    .option('--log', 'log every request (JSON lines on stdout)')
+    .action(async (opts) => {
+      const { EmotionClassifier } = await import('../serve/classifier.js');
+      const { createServer } = await import('../serve/server.js');
+      for (const [flag, v] of [['--max-batch', opts.maxBatch], ['--max-queue', opts.maxQueue], ['--timeout-ms', opts.timeoutMs], ['--threads', opts.threads ?? 1]] as const) {
+        if (v < 1) throw new Error(`${flag} must be at least 1, got ${v}`);
+      }
+      if (!(opts.maxBodyMb > 0)) throw new Error(`--max-body-mb must be positive, got ${opts.maxBodyMb}`);
+      const classifier = await EmotionClassifier.create({
+        model: { model: opts.model, weights: opts.weights, device: opts.device, precision: opts.precision },
+        maxBatchSize: opts.maxBatch,
+        maxWaitMs: opts.maxWaitMs,
+        maxQueue: opts.maxQueue,
+        maxPixels: opts.maxPixels,
+        decodeThreads: opts.threads,
+        geometry: opts.resize,
+        fastDecode: Boolean(opts.fastDecode),
+      });
+      const app = await createServer(classifier, {
+        modelName: String(opts.model),
+        bodyLimit: Math.round(opts.maxBodyMb * 1024 * 1024),
+        timeoutMs: opts.timeoutMs,
+        logger: Boolean(opts.log),
+      });
+      let stopping: Promise<void> | undefined;
+      const stop = (sig: NodeJS.Signals) => {
+        if (stopping) {
+          console.error(`${sig} again: exiting without waiting`);
+          process.exit(130);
+        }
+        console.error(`${sig}: finishing the requests in flight, then exiting`);
+        stopping = (async () => {
+          await app.close();
+          await classifier.close();
+        })();
+      };
+      process.on('SIGTERM', stop);
+      process.on('SIGINT', stop);
+      try {
+        const url = await app.listen({ port: opts.port, host: opts.host });
+        const n = classifier.model.parameterCounts().total;
+        const size = n >= 1e6 ? `${(n / 1e6).toFixed(1)} M` : n.toLocaleString('en-US');
+        console.error(`motivnet serve: ${opts.model} (${size} parameters) listening on ${url}`);
+      } catch (err) {
+        await classifier.close();
+        throw err;
+      }
+      await new Promise<void>((resolve) => app.server.once('close', () => resolve()));
+      await stopping;
+    });
+}
