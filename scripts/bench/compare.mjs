@@ -96,7 +96,9 @@ writeSection(
 \`npm run bench\` — ${date}, ${machine()}; ${threads} threads on both sides (RAYON_NUM_THREADS /
 torch.set_num_threads), random weights, the median of alternating rounds (count per case), each the median of its iterations
 after one warm-up. Cases not rerun keep the numbers of their last run (date per case).
-PyTorch ${torchVersion}. Targets: ratio 1.0 or below, peak memory no higher than the reference's.
+PyTorch ${torchVersion}; the reference is scripts/reference/motivnet_ref.py, built as the upstream code builds the
+model, attention through \`torch.nn.functional.scaled_dot_product_attention\`.
+Targets: ratio 1.0 or below, peak memory no higher than the reference's.
 
 | case | ours ms | reference ms | ours / reference | ours peak MB | reference peak MB | rounds | run |
 |---|---|---|---|---|---|---|---|

@@ -1,5 +1,9 @@
 //! Scalar functions written so the loops around them vectorise: exp and erf without a
-//! library call, and sums in sixteen lanes.
+//! library call, sums in sixteen lanes; and ReLU with PyTorch's NaN and gradient conventions.
+
+use rayon::prelude::*;
+
+use super::CHUNK;
 
 pub(crate) const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
@@ -58,6 +62,34 @@ pub fn lane_sum(n: usize, term: impl Fn(usize) -> f32) -> f32 {
     }
     let tail: f32 = (full..n).map(&term).sum();
     acc.iter().sum::<f32>() + tail
+}
+
+/// max(x, 0) of each value with NaN kept, as PyTorch's ReLU, on all threads.
+pub fn relu_forward(x: &[f32]) -> Vec<f32> {
+    let mut out = x.to_vec();
+    out.par_chunks_mut(CHUNK).for_each(|c| {
+        for v in c {
+            // NaN > 0 is false and NaN < 0 too: only values below 0 become 0.
+            if *v < 0.0 {
+                *v = 0.0;
+            }
+        }
+    });
+    out
+}
+
+/// ReLU's backward as PyTorch's: the incoming gradient where x > 0, 0 elsewhere (at 0 too).
+pub fn relu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
+    assert_eq!(x.len(), grad.len(), "relu_backward: input and gradient lengths differ");
+    let mut out = grad.to_vec();
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(g, x)| {
+        for (g, &x) in g.iter_mut().zip(x) {
+            if !(x > 0.0) {
+                *g = 0.0;
+            }
+        }
+    });
+    out
 }
 
 #[cfg(test)]

@@ -139,12 +139,9 @@ impl Module for LayerNorm {
     }
 }
 
-/// ReLU as PyTorch computes it: max(x, 0) with NaN kept and a zero gradient at 0. candle's own
-/// `relu` maps NaN to 0: a diverged encoder would then reach the head as zeros, and the loss
-/// would stay finite, hiding the divergence from the trainer's non-finite-loss check.
+/// ReLU as PyTorch computes it: NaN kept, gradient 0 at 0 (crate::ops::relu).
 pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
-    let keep = x.gt(0.0)?.maximum(&x.ne(x)?)?; // x > 0, or x is NaN
-    keep.where_cond(x, &x.zeros_like()?)
+    crate::ops::relu::relu(x)
 }
 
 /// Softmax over the last dimension (crate::ops::softmax).
@@ -198,23 +195,4 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout_p: f64, mode: &mut 
     let probs = softmax(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?;
     let probs = dropout(&probs, dropout_p, mode)?;
     Ok(probs.matmul(v)?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relu_keeps_nan_and_has_pytorchs_gradient() {
-        let x =
-            candle_core::Var::new(&[-2f32, -0.0, 0.0, 0.5, f32::NAN, f32::INFINITY, f32::NEG_INFINITY], &Device::Cpu)
-                .unwrap();
-        let y = relu(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(&y[..4], &[0.0, 0.0, 0.0, 0.5]);
-        assert!(y[4].is_nan(), "NaN must pass through, as in PyTorch");
-        assert_eq!(&y[5..], &[f32::INFINITY, 0.0]);
-        let grads = relu(x.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
-        let g = grads.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(&g[..4], &[0.0, 0.0, 0.0, 1.0]); // zero at 0, as PyTorch
-    }
 }

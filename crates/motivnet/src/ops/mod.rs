@@ -9,6 +9,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod patches;
 pub mod pixels;
+pub mod relu;
 pub mod softmax;
 
 use candle_core::{CpuStorage, Layout};
