@@ -84,7 +84,7 @@ pub fn relu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
     let mut out = grad.to_vec();
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(g, x)| {
         for (g, &x) in g.iter_mut().zip(x) {
-            if !(x > 0.0) {
+            if x <= 0.0 || x.is_nan() {
                 *g = 0.0;
             }
         }
