@@ -1,6 +1,7 @@
 // Our side of the end-to-end case of `npm run bench`: JPEG files through the sharp pool and
 // the batcher into `trainStep` (which resizes and normalizes natively). Prints one JSON line
-// with the median milliseconds per batch and the peak resident memory.
+// with the median milliseconds per batch, the peak resident memory and the memory before the
+// model (the baseline).
 //   node scripts/bench/e2e-ours.mjs DIR PRESET BATCH ITERS   (POOL_THREADS: decoding workers, default all cores)
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
@@ -14,6 +15,8 @@ const [dir, preset = 'tiny', batchArg = '8', itersArg = '10'] = process.argv.sli
 const batchSize = Number(batchArg);
 const iters = Number(itersArg);
 const files = readdirSync(dir).filter((f) => f.endsWith('.jpg')).sort().map((f) => path.join(dir, f));
+// Resident memory with the libraries loaded, before the model and the pool.
+const baselineRssMb = process.memoryUsage().rss / 2 ** 20;
 const model = await MotivNet.load({ model: preset });
 const pool = new PreprocessPool({ threads: Number(process.env.POOL_THREADS ?? 0) || undefined });
 const { inputHeight, inputWidth } = model.config.encoder;
@@ -30,4 +33,4 @@ for await (const b of batches(samples, { batchSize, prefetch: 2, decode: (t) => 
 await pool.destroy();
 model.dispose();
 times.sort((a, b) => a - b);
-console.log(JSON.stringify({ ms: times[Math.floor(times.length / 2)], peakRssMb: process.resourceUsage().maxRSS / 1024 }));
+console.log(JSON.stringify({ ms: times[Math.floor(times.length / 2)], peakRssMb: process.resourceUsage().maxRSS / 1024, baselineRssMb }));

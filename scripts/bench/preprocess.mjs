@@ -3,13 +3,13 @@
 // normalizes. The reference: OpenCV imread + resize + normalize in one process. Same files,
 // run one after the other; results go to docs/BENCHMARKS.md and docs/benchmarks/preprocess.json.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import sharp from 'sharp';
 
 import { machine, python, referenceMissing, root, writeJson, writeSection } from './common.mjs';
+import { benchJpegs, jpegDir as dir } from './jpegs.mjs';
 
 const { toInputTensor } = await import(path.join(root, 'dist/index.js'));
 const { PreprocessPool, batches, SkipLog } = await import(path.join(root, 'dist/preprocess/index.js'));
@@ -18,32 +18,6 @@ const COUNT = Number(process.env.BENCH_IMAGES ?? 240);
 const HEIGHT = 1024;
 const WIDTH = 768;
 const BATCH = 8;
-const dir = path.join(root, '.cache/bench/jpegs');
-
-/** ~400 px face-sized JPEGs with smooth shapes and noise, so they compress like photos. */
-async function makeJpegs() {
-  mkdirSync(dir, { recursive: true });
-  const have = readdirSync(dir).filter((f) => f.endsWith('.jpg')).length;
-  for (let i = have; i < COUNT; i++) {
-    const w = 360 + ((i * 37) % 80);
-    const h = 400 + ((i * 53) % 80);
-    const data = Buffer.alloc(w * h * 3);
-    let s = i + 1;
-    for (let y = 0; y < h; y++) {
-      for (let x = 0; x < w; x++) {
-        s = (s * 1103515245 + 12345) >>> 0;
-        const n = (s >>> 27) - 16;
-        const o = (y * w + x) * 3;
-        const r = Math.hypot(x - w / 2, y - h / 2) / (w / 2);
-        data[o] = Math.max(0, Math.min(255, 200 - 90 * r + n));
-        data[o + 1] = Math.max(0, Math.min(255, 150 - 60 * r + ((x * 3 + i) % 40) + n));
-        data[o + 2] = Math.max(0, Math.min(255, 120 + 50 * Math.sin(y / 17 + i) + n));
-      }
-    }
-    await sharp(data, { raw: { width: w, height: h, channels: 3 } }).jpeg({ quality: 90 }).toFile(path.join(dir, `${String(i).padStart(4, '0')}.jpg`));
-  }
-  return readdirSync(dir).filter((f) => f.endsWith('.jpg')).sort().slice(0, COUNT).map((f) => path.join(dir, f));
-}
 
 async function ours(files) {
   const threads = os.availableParallelism();
@@ -78,7 +52,7 @@ function reference() {
   return JSON.parse(r.stdout.trim().split('\n').pop());
 }
 
-const files = await makeJpegs();
+const files = await benchJpegs(COUNT);
 console.log(`${files.length} JPEGs in ${path.relative(root, dir)}; decoding to ${HEIGHT} x ${WIDTH} float tensors`);
 const a = await ours(files);
 console.log(`ours:      ${a.imagesPerSecond.toFixed(1)} images/s (pool of ${a.threads} sharp workers + native resize/normalize)`);

@@ -22,9 +22,12 @@ struct Args {
     skip_forward: bool,
     /// Time the fused resize + normalize of `batch` ~400 px images instead of the model.
     preprocess: bool,
+    /// Time a large f32 matmul instead of the model: the achievable GFLOP/s of these kernels
+    /// on this machine, the roof the model's cases are measured against.
+    roofline: bool,
 }
 
-const USAGE: &str = "usage: motivnet-bench [--model PRESET|FILE] [--batch B] [--iters N] [--warmup N] [--device cpu|cuda:N] [--skip-train] [--skip-forward] [--preprocess]";
+const USAGE: &str = "usage: motivnet-bench [--model PRESET|FILE] [--batch B] [--iters N] [--warmup N] [--device cpu|cuda:N] [--skip-train] [--skip-forward] [--preprocess] [--roofline]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -36,6 +39,7 @@ fn parse_args() -> Result<Args, String> {
         skip_train: false,
         skip_forward: false,
         preprocess: false,
+        roofline: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
             "--skip-train" => args.skip_train = true,
             "--skip-forward" => args.skip_forward = true,
             "--preprocess" => args.preprocess = true,
+            "--roofline" => args.roofline = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
@@ -62,12 +67,34 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Peak resident memory of this process (Linux: VmHWM), in MiB.
-fn peak_rss_mb() -> Option<f64> {
+/// A line of /proc/self/status in MiB (Linux): `VmHWM` the peak resident memory, `VmRSS` now.
+fn status_mb(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    status_mb("VmHWM:")
+}
+
+/// GFLOP/s of a 2048 x 2048 x 2048 f32 matmul through candle (the `gemm` kernels the model's
+/// products use), on the compute threads.
+fn run_roofline(args: &Args) -> motivnet::Result<String> {
+    const N: usize = 2048;
+    let device = parse_device(&args.device)?;
+    let a = Tensor::randn(0f32, 1.0, (N, N), &device)?;
+    let b = Tensor::randn(0f32, 1.0, (N, N), &device)?;
+    let ms = time(args.warmup.max(1), args.iters, || {
+        std::hint::black_box(a.matmul(&b)?.to_device(&candle_core::Device::Cpu)?);
+        Ok(())
+    })?;
+    let gflops = 2.0 * (N * N * N) as f64 / (ms * 1e6);
+    Ok(format!(
+        "{{\"roofline\":\"matmul f32 {N}^3\",\"threads\":{},\"ms\":{ms:.3},\"gflops\":{gflops:.1}}}",
+        rayon::current_num_threads()
+    ))
 }
 
 fn median_ms(mut samples: Vec<f64>) -> f64 {
@@ -115,10 +142,16 @@ fn run_preprocess(args: &Args, config: &ModelConfig) -> motivnet::Result<String>
 }
 
 fn run(args: &Args) -> motivnet::Result<String> {
+    if args.roofline {
+        return run_roofline(args);
+    }
     let config = ModelConfig::from_preset_or_file(&args.model)?;
     if args.preprocess {
         return run_preprocess(args, &config);
     }
+    // Resident memory with the libraries loaded and the threads started, before the model:
+    // what the model and its work add is the peak minus this.
+    let baseline_mb = status_mb("VmRSS:");
     let device = parse_device(&args.device)?;
     let enc = &config.encoder;
     let model = MotivNet::new(&config, &device, 0)?;
@@ -144,13 +177,14 @@ fn run(args: &Args) -> motivnet::Result<String> {
     let threads = rayon::current_num_threads();
     Ok(format!(
         "{{\"model\":\"{}\",\"batch\":{},\"device\":\"{}\",\"threads\":{threads},\"parameters\":{total},\"trainable\":{trainable},\
-         \"forwardMs\":{},\"trainStepMs\":{},\"peakRssMb\":{}}}",
+         \"forwardMs\":{},\"trainStepMs\":{},\"peakRssMb\":{},\"baselineRssMb\":{}}}",
         args.model,
         args.batch,
         args.device,
         forward_ms.map_or("null".to_string(), |t| format!("{t:.3}")),
         train_ms.map_or("null".to_string(), |t| format!("{t:.3}")),
-        peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.1}"))
+        peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.1}")),
+        baseline_mb.map_or("null".to_string(), |m| format!("{m:.1}"))
     ))
 }
 

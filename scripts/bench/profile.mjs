@@ -1,0 +1,85 @@
+// `npm run bench:profile`: where our time goes, by kind of work, for the cases of `npm run
+// bench`: `perf record` (CPU-clock sampling) of motivnet-bench, the samples' own symbols
+// grouped into matmul kernels, attention, softmax, LayerNorm, GELU, Linear's other work, AdamW,
+// memory traffic, thread scheduling, candle's element-wise ops and the rest. Results go to
+// docs/BENCHMARKS.md and docs/benchmarks/profile.json. Needs `perf` (Linux).
+//
+//   BENCH_THREADS (default 2), BENCH_CASES (comma list of case ids)
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { machine, root, writeJson, writeSection } from './common.mjs';
+
+const host = execFileSync('rustc', ['-vV'], { encoding: 'utf8' }).match(/^host: (.*)$/m)[1];
+const bin = path.join(root, 'target', host, 'release', 'motivnet-bench');
+const threads = Number(process.env.BENCH_THREADS ?? 2);
+
+const CASES = [
+  { id: 'forward-tiny', name: 'inference forward, tiny, batch 8', args: ['--model', 'tiny', '--batch', '8', '--iters', '60', '--skip-train'] },
+  { id: 'train-tiny', name: 'train step, tiny, batch 8', args: ['--model', 'tiny', '--batch', '8', '--iters', '20', '--skip-forward'] },
+  { id: 'forward-small', name: 'inference forward, small, batch 2', args: ['--model', 'small', '--batch', '2', '--iters', '20', '--skip-train'] },
+  { id: 'forward-0.3b', name: 'inference forward, sapiens-0.3b, batch 1', args: ['--model', 'sapiens-0.3b', '--batch', '1', '--iters', '1', '--warmup', '0', '--skip-train'] },
+];
+const selected = process.env.BENCH_CASES ? CASES.filter((c) => process.env.BENCH_CASES.split(',').includes(c.id)) : CASES;
+
+/** Kinds of work, by the symbols their samples land in; the first match wins. */
+const KINDS = [
+  ['matmul kernels (gemm)', /^gemm|gemm_f32|gemm_common|strided_gemm|kernels::gemm/],
+  ['attention (scores, their gradient)', /kernels::attention/],
+  ['softmax', /softmax/],
+  ['LayerNorm', /layer_norm/],
+  ['GELU', /gelu/],
+  ['Linear: bias, column sums', /kernels::linear/],
+  ['AdamW', /optim/],
+  ['patch rows, resize', /patches|resize/],
+  ['memory: fill, copy, page faults', /^__mem|clear_page|page_fault|do_anonymous_page|_int_malloc|_int_free|malloc|free|madvise|mmap/],
+  ['threads: scheduling, waiting', /rayon|crossbeam|sched|spin|futex|finish_task_switch|schedule|yield|syscall|softirq|irq/],
+  ["candle's element-wise ops and copies", /candle_core/],
+];
+
+function profile(c) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'motivnet-profile-'));
+  const data = path.join(dir, 'perf.data');
+  try {
+    const rec = spawnSync('perf', ['record', '-F', '1999', '-g', '-o', data, '--', bin, ...c.args], { encoding: 'utf8', env: { ...process.env, RAYON_NUM_THREADS: String(threads) } });
+    if (rec.status !== 0) throw new Error(`perf record failed: ${rec.stderr.trim().split('\n').pop()}`);
+    const rep = spawnSync('perf', ['report', '-i', data, '--no-children', '--sort', 'symbol', '--stdio'], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    const shares = Object.fromEntries([...KINDS.map(([k]) => [k, 0]), ['other', 0]]);
+    for (const line of rep.stdout.split('\n')) {
+      const m = /^\s+([\d.]+)%\s+\[[.k]\]\s+(.*?)\s*$/.exec(line);
+      if (!m) continue;
+      const symbol = m[2];
+      const kind = KINDS.find(([, re]) => re.test(symbol))?.[0] ?? 'other';
+      shares[kind] += Number(m[1]);
+    }
+    return shares;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (spawnSync('perf', ['--version']).status !== 0) throw new Error('perf is not installed: it comes with the linux-perf package');
+if (!existsSync(bin)) throw new Error(`${bin} is missing: run npm run bench:profile (it builds it)`);
+const results = [];
+for (const c of selected) {
+  const shares = profile(c);
+  results.push({ name: c.name, shares });
+  console.log(`${c.name}: ${Object.entries(shares).filter(([, v]) => v >= 1).map(([k, v]) => `${k} ${v.toFixed(0)}%`).join(', ')}`);
+}
+const date = new Date().toISOString().slice(0, 10);
+writeJson('profile', { date, machine: machine(), threads, cases: results });
+const kinds = [...KINDS.map(([k]) => k), 'other'];
+writeSection(
+  'profile',
+  `## Where our time goes
+
+\`npm run bench:profile\` — ${date}, ${machine()}; ${threads} threads. \`perf record\` (CPU-clock samples, both threads)
+of \`motivnet-bench\` on each case, each sample counted where it landed (its own symbol, not its callers), grouped by kind
+of work. Shares of all samples, in percent.
+
+| kind of work | ${results.map((r) => r.name).join(' | ')} |
+|---|${results.map(() => '---').join('|')}|
+${kinds.map((k) => `| ${k} | ${results.map((r) => r.shares[k].toFixed(1)).join(' | ')} |`).join('\n')}`,
+);
