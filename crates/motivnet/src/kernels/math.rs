@@ -11,6 +11,11 @@ pub(crate) const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 /// 2^n exp(r) with n = round(x / ln 2) and |r| <= ln 2 / 2, exp(r) by its degree-6 Taylor
 /// polynomial (truncation error r^7 / 7! < 1.2e-7, about one ulp). Inputs are clamped to the
 /// range where 2^n stays a normal float.
+///
+/// n is never converted from float to int: Rust's `as i32` saturates and maps NaN to 0, which
+/// LLVM compiles to scalar conversions with checks, one lane at a time (softmax ran at a sixth
+/// of its vector speed). Adding 1.5 x 2^23 leaves n in the low bits of the sum's pattern, and
+/// integer arithmetic on those bits builds 2^n.
 #[inline(always)]
 pub fn exp_fast(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
@@ -18,10 +23,13 @@ pub fn exp_fast(x: f32) -> f32 {
     // Adding 1.5 * 2^23 rounds to the nearest integer in the float unit, branch-free.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // The pattern of `shifted` minus that of ROUND is n (|n| < 2^22), as a wrapping integer.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    p * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 /// erf(x) in f32 as a rational function of x^2 on [-4, 4] (erf is +-1 to f32 precision

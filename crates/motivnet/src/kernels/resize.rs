@@ -205,8 +205,9 @@ pub fn resize_normalize_into(
             let (i0, i1, wx) = (plan.x0[x] as usize, plan.x1[x] as usize, plan.wx[x]);
             let level = |c: usize| {
                 let v = blend[i0 + c] + (blend[i1 + c] - blend[i0 + c]) * wx;
-                // v >= 0, so truncating v + 0.5 rounds to nearest, as cv2.resize's u8 output.
-                (v + 0.5) as u32 as f32
+                // v >= 0, so flooring v + 0.5 rounds to nearest, as cv2.resize's u8 output
+                // (floor, not `as u32`: a float-to-int cast is a scalar conversion per value).
+                (v + 0.5).floor()
             };
             r0[x] = (level(0) - norm.mean[0]) * inv_std[0];
             r1[x] = (level(1) - norm.mean[1]) * inv_std[1];

@@ -181,6 +181,12 @@ mod tests {
     }
 
     #[test]
+    fn query_rows_in_blocks_with_a_short_last_one_match_composed() {
+        // 150 tokens: two full blocks of 64 query rows and one of 22.
+        compare(2, 150, 2, 8);
+    }
+
+    #[test]
     fn fewer_pairs_than_threads_thread_each_product() {
         // One batch, one head: the products take rayon's threads instead of the pairs.
         compare(1, 40, 1, 8);
