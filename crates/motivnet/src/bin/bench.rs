@@ -18,6 +18,8 @@ struct Args {
     iters: usize,
     warmup: usize,
     device: String,
+    /// f32, or bf16 (CUDA, or a CPU with AMX: inference only there).
+    precision: String,
     skip_train: bool,
     skip_forward: bool,
     /// Time the fused resize + normalize of `batch` ~400 px images instead of the model.
@@ -27,7 +29,7 @@ struct Args {
     roofline: bool,
 }
 
-const USAGE: &str = "usage: motivnet-bench [--model PRESET|FILE] [--batch B] [--iters N] [--warmup N] [--device cpu|cuda:N] [--skip-train] [--skip-forward] [--preprocess] [--roofline]";
+const USAGE: &str = "usage: motivnet-bench [--model PRESET|FILE] [--batch B] [--iters N] [--warmup N] [--device cpu|cuda:N] [--precision f32|bf16] [--skip-train] [--skip-forward] [--preprocess] [--roofline]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -36,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         iters: 5,
         warmup: 1,
         device: "cpu".into(),
+        precision: "f32".into(),
         skip_train: false,
         skip_forward: false,
         preprocess: false,
@@ -53,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
             "--iters" => args.iters = number(value("--iters")?, "--iters")?,
             "--warmup" => args.warmup = number(value("--warmup")?, "--warmup")?,
             "--device" => args.device = value("--device")?,
+            "--precision" => args.precision = value("--precision")?,
             "--skip-train" => args.skip_train = true,
             "--skip-forward" => args.skip_forward = true,
             "--preprocess" => args.preprocess = true,
@@ -154,7 +158,9 @@ fn run(args: &Args) -> motivnet::Result<String> {
     let baseline_mb = status_mb("VmRSS:");
     let device = parse_device(&args.device)?;
     let enc = &config.encoder;
-    let model = MotivNet::new(&config, &device, 0)?;
+    let mut model = MotivNet::new(&config, &device, 0)?;
+    let precision = motivnet::Precision::parse(&args.precision)?;
+    model.set_precision(precision)?;
     let (total, trainable) = model.params.counts();
     let x =
         Tensor::randn(0f32, 1.0, (args.batch, 3, enc.input_height, enc.input_width), &device)?.to_dtype(DType::F32)?;
@@ -168,7 +174,8 @@ fn run(args: &Args) -> motivnet::Result<String> {
         })?)
     };
     let mut train_ms = None;
-    if !args.skip_train {
+    // The CPU's bf16 is for inference; its training computes in f32.
+    if !args.skip_train && !model.cpu_bf16_products() {
         let labels: Vec<u32> = (0..args.batch as u32).map(|i| i % config.head.num_classes as u32).collect();
         let mut trainer = Trainer::new(model, TrainerConfig::default());
         let lr = Groups { encoder: 1e-5, decoder: 1e-4 };
@@ -176,11 +183,12 @@ fn run(args: &Args) -> motivnet::Result<String> {
     }
     let threads = rayon::current_num_threads();
     Ok(format!(
-        "{{\"model\":\"{}\",\"batch\":{},\"device\":\"{}\",\"threads\":{threads},\"parameters\":{total},\"trainable\":{trainable},\
+        "{{\"model\":\"{}\",\"batch\":{},\"device\":\"{}\",\"precision\":\"{}\",\"threads\":{threads},\"parameters\":{total},\"trainable\":{trainable},\
          \"forwardMs\":{},\"trainStepMs\":{},\"peakRssMb\":{},\"baselineRssMb\":{}}}",
         args.model,
         args.batch,
         args.device,
+        precision.name(),
         forward_ms.map_or("null".to_string(), |t| format!("{t:.3}")),
         train_ms.map_or("null".to_string(), |t| format!("{t:.3}")),
         peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.1}")),

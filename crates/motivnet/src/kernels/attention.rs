@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::amx::{self, Bf16Rows, PackedB, Rows};
 use super::gemm::{matmul, threads_for_one_product, View, ViewMut, Write};
 use super::KernelResult;
 
@@ -20,6 +21,18 @@ struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry of a (B, N, 3D) qkv slice, or an error (named for `op`) when the slice or
+    /// the heads do not fit it.
+    fn of(qkv: &[f32], (batch, tokens, dim): (usize, usize, usize), heads: usize, op: &str) -> KernelResult<Self> {
+        if qkv.len() != batch * tokens * 3 * dim || heads == 0 || dim % heads != 0 {
+            return Err(format!(
+                "{op}: qkv holds {} values, expected {batch} x {tokens} x 3 x {dim} in {heads} heads",
+                qkv.len()
+            ));
+        }
+        Ok(Self { batch, tokens, dim, heads })
+    }
+
     fn head_dim(&self) -> usize {
         self.dim / self.heads
     }
@@ -55,9 +68,14 @@ impl Geometry {
     }
 }
 
+/// Query rows a task of the bf16 attention takes (four of the AMX kernel's row panels).
+const BF16_QUERY_ROWS: usize = 128;
+
 thread_local! {
     /// Per-thread N x N buffers (scores, then their gradient), reused across calls.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread probabilities in bf16 for the AMX product, reused across calls.
+    static BF16_PROBABILITIES: RefCell<Bf16Rows> = RefCell::new(Bf16Rows::default());
 }
 
 /// Runs `f` with this thread's scratch buffer grown to at least `len` floats. The buffer is
@@ -128,13 +146,7 @@ pub fn attention_forward(
     heads: usize,
     keep: bool,
 ) -> KernelResult<(Vec<f32>, Option<Vec<f32>>)> {
-    let g = Geometry { batch, tokens, dim, heads };
-    if qkv.len() != batch * tokens * 3 * dim || heads == 0 || dim % heads != 0 {
-        return Err(format!(
-            "self-attention: qkv holds {} values, expected {batch} x {tokens} x 3 x {dim} in {heads} heads",
-            qkv.len()
-        ));
-    }
+    let g = Geometry::of(qkv, (batch, tokens, dim), heads, "self-attention")?;
     let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
     let par = g.inner_parallelism();
     let len = g.batch * n * d;
@@ -161,6 +173,64 @@ pub fn attention_forward(
     Ok((out, keep.then_some(kept)))
 }
 
+/// The attention output (B, N, D) as [`attention_forward`] gives it, with q k^T and p v on
+/// AMX tiles (see [`super::amx`]): q (scaled first, exactly for a power-of-four head size),
+/// k, the probabilities and v rounded to bf16; the sums and the softmax in f32. Inference
+/// only: nothing is kept for a backward. Needs `amx::available()`.
+pub fn attention_forward_bf16(
+    qkv: &[f32],
+    (batch, tokens, dim): (usize, usize, usize),
+    heads: usize,
+) -> KernelResult<Vec<f32>> {
+    let g = Geometry::of(qkv, (batch, tokens, dim), heads, "self-attention")?;
+    let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
+    let len = g.batch * n * d;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let shared = SharedOut(out.as_mut_ptr());
+    // Each pair's keys and values packed once, for all of its query blocks.
+    let packed: Vec<(PackedB, PackedB)> = (0..g.pairs())
+        .into_par_iter()
+        .map(|pair| {
+            let keys = PackedB::from_transposed_rows(qkv, g.qkv_offset(pair, 1), 3 * d, n, hd, false);
+            let values = PackedB::from_rows(qkv, g.qkv_offset(pair, 2), 3 * d, n, hd, false);
+            (keys, values)
+        })
+        .collect();
+    // A task is one block of query rows of one pair: its scores (rows x n) stay in cache from
+    // the product through the softmax to the product with v.
+    let blocks = n.div_ceil(BF16_QUERY_ROWS);
+    (0..g.pairs() * blocks).into_par_iter().for_each(|task| {
+        let (pair, r0) = (task / blocks, (task % blocks) * BF16_QUERY_ROWS);
+        let rows = BF16_QUERY_ROWS.min(n - r0);
+        let (keys, values) = &packed[pair];
+        let queries = Rows { data: qkv, offset: g.qkv_offset(pair, 0) + r0 * 3 * d, stride: 3 * d, rows };
+        let mut probabilities = BF16_PROBABILITIES.with(|cell| cell.take());
+        probabilities.reset(rows, n);
+        with_scratch(rows * n, |scores| {
+            // SAFETY: `scores` is rows x n and this task's own.
+            unsafe {
+                let queries = amx::Lhs::F32 { rows: queries, scale: g.scale() };
+                amx::gemm(queries, keys, scores.as_mut_ptr(), n, false, false);
+            }
+            // Each row's softmax in f32, then rounded once, while the row is in cache.
+            for (i, row) in scores.chunks_exact_mut(n).enumerate() {
+                super::softmax::softmax_rows(row, n);
+                probabilities.set_row(i, row);
+            }
+        });
+        // SAFETY: these rows of the pair's output block (hd wide, d apart, from its merged
+        // offset) lie inside `out` and are written by this task alone.
+        unsafe {
+            let dst = shared.rows(g.merged_offset(pair) + r0 * d, d).ptr;
+            amx::gemm(amx::Lhs::Bf16(&probabilities), values, dst, d, false, false);
+        }
+        BF16_PROBABILITIES.with(|cell| cell.replace(probabilities));
+    });
+    // SAFETY: the pairs' blocks tile the (B, N, D) output: every element was written.
+    unsafe { out.set_len(len) };
+    Ok(out)
+}
+
 /// The gradient (B, N, 3D) of the packed qkv from the attention output o, its gradient do
 /// and, when the forward kept them, the probabilities (recomputed otherwise).
 pub fn attention_backward(
@@ -172,13 +242,7 @@ pub fn attention_backward(
     kept: Option<&[f32]>,
 ) -> KernelResult<Vec<f32>> {
     const NAME: &str = "fused-self-attention-grad";
-    let g = Geometry { batch, tokens, dim, heads };
-    if qkv.len() != batch * tokens * 3 * dim || heads == 0 || dim % heads != 0 {
-        return Err(format!(
-            "{NAME}: qkv holds {} values, expected {batch} x {tokens} x 3 x {dim} in {heads} heads",
-            qkv.len()
-        ));
-    }
+    let g = Geometry::of(qkv, (batch, tokens, dim), heads, NAME)?;
     let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
     if out.len() != g.batch * n * d || grad_out.len() != out.len() {
         return Err(format!("{NAME}: output and its gradient must be {} x {n} x {d}", g.batch));

@@ -188,10 +188,7 @@ impl SapiensEncoder {
     /// exactly the pixels the conv reads, cut it into k x k patches, multiply by the flattened
     /// kernel. candle's conv2d backward is slow and breaks on uneven remainders (docs/ARCHITECTURE.md).
     fn patch_embed(&self, images: &Tensor) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let (k, patches) = (cfg.patch_size, self.patch_rows(images)?);
-        let d = cfg.embed_dim;
-        let kernel = self.projection.weight.reshape((d, 3 * k * k))?;
-        Ok(crate::ops::linear::linear(&patches, &kernel, &self.projection.bias)?)
+        // The (D, 3, k, k) kernel multiplies as (D, 3 k k), the order patch_rows lays out.
+        Ok(self.projection.forward(&self.patch_rows(images)?)?)
     }
 }

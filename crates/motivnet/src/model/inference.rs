@@ -36,7 +36,7 @@ pub struct Prediction {
 impl MotivNet {
     /// The model's input tensor for `input` on the model's device, in its compute dtype.
     pub fn input_tensor(&self, input: &ModelInput) -> Result<Tensor> {
-        Ok(self.input_tensor_f32(input)?.to_dtype(self.precision().dtype())?)
+        Ok(self.input_tensor_f32(input)?.to_dtype(self.tensor_dtype())?)
     }
 
     fn input_tensor_f32(&self, input: &ModelInput) -> Result<Tensor> {
@@ -76,6 +76,9 @@ impl MotivNet {
     /// Eval-mode logits (B, num_classes).
     pub fn predict(&self, input: &ModelInput) -> Result<Tensor> {
         let x = self.input_tensor(input)?;
+        if self.cpu_bf16_products() {
+            return crate::ops::dispatch::bf16_matmuls(|| self.forward(&x, &mut Mode::Eval));
+        }
         self.forward(&x, &mut Mode::Eval)
     }
 

@@ -12,7 +12,7 @@ pub mod head;
 pub mod inference;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -36,6 +36,8 @@ pub struct MotivNet {
     pub normalization: Normalization,
     /// The dtype activations are computed in (see [`crate::runtime::precision`]).
     precision: Precision,
+    /// bf16 tensors on the CPU, as on CUDA (the tests' way to run the GPU's bf16 graph here).
+    bf16_tensors_on_cpu: bool,
 }
 
 impl MotivNet {
@@ -59,7 +61,15 @@ impl MotivNet {
             init,
         )?;
         let normalization = Normalization::default();
-        Ok(Self { config: config.clone(), params, encoder, head, normalization, precision: Precision::F32 })
+        Ok(Self {
+            config: config.clone(),
+            params,
+            encoder,
+            head,
+            normalization,
+            precision: Precision::F32,
+            bf16_tensors_on_cpu: false,
+        })
     }
 
     /// Loads a checkpoint (see [`crate::io::weights`] for the layouts read).
@@ -81,17 +91,34 @@ impl MotivNet {
         self.precision
     }
 
-    /// Computes in `precision` from now on; bf16 only on a CUDA device.
+    /// Computes in `precision` from now on; bf16 only on a CUDA device or a CPU with AMX.
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
         precision.check_device(self.device())?;
         self.precision = precision;
         Ok(())
     }
 
-    /// As [`MotivNet::set_precision`] without the device check: the tests run bf16 on the CPU.
+    /// As [`MotivNet::set_precision`] without the device check, and with bf16 tensors on the
+    /// CPU as on CUDA: the tests run the GPU's bf16 graph here.
     #[cfg(test)]
     pub(crate) fn force_precision(&mut self, precision: Precision) {
         self.precision = precision;
+        self.bf16_tensors_on_cpu = precision == Precision::Bf16;
+    }
+
+    /// The dtype of the tensors the model computes on: bf16 on CUDA under bf16, else f32 (the
+    /// CPU's bf16 rounds only the products' operands, inside them).
+    pub fn tensor_dtype(&self) -> DType {
+        if self.precision == Precision::Bf16 && (self.device().is_cuda() || self.bf16_tensors_on_cpu) {
+            DType::BF16
+        } else {
+            DType::F32
+        }
+    }
+
+    /// Whether the Linear products run on the CPU's AMX tiles in bf16 (inference only).
+    pub fn cpu_bf16_products(&self) -> bool {
+        self.precision.cpu_bf16_products(self.device()) && !self.bf16_tensors_on_cpu
     }
 
     /// Normalized images (B, 3, H, W) -> logits (B, num_classes).

@@ -5,12 +5,15 @@
 //! fine (docs/ARCHITECTURE.md). Each block here keeps the graph intact;
 //! `tests/training.rs` checks that every parameter receives a gradient.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, Device, Module, Tensor, D};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::params::{Init, ParamStore};
+use super::params::{weights_generation, Init, ParamStore};
 use crate::error::Result;
+use crate::kernels::amx::PackedB;
 
 /// Train mode carries the RNG that draws dropout masks (candle's CPU RNG cannot be seeded).
 pub enum Mode<'a> {
@@ -74,9 +77,36 @@ pub fn cut_graph_in_eval(x: Tensor, mode: &Mode) -> Tensor {
 }
 
 /// `nn.Linear`: y = x W^T + b over the last dimension, any leading dimensions.
+///
+/// Inside [`crate::ops::dispatch::bf16_matmuls`] on a CPU with AMX, the product runs on bf16
+/// tiles from a packed copy of the weight, made on first use and remade after any parameter
+/// changes (a load, an optimizer step).
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
+    packed: PackedWeight,
+}
+
+/// The weight packed for the AMX product, with the weights generation it was packed at.
+#[derive(Default)]
+struct PackedWeight(Mutex<Option<(u64, Arc<PackedB>)>>);
+
+impl PackedWeight {
+    /// The packing of `weight` (out x everything else) current at this weights generation.
+    fn get(&self, weight: &Tensor) -> candle_core::Result<Arc<PackedB>> {
+        let generation = weights_generation();
+        let mut slot = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((packed_at, packed)) = slot.as_ref() {
+            if *packed_at == generation {
+                return Ok(packed.clone());
+            }
+        }
+        let out_dim = weight.dim(0)?;
+        let values = weight.flatten_all()?.to_vec1::<f32>()?;
+        let packed = Arc::new(PackedB::from_weight(&values, out_dim, values.len() / out_dim.max(1)));
+        *slot = Some((generation, packed.clone()));
+        Ok(packed)
+    }
 }
 
 impl Linear {
@@ -88,26 +118,51 @@ impl Linear {
         weight: Init,
         bias: Init,
     ) -> Result<Self> {
-        Ok(Self {
-            weight: store.add(&format!("{prefix}.weight"), (out_dim, in_dim), weight)?,
-            bias: store.add(&format!("{prefix}.bias"), out_dim, bias)?,
-        })
+        Ok(Self::from_parts(
+            store.add(&format!("{prefix}.weight"), (out_dim, in_dim), weight)?,
+            store.add(&format!("{prefix}.bias"), out_dim, bias)?,
+        ))
     }
 
+    /// A layer over these parameters; a weight of more than two dimensions (a convolution's
+    /// kernel) multiplies as (out, everything else).
     pub fn from_parts(weight: Tensor, bias: Tensor) -> Self {
-        Self { weight, bias }
+        Self { weight, bias, packed: PackedWeight::default() }
     }
 
     /// GELU (exact, erf form, as PyTorch's `nn.GELU()`) of this layer's output, as one op;
     /// `for_backward` as in [`crate::ops::linear::linear_gelu`].
     pub fn forward_gelu(&self, x: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
-        crate::ops::linear::linear_gelu(x, &self.weight, &self.bias, for_backward)
+        if self.takes_bf16(x, for_backward) {
+            return crate::ops::linear::linear_bf16(x, &*self.packed.get(&self.weight)?, &self.bias, true);
+        }
+        crate::ops::linear::linear_gelu(x, &self.weight_matrix()?, &self.bias, for_backward)
+    }
+
+    /// Whether this call's product runs in bf16: asked for, an f32 input on the CPU, and no
+    /// backward to follow (the bf16 product records no graph).
+    fn takes_bf16(&self, x: &Tensor, for_backward: bool) -> bool {
+        !for_backward && crate::ops::dispatch::bf16_matmuls_on() && crate::ops::dispatch::fused(&[x])
+    }
+
+    /// The weight as the (out, in) matrix it multiplies by (a convolution kernel flattened;
+    /// a matrix as it is, adding no node to the graph).
+    fn weight_matrix(&self) -> candle_core::Result<Tensor> {
+        if self.weight.rank() == 2 {
+            return Ok(self.weight.clone());
+        }
+        let out_dim = self.weight.dim(0)?;
+        self.weight.reshape((out_dim, self.weight.elem_count() / out_dim.max(1)))
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        crate::ops::linear::linear(x, &self.weight, &self.bias)
+        // Inside `bf16_matmuls` no backward follows (its contract), whatever x records.
+        if self.takes_bf16(x, false) {
+            return crate::ops::linear::linear_bf16(x, &*self.packed.get(&self.weight)?, &self.bias, false);
+        }
+        crate::ops::linear::linear(x, &self.weight_matrix()?, &self.bias)
     }
 }
 

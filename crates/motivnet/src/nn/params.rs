@@ -8,6 +8,7 @@
 //! whether weight decay applies to it; the optimizer reads that, never the names.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use rand::{Rng, SeedableRng};
@@ -212,9 +213,25 @@ impl ParamStore {
     pub fn set(&self, name: &str, value: &Tensor) -> Result<()> {
         let p = self.get(name).expect("caller checked the name");
         let value = value.to_dtype(DType::F32)?.to_device(&self.device)?;
+        note_weights_changed();
         p.var.set(&value)?;
         Ok(())
     }
+}
+
+/// Counts the changes to any parameter in this process: what a copy derived from a weight
+/// (the bf16 packing of [`crate::nn::layers::Linear`]) compares to know it is still current.
+static WEIGHTS_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The current count of parameter changes.
+pub fn weights_generation() -> u64 {
+    WEIGHTS_GENERATION.load(Ordering::Acquire)
+}
+
+/// Records that some parameter's values changed (or are about to): every derived copy made
+/// before is stale.
+pub fn note_weights_changed() {
+    WEIGHTS_GENERATION.fetch_add(1, Ordering::AcqRel);
 }
 
 /// PyTorch's default bound for `nn.Linear`/`nn.Conv2d` weights and biases: 1/sqrt(fan_in).

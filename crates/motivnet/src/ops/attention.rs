@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 
 use super::{f32_slice, kernel_err};
-use crate::kernels::attention::{attention_backward, attention_forward};
+use crate::kernels::attention::{attention_backward, attention_forward, attention_forward_bf16};
 
 /// The most memory one call keeps for backward as probabilities (all its heads' N x N
 /// matrices). Below it, backward skips recomputing q k^T and the softmax (a tenth of the
@@ -35,6 +35,10 @@ pub fn self_attention(qkv: &Tensor, heads: usize, for_backward: bool) -> candle_
         candle_core::bail!("self-attention: qkv width {three_d} is not 3 x heads ({heads}) x head size");
     }
     if super::dispatch::fused(&[qkv]) {
+        if super::dispatch::bf16_matmuls_on() {
+            // Inside `bf16_matmuls` no backward follows (its contract).
+            return qkv.contiguous()?.apply_op1_no_bwd(&SelfAttentionBf16 { heads });
+        }
         return fused_self_attention(qkv, heads, for_backward && keeps_probabilities(qkv, heads)?);
     }
     self_attention_composed(qkv, heads, b, n, three_d / 3)
@@ -98,6 +102,24 @@ impl CustomOp1 for SelfAttention {
         let op = SelfAttentionGrad { heads: self.heads, probabilities: self.kept.get().cloned() };
         let grad = qkv.apply_op3_no_bwd(out, &grad_out.contiguous()?, &op)?;
         Ok(Some(grad))
+    }
+}
+
+/// The CPU op with its products on AMX tiles in bf16 (inference: no backward).
+struct SelfAttentionBf16 {
+    heads: usize,
+}
+
+impl CustomOp1 for SelfAttentionBf16 {
+    fn name(&self) -> &'static str {
+        "fused-self-attention-bf16"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let qkv = f32_slice(storage, layout, self.name())?;
+        let (batch, tokens, three_d) = layout.shape().dims3()?;
+        let out = attention_forward_bf16(qkv, (batch, tokens, three_d / 3), self.heads).map_err(kernel_err)?;
+        Ok((CpuStorage::F32(out), Shape::from((batch, tokens, three_d / 3))))
     }
 }
 
@@ -190,6 +212,27 @@ mod tests {
     fn fewer_pairs_than_threads_thread_each_product() {
         // One batch, one head: the products take rayon's threads instead of the pairs.
         compare(1, 40, 1, 8);
+    }
+
+    /// Inside `bf16_matmuls` on a CPU with AMX: the output tracks f32 to bf16's precision, at
+    /// sizes that do and do not fill the tiles, with pairs in parallel and products threaded.
+    #[test]
+    fn bf16_attention_tracks_f32() {
+        if !crate::kernels::amx::available() {
+            eprintln!("this CPU has no AMX: the bf16 attention was not checked here");
+            return;
+        }
+        let dev = Device::Cpu;
+        for (batch, tokens, heads, head_dim) in [(2, 45, 3, 12), (1, 64, 1, 64), (2, 130, 2, 64)] {
+            let d = heads * head_dim;
+            let qkv = Tensor::randn(0f32, 1.0, (batch, tokens, 3 * d), &dev).unwrap();
+            let want = self_attention_composed(&qkv, heads, batch, tokens, d).unwrap();
+            let got = crate::ops::dispatch::bf16_matmuls(|| self_attention(&qkv, heads, false)).unwrap();
+            let diff = max_diff(&got, &want);
+            // Operands off by up to 2^-9 relative; outputs are averages of v (|v| ~ 1).
+            assert!(diff < 0.03, "{batch} x {tokens} x {heads} x {head_dim}: bf16 differs by {diff}");
+            assert!(diff > 0.0, "the bf16 path did not run");
+        }
     }
 
     #[test]

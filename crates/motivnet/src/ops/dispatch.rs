@@ -13,6 +13,7 @@ use candle_core::{DType, Tensor};
 
 thread_local! {
     static FORCED_HERE: Cell<bool> = const { Cell::new(false) };
+    static BF16_MATMULS_HERE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether the process runs on the composed path everywhere (`MOTIVNET_KERNELS=composed`).
@@ -32,16 +33,33 @@ pub fn fused(tensors: &[&Tensor]) -> bool {
     !composed_forced() && tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
+/// Runs `f` with the Linear layers' products in bf16 (AMX tiles, f32 sums) for the calls this
+/// thread makes: what `precision: 'bf16'` means on the CPU. For inference only: those products
+/// record no graph, so nothing inside may be backpropagated.
+pub fn bf16_matmuls<R>(f: impl FnOnce() -> R) -> R {
+    with_flag(&BF16_MATMULS_HERE, f)
+}
+
+/// Whether this thread's Linear products run in bf16 (inside [`bf16_matmuls`], on a CPU with
+/// AMX, on the fused path).
+pub fn bf16_matmuls_on() -> bool {
+    BF16_MATMULS_HERE.with(Cell::get) && !composed_forced() && crate::kernels::amx::available()
+}
+
 /// Runs `f` with the composed path forced for the calls this thread makes.
 pub fn composed<R>(f: impl FnOnce() -> R) -> R {
-    let before = FORCED_HERE.with(|c| c.replace(true));
-    struct Restore(bool);
+    with_flag(&FORCED_HERE, f)
+}
+
+/// Runs `f` with a thread-local flag set, restoring what it was after (also on a panic).
+fn with_flag<R>(flag: &'static std::thread::LocalKey<Cell<bool>>, f: impl FnOnce() -> R) -> R {
+    struct Restore(&'static std::thread::LocalKey<Cell<bool>>, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            FORCED_HERE.with(|c| c.set(self.0));
+            self.0.with(|c| c.set(self.1));
         }
     }
-    let _restore = Restore(before);
+    let _restore = Restore(flag, flag.with(|c| c.replace(true)));
     f()
 }
 

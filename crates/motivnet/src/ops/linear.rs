@@ -17,6 +17,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::f32_slice;
+use crate::kernels::amx::PackedB;
 use crate::kernels::gelu::{gelu_backward, gelu_forward, gelu_in_place};
 use crate::kernels::linear::{linear_grads, linear_rows};
 use crate::kernels::CHUNK;
@@ -49,6 +50,41 @@ pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, for_backward: boo
         return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op);
     }
     super::gelu::gelu_erf(&linear(x, weight, bias)?)
+}
+
+/// x (..., in) W^T + b with the product on AMX bf16 tiles from W packed as `packed`, GELU
+/// applied when `gelu`: the Linear layers under `precision: 'bf16'` on the CPU. x is f32 and
+/// rounded to bf16 as it is read; the sums, the bias and the result are f32. Inference only:
+/// the result records no graph.
+pub fn linear_bf16(x: &Tensor, packed: &PackedB, bias: &Tensor, gelu: bool) -> candle_core::Result<Tensor> {
+    let dims = x.dims();
+    let in_dim = dims.last().copied().unwrap_or(0);
+    let out_dim = bias.dims1()?;
+    if dims.is_empty() || in_dim != packed.k || out_dim != packed.n {
+        candle_core::bail!(
+            "linear: input {:?} and a packed weight of {} x {} with bias ({out_dim}) do not fit",
+            dims,
+            packed.n,
+            packed.k
+        );
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else { candle_core::bail!("linear_bf16: x is not on the CPU") };
+    let x_values = f32_slice(storage, layout, "linear_bf16")?;
+    let b = bias.to_vec1::<f32>()?;
+    let rows = x_values.len() / in_dim.max(1);
+    let mut y = Vec::with_capacity(rows * out_dim);
+    for _ in 0..rows {
+        y.extend_from_slice(&b);
+    }
+    crate::kernels::amx::gemm_accumulate(x_values, packed, &mut y);
+    if gelu {
+        y.par_chunks_mut(CHUNK).for_each(gelu_in_place);
+    }
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().unwrap() = out_dim;
+    Tensor::from_vec(y, out_dims, x.device())
 }
 
 /// The output dims of x W^T, or an error naming the shapes that do not fit.

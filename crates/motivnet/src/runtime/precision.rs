@@ -1,14 +1,27 @@
-//! The dtype the model computes in: f32 everywhere, or bf16 on CUDA with f32 master weights.
+//! The dtype the model computes in: f32 everywhere, or bf16 on CUDA with f32 master weights,
+//! or bf16 products on a CPU with AMX tiles (inference).
 //!
-//! In bf16 the input batch is cast to bf16 and each layer follows its input's dtype: Linear
-//! and matmul weights are cast from the f32 parameters as they are used, while LayerNorm, the
+//! On CUDA, in bf16 the input batch is cast to bf16 and each layer follows its input's dtype:
+//! Linear and matmul weights are cast from the f32 parameters as they are used, while LayerNorm, the
 //! attention softmax and the loss compute in f32 (their sums lose too much in bf16). Backward
 //! casts each parameter's gradient back to f32 through those casts, so the gradients, the
 //! AdamW moments and the weights stay f32, as PyTorch's autocast keeps them.
+//!
+//! On the CPU, bf16 means the Linear layers' products (the patch embedding, qkv, the
+//! projections, the MLPs) run on AMX tiles with their operands rounded to bf16 and f32 sums,
+//! as `torch.autocast` on the CPU and OpenVINO's default precision do; everything else stays
+//! f32. candle's CPU backend has no bf16 product of its own (it widens to f32 and back), so
+//! without AMX bf16 would only be slower and is refused. Training on the CPU computes in f32.
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 use crate::error::{Error, Result};
+
+/// Whether `precision: 'bf16'` can run on this CPU: it has AMX tiles and the kernel lets this
+/// process use them (and `MOTIVNET_AMX=off` is not set).
+pub fn cpu_bf16_available() -> bool {
+    crate::kernels::amx::available()
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
@@ -34,24 +47,27 @@ impl Precision {
         }
     }
 
-    /// The dtype activations are computed in.
-    pub fn dtype(self) -> DType {
-        match self {
-            Self::F32 => DType::F32,
-            Self::Bf16 => DType::BF16,
-        }
-    }
-
-    /// Refuses bf16 off CUDA: candle's CPU backend has no bf16 matmul kernel (it widens to f32
-    /// and back), so bf16 there would only be slower and less exact.
+    /// Refuses bf16 on a CPU without AMX: candle's CPU backend has no bf16 product of its own
+    /// (it widens to f32 and back), so bf16 there would only be slower and less exact.
     pub fn check_device(self, device: &Device) -> Result<()> {
-        if self == Self::Bf16 && !device.is_cuda() {
-            return Err(Error::Device(
-                "precision 'bf16' runs on CUDA devices only (the CPU computes in f32): pick --device cuda or f32"
-                    .into(),
-            ));
+        if self == Self::Bf16 && !device.is_cuda() && !crate::kernels::amx::available() {
+            return Err(Error::Device(format!(
+                "precision 'bf16' needs a CUDA device or a CPU with AMX tiles (Intel Xeon of the 4th \
+                 generation or later){}; this one has none: pick f32 or --device cuda",
+                if std::env::var("MOTIVNET_AMX").is_ok_and(|v| v.trim() == "off") {
+                    ", and MOTIVNET_AMX=off turns them off"
+                } else {
+                    ""
+                }
+            )));
         }
         Ok(())
+    }
+
+    /// Whether this precision on `device` means bf16 products on the CPU's AMX tiles, with
+    /// f32 tensors around them (see the module's notes).
+    pub fn cpu_bf16_products(self, device: &Device) -> bool {
+        self == Self::Bf16 && device.is_cpu()
     }
 }
 
@@ -60,13 +76,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_parse_and_bf16_needs_cuda() {
+    fn names_parse_and_bf16_needs_cuda_or_amx() {
         assert_eq!(Precision::parse("bf16").unwrap(), Precision::Bf16);
         assert_eq!(Precision::parse(" f32 ").unwrap(), Precision::F32);
         let err = Precision::parse("fp16").unwrap_err().to_string();
         assert!(err.contains("'fp16'") && err.contains("f32 or bf16"), "{err}");
         assert!(Precision::F32.check_device(&Device::Cpu).is_ok());
-        let err = Precision::Bf16.check_device(&Device::Cpu).unwrap_err().to_string();
-        assert!(err.contains("CUDA devices only"), "{err}");
+        match Precision::Bf16.check_device(&Device::Cpu) {
+            Ok(()) => assert!(crate::kernels::amx::available(), "bf16 accepted on a CPU without AMX"),
+            Err(err) => {
+                assert!(!crate::kernels::amx::available(), "bf16 refused on a CPU with AMX: {err}");
+                assert!(err.to_string().contains("CPU with AMX"), "{err}");
+            }
+        }
     }
 }

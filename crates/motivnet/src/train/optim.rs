@@ -305,6 +305,7 @@ impl AdamW {
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         let depth = params.encoder_depth();
+        crate::nn::params::note_weights_changed();
         for p in params.trainable() {
             let lr = lr.get(p.group) * layer_decay_scale(p.layer, depth, c.encoder_layer_decay);
             let wd = self.weight_decay(p);
@@ -325,6 +326,8 @@ impl AdamW {
             };
             self.moments.insert(p.name.clone(), (m, v));
         }
+        // Once more after the last write: a copy derived while the step ran is stale too.
+        crate::nn::params::note_weights_changed();
         Ok(norm)
     }
 

@@ -1,0 +1,549 @@
+//! bf16 matrix products on Intel AMX tiles, for `precision: 'bf16'` on CPUs that have them.
+//!
+//! C (m x n, f32) = A (m x k, f32, rounded to bf16) times B (k x n, packed once as bf16): the
+//! products run on `tdpbf16ps`, which multiplies 16 x 32 bf16 by 32 x 16 bf16 into 16 x 16
+//! f32 sums in one instruction, about six times the f32 rate of AVX-512 on the same core. The
+//! sums are f32; only the operands are rounded, as `torch.autocast(bfloat16)` rounds them.
+//!
+//! A block of 32 x 32 of C lives in four accumulator tiles, loaded from C (or zeroed) and
+//! stored back once; each step of 32 along k loads two tiles of A (rows 0-15 and 16-31 of a
+//! 32-row panel converted to bf16 once) and two of B (columns 0-15 and 16-31 of a column block,
+//! packed as the instruction wants: pairs of k interleaved per column, each block of 32
+//! columns contiguous). A task takes four row panels and sweeps B's column blocks once for
+//! all four, so B streams from memory a quarter as often; tasks run on rayon's threads, each
+//! thread configuring its tiles once. Written as inline assembly (AMX intrinsics are not in
+//! stable Rust); the kernel runs only where [`available`] says the CPU has AMX and the
+//! kernel lets this process use it.
+
+use std::arch::asm;
+use std::cell::{Cell, RefCell};
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Rows and columns of a block of C (two tiles each way).
+const BLOCK: usize = 32;
+/// bf16 values along k per tile step (64 bytes of a tile row).
+const K_STEP: usize = 32;
+/// bf16 values along k multiplied per pass over a task's blocks (see `gemm`).
+const K_SLICE: usize = 256;
+/// Row panels one task converts and multiplies together (see the module's notes).
+const PANELS_PER_TASK: usize = 4;
+
+/// Whether AMX with bf16 can run here: the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7) and
+/// Linux grants this process the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), asked once.
+/// `MOTIVNET_AMX=off` says no, to compare or to rule the kernel out.
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        if std::env::var("MOTIVNET_AMX").is_ok_and(|v| v.trim() == "off") {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+            let (amx_bf16, amx_tile) = (leaf7.edx >> 22 & 1 == 1, leaf7.edx >> 24 & 1 == 1);
+            amx_bf16 && amx_tile && request_tile_permission()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn request_tile_permission() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain system call with integer arguments.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn request_tile_permission() -> bool {
+    false
+}
+
+/// f32 -> bf16 with round-to-nearest-even (NaN kept a NaN). Branch-free, so a loop of it
+/// vectorises.
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+    (if nan { (bits >> 16) | 0x40 } else { rounded }) as u16
+}
+
+/// bf16 -> f32 (exact).
+#[cfg(test)]
+pub fn from_bf16(v: u16) -> f32 {
+    f32::from_bits((v as u32) << 16)
+}
+
+/// B (k x n) as `tdpbf16ps` reads it, zero-padded to multiples of 32: column block `jb` (32
+/// columns) is contiguous, `kp / 2` pair-rows of 64 values, pair-row p holding for each of
+/// its columns j the pair (B[2p][j], B[2p+1][j]).
+pub struct PackedB {
+    pub k: usize,
+    pub n: usize,
+    kp: usize,
+    np: usize,
+    data: Vec<u16>,
+}
+
+impl PackedB {
+    /// Zeros for k x n, padded.
+    fn zeroed(k: usize, n: usize) -> Self {
+        let (kp, np) = (k.div_ceil(K_STEP) * K_STEP, n.div_ceil(BLOCK) * BLOCK);
+        Self { k, n, kp, np, data: vec![0u16; np * kp] }
+    }
+
+    /// Fills each column block with `fill(jb, j0, cols, block)`, over rayon's threads or not.
+    fn fill_blocks(mut self, parallel: bool, fill: impl Fn(usize, usize, &mut [u16]) + Sync) -> Self {
+        let (n, block_len) = (self.n, (self.kp * BLOCK).max(1));
+        let each = |(jb, block): (usize, &mut [u16])| fill(jb * BLOCK, BLOCK.min(n - jb * BLOCK), block);
+        if parallel {
+            self.data.par_chunks_mut(block_len).enumerate().for_each(each);
+        } else {
+            self.data.chunks_mut(block_len).enumerate().for_each(each);
+        }
+        self
+    }
+
+    /// B = W^T for a Linear weight W (n x k, row-major: out x in).
+    pub fn from_weight(w: &[f32], n: usize, k: usize) -> Self {
+        assert_eq!(w.len(), n * k, "PackedB::from_weight: the weight is not n x k");
+        Self::from_transposed_rows(w, 0, k, n, k, true)
+    }
+
+    /// B = the transpose of n rows of k values, `stride` apart from `offset` in `src` (a
+    /// Linear's weight, one head's keys in a packed qkv buffer).
+    pub fn from_transposed_rows(src: &[f32], offset: usize, stride: usize, n: usize, k: usize, parallel: bool) -> Self {
+        assert!(n == 0 || offset + (n - 1) * stride + k <= src.len(), "PackedB: rows outside the buffer");
+        Self::zeroed(k, n).fill_blocks(parallel, |j0, cols, block| {
+            for c in 0..cols {
+                let row = &src[offset + (j0 + c) * stride..][..k];
+                for (pair_row, pair) in block.chunks_exact_mut(2 * BLOCK).zip(row.chunks(2)) {
+                    pair_row[2 * c] = to_bf16(pair[0]);
+                    if let Some(&second) = pair.get(1) {
+                        pair_row[2 * c + 1] = to_bf16(second);
+                    }
+                }
+            }
+        })
+    }
+
+    /// B = k rows of n values, `stride` apart from `offset` in `src` (one head's values).
+    pub fn from_rows(src: &[f32], offset: usize, stride: usize, k: usize, n: usize, parallel: bool) -> Self {
+        assert!(k == 0 || offset + (k - 1) * stride + n <= src.len(), "PackedB: rows outside the buffer");
+        Self::zeroed(k, n).fill_blocks(parallel, |j0, cols, block| {
+            for (p, pair_row) in block.chunks_exact_mut(2 * BLOCK).take(k.div_ceil(2)).enumerate() {
+                let first = &src[offset + 2 * p * stride + j0..][..cols];
+                let pair_row = &mut pair_row[..2 * cols];
+                if 2 * p + 1 < k {
+                    let second = &src[offset + (2 * p + 1) * stride + j0..][..cols];
+                    for (c, (&a, &b)) in first.iter().zip(second).enumerate() {
+                        pair_row[2 * c] = to_bf16(a);
+                        pair_row[2 * c + 1] = to_bf16(b);
+                    }
+                } else {
+                    for (c, &a) in first.iter().enumerate() {
+                        pair_row[2 * c] = to_bf16(a);
+                    }
+                }
+            }
+        })
+    }
+
+    /// Column block `jb`'s values.
+    fn column_block(&self, jb: usize) -> &[u16] {
+        &self.data[jb * self.kp * BLOCK..][..self.kp * BLOCK]
+    }
+}
+
+/// A (m x k): m rows of k f32 values, `stride` apart from `offset` in `data`.
+#[derive(Clone, Copy)]
+pub struct Rows<'a> {
+    pub data: &'a [f32],
+    pub offset: usize,
+    pub stride: usize,
+    pub rows: usize,
+}
+
+impl Rows<'_> {
+    /// A contiguous row-major m x k matrix.
+    pub fn contiguous(data: &[f32], k: usize) -> Rows<'_> {
+        Rows { data, offset: 0, stride: k, rows: data.len() / k.max(1) }
+    }
+}
+
+/// A matrix already rounded to bf16 as the product reads it: rows `kp` apart (k padded with
+/// zeros to a multiple of 32) and zero rows up to a multiple of 32. The attention writes its
+/// probabilities here straight from the softmax, skipping a pass of conversion.
+#[derive(Default)]
+pub struct Bf16Rows {
+    rows: usize,
+    k: usize,
+    kp: usize,
+    data: Vec<u16>,
+}
+
+impl Bf16Rows {
+    /// Makes room for rows x k, keeping the allocation; the padding rows are zeroed, the rows
+    /// themselves are left for [`Bf16Rows::set_row`] to write, every one of them.
+    pub fn reset(&mut self, rows: usize, k: usize) {
+        let (padded, kp) = (rows.div_ceil(BLOCK) * BLOCK, k.div_ceil(K_STEP) * K_STEP);
+        (self.rows, self.k, self.kp) = (rows, k, kp);
+        self.data.resize(padded * kp, 0);
+        self.data[rows * kp..].fill(0);
+    }
+
+    /// Row i = bf16(src) (k values).
+    pub fn set_row(&mut self, i: usize, src: &[f32]) {
+        assert!(i < self.rows && src.len() == self.k, "Bf16Rows::set_row: row {i} of {} x {}", self.rows, self.k);
+        round_row(&mut self.data[i * self.kp..][..self.kp], src, 1.0);
+    }
+}
+
+/// A, the left operand, as the product reads it.
+#[derive(Clone, Copy)]
+pub enum Lhs<'a> {
+    /// f32 rows, scaled and rounded to bf16 as each task reads them.
+    F32 { rows: Rows<'a>, scale: f32 },
+    /// Rows already in bf16.
+    Bf16(&'a Bf16Rows),
+}
+
+impl Lhs<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            Lhs::F32 { rows, .. } => rows.rows,
+            Lhs::Bf16(b) => b.rows,
+        }
+    }
+}
+
+/// The tile configuration: palette 1, tiles 0-7 of 16 rows x 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+thread_local! {
+    static CONFIGURED: Cell<bool> = const { Cell::new(false) };
+    /// This thread's bf16 row panels, reused across calls.
+    static PANELS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Loads the tile configuration on this thread, once.
+fn configure_tiles() {
+    CONFIGURED.with(|done| {
+        if done.get() {
+            return;
+        }
+        let mut cfg = TileConfig { palette: 1, start_row: 0, reserved: [0; 14], colsb: [0; 16], rows: [0; 16] };
+        for t in 0..8 {
+            cfg.colsb[t] = 64;
+            cfg.rows[t] = 16;
+        }
+        // SAFETY: `available()` held before any caller gets here; the configuration is valid
+        // for palette 1.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, options(nostack)) };
+        done.set(true);
+    });
+}
+
+crate::simd_dispatch! {
+    /// dst = bf16(scale * src), then zeros to the end of dst (the padding along k).
+    fn round_row(dst: &mut [u16], src: &[f32], scale: f32) {
+        let (head, tail) = dst.split_at_mut(src.len());
+        head.iter_mut().zip(src).for_each(|(d, &v)| *d = to_bf16(v * scale));
+        tail.fill(0);
+    }
+}
+
+/// One 32 x 32 block of C at `c` (rows `c_stride` floats apart) = [C +] a 32-row bf16 panel
+/// (rows `kp` apart) times one column block of packed B, over k_begin..k_end (multiples of 32).
+///
+/// # Safety
+/// `available()`, this thread's tiles configured, `panel` 32 x kp bf16, `b_block` kp x 32 in
+/// the packed layout, and 32 x 32 floats at `c` with that stride writable by this thread.
+#[inline(never)]
+unsafe fn block(
+    panel: *const u16,
+    kp: usize,
+    (k_begin, k_end): (usize, usize),
+    b_block: *const u16,
+    c: *mut f32,
+    c_stride: usize,
+    accumulate: bool,
+) {
+    let (c_bytes, a_bytes, b_bytes) = (c_stride * 4, kp * 2, 2 * BLOCK * 2);
+    let (c00, c01, c10, c11) = (c, c.add(16), c.add(16 * c_stride), c.add(16 * c_stride + 16));
+    if accumulate {
+        asm!(
+            "tileloadd tmm0, [{c00} + {s}*1]",
+            "tileloadd tmm1, [{c01} + {s}*1]",
+            "tileloadd tmm2, [{c10} + {s}*1]",
+            "tileloadd tmm3, [{c11} + {s}*1]",
+            c00 = in(reg) c00, c01 = in(reg) c01, c10 = in(reg) c10, c11 = in(reg) c11,
+            s = in(reg) c_bytes,
+            options(nostack)
+        );
+    } else {
+        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack));
+    }
+    let mut kk = k_begin;
+    while kk < k_end {
+        let a0 = panel.add(kk);
+        let a1 = panel.add(16 * kp + kk);
+        let b0 = b_block.add((kk / 2) * 2 * BLOCK);
+        let b1 = b0.add(BLOCK);
+        asm!(
+            "tileloadd tmm4, [{a0} + {sa}*1]",
+            "tileloadd tmm5, [{a1} + {sa}*1]",
+            "tileloadd tmm6, [{b0} + {sb}*1]",
+            "tileloadd tmm7, [{b1} + {sb}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a0 = in(reg) a0, a1 = in(reg) a1, b0 = in(reg) b0, b1 = in(reg) b1,
+            sa = in(reg) a_bytes, sb = in(reg) b_bytes,
+            options(nostack)
+        );
+        kk += K_STEP;
+    }
+    asm!(
+        "tilestored [{c00} + {s}*1], tmm0",
+        "tilestored [{c01} + {s}*1], tmm1",
+        "tilestored [{c10} + {s}*1], tmm2",
+        "tilestored [{c11} + {s}*1], tmm3",
+        c00 = in(reg) c00, c01 = in(reg) c01, c10 = in(reg) c10, c11 = in(reg) c11,
+        s = in(reg) c_bytes,
+        options(nostack)
+    );
+}
+
+/// A pointer to C that may cross into rayon tasks; each task writes its own rows.
+#[derive(Clone, Copy)]
+struct SharedC(*mut f32);
+// SAFETY: the tasks write disjoint row ranges; see `gemm`.
+unsafe impl Send for SharedC {}
+unsafe impl Sync for SharedC {}
+
+impl SharedC {
+    /// The element `offset` floats on.
+    ///
+    /// # Safety
+    /// `offset` lies inside the buffer the pointer was taken from.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller's promise.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// C (m x b.n at `c`, rows `c_stride` floats apart) = [C +] A B, with A's values (after
+/// scaling) rounded to bf16 and the sums in f32: C starts from what it holds when
+/// `accumulate` (a broadcast bias, a residual), else is overwritten (it may be uninitialised
+/// then). `parallel`: split the rows over rayon's threads, else run on this one.
+///
+/// # Safety
+/// `c` addresses m rows of b.n floats `c_stride` apart, which nothing else reads or writes
+/// while this runs.
+pub unsafe fn gemm(a: Lhs, b: &PackedB, c: *mut f32, c_stride: usize, accumulate: bool, parallel: bool) {
+    assert!(available(), "amx::gemm: this CPU or kernel offers no AMX");
+    let (m, k, n, kp) = (a.rows(), b.k, b.n, b.kp);
+    match a {
+        Lhs::F32 { rows, .. } => assert!(
+            m == 0 || rows.offset + (m - 1) * rows.stride + k <= rows.data.len(),
+            "amx::gemm: A's rows lie outside its buffer"
+        ),
+        Lhs::Bf16(rows) => assert!(rows.k == k, "amx::gemm: A is {} wide, B {k} deep", rows.k),
+    }
+    assert!(c_stride >= n, "amx::gemm: C's rows overlap");
+    let c = SharedC(c);
+    let rows_per_task = BLOCK * PANELS_PER_TASK;
+    let task = |t: usize| {
+        configure_tiles();
+        let (r_start, r_end) = (t * rows_per_task, ((t + 1) * rows_per_task).min(m));
+        let panels = (r_end - r_start).div_ceil(BLOCK);
+        let mut buf = PANELS.with(|cell| cell.take());
+        // This task's panels: converted into the thread's buffer, or read where they are.
+        let a_panels = match a {
+            Lhs::F32 { rows: a, scale } => {
+                buf.resize(buf.len().max(rows_per_task * kp), 0);
+                for r in 0..panels * BLOCK {
+                    let dst = &mut buf[r * kp..(r + 1) * kp];
+                    if r_start + r < r_end {
+                        let at = a.offset + (r_start + r) * a.stride;
+                        round_row(dst, &a.data[at..at + k], scale);
+                    } else {
+                        dst.fill(0);
+                    }
+                }
+                buf.as_ptr()
+            }
+            Lhs::Bf16(rows) => rows.data[r_start * kp..].as_ptr(),
+        };
+        let mut edge = [0f32; BLOCK * BLOCK];
+        // k in slices of K_SLICE: a panel's slice and a column block's slice fit the core's
+        // first-level cache together, so the block's slice is read from there by all four
+        // panels. C's full blocks carry the sums from slice to slice; an edge block takes all
+        // of k at once, in the first slice.
+        for k_begin in (0..kp).step_by(K_SLICE) {
+            let k_end = (k_begin + K_SLICE).min(kp);
+            let sum_onto_c = accumulate || k_begin > 0;
+            for jb in 0..b.np / BLOCK {
+                let (j0, b_block) = (jb * BLOCK, b.column_block(jb).as_ptr());
+                let cols = BLOCK.min(n - j0);
+                for panel in 0..panels {
+                    let r0 = r_start + panel * BLOCK;
+                    let rows = BLOCK.min(r_end - r0);
+                    let full = rows == BLOCK && cols == BLOCK;
+                    if !full && k_begin > 0 {
+                        continue;
+                    }
+                    // SAFETY: the panels hold `panels` x 32 rows of kp (a Bf16Rows is padded
+                    // to 32 rows); the caller's promise on C, this task's rows r0..r0 + rows,
+                    // and the block's columns j0..j0 + cols inside n.
+                    unsafe {
+                        let a_panel = a_panels.add(panel * BLOCK * kp);
+                        let c_block = c.at(r0 * c_stride + j0);
+                        if full {
+                            block(a_panel, kp, (k_begin, k_end), b_block, c_block, c_stride, sum_onto_c);
+                            continue;
+                        }
+                        // An edge block: computed aside, then only its rows and columns in C.
+                        block(a_panel, kp, (0, kp), b_block, edge.as_mut_ptr(), BLOCK, false);
+                        for r in 0..rows {
+                            let dst = std::slice::from_raw_parts_mut(c_block.add(r * c_stride), cols);
+                            let src = &edge[r * BLOCK..r * BLOCK + cols];
+                            if accumulate {
+                                dst.iter_mut().zip(src).for_each(|(d, v)| *d += v);
+                            } else {
+                                dst.copy_from_slice(src);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        PANELS.with(|cell| {
+            if cell.borrow().len() < buf.len() {
+                cell.replace(buf);
+            }
+        });
+    };
+    let tasks = m.div_ceil(rows_per_task);
+    if parallel {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+}
+
+/// C (m x n, row-major) += A (m x k, row-major f32) times B, in parallel: [`gemm`] on
+/// contiguous matrices, for the Linear layers.
+///
+/// Panics where `available()` does not hold, or when the lengths do not fit.
+pub fn gemm_accumulate(a: &[f32], b: &PackedB, c: &mut [f32]) {
+    let m = a.len() / b.k.max(1);
+    assert!(a.len() == m * b.k && c.len() == m * b.n, "amx::gemm_accumulate: A, B and C do not fit");
+    // SAFETY: c is m x n, row-major, borrowed mutably here.
+    let a = Lhs::F32 { rows: Rows::contiguous(a, b.k), scale: 1.0 };
+    unsafe { gemm(a, b, c.as_mut_ptr(), b.n, true, true) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The product against f32 sums of the same bf16-rounded operands, at sizes that are and
+    /// are not multiples of the tiles.
+    #[test]
+    fn products_match_f32_sums_of_the_rounded_operands() {
+        if !available() {
+            eprintln!("this CPU or kernel offers no AMX: the AMX kernel was not checked here");
+            return;
+        }
+        for (m, n, k) in [(32, 32, 32), (70, 45, 100), (1, 7, 3), (200, 96, 192), (64, 64, 600), (45, 40, 300)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 211) as f32 * 0.013 - 1.3).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 199) as f32 * 0.011 - 1.1).collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5).collect();
+            let packed = PackedB::from_weight(&w, n, k);
+            let mut c: Vec<f32> = (0..m * n).map(|i| bias[i % n]).collect();
+            gemm_accumulate(&a, &packed, &mut c);
+            let mut worst = 0f32;
+            for i in 0..m {
+                for j in 0..n {
+                    let mut s = bias[j] as f64;
+                    for kk in 0..k {
+                        s += from_bf16(to_bf16(a[i * k + kk])) as f64 * from_bf16(to_bf16(w[j * k + kk])) as f64;
+                    }
+                    worst = worst.max((s as f32 - c[i * n + j]).abs() / (1.0 + s.abs() as f32));
+                }
+            }
+            assert!(worst < 1e-5, "{m} x {n} x {k}: off by {worst} (relative)");
+        }
+    }
+
+    /// Strided A and C, a scale, C overwritten (starting from garbage), B packed from strided
+    /// rows both ways: the attention's use, on one thread and on many.
+    #[test]
+    fn strided_operands_and_overwrite_match_f32_sums() {
+        if !available() {
+            eprintln!("this CPU or kernel offers no AMX: the AMX kernel was not checked here");
+            return;
+        }
+        let (m, n, k, stride) = (45, 70, 12, 40);
+        let src: Vec<f32> = (0..200 * stride).map(|i| ((i * 7919) % 211) as f32 * 0.013 - 1.3).collect();
+        let round = |v: f32| from_bf16(to_bf16(v));
+        let kt = PackedB::from_transposed_rows(&src, 3, stride, n, k, false); // B[kk][j] = src[3 + j s + kk]
+        let kr = PackedB::from_rows(&src, 5, stride, k, n.min(stride - 5), true); // B[kk][j] = src[5 + kk s + j]
+        for (b, at) in [
+            (&kt, &(|kk: usize, j: usize| 3 + j * stride + kk) as &dyn Fn(usize, usize) -> usize),
+            (&kr, &|kk: usize, j: usize| 5 + kk * stride + j),
+        ] {
+            for parallel in [false, true] {
+                let a = Lhs::F32 { rows: Rows { data: &src, offset: 7, stride, rows: m }, scale: 0.5 };
+                let c_stride = b.n + 3;
+                let mut c = vec![f32::NAN; m * c_stride];
+                // SAFETY: c holds m rows of c_stride >= n floats.
+                unsafe { gemm(a, b, c.as_mut_ptr(), c_stride, false, parallel) };
+                // The same with A given in bf16 already.
+                let mut a16 = Bf16Rows::default();
+                a16.reset(m, k);
+                let halved: Vec<f32> = src.iter().map(|v| 0.5 * v).collect();
+                for i in 0..m {
+                    a16.set_row(i, &halved[7 + i * stride..][..k]);
+                }
+                let mut c16 = vec![f32::NAN; m * c_stride];
+                // SAFETY: as above.
+                unsafe { gemm(Lhs::Bf16(&a16), b, c16.as_mut_ptr(), c_stride, false, parallel) };
+                assert!(c.iter().zip(&c16).all(|(x, y)| x == y || (x.is_nan() && y.is_nan())), "bf16 A differs");
+                for i in 0..m {
+                    for j in 0..b.n {
+                        let want: f64 = (0..k)
+                            .map(|kk| round(0.5 * src[7 + i * stride + kk]) as f64 * round(src[at(kk, j)]) as f64)
+                            .sum();
+                        let got = c[i * c_stride + j];
+                        assert!((got as f64 - want).abs() < 1e-5 * (1.0 + want.abs()), "({i}, {j}): {got} vs {want}");
+                    }
+                    assert!(c[i * c_stride + b.n].is_nan(), "row {i}: written past its n columns");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        assert_eq!(from_bf16(to_bf16(1.0 + 1.0 / 256.0)), 1.0); // a tie rounds to even
+        assert_eq!(from_bf16(to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+    }
+}
