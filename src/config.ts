@@ -29,6 +29,19 @@ export interface ModelConfig {
 }
 
 /** The built-in presets: `tiny`, `small` (CPU sizes) and the four Sapiens sizes. */
+/** Whether the loaded addon was built with CUDA support (`npm run build:cuda`). */
+export function cudaAvailable(): boolean {
+  return native.cudaAvailable();
+}
+
+/**
+ * Whether `precision: 'bf16'` runs on this machine's CPU: it needs AMX tiles (Intel Xeon of the
+ * 4th generation or later). Elsewhere bf16 needs a CUDA device.
+ */
+export function cpuBf16Available(): boolean {
+  return native.cpuBf16Available();
+}
+
 export function presets(): string[] {
   return native.presets();
 }

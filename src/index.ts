@@ -5,7 +5,7 @@ export type { ClassScore, EvaluateOutput, InitScheme, LoadOptions, PredictOutput
 export type { Geometry, Images, NormalizedBatch, PackedImages, RgbImage } from './images.js';
 export { EMOTIONS_7, EMOTIONS_8, emotionLabels } from './emotions.js';
 export type { Emotion } from './emotions.js';
-export { presets, resolveModelConfig } from './config.js';
+export { cpuBf16Available, cudaAvailable, presets, resolveModelConfig } from './config.js';
 export type { EncoderConfig, HeadConfig, ModelConfig } from './config.js';
 export { toInputTensor, type InputTensorOptions } from './pixels.js';
 export {

@@ -44,7 +44,12 @@ export interface LoadOptions {
   init?: InitScheme;
   /** `cpu` (default), `cuda` or `cuda:N`. */
   device?: string;
-  /** `f32` (default), or `bf16` on CUDA: compute in bf16, keep the weights and optimizer in f32. */
+  /**
+   * `f32` (default), or `bf16`: on CUDA, compute in bf16 with the weights and optimizer in f32;
+   * on a CPU with AMX tiles ({@link cpuBf16Available}), run the products of inference in bf16
+   * (training there computes in f32: a train step on such a model is refused). Elsewhere bf16
+   * is refused when the model loads.
+   */
   precision?: Precision;
   /** Seeds the initial weights and dropout. Default 0. */
   seed?: number;

@@ -72,6 +72,11 @@ describe('recipes', () => {
     expect(() => validateTrainConfig({ data: 'd', out: 'o', recipe: 'fastest' }, 'cfg.json')).toThrow(/cfg\.json: invalid training config\n {2}recipe: /);
   });
 
+  it('bf16 trains on CUDA only, refused before any data is read', () => {
+    expect(() => validateTrainConfig({ data: 'd', out: 'o', precision: 'bf16' }, 'cfg.json')).toThrow(/precision: bf16 trains on CUDA devices only/);
+    expect(validateTrainConfig({ data: 'd', out: 'o', precision: 'bf16', device: 'cuda:1' }, 'cfg.json').precision).toBe('bf16');
+  });
+
   it('upstream-code: every image, an 80/20 random split', async () => {
     const cfg = await resolveRunConfig(validateTrainConfig({ data: unpacked, out: 'x', recipe: 'upstream-code', seed: 1 }, 'test'));
     const data = await loadDataset(cfg);

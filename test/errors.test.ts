@@ -41,7 +41,7 @@ describe('MotivNetError', () => {
       [() => MotivNet.load({ model: 'giant' }), 'MOTIVNET_CONFIG', /unknown model preset 'giant'/],
       [() => MotivNet.load({ ...fixtureModel, weights: path.join(tmp, 'nope.safetensors') }), 'MOTIVNET_IO', /nope\.safetensors/],
       [() => MotivNet.load({ model: 'tiny', weights: fixtureModel.weights }), 'MOTIVNET_WEIGHTS', /mis-shaped keys/],
-      [() => MotivNet.load({ ...fixtureModel, precision: 'bf16' }), 'MOTIVNET_DEVICE', /runs on CUDA devices only/],
+      [() => MotivNet.load({ ...fixtureModel, device: 'cuda:one' }), 'MOTIVNET_DEVICE', /device 'cuda:one' is not valid/],
       [() => MotivNet.load({ ...fixtureModel, device: 'tpu' }), 'MOTIVNET_DEVICE', /device 'tpu' is not valid/],
     ];
     for (const [call, code, message] of cases) {

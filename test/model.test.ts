@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { EMOTIONS_7, EMOTIONS_8, MotivNet, toInputTensor, type LoadOptions, type PackedImages } from '../src/index.js';
+import { cpuBf16Available, EMOTIONS_7, EMOTIONS_8, MotivNet, toInputTensor, type LoadOptions, type PackedImages } from '../src/index.js';
 import { maxAbsDiff, readSafetensors } from './helpers/safetensors.js';
 
 const fixtures = path.resolve(__dirname, '../crates/motivnet/tests/fixtures');
@@ -259,12 +259,32 @@ describe('MotivNet', () => {
       await expect(MotivNet.load({ model: 'tiny', weights: fixtureModel.weights })).rejects.toThrow(/mis-shaped keys/);
     });
 
-    it('refuses bf16 off CUDA and names an unknown precision', async () => {
-      await expect(MotivNet.load({ ...fixtureModel, precision: 'bf16' })).rejects.toThrow(/precision 'bf16' runs on CUDA devices only/);
+    it('names an unknown precision', async () => {
       const bad = { ...fixtureModel, precision: 'fp8' } as unknown as Parameters<typeof MotivNet.load>[0];
       await expect(MotivNet.load(bad)).rejects.toThrow(/precision 'fp8' is not valid: expected f32 or bf16/);
       const model = await MotivNet.load({ ...fixtureModel, precision: 'f32' });
       model.dispose();
+    });
+
+    // On a CPU with AMX, bf16 runs the products on its tiles: the logits follow f32's to bf16's
+    // precision, and training is refused with the reason. Elsewhere bf16 is refused with the reason.
+    it(`bf16 on the CPU: ${cpuBf16Available() ? 'runs, for inference only' : 'refused without AMX'}`, async () => {
+      if (!cpuBf16Available()) {
+        await expect(MotivNet.load({ ...fixtureModel, precision: 'bf16' })).rejects.toThrow(/needs a CUDA device or a CPU with AMX tiles/);
+        return;
+      }
+      const [f32, bf16] = [await MotivNet.load(fixtureModel), await MotivNet.load({ ...fixtureModel, precision: 'bf16' })];
+      const [a, b] = [await f32.predict({ tensor: x, batchSize: 4 }), await bf16.predict({ tensor: x, batchSize: 4 })];
+      const scale = Math.max(1, ...Array.from(a.logits, Math.abs));
+      expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(0.03 * scale);
+      expect(maxAbsDiff(a.logits, b.logits)).toBeGreaterThan(0);
+      const top = (l: Float32Array, i: number) => Array.from(l.subarray(i * 8, i * 8 + 8)).indexOf(Math.max(...l.subarray(i * 8, i * 8 + 8)));
+      for (let i = 0; i < 4; i++) expect(top(b.logits, i)).toBe(top(a.logits, i));
+      await expect(bf16.trainStep({ tensor: x, batchSize: 4 }, labels, { encoderLr: 1e-3, decoderLr: 1e-3 })).rejects.toThrow(
+        /training on the CPU computes in f32/,
+      );
+      f32.dispose();
+      bf16.dispose();
     });
 
     it('refuses use after dispose', async () => {

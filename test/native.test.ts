@@ -1,9 +1,9 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { presets, resolveModelConfig } from '../src/index.js';
+import { cpuBf16Available, cudaAvailable, MotivNet, presets, resolveModelConfig } from '../src/index.js';
 
 describe('native core', () => {
   it('lists the presets and resolves them to the reference sizes', () => {
@@ -12,6 +12,16 @@ describe('native core', () => {
     expect(big.encoder).toMatchObject({ embedDim: 1536, depth: 40, heads: 24, inputHeight: 1024, inputWidth: 768 });
     expect(big.head).toMatchObject({ numClasses: 8, embedDim: 1152, layers: 2, heads: 8, feedforward: 2048, dropout: 0.1 });
     expect(resolveModelConfig('tiny').encoder).toMatchObject({ embedDim: 192, depth: 4, heads: 3, inputHeight: 256, inputWidth: 192 });
+  });
+
+  it('says what this build and CPU can do: CUDA as built, bf16 on the CPU as the CPU reports', async () => {
+    if (!cudaAvailable()) {
+      await expect(MotivNet.load({ model: 'tiny', device: 'cuda' })).rejects.toThrow(/has no CUDA support/);
+    }
+    // AMX-TILE and AMX-BF16 are CPUID leaf 7 EDX bits 24 and 22; /proc/cpuinfo names them.
+    const flags = readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1]?.split(/\s+/) ?? [];
+    const cpuHasAmx = flags.includes('amx_tile') && flags.includes('amx_bf16');
+    expect(cpuBf16Available()).toBe(cpuHasAmx && process.env.MOTIVNET_AMX !== 'off');
   });
 
   it('reads a config file and names what is wrong in a bad one', () => {

@@ -37,3 +37,9 @@ pub fn resolve_model_config(spec: String) -> Result<String> {
 pub fn cuda_available() -> bool {
     cfg!(feature = "cuda")
 }
+
+/// Whether `precision: 'bf16'` runs on this CPU (AMX tiles, allowed by the kernel).
+#[napi]
+pub fn cpu_bf16_available() -> bool {
+    motivnet::runtime::precision::cpu_bf16_available()
+}

@@ -31,7 +31,8 @@ pub struct LoadOptions {
     pub init: Option<String>,
     /// `cpu`, `cuda` or `cuda:N`. @default "cpu"
     pub device: Option<String>,
-    /// `f32`, or `bf16` (CUDA only): compute in bf16 with f32 master weights. @default "f32"
+    /// `f32`, or `bf16`: on CUDA, compute in bf16 with f32 master weights; on a CPU with AMX,
+    /// inference products in bf16. @default "f32"
     pub precision: Option<String>,
     /// Seeds the initial weights and the dropout masks. @default 0
     pub seed: Option<u32>,
