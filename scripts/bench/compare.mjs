@@ -33,7 +33,7 @@ const threads = Number(process.env.BENCH_THREADS ?? 2);
 const onnxDir = path.join(root, '.cache/bench/onnx');
 const { resolveModelConfig } = await import(path.join(root, 'dist/index.js'));
 
-const INFERENCE_PEERS = ['torch-eager', 'torch-compile', 'onnxruntime', 'openvino-f32', 'openvino-default'];
+const INFERENCE_PEERS = ['torch-eager', 'torch-compile', 'torch-eager-bf16', 'onnxruntime', 'openvino-f32', 'openvino-default'];
 const TRAIN_PEERS = ['torch-eager', 'torch-compile'];
 const CASES = [
   { id: 'forward-tiny', name: 'inference forward, tiny, batch 8', preset: 'tiny', batch: 8, kind: 'forward', iters: 10, rounds: 5, peers: INFERENCE_PEERS },
@@ -46,6 +46,7 @@ const CASES = [
 const PEER_NAMES = {
   'torch-eager': 'PyTorch eager',
   'torch-compile': 'PyTorch torch.compile',
+  'torch-eager-bf16': 'PyTorch eager, torch.autocast bf16',
   onnxruntime: 'ONNX Runtime (onnxruntime-node)',
   'openvino-f32': 'OpenVINO f32',
   'openvino-default': 'OpenVINO default precision',
@@ -61,14 +62,22 @@ function json(r, what) {
 
 const threadEnv = { ...process.env, RAYON_NUM_THREADS: String(threads), OMP_NUM_THREADS: String(threads), MKL_NUM_THREADS: String(threads) };
 
-function runOurs(c) {
+function runOurs(c, precision = 'f32') {
   if (c.kind === 'e2e') {
     const j = json(spawnSync(process.execPath, [path.join(root, 'scripts/bench/e2e-ours.mjs'), jpegDir, c.preset, String(c.batch), String(c.iters)], { encoding: 'utf8', env: { ...threadEnv, POOL_THREADS: String(threads) } }), 'e2e (ours)');
     return { ms: j.ms, peakMb: j.peakRssMb, baselineMb: j.baselineRssMb };
   }
-  const args = ['--model', c.preset, '--batch', String(c.batch), '--iters', String(c.iters), '--warmup', '1', c.kind === 'forward' ? '--skip-train' : '--skip-forward'];
+  const args = ['--model', c.preset, '--batch', String(c.batch), '--iters', String(c.iters), '--warmup', '1', '--precision', precision, c.kind === 'forward' ? '--skip-train' : '--skip-forward'];
   const j = json(spawnSync(oursBin, args, { encoding: 'utf8', env: threadEnv }), 'motivnet-bench');
-  return { ms: c.kind === 'forward' ? j.forwardMs : j.trainStepMs, peakMb: j.peakRssMb, baselineMb: j.baselineRssMb, precision: 'f32' };
+  return { ms: c.kind === 'forward' ? j.forwardMs : j.trainStepMs, peakMb: j.peakRssMb, baselineMb: j.baselineRssMb, precision: j.precision };
+}
+
+/** Whether our bf16 runs here (a CPU with AMX): asked of the binary, which refuses it otherwise. */
+function oursBf16Available() {
+  const r = spawnSync(oursBin, ['--model', 'tiny', '--batch', '1', '--iters', '1', '--warmup', '0', '--precision', 'bf16', '--skip-train'], { encoding: 'utf8', env: threadEnv });
+  if (r.status === 0) return true;
+  console.log(`our bf16 does not run here (${(r.stderr || r.stdout).trim().split('\n').pop()}): bf16 peers are compared with our f32`);
+  return false;
 }
 
 function onnxFile(c) {
@@ -92,6 +101,8 @@ function runPeer(c, peer) {
       return torch([]);
     case 'torch-compile':
       return torch(['--compile']);
+    case 'torch-eager-bf16':
+      return { ...torch(['--autocast', 'bf16']), precision: 'bf16' };
     case 'torch-loader-serial':
       return torch(['--dir', jpegDir]);
     case 'torch-loader-workers':
@@ -156,23 +167,30 @@ console.log(`roofline, ${threads} threads: f32 ${roof.f32OursGflops.toFixed(0)} 
 
 const rows = [];
 const versions = new Set();
+const bf16Here = selected.some((c) => c.kind === 'forward') && oursBf16Available();
 for (const c of selected) {
   const rounds = Number(process.env.BENCH_ROUNDS ?? c.rounds);
-  const ours = [];
+  // Our bf16 runs beside our f32 where a bf16 peer is compared (inference on a CPU with AMX).
+  const oursPrecisions = c.kind === 'forward' && bf16Here ? ['f32', 'bf16'] : ['f32'];
+  const ours = Object.fromEntries(oursPrecisions.map((p) => [p, []]));
   const peers = Object.fromEntries(c.peers.map((p) => [p, []]));
   for (let r = 0; r < rounds; r++) {
-    ours.push(runOurs(c));
+    for (const precision of oursPrecisions) ours[precision].push(runOurs(c, precision));
     for (const p of c.peers) peers[p].push(runPeer(c, p));
-    console.log(`${c.name}, round ${r + 1}/${rounds}: ours ${ours.at(-1).ms.toFixed(1)} ms; ${c.peers.map((p) => `${p} ${peers[p].at(-1).ms.toFixed(1)}`).join(', ')}`);
+    const oursNow = oursPrecisions.map((p) => `${p} ${ours[p].at(-1).ms.toFixed(1)}`).join(', ');
+    console.log(`${c.name}, round ${r + 1}/${rounds}: ours ${oursNow} ms; ${c.peers.map((p) => `${p} ${peers[p].at(-1).ms.toFixed(1)}`).join(', ')}`);
   }
   const flops = c.kind === 'e2e' ? null : forwardFlops(c.preset) * c.batch * (c.kind === 'train' ? 3 : 1);
-  const o = stats(ours.map((x) => x.ms));
-  const oursAbove = Math.max(...ours.map((x) => x.peakMb - x.baselineMb));
   for (const p of c.peers) {
     const runs = peers[p];
     const q = stats(runs.map((x) => x.ms));
     versions.add(runs[0].version);
     const precision = runs[0].precision;
+    // A bf16 peer meets our bf16 where it runs; every other peer our f32.
+    const oursPrecision = precision === 'bf16' && ours.bf16 ? 'bf16' : 'f32';
+    const oursRuns = ours[oursPrecision];
+    const o = stats(oursRuns.map((x) => x.ms));
+    const oursAbove = Math.max(...oursRuns.map((x) => x.peakMb - x.baselineMb));
     const ratio = o.median / q.median;
     // The targets of the comparison: train steps at half PyTorch eager's time or less,
     // inference ahead of OpenVINO at the same precision and at 0.7 of ONNX Runtime or less.
@@ -191,15 +209,16 @@ for (const c of selected) {
       referenceMaxMs: q.max,
       ratio,
       target,
-      met: target === null ? null : ratio <= target && (precision === 'f32' || p !== 'openvino-default'),
-      oursPeakMb: Math.max(...ours.map((x) => x.peakMb)),
+      oursPrecision,
+      met: target === null ? null : ratio <= target && precision === oursPrecision,
+      oursPeakMb: Math.max(...oursRuns.map((x) => x.peakMb)),
       oursAboveBaselineMb: oursAbove,
       referencePeakMb: Math.max(...runs.map((x) => x.peakMb)),
       referenceAboveBaselineMb: peerAbove,
       memoryMet: oursAbove <= peerAbove,
       oursGflops: gflops(o.median),
       referenceGflops: gflops(q.median),
-      oursRoofFraction: flops ? gflops(o.median) / roof.f32OursGflops : null,
+      oursRoofFraction: flops ? gflops(o.median) / (oursPrecision === 'bf16' ? roof.bf16TorchGflops : roof.f32OursGflops) : null,
       referenceRoofFraction: flops ? gflops(q.median) / (precision === 'bf16' ? roof.bf16TorchGflops : roof.f32OursGflops) : null,
       rounds,
       date: new Date().toISOString().slice(0, 10),
@@ -207,6 +226,19 @@ for (const c of selected) {
   }
 }
 
+// A run of some cases (BENCH_CASES) keeps the last run's rows of the others, measured on this
+// same machine, so the report stays whole; each row keeps its date.
+const lastFile = path.join(root, 'docs/benchmarks/compare.json');
+if (process.env.BENCH_CASES && existsSync(lastFile)) {
+  const last = JSON.parse(readFileSync(lastFile, 'utf8'));
+  const measured = new Set(selected.map((c) => c.name));
+  if (last.machine === machine()) {
+    const kept = last.cases.filter((r) => !measured.has(r.name));
+    last.peers.forEach((v) => versions.add(v));
+    const order = (r) => CASES.findIndex((c) => c.name === r.name);
+    rows.splice(0, rows.length, ...[...kept, ...rows].sort((a, b) => order(a) - order(b)));
+  }
+}
 const date = new Date().toISOString().slice(0, 10);
 writeJson('compare', { date, machine: machine(), threads, roofline: roof, peers: [...versions], cases: rows });
 report(rows, roof, [...versions], date, machine());
@@ -214,19 +246,25 @@ for (const r of rows) console.log(`${r.name} vs ${r.peer}: ratio ${r.ratio.toFix
 
 // ---------------------------------------------------------------- report
 
+/** The run's date, or the range of its rows' dates when some were kept from an earlier run. */
+function dateRange(rows, date) {
+  const dates = [...new Set(rows.map((r) => r.date).filter(Boolean))].sort();
+  return dates.length > 1 ? `rows measured ${dates[0]} to ${dates.at(-1)}` : date;
+}
+
 function report(rows, roof, versions, date, machineName) {
   const f = (v, d = 1) => (v === null || v === undefined || Number.isNaN(v) ? '-' : v.toFixed(d));
   const pct = (v) => (v === null ? '-' : `${(100 * v).toFixed(0)}%`);
   const verdict = (r) => (r.target === null ? '-' : `${r.met ? 'yes' : '**no**'} (${f(r.target, 1)})`);
   const table = rows.map(
     (r) =>
-      `| ${r.name} | ${r.peer}${r.peerPrecision !== 'f32' ? ` (${r.peerPrecision})` : ''} | ${f(r.oursMs)} (${f(r.oursMinMs)}-${f(r.oursMaxMs)}) | ${f(r.referenceMs)} (${f(r.referenceMinMs)}-${f(r.referenceMaxMs)}) | ${f(r.ratio, 2)} | ${verdict(r)} | ${f(r.oursGflops, 0)} (${pct(r.oursRoofFraction)}) | ${f(r.referenceGflops, 0)} (${pct(r.referenceRoofFraction)}) | ${f(r.oursAboveBaselineMb, 0)} / ${f(r.referenceAboveBaselineMb, 0)}${r.memoryMet ? '' : ' **(more)**'} | ${f(r.oursPeakMb, 0)} / ${f(r.referencePeakMb, 0)} |`,
+      `| ${r.name} | ${r.peer}${r.peerPrecision !== 'f32' ? ` (${r.peerPrecision})` : ''} | ${r.oursPrecision === 'bf16' ? '(bf16) ' : ''}${f(r.oursMs)} (${f(r.oursMinMs)}-${f(r.oursMaxMs)}) | ${f(r.referenceMs)} (${f(r.referenceMinMs)}-${f(r.referenceMaxMs)}) | ${f(r.ratio, 2)} | ${verdict(r)} | ${f(r.oursGflops, 0)} (${pct(r.oursRoofFraction)}) | ${f(r.referenceGflops, 0)} (${pct(r.referenceRoofFraction)}) | ${f(r.oursAboveBaselineMb, 0)} / ${f(r.referenceAboveBaselineMb, 0)}${r.memoryMet ? '' : ' **(more)**'} | ${f(r.oursPeakMb, 0)} / ${f(r.referencePeakMb, 0)} |`,
   );
   writeSection(
     'compare',
     `## Ours against the engines users would otherwise run
 
-\`npm run bench\` — ${date}, ${machineName}; ${threads} threads on every side (RAYON_NUM_THREADS,
+\`npm run bench\` — ${dateRange(rows, date)}, ${machineName}; ${threads} threads on every side (RAYON_NUM_THREADS,
 torch.set_num_threads, intra-op threads), random weights, the same model. Peers: ${versions.join(', ')}.
 The PyTorch model is scripts/reference/motivnet_ref.py, built as the upstream code builds it, attention through
 \`scaled_dot_product_attention\`; ONNX Runtime and OpenVINO run it as exported by \`torch.onnx.export\` (opset 18).
@@ -234,7 +272,8 @@ The PyTorch model is scripts/reference/motivnet_ref.py, built as the upstream co
 Each row: the median of alternating rounds (a fresh process each; 5 rounds, 3 for sapiens-0.3b), min-max in brackets,
 each round the median of its iterations after one warm-up. ratio = ours / peer (below 1: ours is faster). Target: train
 steps at 0.5 of PyTorch eager or less; inference ahead of OpenVINO at the same precision (1.0) and at 0.7 of ONNX Runtime
-or less; a bf16 peer against our f32 is not met until we compute in bf16 on the CPU. GFLOP/s from the model's FLOPs,
+or less. A bf16 peer is compared with our \`precision: 'bf16'\` (products on AMX tiles, marked "(bf16)" in the ours
+column) where this CPU has AMX; against our f32 it is not met. GFLOP/s from the model's FLOPs,
 with the fraction of this machine's roof: a 2048^3 matmul, ${f(roof.f32OursGflops, 0)} GFLOP/s in f32 (our kernels;
 PyTorch's: ${f(roof.f32TorchGflops, 0)}) and ${f(roof.bf16TorchGflops, 0)} in bf16 (PyTorch, AMX), the roof of bf16 rows. Memory in MB:
 each process's peak minus its resident memory with its libraries loaded and before the model was built ("above
