@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 
@@ -7,6 +7,7 @@ import { cpuBf16Available, MotivNet } from '../src/index.js';
 import { resume, train, TrainingStopped } from '../src/train/trainer.js';
 import { colourAffectNet, colourFolders, tinyModelConfig } from './helpers/dataset.js';
 import { tempDir, writeText } from './helpers/files.js';
+import { parseRecord } from './helpers/csv.js';
 import { readSafetensors } from './helpers/safetensors.js';
 
 const cli = path.resolve(__dirname, '../dist/cli.js');
@@ -188,6 +189,15 @@ describe('the motivnet CLI', () => {
     expect(r.status).toBe(1);
     r = run('predict', '--weights', weights, '--model', model, '--input', path.join(test, 'sad', '1.png'), '--format', 'csv', '--resize', 'stretch');
     expect(r.stdout.split('\n')[0]).toBe('file,label,neutral,happy,sad,surprise,fear,disgust,anger,contempt');
+    // A file name a spreadsheet would run as a formula, with a comma and quotes: one cell, as text.
+    const csvDir = tempDir('motivnet-csv-');
+    const hostile = '=HYPERLINK("x"),1.png';
+    copyFileSync(path.join(test, 'sad', '1.png'), path.join(csvDir, hostile));
+    const args = ['predict', '--weights', path.resolve(weights), '--model', path.resolve(model), '--input', hostile, '--format', 'csv'];
+    r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 60_000, cwd: csvDir });
+    const record = parseRecord(r.stdout.split('\n')[1]!);
+    expect(record).toHaveLength(10);
+    expect(record[0]).toBe(`'${hostile}`);
     r = run('predict', '--weights', weights, '--model', model, '--input', path.join(test, 'sad', '1.png'), '--format', 'table', '--top-k', '2');
     expect(r.stdout.trim()).toMatch(/1\.png +\w+ \d+\.\d% +\w+ \d+\.\d%$/);
     r = run('predict', '--weights', weights, '--model', model, '--input', path.join(test, 'sad', '1.png'), '--precision', 'bf16');

@@ -1,6 +1,7 @@
 /** `motivnet predict`: one record per image (src/pipelines/predict.ts), as JSON lines, CSV or a table. */
 import { Command, Option } from 'commander';
 
+import { csvRow } from '../csv.js';
 import { MotivNet } from '../model.js';
 import type { Geometry } from '../images.js';
 import { expandInputs, predictFiles } from '../pipelines/predict.js';
@@ -28,7 +29,7 @@ export function predictCommand(program: Command): void {
       const pool = new PreprocessPool();
       const skips = new SkipLog();
       const names = model.labels;
-      if (opts.format === 'csv') console.log(['file', 'label', ...names].join(','));
+      if (opts.format === 'csv') console.log(csvRow(['file', 'label', ...names]));
       try {
         const run = predictFiles(model, pool, files, { geometry: opts.resize as Geometry, batchSize: opts.batchSize, fastDecode: Boolean(opts.fastDecode), skips });
         for await (const r of run) {
@@ -36,7 +37,7 @@ export function predictCommand(program: Command): void {
           if (opts.format === 'jsonl') {
             console.log(JSON.stringify({ file: r.file, label: r.top.label, probabilities: Object.fromEntries(names.map((n, c) => [n, probs[c]])), logits: Array.from(r.logits) }));
           } else if (opts.format === 'csv') {
-            console.log([JSON.stringify(r.file), r.top.label, ...probs.map((p) => p.toFixed(6))].join(','));
+            console.log(csvRow([r.file, r.top.label, ...probs.map((p) => p.toFixed(6))]));
           } else {
             const top = probs.map((p, c) => [names[c]!, p] as const).sort((a, b) => b[1] - a[1]).slice(0, opts.topK);
             console.log(`${r.file}  ${top.map(([n, p]) => `${n} ${(100 * p).toFixed(1)}%`).join('  ')}`);
