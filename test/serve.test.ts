@@ -277,7 +277,13 @@ describe('motivnet serve', () => {
       const seven = ['neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger'];
       const res = await fetch(`${url}/v1/predict`, { method: 'POST', body: await image('png'), headers: { 'content-type': 'image/png' } });
       expect(res.status).toBe(200);
-      expect(Object.keys(((await res.json()) as { probabilities: Record<string, number> }).probabilities)).toEqual(seven);
+      const body = (await res.json()) as { probabilities: Record<string, number>; model: string };
+      expect(Object.keys(body.probabilities)).toEqual(seven);
+      // The config's name, not its path on this machine, in every response.
+      expect(body.model).toBe('config_encoder_only');
+      const info = await (await fetch(`${url}/v1/model`)).text();
+      expect(info).toContain('"model":"config_encoder_only"');
+      expect(info).not.toContain(fixtures);
     } finally {
       child.kill('SIGTERM');
     }

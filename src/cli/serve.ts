@@ -1,7 +1,17 @@
 /** `motivnet serve`: the HTTP server, with limits, batching and a graceful stop. */
+import path from 'node:path';
+
 import { Command, Option } from 'commander';
 
 import { int, num, precisionOption } from './options.js';
+
+/**
+ * What responses call the model: a preset's name, or a config file's base name (`configs/
+ * demo-model.json` -> `demo-model`). Responses never carry a path of the serving machine.
+ */
+export function publicModelName(spec: string): string {
+  return path.basename(spec).replace(/\.json$/i, '');
+}
 
 export function serveCommand(program: Command): void {
   program
@@ -9,6 +19,7 @@ export function serveCommand(program: Command): void {
     .description('serve predictions over HTTP: POST /v1/predict, GET /v1/model, GET /healthz')
     .requiredOption('--weights <file>', 'weights (.safetensors or .pth)')
     .option('--model <preset|file>', 'model preset or JSON config', 'tiny')
+    .option('--model-name <name>', "the model's name in responses (default: the preset, or the config file's name without folder or extension)")
     .option('--port <p>', 'port (0: any free port)', int('--port'), 8080)
     .option('--host <h>', 'address to listen on (0.0.0.0 for every interface)', '127.0.0.1')
     .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
@@ -41,7 +52,7 @@ export function serveCommand(program: Command): void {
         fastDecode: Boolean(opts.fastDecode),
       });
       const app = await createServer(classifier, {
-        modelName: String(opts.model),
+        modelName: opts.modelName ?? publicModelName(String(opts.model)),
         bodyLimit: Math.round(opts.maxBodyMb * 1024 * 1024),
         timeoutMs: opts.timeoutMs,
         logger: Boolean(opts.log),
