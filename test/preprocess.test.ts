@@ -73,6 +73,18 @@ describe('the sharp worker pool', () => {
     expect(huge).toEqual({ ok: false, kind: 'oversized', reason: 'oversized (more than 1000 pixels)' });
     const gif = await pool.decode({ ...task(path.join(dir, 'a.png')), formats: ['jpeg'] });
     expect(gif).toMatchObject({ ok: false, kind: 'format-not-accepted' });
+    // A valid SVG named and sent as a JPEG: refused on its first bytes, before libvips' SVG
+    // loader runs.
+    const svg = writeText(path.join(dir, 'vector.jpg'), '<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"><rect width="64" height="64"/></svg>');
+    const anyFormat = await pool.decode(task(svg));
+    expect(anyFormat.ok).toBe(true); // without an allowlist sharp reads it: the file is a real image
+    const refused = await pool.decode({ ...task(svg), formats: ['jpeg', 'png', 'webp'] });
+    expect(refused).toEqual({ ok: false, kind: 'format-not-accepted', reason: 'not an accepted image format (svg; accepted: jpeg, png, webp)' });
+    const noise = await pool.decode({ ...task(path.join(dir, 'text.jpg')), formats: ['jpeg'] });
+    expect(noise).toMatchObject({ kind: 'format-not-accepted', reason: 'not an image of an accepted format (its first bytes carry no jpeg signature)' });
+    const pngAsJpeg = await pool.decode({ ...task(path.join(dir, 'a.png')), formats: ['jpeg'] });
+    expect(pngAsJpeg).toMatchObject({ ok: false, reason: /^not an accepted image format \(png; accepted: jpeg\)$/ });
+    expect((await pool.decode({ ...task(path.join(dir, 'good.jpg')), formats: ['jpeg', 'png', 'webp'] })).ok).toBe(true);
   });
 });
 

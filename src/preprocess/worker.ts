@@ -14,6 +14,7 @@ import { isMainThread, workerData } from 'node:worker_threads';
 import { move, transferableSymbol, valueSymbol } from 'piscina';
 import sharp from 'sharp';
 
+import { sniffable, sniffFormat } from './sniff.js';
 import type { DecodeFailure, DecodeResult, DecodeTask } from './types.js';
 
 if (isMainThread) throw new Error('src/preprocess/worker is a piscina worker: load it through the preprocessing pool');
@@ -56,6 +57,18 @@ export default async function decode(task: DecodeTask): Promise<DecodeResult> {
     const file = task.bytes ?? (task.path !== undefined ? readFileSync(task.path) : undefined);
     if (file === undefined) return { ok: false, kind: 'no-input', reason: 'no image given (a task needs a path or bytes)' };
     if (file.length === 0) return { ok: false, kind: 'empty', reason: task.bytes ? 'empty body' : 'empty file' };
+    // An allowlist of JPEG, PNG and WebP is checked on the first bytes, before any decoder
+    // (sharp's metadata() runs every libvips loader that claims the bytes: SVG, TIFF, HEIF ...).
+    if (task.formats && sniffable(task.formats)) {
+      const sniffed = sniffFormat(file);
+      if (sniffed === undefined) {
+        const reason = `not an image of an accepted format (its first bytes carry no ${task.formats.join(', ')} signature)`;
+        return { ok: false, kind: 'format-not-accepted', reason };
+      }
+      if (!task.formats.includes(sniffed)) {
+        return { ok: false, kind: 'format-not-accepted', reason: `not an accepted image format (${sniffed}; accepted: ${task.formats.join(', ')})` };
+      }
+    }
     let image = sharp(file, { limitInputPixels: task.maxPixels, failOn: 'warning' });
     const meta = await image.metadata();
     if (task.formats && !task.formats.includes(meta.format)) {
