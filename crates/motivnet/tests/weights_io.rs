@@ -25,6 +25,25 @@ fn write(dir: &std::path::Path, name: &str, tensors: &HashMap<String, Tensor>) -
     path
 }
 
+/// A save that cannot land (its final name is taken by a folder) fails naming the file, leaves
+/// no temporary file behind and the old state where it was; a save that lands leaves none.
+#[test]
+fn a_failed_save_leaves_no_temporary_file_and_a_good_one_none_either() {
+    let dir = temp_dir("durable");
+    let model = reference_model();
+    let blocked = dir.join("blocked.safetensors");
+    std::fs::create_dir_all(blocked.join("inside")).unwrap();
+    let err = model.save_weights(&blocked).unwrap_err().to_string();
+    assert!(err.contains("blocked.safetensors"), "{err}");
+    assert!(!motivnet::io::durable::temporary_path(&blocked).exists(), "the failed save left its temporary file");
+    assert!(blocked.join("inside").is_dir(), "the failed save disturbed what was there");
+    let good = dir.join("good.safetensors");
+    model.save_weights(&good).unwrap();
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(names.iter().all(|n| !n.to_string_lossy().ends_with(".tmp")), "{names:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn save_then_load_gives_identical_logits_and_reference_names() {
     let dir = temp_dir("roundtrip");

@@ -1,5 +1,7 @@
 //! Checkpoints in and out: safetensors and PyTorch `.pth` state dicts with the reference's
-//! names ([`weights`]), and position embeddings for another grid ([`pos_embed`]).
+//! names ([`weights`]), written durably ([`durable`]), and position embeddings for another
+//! grid ([`pos_embed`]).
 
+pub mod durable;
 pub mod pos_embed;
 pub mod weights;

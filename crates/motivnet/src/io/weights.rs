@@ -291,22 +291,16 @@ pub fn load_file(params: &ParamStore, path: &Path, opts: &LoadOptions) -> Result
     load_into(params, &tensors, opts, &path.display().to_string())
 }
 
-/// Writes tensors as safetensors through a temporary file and a rename, so a crash mid-write
-/// never leaves a truncated checkpoint under the final name. `metadata` goes to the file's
-/// `__metadata__` header (string to string), read back by [`read_metadata`].
+/// Writes tensors as safetensors durably (see [`super::durable`]): a crash or a power loss
+/// mid-write leaves the old checkpoint or the new one under the final name, never a truncated
+/// one. `metadata` goes to the file's `__metadata__` header (string to string), read back by
+/// [`read_metadata`].
 pub fn save_tensors_with_metadata(
     tensors: &HashMap<String, Tensor>,
     metadata: Option<HashMap<String, String>>,
     path: &Path,
 ) -> Result<()> {
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
-    // On the CPU for serialisation: a device tensor is copied once here, not per call.
-    let cpu: Vec<(String, Tensor)> =
-        tensors.iter().map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
-    safetensors::serialize_to_file(cpu.iter().map(|(k, t)| (k.as_str(), t)), metadata, &tmp)
-        .map_err(|e| Error::Weights(format!("{}: cannot write ({e})", path.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    super::durable::write_safetensors(tensors, metadata.as_ref(), path)
 }
 
 pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
