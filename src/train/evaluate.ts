@@ -17,6 +17,16 @@ export interface EvaluateOptions {
   /** Label of the progress bar; none when absent. */
   label?: string;
   progressStream?: NodeJS.WriteStream;
+  /** Stops the evaluation between batches (it then throws [`EvaluationAborted`]). */
+  signal?: AbortSignal;
+}
+
+/** An evaluation stopped by its signal before the end of its set. */
+export class EvaluationAborted extends Error {
+  constructor() {
+    super('evaluation stopped before the end of its set');
+    this.name = 'EvaluationAborted';
+  }
 }
 
 export async function evaluateSet(model: MotivNet, pool: PreprocessPool, samples: Sample[], opts: EvaluateOptions): Promise<Metrics> {
@@ -28,6 +38,10 @@ export async function evaluateSet(model: MotivNet, pool: PreprocessPool, samples
   const progress = opts.label ? new Progress({ label: opts.label, total: samples.length, stream: opts.progressStream }) : undefined;
   const batchSize = Math.max(opts.batchSize, 8);
   for await (const batch of batches(samples, { batchSize, prefetch: opts.prefetch, decode: (t) => pool.decode(t), minWidth, minHeight, maxPixels: opts.maxPixels ?? DEFAULT_MAX_PIXELS, fastDecode: opts.fastDecode, skips: opts.skips })) {
+    if (opts.signal?.aborted) {
+      progress?.finish();
+      throw new EvaluationAborted();
+    }
     const r = await model.evaluate(batch, batch.labels);
     lossSum += r.loss * batch.labels.length;
     probabilities.push(...r.probabilities);

@@ -21,7 +21,7 @@ import { PreprocessPool } from '../preprocess/pool.js';
 import { SkipLog } from '../preprocess/skips.js';
 import { validateTrainConfig, type RunConfig } from './config.js';
 import { describeSource, loadDataset, resolveRunConfig, type Dataset } from './dataset.js';
-import { evaluateSet } from './evaluate.js';
+import { EvaluationAborted, evaluateSet } from './evaluate.js';
 import type { Metrics } from './metrics.js';
 import { writeConfusion, writeCurves } from './plots.js';
 import { Progress } from './progress.js';
@@ -101,21 +101,40 @@ export async function train(input: unknown, hooks: TrainHooks = {}): Promise<Tra
   // The format and the label set are settled before anything is written, so config.json holds them.
   const cfg = await resolveRunConfig(given);
   const run = new RunFolder(cfg.out);
-  run.writeJson('config.json', cfg);
-  return execute(cfg, run, null, hooks);
+  return holding(run, hooks, () => {
+    run.writeJson('config.json', cfg);
+    return execute(cfg, run, null, hooks);
+  });
+}
+
+/** Runs `work` with the run folder locked to this process, the lock given up after. */
+async function holding<T>(run: RunFolder, hooks: TrainHooks, work: () => Promise<T>): Promise<T> {
+  const log = hooks.log ?? ((line: string) => console.log(line));
+  for (const note of run.lock()) log(note);
+  try {
+    return await work();
+  } finally {
+    run.unlock();
+  }
 }
 
 /** Continues the run in `runDir` from its `last` checkpoint, with the config it was started with. */
 export async function resume(runDir: string, hooks: TrainHooks = {}): Promise<TrainResult> {
-  const run = new RunFolder(runDir);
-  let saved: unknown;
-  try {
-    saved = run.readJson('config.json');
-  } catch (err) {
-    throw new Error(`${runDir}: not a run folder (cannot read config.json: ${(err as Error).message})`);
+  const { existsSync } = await import('node:fs');
+  if (!existsSync(path.join(runDir, 'config.json'))) {
+    throw new Error(`${runDir}: not a run folder (no config.json)`);
   }
-  const cfg = await resolveRunConfig(validateTrainConfig(saved, path.join(runDir, 'config.json')));
-  return execute(cfg, run, run.last, hooks);
+  const run = new RunFolder(runDir);
+  return holding(run, hooks, async () => {
+    let saved: unknown;
+    try {
+      saved = run.readJson('config.json');
+    } catch (err) {
+      throw new Error(`${runDir}: not a run folder (cannot read config.json: ${(err as Error).message})`);
+    }
+    const cfg = await resolveRunConfig(validateTrainConfig(saved, path.join(runDir, 'config.json')));
+    return execute(cfg, run, run.last, hooks);
+  });
 }
 
 async function execute(cfg: RunConfig, run: RunFolder, resumeFrom: string | null, hooks: TrainHooks): Promise<TrainResult> {
@@ -168,7 +187,6 @@ async function execute(cfg: RunConfig, run: RunFolder, resumeFrom: string | null
 
 async function loop(cfg: RunConfig, run: RunFolder, data: Dataset, model: MotivNet, pool: PreprocessPool, state: RunState, hooks: TrainHooks, log: (line: string) => void): Promise<TrainResult> {
   const classes = cfg.classes;
-  const names = emotionLabels(classes);
   const schedule = scheduleOf(cfg);
   const { inputHeight: minHeight, inputWidth: minWidth } = model.config.encoder;
   const B = cfg.batchSize;
@@ -239,7 +257,17 @@ async function loop(cfg: RunConfig, run: RunFolder, data: Dataset, model: MotivN
     }
     const seconds = (performance.now() - started) / 1000;
     const valSkips = new SkipLog();
-    const val = await evaluateSet(model, pool, data.validation, { ...cfg, skips: valSkips, label: `validate ${epoch + 1}`, progressStream: hooks.progressStream });
+    let val: Metrics;
+    try {
+      val = await evaluateSet(model, pool, data.validation, { ...cfg, skips: valSkips, label: `validate ${epoch + 1}`, progressStream: hooks.progressStream, signal: hooks.signal });
+    } catch (err) {
+      if (!(err instanceof EvaluationAborted)) throw err;
+      // The epoch's training is done and saved with it; a resumed run validates it afresh.
+      await model.saveState(run.last, state);
+      log(`interrupted while validating epoch ${epoch + 1}: saved ${run.last}; continue with --resume ${run.dir}`);
+      status = 'interrupted';
+      break;
+    }
     appendSkips(run, valSkips, epoch, 'validation');
     lastValidation = val;
     const { perClass: _p, confusion: _c, ...valSummary } = val;
@@ -280,7 +308,31 @@ async function loop(cfg: RunConfig, run: RunFolder, data: Dataset, model: MotivN
     if (status === 'early-stopped') break;
   }
   if (status === 'interrupted') return { status, runDir: run.dir, bestEpoch: state.best?.epoch ?? null };
+  try {
+    return await finish(cfg, run, data, model, pool, state, records, status, lastValidation, hooks);
+  } catch (err) {
+    if (!(err instanceof EvaluationAborted)) throw err;
+    // Training is over and its last checkpoint saved: a resumed run goes straight to the test.
+    log(`interrupted during the final evaluation: ${run.last} holds the finished training; continue with --resume ${run.dir}`);
+    return { status: 'interrupted', runDir: run.dir, bestEpoch: state.best?.epoch ?? null };
+  }
+}
 
+/** The final evaluation and the summary of a run whose training is over. */
+async function finish(
+  cfg: RunConfig,
+  run: RunFolder,
+  data: Dataset,
+  model: MotivNet,
+  pool: PreprocessPool,
+  state: RunState,
+  records: EpochRecord[],
+  status: TrainResult['status'],
+  lastValidation: Metrics | undefined,
+  hooks: TrainHooks,
+): Promise<TrainResult> {
+  const names = emotionLabels(cfg.classes);
+  const evalOpts = (skips: SkipLog, label: string) => ({ ...cfg, skips, label, progressStream: hooks.progressStream, signal: hooks.signal });
   // The test set (or, without one, the validation set) with the best weights, or the final
   // ones where the recipe says so.
   const bestEpoch = state.best?.epoch ?? null;
@@ -289,10 +341,10 @@ async function loop(cfg: RunConfig, run: RunFolder, data: Dataset, model: MotivN
   let test: Metrics | undefined;
   if (data.test) {
     const testSkips = new SkipLog();
-    test = await evaluateSet(model, pool, data.test, { ...cfg, skips: testSkips, label: 'test', progressStream: hooks.progressStream });
+    test = await evaluateSet(model, pool, data.test, evalOpts(testSkips, 'test'));
     appendSkips(run, testSkips, state.epoch, 'test');
   }
-  const final = test ?? (withBest ? await evaluateSet(model, pool, data.validation, { ...cfg, skips: new SkipLog(), label: 'validate best', progressStream: hooks.progressStream }) : lastValidation);
+  const final = test ?? (withBest ? await evaluateSet(model, pool, data.validation, evalOpts(new SkipLog(), 'validate best')) : lastValidation);
   const weightsUsed = withBest ? `best epoch ${bestEpoch + 1}` : 'final weights';
   if (final) await writeConfusion(run.file('confusion.png'), final.confusion, names, `${test ? 'test' : 'validation'} set, ${weightsUsed}`);
   const pick = (m?: Metrics) => m && { accuracy: m.accuracy, auroc: m.auroc, f1: m.f1, precision: m.precision, recall: m.recall, loss: m.loss };
