@@ -1,4 +1,6 @@
 import { spawn } from 'node:child_process';
+import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
+import { connect, type Socket } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -236,6 +238,87 @@ describe('HTTP server', () => {
     }
   });
 });
+
+describe('HTTP server under pressure', () => {
+  /** Sends the head of a POST with a large declared body and resolves with the first answer, body unsent. */
+  function headOnly(url: string, length: number): Promise<{ status: number; headers: IncomingHttpHeaders; sentBody: boolean }> {
+    return new Promise((resolve, reject) => {
+      const req = httpRequest(`${url}/v1/predict`, { method: 'POST', headers: { 'content-type': 'image/jpeg', 'content-length': String(length) } });
+      req.on('response', (res) => {
+        res.resume();
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, sentBody: false });
+        req.destroy();
+      });
+      req.on('error', reject);
+      req.flushHeaders();
+    });
+  }
+
+  it('refuses with 429 before reading the body when full, and a client that leaves frees its slot', async () => {
+    // One slot, and a batch wait long enough that a queued request sits there.
+    const one = await EmotionClassifier.create({ model, maxQueue: 1, maxWaitMs: 3000, decodeThreads: 1 });
+    const app = await createServer(one, { modelName: 'one' });
+    const url = await app.listen({ port: 0, host: '127.0.0.1' });
+    try {
+      const jpeg = await image('jpeg');
+      const leaving = new AbortController();
+      const first = fetch(`${url}/v1/predict`, { method: 'POST', body: jpeg, headers: { 'content-type': 'image/jpeg' }, signal: leaving.signal }).catch((e: Error) => e);
+      await waitFor(() => one.stats().pending === 1);
+      // Full: a 50 MB upload is answered 429 from its head alone, and the connection closes.
+      const refused = await headOnly(url, 50 * 1024 * 1024);
+      expect(refused.status).toBe(429);
+      expect(Number(refused.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+      expect(refused.headers.connection).toBe('close');
+      // The first client leaves: its queued image is dropped at once, not when its batch comes.
+      leaving.abort();
+      expect(await first).toBeInstanceOf(Error);
+      await waitFor(() => one.stats().pending === 0, 1000);
+      const res = await fetch(`${url}/v1/predict?geometry=stretch`, { method: 'POST', body: jpeg, headers: { 'content-type': 'image/jpeg' } });
+      expect(res.status).toBe(200);
+      expect(one.stats().images).toBe(1); // the abandoned image never reached the model
+    } finally {
+      await app.close();
+      await one.close();
+    }
+  }, 30_000);
+
+  it('closes connections beyond maxConnections', async () => {
+    const cls = await EmotionClassifier.create({ model, decodeThreads: 1 });
+    const app = await createServer(cls, { modelName: 'few', maxConnections: 2 });
+    const url = new URL(await app.listen({ port: 0, host: '127.0.0.1' }));
+    const sockets = [] as Socket[];
+    try {
+      const open = () =>
+        new Promise<Socket>((resolve, reject) => {
+          const socket = connect(Number(url.port), url.hostname, () => resolve(socket));
+          socket.on('error', reject);
+          sockets.push(socket);
+        });
+      await open();
+      await open();
+      const third = await open();
+      const closed = await new Promise<boolean>((resolve) => {
+        third.once('close', () => resolve(true));
+        third.write('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n');
+        setTimeout(() => resolve(false), 2000);
+      });
+      expect(closed).toBe(true);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await app.close();
+      await cls.close();
+    }
+  });
+});
+
+/** Resolves once `check` holds (polled), or rejects after `ms`. */
+async function waitFor(check: () => boolean, ms = 5000): Promise<void> {
+  const until = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > until) throw new Error('condition not reached in time');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
 
 /** Starts `motivnet serve` with `args` and resolves once it listens; `stderr()` is all it wrote so far. */
 async function startServe(args: string[]) {

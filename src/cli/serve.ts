@@ -29,6 +29,7 @@ export function serveCommand(program: Command): void {
     .option('--max-wait-ms <ms>', 'longest an image waits for its batch to fill', int('--max-wait-ms'), 5)
     .option('--max-queue <n>', 'most requests held at once; beyond it 429 with Retry-After', int('--max-queue'), 256)
     .option('--max-body-mb <mb>', 'largest request body', num('--max-body-mb'), 10)
+    .option('--max-connections <n>', 'most open connections; beyond them new ones are closed', int('--max-connections'), 1024)
     .option('--max-pixels <n>', 'largest image, in pixels', int('--max-pixels'), 40_000_000)
     .option('--timeout-ms <ms>', 'longest a prediction may take, queueing included; then 503', int('--timeout-ms'), 30_000)
     .option('--threads <n>', 'decoding workers (default: the number of cores)', int('--threads'))
@@ -37,7 +38,7 @@ export function serveCommand(program: Command): void {
     .action(async (opts) => {
       const { EmotionClassifier } = await import('../serve/classifier.js');
       const { createServer } = await import('../serve/server.js');
-      for (const [flag, v] of [['--max-batch', opts.maxBatch], ['--max-queue', opts.maxQueue], ['--timeout-ms', opts.timeoutMs], ['--threads', opts.threads ?? 1]] as const) {
+      for (const [flag, v] of [['--max-batch', opts.maxBatch], ['--max-queue', opts.maxQueue], ['--max-connections', opts.maxConnections], ['--timeout-ms', opts.timeoutMs], ['--threads', opts.threads ?? 1]] as const) {
         if (v < 1) throw new Error(`${flag} must be at least 1, got ${v}`);
       }
       if (!(opts.maxBodyMb > 0)) throw new Error(`--max-body-mb must be positive, got ${opts.maxBodyMb}`);
@@ -54,6 +55,7 @@ export function serveCommand(program: Command): void {
       const app = await createServer(classifier, {
         modelName: opts.modelName ?? publicModelName(String(opts.model)),
         bodyLimit: Math.round(opts.maxBodyMb * 1024 * 1024),
+        maxConnections: opts.maxConnections,
         timeoutMs: opts.timeoutMs,
         logger: Boolean(opts.log),
       });

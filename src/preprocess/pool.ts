@@ -48,10 +48,15 @@ export class PreprocessPool {
    * caller's buffer stays usable (moving it would empty it, and a small Buffer shares Node's
    * pool with others), and the copy costs little next to the decode.
    */
-  decode(task: DecodeTask): Promise<DecodeResult> {
-    if (!task.bytes) return this.pool.run(task);
+  /**
+   * Decodes one image in a worker. `signal` cancels it: a task still queued is dropped, one
+   * running ends with its worker (piscina starts another), and the promise rejects with the
+   * signal's reason.
+   */
+  decode(task: DecodeTask, signal?: AbortSignal): Promise<DecodeResult> {
+    if (!task.bytes) return this.pool.run(task, { signal });
     const copy = new Uint8Array(task.bytes);
-    return this.pool.run({ ...task, bytes: copy }, { transferList: [copy.buffer] });
+    return this.pool.run({ ...task, bytes: copy }, { transferList: [copy.buffer], signal });
   }
 
   async destroy(): Promise<void> {

@@ -193,21 +193,32 @@ export class EmotionClassifier {
       options.signal?.throwIfAborted();
       const { inputWidth, inputHeight } = this.model.config.encoder;
       const source = typeof input === 'string' ? { path: input } : { bytes: input };
-      const decoded = await this.pool.decode({
-        ...source,
-        box: options.box,
-        formats: ACCEPTED_FORMATS,
-        fastDecode: this.fastDecode,
-        minWidth: inputWidth,
-        minHeight: inputHeight,
-        maxPixels: this.maxPixels,
+      const task = { ...source, box: options.box, formats: ACCEPTED_FORMATS, fastDecode: this.fastDecode, minWidth: inputWidth, minHeight: inputHeight, maxPixels: this.maxPixels };
+      // An abort cancels the decode too, and its slot is free when this call settles.
+      const decoded = await this.pool.decode(task, options.signal).catch((err: unknown) => {
+        throw options.signal?.aborted ? reasonOf(options.signal) : err;
       });
       if (!decoded.ok) throw inputError(decoded, this.maxPixels);
       options.signal?.throwIfAborted();
       // A call that was decoding when close() came still runs: close() lets held calls finish.
       return await new Promise<Classification>((resolve, reject) => {
         const image = { data: decoded.data, width: decoded.width, height: decoded.height };
-        this.queues[geometry].push({ image, enqueuedAt: performance.now(), signal: options.signal, resolve, reject });
+        const queue = this.queues[geometry];
+        const waiting: Waiting = { image, enqueuedAt: performance.now(), signal: options.signal, resolve, reject };
+        queue.push(waiting);
+        // Aborted while queued: out of the queue at once, so its slot and pixels are freed now
+        // rather than when its batch would have come.
+        options.signal?.addEventListener(
+          'abort',
+          () => {
+            const at = queue.indexOf(waiting);
+            if (at >= 0) {
+              queue.splice(at, 1);
+              reject(reasonOf(options.signal!));
+            }
+          },
+          { once: true },
+        );
         this.schedule();
       });
     } finally {
@@ -227,6 +238,14 @@ export class EmotionClassifier {
     clearTimeout(this.timer);
     await this.pool.destroy();
     if (this.ownsModel) this.model.dispose();
+  }
+
+  /**
+   * The refusal a new call would get now (the queue is full), or undefined: what a server
+   * checks before it reads a request's body.
+   */
+  admission(): QueueFullError | undefined {
+    return this.pending >= this.maxQueue ? new QueueFullError(this.maxQueue, this.retryAfterS()) : undefined;
   }
 
   private retryAfterS(): number {
@@ -266,7 +285,7 @@ export class EmotionClassifier {
     const batch: Waiting[] = [];
     while (batch.length < this.maxBatchSize && queue.length > 0) {
       const w = queue.shift()!;
-      if (w.signal?.aborted) w.reject(w.signal.reason instanceof Error ? w.signal.reason : new Error('aborted'));
+      if (w.signal?.aborted) w.reject(reasonOf(w.signal));
       else batch.push(w);
     }
     if (batch.length === 0) return this.schedule();
@@ -291,6 +310,11 @@ export class EmotionClassifier {
       this.schedule();
     }
   }
+}
+
+/** An aborted signal's reason as an Error. */
+function reasonOf(signal: AbortSignal): Error {
+  return signal.reason instanceof Error ? signal.reason : new Error('aborted');
 }
 
 function checkBox(box: FaceBox): void {

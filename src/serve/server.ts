@@ -37,6 +37,8 @@ export interface ServerOptions {
   requestTimeoutMs?: number;
   /** Log requests (pino, as fastify). Default false. */
   logger?: boolean;
+  /** Most open connections; beyond them new ones are closed at once. Default 1024. */
+  maxConnections?: number;
 }
 
 export const RAW_IMAGE_TYPES = ['image/jpeg', 'image/png', 'image/webp', 'application/octet-stream'];
@@ -52,6 +54,13 @@ class HttpError extends Error {
 }
 
 class TimeoutError extends Error {}
+
+/** The client closed its connection before its answer was ready. */
+class ClientGoneError extends Error {
+  constructor() {
+    super('the client closed the connection');
+  }
+}
 
 function parseGeometry(value: unknown): ClassifierGeometry | undefined {
   if (value === undefined) return undefined;
@@ -112,6 +121,8 @@ function describe(err: unknown, classifier: EmotionClassifier): { status: number
     return { status: 503, message: err.message, headers: { 'retry-after': retry } };
   }
   if (err instanceof ClassifierClosedError) return { status: 503, message: 'the server is shutting down', headers: {} };
+  // Nobody reads this answer; it only closes the exchange in the log.
+  if (err instanceof ClientGoneError) return { status: 408, message: err.message, headers: {} };
   // The model refused the input itself: the client's doing. Any other core failure is ours.
   if (err instanceof MotivNetError && err.code === 'MOTIVNET_INPUT') return { status: 400, message: err.message, headers: {} };
   const fe = err as FastifyError;
@@ -141,6 +152,7 @@ export async function createServer(classifier: EmotionClassifier, options: Serve
     forceCloseConnections: 'idle',
     return503OnClosing: true,
   });
+  app.server.maxConnections = options.maxConnections ?? 1024;
   let closing = false;
   app.addHook('preClose', async () => {
     closing = true;
@@ -177,14 +189,37 @@ export async function createServer(classifier: EmotionClassifier, options: Serve
     };
   });
 
-  app.post('/v1/predict', async (request) => {
+  // Admission before the body is read: predictions in flight (reading their body, decoding,
+  // queued or computing) are capped at the classifier's queue, so a full server answers 429 at
+  // once instead of taking in bodies it has no room for.
+  let admitted = 0;
+  const admit = async (request: FastifyRequest, reply: FastifyReply) => {
+    const full = classifier.admission() ?? (admitted >= classifier.maxQueue ? new QueueFullError(classifier.maxQueue, 1) : undefined);
+    if (full) {
+      // The body is not wanted: the connection closes after the answer instead of reading it.
+      reply.header('connection', 'close');
+      throw full;
+    }
+    admitted++;
+    reply.raw.once('close', () => admitted--);
+    // A client that leaves takes its work with it: its decode is cancelled and its queue slot
+    // freed (the response would go nowhere).
+    const gone = new AbortController();
+    reply.raw.once('close', () => {
+      if (!reply.raw.writableFinished) gone.abort(new ClientGoneError());
+    });
+    (request as FastifyRequest & { gone?: AbortSignal }).gone = gone.signal;
+  };
+
+  app.post('/v1/predict', { onRequest: admit }, async (request) => {
     const started = performance.now();
     const query = request.query as Record<string, unknown>;
     const geometry = parseGeometry(query.geometry);
     const box = parseBox(query.box);
     const bytes = await imageBytes(request, bodyLimit);
     if (bytes.length === 0) throw new HttpError(400, 'empty body: send the image bytes');
-    const result = await withTimeout((signal) => classifier.classify(bytes, { geometry, box, signal }), timeoutMs);
+    const gone = (request as FastifyRequest & { gone?: AbortSignal }).gone;
+    const result = await withTimeout((signal) => classifier.classify(bytes, { geometry, box, signal: gone ? AbortSignal.any([signal, gone]) : signal }), timeoutMs);
     return {
       label: result.label,
       probabilities: result.probabilities,
