@@ -196,6 +196,11 @@ describe('HTTP server', () => {
     const form = new FormData();
     form.append('picture', new Blob([jpeg], { type: 'image/jpeg' }), 'face.jpg');
     await expectError(await fetch(`${base}/v1/predict`, { method: 'POST', body: form }), 400, /no file field named 'image'/);
+    // A form of many small fields: refused at the limit of parts, not parsed to its end.
+    const crowded = new FormData();
+    for (let i = 0; i < 40; i++) crowded.append(`f${i}`, 'x');
+    crowded.append('image', new Blob([jpeg], { type: 'image/jpeg' }), 'face.jpg');
+    await expectError(await fetch(`${base}/v1/predict`, { method: 'POST', body: crowded }), 413, /limit/i);
     await expectError(await fetch(`${base}/v2/predict`, { method: 'POST' }), 404, /no route POST \/v2\/predict/);
     // Still serving after all of that.
     expect((await post(jpeg, 'image/jpeg')).status).toBe(200);

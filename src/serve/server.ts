@@ -78,6 +78,14 @@ function parseBox(value: unknown): FaceBox | undefined {
   return { x, y, width, height };
 }
 
+/**
+ * What a multipart form may hold: one file of at most the body limit, a few small fields
+ * (ignored, but parsed), few parts and headers. Beyond them the request gets a 413.
+ */
+function multipartLimits(bodyLimit: number) {
+  return { fileSize: bodyLimit, files: 1, fields: 10, fieldSize: 64 * 1024, parts: 16, headerPairs: 64, fieldNameSize: 100 };
+}
+
 /** The image bytes of a request: its raw body, or the `image` field of a multipart form. */
 async function imageBytes(request: FastifyRequest, bodyLimit: number): Promise<Buffer> {
   if (!request.isMultipart()) {
@@ -85,7 +93,7 @@ async function imageBytes(request: FastifyRequest, bodyLimit: number): Promise<B
     if (!Buffer.isBuffer(body)) throw new HttpError(400, 'the request has no image body');
     return body;
   }
-  for await (const part of request.parts({ limits: { fileSize: bodyLimit, files: 1, fields: 10 } })) {
+  for await (const part of request.parts({ limits: multipartLimits(bodyLimit) })) {
     if (part.type !== 'file') continue;
     if (part.fieldname !== 'image') {
       part.file.resume();
@@ -166,7 +174,7 @@ export async function createServer(classifier: EmotionClassifier, options: Serve
   // Only image bodies: JSON, text or a missing type get fastify's 415, not a parse attempt.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser(RAW_IMAGE_TYPES, { parseAs: 'buffer', bodyLimit }, (_req, body, done) => done(null, body));
-  await app.register(multipart, { limits: { fileSize: bodyLimit, files: 1 } });
+  await app.register(multipart, { limits: multipartLimits(bodyLimit) });
 
   app.setErrorHandler((err, request, reply) => {
     const { status, message, headers } = describe(err, classifier);
