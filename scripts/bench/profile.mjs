@@ -21,12 +21,16 @@ const CASES = [
   { id: 'train-tiny', name: 'train step, tiny, batch 8', args: ['--model', 'tiny', '--batch', '8', '--iters', '20', '--skip-forward'] },
   { id: 'forward-small', name: 'inference forward, small, batch 2', args: ['--model', 'small', '--batch', '2', '--iters', '20', '--skip-train'] },
   { id: 'forward-0.3b', name: 'inference forward, sapiens-0.3b, batch 1', args: ['--model', 'sapiens-0.3b', '--batch', '1', '--iters', '1', '--warmup', '0', '--skip-train'] },
+  // bf16 on the CPU (AMX), where this CPU has it: the binary refuses it otherwise, and the case is left out.
+  { id: 'forward-small-bf16', name: 'inference forward, small, batch 2, bf16', args: ['--model', 'small', '--batch', '2', '--iters', '20', '--skip-train', '--precision', 'bf16'] },
+  { id: 'forward-0.3b-bf16', name: 'inference forward, sapiens-0.3b, batch 1, bf16', args: ['--model', 'sapiens-0.3b', '--batch', '1', '--iters', '1', '--warmup', '0', '--skip-train', '--precision', 'bf16'] },
 ];
 const selected = process.env.BENCH_CASES ? CASES.filter((c) => process.env.BENCH_CASES.split(',').includes(c.id)) : CASES;
 
 /** Kinds of work, by the symbols their samples land in; the first match wins. */
 const KINDS = [
   ['matmul kernels (gemm)', /^gemm|gemm_f32|gemm_common|strided_gemm|kernels::gemm/],
+  ['bf16 products (AMX tiles, packing, rounding)', /kernels::amx/],
   ['attention (scores, their gradient)', /kernels::attention/],
   ['softmax', /softmax/],
   ['LayerNorm', /layer_norm/],
@@ -62,8 +66,10 @@ function profile(c) {
 
 if (spawnSync('perf', ['--version']).status !== 0) throw new Error('perf is not installed: it comes with the linux-perf package');
 if (!existsSync(bin)) throw new Error(`${bin} is missing: run npm run bench:profile (it builds it)`);
+const bf16Here = spawnSync(bin, ['--model', 'tiny', '--batch', '1', '--iters', '1', '--warmup', '0', '--skip-train', '--precision', 'bf16']).status === 0;
+if (!bf16Here) console.log('this CPU has no AMX: the bf16 cases are left out');
 const results = [];
-for (const c of selected) {
+for (const c of selected.filter((c) => bf16Here || !c.args.includes('bf16'))) {
   const shares = profile(c);
   results.push({ name: c.name, shares });
   console.log(`${c.name}: ${Object.entries(shares).filter(([, v]) => v >= 1).map(([k, v]) => `${k} ${v.toFixed(0)}%`).join(', ')}`);
