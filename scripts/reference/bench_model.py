@@ -22,15 +22,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from motivnet_ref import from_preset  # noqa: E402
+from process_memory import rss_mb  # noqa: E402
 
 
-def rss_mb(key: str) -> float:
-    """A line of /proc/self/status in MiB: VmRSS now, VmHWM the peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def roofline(iters: int) -> dict:

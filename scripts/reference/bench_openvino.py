@@ -16,13 +16,9 @@ import time
 import numpy as np
 import openvino as ov
 
+from process_memory import rss_mb
 
-def rss_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+
 
 
 def main() -> None:

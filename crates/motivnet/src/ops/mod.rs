@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod dispatch;
+pub mod elementwise;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;

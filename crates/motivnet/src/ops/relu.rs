@@ -3,62 +3,26 @@
 //! would stay finite, hiding the divergence from the trainer's non-finite-loss check. One
 //! multi-threaded CPU op with its own backward, and its composed twin.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::Tensor;
 
-use super::f32_slice;
+use super::elementwise::Activation;
 use crate::kernels::math::{relu_backward, relu_forward};
+
+static RELU: Activation =
+    Activation { name: "fused-relu", grad_name: "fused-relu-grad", forward: relu_forward, backward: relu_backward };
 
 /// ReLU of x: the fused op on the CPU, the composed one elsewhere.
 pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
     if !super::dispatch::fused(&[x]) {
         return relu_composed(x);
     }
-    x.contiguous()?.apply_op1(Relu)
+    RELU.apply(x)
 }
 
 /// The same from candle's primitive ops (device-generic).
 pub fn relu_composed(x: &Tensor) -> candle_core::Result<Tensor> {
     let keep = x.gt(0.0)?.maximum(&x.ne(x)?)?; // x > 0, or x is NaN
     keep.where_cond(x, &x.zeros_like()?)
-}
-
-struct Relu;
-
-impl CustomOp1 for Relu {
-    fn name(&self) -> &'static str {
-        "fused-relu"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(storage, layout, self.name())?;
-        Ok((CpuStorage::F32(relu_forward(x)), layout.shape().clone()))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(&grad_res.contiguous()?, &ReluGrad)?))
-    }
-}
-
-struct ReluGrad;
-
-impl CustomOp2 for ReluGrad {
-    fn name(&self) -> &'static str {
-        "fused-relu-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g) = (f32_slice(s1, l1, self.name())?, f32_slice(s2, l2, self.name())?);
-        if x.len() != g.len() {
-            candle_core::bail!("{}: input has {} values, gradient {}", self.name(), x.len(), g.len());
-        }
-        Ok((CpuStorage::F32(relu_backward(x, g)), l1.shape().clone()))
-    }
 }
 
 #[cfg(test)]
