@@ -8,8 +8,8 @@ use super::f32_slice;
 
 /// The kernels and names of one activation.
 pub struct Activation {
-    pub name: &'static str,
-    pub grad_name: &'static str,
+    pub op: &'static str,
+    pub grad_op: &'static str,
     pub forward: fn(&[f32]) -> Vec<f32>,
     pub backward: fn(&[f32], &[f32]) -> Vec<f32>,
 }
@@ -25,7 +25,7 @@ struct Forward(&'static Activation);
 
 impl CustomOp1 for Forward {
     fn name(&self) -> &'static str {
-        self.0.name
+        self.0.op
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
@@ -43,7 +43,7 @@ struct Backward(&'static Activation);
 
 impl CustomOp2 for Backward {
     fn name(&self) -> &'static str {
-        self.0.grad_name
+        self.0.grad_op
     }
 
     fn cpu_fwd(

@@ -7,12 +7,8 @@ use super::elementwise::Activation;
 use crate::kernels::gelu::{gelu_backward, gelu_forward};
 
 /// d/dx [x Phi(x)] = Phi(x) + x phi(x), times the incoming gradient, in the backward.
-static GELU_ERF: Activation = Activation {
-    name: "fused-gelu-erf",
-    grad_name: "fused-gelu-erf-grad",
-    forward: gelu_forward,
-    backward: gelu_backward,
-};
+static GELU_ERF: Activation =
+    Activation { op: "fused-gelu-erf", grad_op: "fused-gelu-erf-grad", forward: gelu_forward, backward: gelu_backward };
 
 /// GELU of x: the fused op on the CPU, candle's `gelu_erf` elsewhere.
 pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {

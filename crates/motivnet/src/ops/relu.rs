@@ -9,7 +9,7 @@ use super::elementwise::Activation;
 use crate::kernels::math::{relu_backward, relu_forward};
 
 static RELU: Activation =
-    Activation { name: "fused-relu", grad_name: "fused-relu-grad", forward: relu_forward, backward: relu_backward };
+    Activation { op: "fused-relu", grad_op: "fused-relu-grad", forward: relu_forward, backward: relu_backward };
 
 /// ReLU of x: the fused op on the CPU, the composed one elsewhere.
 pub fn relu(x: &Tensor) -> candle_core::Result<Tensor> {
