@@ -4,6 +4,7 @@
  * src/cli/. Flags are validated at the edge, with the same schema as config files; the work
  * is the library's.
  */
+import './cli/own-process.js'; // first: sets the environment before the addon loads
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
@@ -16,6 +17,7 @@ import { serveCommand } from './cli/serve.js';
 import { synthCommand } from './cli/synth.js';
 import { trainCommand } from './cli/train.js';
 import { TrainingStopped } from './train/trainer.js';
+import { tuneProcess } from './tune-process.js';
 
 export async function main(argv: string[]): Promise<void> {
   const program = new Command('motivnet')
@@ -40,5 +42,7 @@ export async function main(argv: string[]): Promise<void> {
 // Run when executed (also through the npm bin link), not when imported by tests.
 const invoked = process.argv[1] ? realpathSync(process.argv[1]) : '';
 if (invoked === realpathSync(fileURLToPath(import.meta.url))) {
+  // The command line's process is its own: the allocator and libvips settings that suit it.
+  tuneProcess();
   await main(process.argv);
 }

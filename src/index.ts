@@ -8,6 +8,7 @@ export type { Emotion } from './emotions.js';
 export { cpuBf16Available, cudaAvailable, presets, resolveModelConfig } from './config.js';
 export type { EncoderConfig, HeadConfig, ModelConfig } from './config.js';
 export { toInputTensor, type InputTensorOptions } from './pixels.js';
+export { tuneProcess, type ProcessTuning, type ProcessTuningApplied } from './tune-process.js';
 export {
   ACCEPTED_FORMATS,
   ClassifierClosedError,

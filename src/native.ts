@@ -16,14 +16,8 @@ export type { NativeModel, PredictResult, TrainStepResult, EvaluateResult } from
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const loaderPath = path.join(root, 'bindings', 'node', 'index.cjs');
 
-/**
- * candle runs its element-wise ops on a pool of its own that spins between ops, beside
- * rayon's pool that runs the matmuls and the fused kernels: two pools on the same cores make
- * a train step 5-10% slower (docs/BENCHMARKS.md), and the extra pool's threads miss the
- * subnormal flushing of crates/motivnet/src/cpu.rs. One thread for it, unless the user says
- * otherwise; read when the pool starts, so it is set before the addon loads.
- */
-process.env.CANDLE_NUM_THREADS ??= '1';
+// Loading the addon changes nothing outside it: no environment writes, no allocator or
+// libvips settings. What a process owner may tune is in src/tune-process.ts.
 
 function load(): NativeAddon {
   if (!existsSync(loaderPath)) {

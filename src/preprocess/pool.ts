@@ -38,8 +38,6 @@ export class PreprocessPool {
       filename: workerFile(),
       minThreads: this.threads,
       maxThreads: this.threads,
-      // libvips may use threads of its own only when it has the machine to itself.
-      workerData: { sharpThreads: this.threads > 1 ? 1 : availableParallelism() },
     });
   }
 

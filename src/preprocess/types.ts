@@ -24,6 +24,12 @@ export interface DecodeTask {
   minHeight: number;
   /** Images with more pixels than this are refused unread (decompression bombs). */
   maxPixels: number;
+  /**
+   * Images whose longer side is more than this many times the shorter are refused after their
+   * header is read, before their pixels are (a thin solid PNG packs millions of pixels into a
+   * few KB). Default: no limit.
+   */
+  maxAspectRatio?: number;
 }
 
 /** Why a file was not decoded: what a caller branches on (the reason is for people). */
@@ -36,6 +42,7 @@ export type DecodeFailure =
   | 'not-an-image'
   | 'format-not-accepted'
   | 'oversized'
+  | 'extreme-aspect'
   | 'corrupt'
   | 'unreadable';
 

@@ -9,7 +9,7 @@
  * change the pixels the model sees. Only `fastDecode` shrinks large images here, on request.
  */
 import { readFileSync } from 'node:fs';
-import { isMainThread, workerData } from 'node:worker_threads';
+import { isMainThread } from 'node:worker_threads';
 
 import { move, transferableSymbol, valueSymbol } from 'piscina';
 import sharp from 'sharp';
@@ -19,9 +19,8 @@ import type { DecodeFailure, DecodeResult, DecodeTask } from './types.js';
 
 if (isMainThread) throw new Error('src/preprocess/worker is a piscina worker: load it through the preprocessing pool');
 
-// Several workers each running libvips' own thread pool would oversubscribe the cores.
-sharp.concurrency((workerData as { sharpThreads?: number } | undefined)?.sharpThreads ?? 1);
-sharp.cache(false);
+// libvips' thread count and operation cache are process-wide: left as the host set them
+// (tuneProcess() in src/tune-process.ts is the opt-in that sets them for our pools).
 
 /** The kind of a decode failure and a short, stable reason for the skip report. */
 export function classify(err: unknown, maxPixels: number): { kind: DecodeFailure; reason: string } {
@@ -80,6 +79,10 @@ export default async function decode(task: DecodeTask): Promise<DecodeResult> {
     const swap = turned && (meta.orientation ?? 1) >= 5;
     const width = swap ? meta.height : meta.width;
     const height = swap ? meta.width : meta.height;
+    if (task.maxAspectRatio !== undefined && Math.max(width, height) > task.maxAspectRatio * Math.min(width, height)) {
+      const reason = `image is ${width} x ${height}: its longer side is more than ${task.maxAspectRatio} times its shorter`;
+      return { ok: false, kind: 'extreme-aspect', reason };
+    }
     let [w, h] = [width, height];
     if (task.box) {
       const left = Math.min(Math.max(0, Math.round(task.box.x)), w - 1);

@@ -2,17 +2,18 @@
 
 use std::path::PathBuf;
 
-use napi::bindgen_prelude::{AsyncTask, Task};
+use napi::bindgen_prelude::{Object, Task};
 use napi::{Env, Result};
 use napi_derive::napi;
 
+use crate::calls;
 use crate::error::{no_panic, IntoJs};
 
 /// Converts a `.pth` (MotivNet or Sapiens layout) or safetensors file to safetensors with the
 /// MotivNet reference's parameter names.
 #[napi(ts_return_type = "Promise<ConvertResult>")]
-pub fn convert_weights(input: String, output: String) -> AsyncTask<ConvertTask> {
-    AsyncTask::new(ConvertTask { input: input.into(), output: output.into() })
+pub fn convert_weights(env: &Env, input: String, output: String) -> Result<Object<'_>> {
+    calls::start(env, None, ConvertTask { input: input.into(), output: output.into() })
 }
 
 #[napi(object)]

@@ -1,9 +1,11 @@
 //! Node.js binding of the motivnet core (napi-rs). It only converts values and maps errors:
-//! model logic lives in `crates/motivnet`. Every call that touches tensors is an `AsyncTask`
-//! whose work runs on the core's compute threads; each file holds a feature's calls with their
-//! tasks (load, predict, train_step, state, preprocess, convert), `model.rs` the model object
-//! they share, `options.rs` the option and input types, `error.rs` the error mapping.
+//! model logic lives in `crates/motivnet`. Every call that touches tensors returns a Promise
+//! whose work waits and runs on threads of the addon's own (`calls.rs`), never on libuv's
+//! pool; each file holds a feature's calls with their tasks (load, predict, train_step, state,
+//! preprocess, convert), `model.rs` the model object they share, `options.rs` the option and
+//! input types, `error.rs` the error mapping.
 
+mod calls;
 mod convert;
 mod error;
 mod load;
@@ -42,4 +44,12 @@ pub fn cuda_available() -> bool {
 #[napi]
 pub fn cpu_bf16_available() -> bool {
     motivnet::runtime::precision::cpu_bf16_available()
+}
+
+/// Applies the core's glibc malloc settings to this whole process (see
+/// `motivnet::runtime::malloc`): faster, steadier train steps, at a resident size that stays
+/// near its peak. Process-wide, so only on request; returns whether they are in effect.
+#[napi]
+pub fn tune_process_malloc() -> bool {
+    motivnet::runtime::malloc::tune_for_model_temporaries()
 }

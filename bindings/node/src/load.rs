@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
-use napi::bindgen_prelude::{AsyncTask, Task};
+use napi::bindgen_prelude::{Object, Task};
 use napi::{Env, Result};
 use napi_derive::napi;
 
+use crate::calls;
 use crate::error::{no_panic, IntoJs};
 use crate::model::NativeModel;
 use crate::options::LoadOptions;
@@ -15,7 +16,7 @@ use motivnet::{Normalization, Trainer};
 
 /// Loads a model: a preset or config file, optional weights, device and seed.
 #[napi(ts_return_type = "Promise<NativeModel>")]
-pub fn load_model(options: LoadOptions) -> Result<AsyncTask<LoadTask>> {
+pub fn load_model(env: &Env, options: LoadOptions) -> Result<Object<'_>> {
     let request = config_request(&options);
     let optimizer = match options.optimizer {
         Some(o) => AdamWConfig::try_from(o)?,
@@ -25,7 +26,7 @@ pub fn load_model(options: LoadOptions) -> Result<AsyncTask<LoadTask>> {
         Some(n) => Normalization::try_from(n)?,
         None => Normalization::default(),
     };
-    Ok(AsyncTask::new(LoadTask {
+    let task = LoadTask {
         init: options.init.as_deref().unwrap_or("upstream").parse().js()?,
         request,
         device: options.device.unwrap_or_else(|| "cpu".into()),
@@ -33,13 +34,14 @@ pub fn load_model(options: LoadOptions) -> Result<AsyncTask<LoadTask>> {
         seed: options.seed.unwrap_or(0),
         optimizer,
         normalization,
-    }))
+    };
+    calls::start(env, None, task)
 }
 
 /// The config `loadModel` would build for `options`, reading only the weights file's shapes.
 #[napi(ts_return_type = "Promise<string>")]
-pub fn model_config_for(options: LoadOptions) -> AsyncTask<ConfigTask> {
-    AsyncTask::new(ConfigTask { request: config_request(&options) })
+pub fn model_config_for(env: &Env, options: LoadOptions) -> Result<Object<'_>> {
+    calls::start(env, None, ConfigTask { request: config_request(&options) })
 }
 
 fn config_request(options: &LoadOptions) -> ConfigRequest {
@@ -112,7 +114,7 @@ impl Task for LoadTask {
     }
 
     fn resolve(&mut self, _env: Env, trainer: Trainer) -> Result<NativeModel> {
-        Ok(NativeModel::new(trainer))
+        NativeModel::new(trainer)
     }
 }
 

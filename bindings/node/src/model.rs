@@ -1,17 +1,19 @@
 //! The JS model object: one core `Trainer` (model and optimizer) behind a lock, and the one
-//! way every call reaches it ([`with_trainer`]): on the core's compute threads, one call at a
-//! time, refused after `dispose()` or once a failed call may have torn the model. The calls
-//! themselves live by feature: load.rs, predict.rs, train_step.rs, state.rs.
+//! way every call reaches it ([`with_trainer`]): sent down the model's own call line
+//! (calls.rs), run on the core's compute threads one call at a time, refused after
+//! `dispose()` or once a failed call may have torn the model. The calls themselves live by
+//! feature: load.rs, predict.rs, train_step.rs, state.rs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use napi::bindgen_prelude::{AsyncTask, Task};
+use napi::bindgen_prelude::{Object, Task};
 use napi::{Env, Result};
 use napi_derive::napi;
 
+use crate::calls::{self, CallLine};
 use crate::error::{coded, no_panic, IntoJs, DISPOSED, INTERNAL};
-use motivnet::Trainer;
+use motivnet::{Normalization, Trainer};
 
 pub struct Shared {
     pub trainer: Mutex<Option<Trainer>>,
@@ -30,8 +32,13 @@ pub struct ParameterCounts {
 #[napi]
 pub struct NativeModel {
     shared: Arc<Shared>,
+    /// The thread this model's calls wait and run on, in order.
+    line: CallLine,
     config_json: String,
     counts: (usize, usize),
+    /// What the model's own preprocessing needs (`inputTensor`), without its lock.
+    pub(crate) normalization: Normalization,
+    pub(crate) input_size: (usize, usize),
 }
 
 /// Whether a call changes the model: a failure inside the core during one that does may leave
@@ -43,7 +50,7 @@ pub enum Effect {
 }
 
 /// Runs `work` on the model under its lock, on the core's compute threads (see
-/// `motivnet::runtime::cpu::run_on_compute_threads`: not on this libuv thread), or fails if the model
+/// `motivnet::runtime::cpu::run_on_compute_threads`), or fails if the model
 /// was disposed, or was left torn by an earlier call that panicked while changing it.
 pub(crate) fn with_trainer<T: Send>(
     shared: &Shared,
@@ -75,18 +82,30 @@ pub(crate) fn with_trainer<T: Send>(
 }
 
 impl NativeModel {
-    pub fn new(trainer: Trainer) -> Self {
+    pub fn new(trainer: Trainer) -> Result<Self> {
         let config_json = trainer.model.config.to_json();
         let counts = trainer.model.params.counts();
-        Self {
+        let normalization = trainer.model.normalization;
+        let encoder = &trainer.model.config.encoder;
+        let input_size = (encoder.input_height, encoder.input_width);
+        Ok(Self {
             shared: Arc::new(Shared {
                 trainer: Mutex::new(Some(trainer)),
                 disposed: AtomicBool::new(false),
                 torn: Mutex::new(None),
             }),
+            line: CallLine::new("motivnet-model")?,
             config_json,
             counts,
-        }
+            normalization,
+            input_size,
+        })
+    }
+
+    /// Starts a call on this model: its Promise, settled once the model's earlier calls and
+    /// then this one have run.
+    pub(crate) fn call<'env, T: Task + Send + 'static>(&self, env: &'env Env, task: T) -> Result<Object<'env>> {
+        calls::start(env, Some(&self.line), task)
     }
 
     pub(crate) fn live(&self) -> Result<Arc<Shared>> {
@@ -123,8 +142,8 @@ impl NativeModel {
     /// model. Proves a panic rejects (code MOTIVNET_INTERNAL) and leaves the process alive and
     /// the model refusing further calls.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn panic_for_test(&self) -> Result<AsyncTask<PanicTask>> {
-        Ok(AsyncTask::new(PanicTask { shared: self.live()? }))
+    pub fn panic_for_test<'env>(&self, env: &'env Env) -> Result<Object<'env>> {
+        self.call(env, PanicTask { shared: self.live()? })
     }
 
     #[napi(getter)]

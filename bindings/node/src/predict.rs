@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{AsyncTask, Float32Array, Int32Array, Task};
+use napi::bindgen_prelude::{Float32Array, Int32Array, Object, Task};
 use napi::{Env, Result};
 use napi_derive::napi;
 
@@ -13,18 +13,15 @@ use crate::options::{labels, Input, NativeInput};
 impl NativeModel {
     /// Eval-mode logits and probabilities.
     #[napi(ts_return_type = "Promise<PredictResult>")]
-    pub fn predict(&self, input: NativeInput) -> Result<AsyncTask<PredictTask>> {
-        Ok(AsyncTask::new(PredictTask { shared: self.live()?, input: Input::try_from(input)? }))
+    pub fn predict<'env>(&self, env: &'env Env, input: NativeInput) -> Result<Object<'env>> {
+        self.call(env, PredictTask { shared: self.live()?, input: Input::try_from(input)? })
     }
 
     /// Eval-mode loss, logits and probabilities for labelled images.
     #[napi(ts_return_type = "Promise<EvaluateResult>")]
-    pub fn evaluate(&self, input: NativeInput, labels_in: Int32Array) -> Result<AsyncTask<EvaluateTask>> {
-        Ok(AsyncTask::new(EvaluateTask {
-            shared: self.live()?,
-            input: Input::try_from(input)?,
-            labels: labels(&labels_in)?,
-        }))
+    pub fn evaluate<'env>(&self, env: &'env Env, input: NativeInput, labels_in: Int32Array) -> Result<Object<'env>> {
+        let task = EvaluateTask { shared: self.live()?, input: Input::try_from(input)?, labels: labels(&labels_in)? };
+        self.call(env, task)
     }
 }
 

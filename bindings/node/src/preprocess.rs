@@ -1,10 +1,12 @@
 //! u8 images -> the model's normalized input tensor, as the model computes it: `preprocess`.
 
-use napi::bindgen_prelude::{AsyncTask, Float32Array, Task};
+use napi::bindgen_prelude::{Float32Array, Object, Task};
 use napi::{Env, Result};
 use napi_derive::napi;
 
+use crate::calls;
 use crate::error::{invalid, no_panic, IntoJs};
+use crate::model::NativeModel;
 use crate::options::{Input, NativeInput, NormalizationOptions};
 use motivnet::Normalization;
 
@@ -13,12 +15,13 @@ use motivnet::Normalization;
 /// With `out`, writes into that buffer (reuse it across batches) and resolves to it.
 #[napi(ts_return_type = "Promise<Float32Array>")]
 pub fn preprocess(
+    env: &Env,
     input: NativeInput,
     height: u32,
     width: u32,
     normalization: Option<NormalizationOptions>,
     out: Option<Float32Array>,
-) -> Result<AsyncTask<PreprocessTask>> {
+) -> Result<Object<'_>> {
     if height < width || width == 0 {
         return Err(invalid(format!(
             "output is {width} x {height} (width x height): height must be at least width, both positive"
@@ -28,13 +31,34 @@ pub fn preprocess(
         Some(n) => motivnet::Normalization::try_from(n)?,
         None => motivnet::Normalization::default(),
     };
-    Ok(AsyncTask::new(PreprocessTask {
+    let task = PreprocessTask {
         input: Input::try_from(input)?,
         height: height as usize,
         width: width as usize,
         normalization,
         out,
-    }))
+    };
+    calls::start(env, None, task)
+}
+
+#[napi]
+impl NativeModel {
+    /// The input tensor `predict` would compute from these pixels (this model's input size
+    /// and normalization), without waiting for the model: a server turns each request's
+    /// image into it at once and holds only that while the request waits for a batch.
+    #[napi(ts_return_type = "Promise<Float32Array>")]
+    pub fn input_tensor<'env>(&self, env: &'env Env, input: NativeInput) -> Result<Object<'env>> {
+        self.live()?;
+        let (height, width) = self.input_size;
+        let task = PreprocessTask {
+            input: Input::try_from(input)?,
+            height,
+            width,
+            normalization: self.normalization,
+            out: None,
+        };
+        calls::start(env, None, task)
+    }
 }
 
 pub struct PreprocessTask {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{AsyncTask, Task};
+use napi::bindgen_prelude::{Object, Task};
 use napi::{Env, Result};
 use napi_derive::napi;
 
@@ -14,21 +14,21 @@ use crate::model::{with_trainer, Effect, NativeModel, Shared};
 impl NativeModel {
     /// Writes the weights as safetensors with the reference's names.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn save_weights(&self, path: String) -> Result<AsyncTask<FileTask>> {
-        Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::SaveWeights }))
+    pub fn save_weights<'env>(&self, env: &'env Env, path: String) -> Result<Object<'env>> {
+        self.call(env, FileTask { shared: self.live()?, path: path.into(), work: FileWork::SaveWeights })
     }
 
     /// Writes weights, optimizer moments and step, dropout RNG and pending gradients, with
     /// `extra` (the caller's JSON bookkeeping) in the same file.
     #[napi(ts_return_type = "Promise<void>")]
-    pub fn save_state(&self, path: String, extra: Option<String>) -> Result<AsyncTask<FileTask>> {
-        Ok(AsyncTask::new(FileTask { shared: self.live()?, path: path.into(), work: FileWork::SaveState(extra) }))
+    pub fn save_state<'env>(&self, env: &'env Env, path: String, extra: Option<String>) -> Result<Object<'env>> {
+        self.call(env, FileTask { shared: self.live()?, path: path.into(), work: FileWork::SaveState(extra) })
     }
 
     /// Restores a state written by saveState; resolves to its `extra`, or null.
     #[napi(ts_return_type = "Promise<string | null>")]
-    pub fn load_state(&self, path: String) -> Result<AsyncTask<LoadStateTask>> {
-        Ok(AsyncTask::new(LoadStateTask { shared: self.live()?, path: path.into() }))
+    pub fn load_state<'env>(&self, env: &'env Env, path: String) -> Result<Object<'env>> {
+        self.call(env, LoadStateTask { shared: self.live()?, path: path.into() })
     }
 }
 

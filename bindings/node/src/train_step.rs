@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{AsyncTask, Float32Array, Int32Array, Task};
+use napi::bindgen_prelude::{Float32Array, Int32Array, Object, Task};
 use napi::{Env, Result};
 use napi_derive::napi;
 
@@ -14,21 +14,23 @@ use motivnet::train::optim::Groups;
 impl NativeModel {
     /// One micro-batch of training; the weights change when `endOfCycle` is true.
     #[napi(ts_return_type = "Promise<TrainStepResult>")]
-    pub fn train_step(
+    pub fn train_step<'env>(
         &self,
+        env: &'env Env,
         input: NativeInput,
         labels_in: Int32Array,
         encoder_lr: f64,
         decoder_lr: f64,
         end_of_cycle: bool,
-    ) -> Result<AsyncTask<TrainStepTask>> {
-        Ok(AsyncTask::new(TrainStepTask {
+    ) -> Result<Object<'env>> {
+        let task = TrainStepTask {
             shared: self.live()?,
             input: Input::try_from(input)?,
             labels: labels(&labels_in)?,
             lr: Groups { encoder: encoder_lr, decoder: decoder_lr },
             end_of_cycle,
-        }))
+        };
+        self.call(env, task)
     }
 }
 

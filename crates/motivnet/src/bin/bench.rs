@@ -197,11 +197,13 @@ fn run(args: &Args) -> motivnet::Result<String> {
 }
 
 fn main() {
-    // As the Node package does (src/native.ts): candle's own element-wise thread pool competes
-    // with rayon's for the same cores. Set before any thread starts.
+    // As the `motivnet` command line does for its own process (src/cli/own-process.ts):
+    // candle's own element-wise thread pool competes with rayon's for the same cores (set
+    // before any thread starts), and the malloc settings of motivnet::runtime::malloc.
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
+    motivnet::runtime::malloc::tune_for_model_temporaries();
     let args = match parse_args() {
         Ok(a) => a,
         Err(msg) => {

@@ -32,10 +32,10 @@ pub fn flush_subnormals_on_this_thread() {
 static INIT: Once = Once::new();
 
 /// Starts rayon's global pool (used by the matmuls and the pixel pass) with subnormals
-/// flushed on each worker, and sets the mode on the calling thread; applies the malloc
-/// settings of [`crate::runtime::malloc`]. Cheap after the first call.
+/// flushed on each worker, and sets the mode on the calling thread. Cheap after the first
+/// call. (The malloc settings of [`crate::runtime::malloc`] are the process owner's choice:
+/// nothing here applies them.)
 pub fn prepare() {
-    crate::runtime::malloc::tune_for_model_temporaries();
     // On a pool's worker (the compute threads, see below) the work already runs where it
     // should, with the mode set: no second pool is needed.
     if rayon::current_thread_index().is_some() {
@@ -63,7 +63,6 @@ static COMPUTE_POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
 /// (docs/BENCHMARKS.md). Here the work always lands on the same few threads.
 pub fn run_on_compute_threads<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     let pool = COMPUTE_POOL.get_or_init(|| {
-        crate::runtime::malloc::tune_for_model_temporaries();
         rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("motivnet-compute-{i}"))
             .start_handler(|_| flush_subnormals_on_this_thread())

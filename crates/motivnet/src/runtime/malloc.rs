@@ -12,8 +12,11 @@
 //! 128 MiB per arena was no faster for `tiny` or `small`, and every thread's arena, sharp's
 //! included, would hold that much.)
 //!
-//! A process whose environment sets its own malloc tuning (`GLIBC_TUNABLES` naming malloc,
-//! or `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`) keeps it.
+//! The settings are process-wide, so the core never applies them on its own: a program that
+//! owns its process opts in (the `motivnet` command line and the benchmark binary do; a Node
+//! host calls `tuneProcess()`). A process whose environment sets its own malloc tuning
+//! (`GLIBC_TUNABLES` naming malloc, or `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`)
+//! keeps it even then.
 
 use std::sync::Once;
 
@@ -32,8 +35,10 @@ fn user_tuned() -> bool {
         || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
 }
 
-/// Applies the settings above once per process (glibc on Linux; elsewhere nothing).
-pub fn tune_for_model_temporaries() {
+/// Applies the settings above once per process (glibc on Linux; elsewhere nothing). Returns
+/// whether they are in effect: false where the environment chose its own or the C library is
+/// not glibc.
+pub fn tune_for_model_temporaries() -> bool {
     TUNE.call_once(|| {
         if user_tuned() {
             return;
@@ -45,13 +50,16 @@ pub fn tune_for_model_temporaries() {
             libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int);
         }
     });
+    cfg!(all(target_os = "linux", target_env = "gnu")) && !user_tuned()
 }
 
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
     #[test]
     fn a_model_sized_temporary_comes_from_the_heap_not_a_fresh_mapping() {
-        super::tune_for_model_temporaries();
+        if !super::tune_for_model_temporaries() {
+            return; // this environment chose its own settings
+        }
         // SAFETY: mallinfo only reads the allocator's counters (the older call, in every glibc).
         #[allow(deprecated)]
         let mapped = || unsafe { libc::mallinfo().hblks };
