@@ -16,7 +16,7 @@ export function publicModelName(spec: string): string {
 export function serveCommand(program: Command): void {
   program
     .command('serve')
-    .description('serve predictions over HTTP: POST /v1/predict, GET /v1/model, GET /healthz')
+    .description('serve predictions over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics, /openapi.json')
     .requiredOption('--weights <file>', 'weights (.safetensors or .pth)')
     .option('--model <preset|file>', 'model preset or JSON config', 'tiny')
     .option('--model-name <name>', "the model's name in responses (default: the preset, or the config file's name without folder or extension)")
@@ -30,7 +30,10 @@ export function serveCommand(program: Command): void {
     .option('--max-queue <n>', 'most requests held at once; beyond it 429 with Retry-After', int('--max-queue'), 256)
     .option('--max-body-mb <mb>', 'largest request body', num('--max-body-mb'), 10)
     .option('--max-connections <n>', 'most open connections; beyond them new ones are closed', int('--max-connections'), 1024)
+    .option('--max-images <n>', 'most images in one multipart request', int('--max-images'), 16)
+    .option('--api-key <key>', 'require Authorization: Bearer KEY (default: $MOTIVNET_API_KEY; prefer it, a flag shows in the process list)')
     .option('--max-pixels <n>', 'largest image, in pixels', int('--max-pixels'), 40_000_000)
+    .option('--max-aspect-ratio <r>', "refuse images whose longer side is more than r times the shorter (413)", num('--max-aspect-ratio'), 20)
     .option('--timeout-ms <ms>', 'longest a prediction may take, queueing included; then 503', int('--timeout-ms'), 30_000)
     .option('--threads <n>', 'decoding workers (default: the number of cores)', int('--threads'))
     .option('--fast-decode', "shrink large JPEGs while decoding: faster and leaner, but not the reference's pixels")
@@ -38,7 +41,7 @@ export function serveCommand(program: Command): void {
     .action(async (opts) => {
       const { EmotionClassifier } = await import('../serve/classifier.js');
       const { createServer } = await import('../serve/server.js');
-      for (const [flag, v] of [['--max-batch', opts.maxBatch], ['--max-queue', opts.maxQueue], ['--max-connections', opts.maxConnections], ['--timeout-ms', opts.timeoutMs], ['--threads', opts.threads ?? 1]] as const) {
+      for (const [flag, v] of [['--max-batch', opts.maxBatch], ['--max-queue', opts.maxQueue], ['--max-connections', opts.maxConnections], ['--max-images', opts.maxImages], ['--timeout-ms', opts.timeoutMs], ['--threads', opts.threads ?? 1]] as const) {
         if (v < 1) throw new Error(`${flag} must be at least 1, got ${v}`);
       }
       if (!(opts.maxBodyMb > 0)) throw new Error(`--max-body-mb must be positive, got ${opts.maxBodyMb}`);
@@ -48,16 +51,23 @@ export function serveCommand(program: Command): void {
         maxWaitMs: opts.maxWaitMs,
         maxQueue: opts.maxQueue,
         maxPixels: opts.maxPixels,
+        maxAspectRatio: opts.maxAspectRatio,
         decodeThreads: opts.threads,
         geometry: opts.resize,
         fastDecode: Boolean(opts.fastDecode),
       });
+      // A refused option (an API key too short, ...) must not leave the decoding workers running.
       const app = await createServer(classifier, {
         modelName: opts.modelName ?? publicModelName(String(opts.model)),
         bodyLimit: Math.round(opts.maxBodyMb * 1024 * 1024),
         maxConnections: opts.maxConnections,
+        maxImages: opts.maxImages,
+        apiKey: opts.apiKey ?? (process.env.MOTIVNET_API_KEY || undefined),
         timeoutMs: opts.timeoutMs,
         logger: Boolean(opts.log),
+      }).catch(async (err: unknown) => {
+        await classifier.close();
+        throw err;
       });
       let stopping: Promise<void> | undefined;
       const stop = (sig: NodeJS.Signals) => {

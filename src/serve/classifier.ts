@@ -1,8 +1,10 @@
 /**
  * The classifier a backend embeds: encoded image in, `{label, probabilities}` out.
  *
- * Each call is decoded by the sharp worker pool (in parallel, off the event loop), then waits
- * in a queue for the model. The model runs one batch at a time; a batch starts when it is full
+ * Each call is decoded by the sharp worker pool (in parallel, off the event loop) and turned
+ * at once into the model's input tensor (the core's resize, as `predict` does it), then waits
+ * in a queue for the model: a waiting call holds one input tensor, whatever the size of the
+ * image it came from. The model runs one batch at a time; a batch starts when it is full
  * (`maxBatchSize`) or when its oldest image has waited `maxWaitMs`. A lone request therefore
  * waits at most `maxWaitMs`, and under load the queue fills while the model computes, so
  * batches grow and so does throughput. `maxQueue` bounds the calls held at once (decoding,
@@ -12,7 +14,6 @@
 import { availableParallelism } from 'node:os';
 
 import type { FaceBox } from '../data/types.js';
-import type { RgbImage } from '../images.js';
 import { MotivNet, type LoadOptions } from '../model.js';
 import { PreprocessPool } from '../preprocess/pool.js';
 import type { DecodeFailure } from '../preprocess/types.js';
@@ -34,6 +35,11 @@ export interface ClassifierOptions {
   maxQueue?: number;
   /** Images with more pixels than this are refused before decoding. Default 40 million. */
   maxPixels?: number;
+  /**
+   * Images whose longer side is more than this many times the shorter are refused before
+   * decoding (a 100000 x 383 PNG is a few KB of body and 38 million pixels). Default 20.
+   */
+  maxAspectRatio?: number;
   /** Decoding workers. Default: the number of cores. */
   decodeThreads?: number;
   /** Default geometry of a call. Default 'letterbox'. */
@@ -59,6 +65,14 @@ export interface Classification {
   index: number;
   /** Every class's probability, by label, in class order. */
   probabilities: Record<string, number>;
+}
+
+/** What a monitor hears of a classifier's work (`observe`). */
+export interface ClassifierObserver {
+  /** A model call of `size` images ended after `ms` milliseconds (`failed` when it threw). */
+  batch?(size: number, ms: number, failed: boolean): void;
+  /** An input was refused at decoding, for this reason. */
+  decodeFailure?(kind: DecodeFailure): void;
 }
 
 export interface ClassifierStats {
@@ -101,7 +115,8 @@ export class ClassifierClosedError extends Error {
 }
 
 interface Waiting {
-  image: RgbImage;
+  /** The image as the model's input: (3, H, W) float32. */
+  tensor: Float32Array;
   enqueuedAt: number;
   signal?: AbortSignal;
   resolve: (c: Classification) => void;
@@ -119,6 +134,8 @@ function inputError(failure: { kind: DecodeFailure; reason: string }, maxPixels:
   switch (failure.kind) {
     case 'oversized':
       return new ClassifierInputError(`image too large: more than ${maxPixels} pixels`, 413);
+    case 'extreme-aspect':
+      return new ClassifierInputError(failure.reason, 413);
     case 'not-an-image':
     case 'format-not-accepted':
       return new ClassifierInputError(`${failure.reason}; send JPEG, PNG or WebP`, 415);
@@ -133,11 +150,13 @@ export class EmotionClassifier {
   readonly maxWaitMs: number;
   readonly maxQueue: number;
   readonly maxPixels: number;
+  readonly maxAspectRatio: number;
   readonly fastDecode: boolean;
   private readonly defaultGeometry: ClassifierGeometry;
   private readonly ownsModel: boolean;
   private readonly pool: PreprocessPool;
-  private readonly queues: Record<ClassifierGeometry, Waiting[]> = { letterbox: [], stretch: [] };
+  /** Calls whose input tensor is ready, oldest first. */
+  private readonly queue: Waiting[] = [];
   private timer: NodeJS.Timeout | undefined;
   private running = false;
   private closed = false;
@@ -147,6 +166,7 @@ export class EmotionClassifier {
   /** Smoothed ms per model call, for Retry-After estimates. */
   private batchMs = 0;
   private idle: (() => void) | undefined;
+  private readonly observers = new Set<ClassifierObserver>();
 
   private constructor(model: MotivNet, ownsModel: boolean, options: ClassifierOptions) {
     this.model = model;
@@ -155,9 +175,11 @@ export class EmotionClassifier {
     this.maxWaitMs = positiveInt('maxWaitMs', options.maxWaitMs, 5, 0);
     this.maxQueue = positiveInt('maxQueue', options.maxQueue, 256);
     this.maxPixels = positiveInt('maxPixels', options.maxPixels, 40_000_000);
+    this.maxAspectRatio = options.maxAspectRatio ?? 20;
+    if (!(this.maxAspectRatio >= 1)) throw new RangeError(`maxAspectRatio must be at least 1, got ${options.maxAspectRatio}`);
     this.fastDecode = options.fastDecode ?? false;
     this.defaultGeometry = options.geometry ?? 'letterbox';
-    if (!Object.hasOwn(this.queues, this.defaultGeometry)) throw new RangeError(`geometry must be letterbox or stretch, got '${this.defaultGeometry}'`);
+    if (!GEOMETRIES.includes(this.defaultGeometry)) throw new RangeError(`geometry must be letterbox or stretch, got '${this.defaultGeometry}'`);
     this.pool = new PreprocessPool({ threads: options.decodeThreads ?? availableParallelism() });
   }
 
@@ -185,7 +207,7 @@ export class EmotionClassifier {
   async classify(input: Uint8Array | string, options: ClassifyOptions = {}): Promise<Classification> {
     if (this.closed) throw new ClassifierClosedError();
     const geometry = options.geometry ?? this.defaultGeometry;
-    if (!Object.hasOwn(this.queues, geometry)) throw new ClassifierInputError(`geometry must be letterbox or stretch, got '${geometry}'`, 400);
+    if (!GEOMETRIES.includes(geometry)) throw new ClassifierInputError(`geometry must be letterbox or stretch, got '${geometry}'`, 400);
     if (options.box) checkBox(options.box);
     if (this.pending >= this.maxQueue) throw new QueueFullError(this.maxQueue, this.retryAfterS());
     this.pending++;
@@ -193,18 +215,32 @@ export class EmotionClassifier {
       options.signal?.throwIfAborted();
       const { inputWidth, inputHeight } = this.model.config.encoder;
       const source = typeof input === 'string' ? { path: input } : { bytes: input };
-      const task = { ...source, box: options.box, formats: ACCEPTED_FORMATS, fastDecode: this.fastDecode, minWidth: inputWidth, minHeight: inputHeight, maxPixels: this.maxPixels };
+      const task = {
+        ...source,
+        box: options.box,
+        formats: ACCEPTED_FORMATS,
+        fastDecode: this.fastDecode,
+        minWidth: inputWidth,
+        minHeight: inputHeight,
+        maxPixels: this.maxPixels,
+        maxAspectRatio: this.maxAspectRatio,
+      };
       // An abort cancels the decode too, and its slot is free when this call settles.
       const decoded = await this.pool.decode(task, options.signal).catch((err: unknown) => {
         throw options.signal?.aborted ? reasonOf(options.signal) : err;
       });
-      if (!decoded.ok) throw inputError(decoded, this.maxPixels);
+      if (!decoded.ok) {
+        for (const o of this.observers) o.decodeFailure?.(decoded.kind);
+        throw inputError(decoded, this.maxPixels);
+      }
+      options.signal?.throwIfAborted();
+      // The decoded pixels are let go here: what waits is the input tensor, of a fixed size.
+      const tensor = await this.model.inputTensor({ data: decoded.data, width: decoded.width, height: decoded.height }, { geometry });
       options.signal?.throwIfAborted();
       // A call that was decoding when close() came still runs: close() lets held calls finish.
       return await new Promise<Classification>((resolve, reject) => {
-        const image = { data: decoded.data, width: decoded.width, height: decoded.height };
-        const queue = this.queues[geometry];
-        const waiting: Waiting = { image, enqueuedAt: performance.now(), signal: options.signal, resolve, reject };
+        const queue = this.queue;
+        const waiting: Waiting = { tensor, enqueuedAt: performance.now(), signal: options.signal, resolve, reject };
         queue.push(waiting);
         // Aborted while queued: out of the queue at once, so its slot and pixels are freed now
         // rather than when its batch would have come.
@@ -228,6 +264,16 @@ export class EmotionClassifier {
   }
 
   /**
+   * One model call on a blank image, outside the queue: the first request then does not pay
+   * for the model's first-call costs (threads starting, memory first touched, bf16 weights
+   * packed). What a server waits for before it reports itself ready.
+   */
+  async warmUp(): Promise<void> {
+    const { inputWidth, inputHeight } = this.model.config.encoder;
+    await this.model.predict({ tensor: new Float32Array(3 * inputWidth * inputHeight), batchSize: 1 });
+  }
+
+  /**
    * Stops taking calls, lets every held call finish, then stops the workers and frees the
    * model if the classifier loaded it.
    */
@@ -238,6 +284,12 @@ export class EmotionClassifier {
     clearTimeout(this.timer);
     await this.pool.destroy();
     if (this.ownsModel) this.model.dispose();
+  }
+
+  /** Tells `observer` of each model call and decode failure from now on; returns the way to stop. */
+  observe(observer: ClassifierObserver): () => void {
+    this.observers.add(observer);
+    return () => this.observers.delete(observer);
   }
 
   /**
@@ -253,25 +305,16 @@ export class EmotionClassifier {
     return Math.max(1, Math.ceil((batchesAhead * (this.batchMs || 100)) / 1000));
   }
 
-  /** The queue whose oldest image has waited longest, if any image waits. */
-  private oldestQueue(): Waiting[] | undefined {
-    let best: Waiting[] | undefined;
-    for (const q of Object.values(this.queues)) {
-      if (q.length > 0 && (!best || q[0]!.enqueuedAt < best[0]!.enqueuedAt)) best = q;
-    }
-    return best;
-  }
-
   /** Starts a batch when one is due, else sets a timer for when the oldest image's wait ends. */
   private schedule(): void {
     if (this.running) return;
-    const queue = this.oldestQueue();
-    if (!queue) return;
+    const queue = this.queue;
+    if (queue.length === 0) return;
     const waited = performance.now() - queue[0]!.enqueuedAt;
     if (queue.length >= this.maxBatchSize || waited >= this.maxWaitMs || this.closed) {
       clearTimeout(this.timer);
       this.timer = undefined;
-      void this.runBatch(queue);
+      void this.runBatch();
     } else if (!this.timer) {
       this.timer = setTimeout(() => {
         this.timer = undefined;
@@ -280,8 +323,8 @@ export class EmotionClassifier {
     }
   }
 
-  private async runBatch(queue: Waiting[]): Promise<void> {
-    const geometry = (Object.keys(this.queues) as ClassifierGeometry[]).find((g) => this.queues[g] === queue)!;
+  private async runBatch(): Promise<void> {
+    const queue = this.queue;
     const batch: Waiting[] = [];
     while (batch.length < this.maxBatchSize && queue.length > 0) {
       const w = queue.shift()!;
@@ -291,8 +334,9 @@ export class EmotionClassifier {
     if (batch.length === 0) return this.schedule();
     this.running = true;
     const started = performance.now();
+    let failed = false;
     try {
-      const r = await this.model.predict(batch.map((w) => w.image), { geometry });
+      const r = await this.model.predict(stack(batch.map((w) => w.tensor)));
       this.modelCalls++;
       this.images += batch.length;
       const labels = this.model.labels;
@@ -302,14 +346,30 @@ export class EmotionClassifier {
         w.resolve({ label: r.top[i]!.label, index: r.top[i]!.index, probabilities });
       });
     } catch (err) {
+      failed = true;
       for (const w of batch) w.reject(err as Error);
     } finally {
       const ms = performance.now() - started;
+      for (const o of this.observers) o.batch?.(batch.length, ms, failed);
       this.batchMs = this.batchMs === 0 ? ms : 0.8 * this.batchMs + 0.2 * ms;
       this.running = false;
       this.schedule();
     }
   }
+}
+
+const GEOMETRIES: readonly string[] = ['letterbox', 'stretch'];
+
+/** Input tensors of one image each, as one batch. */
+function stack(tensors: Float32Array[]): { tensor: Float32Array; batchSize: number } {
+  if (tensors.length === 1) return { tensor: tensors[0]!, batchSize: 1 };
+  const tensor = new Float32Array(tensors.reduce((n, t) => n + t.length, 0));
+  let offset = 0;
+  for (const t of tensors) {
+    tensor.set(t, offset);
+    offset += t.length;
+  }
+  return { tensor, batchSize: tensors.length };
 }
 
 /** An aborted signal's reason as an Error. */

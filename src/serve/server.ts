@@ -1,16 +1,23 @@
 /**
  * `motivnet serve`: the classifier behind HTTP (fastify).
  *
- *   POST /v1/predict   the image as the raw body (image/jpeg, image/png, image/webp or
- *                      application/octet-stream), or multipart/form-data with a field `image`;
- *                      query `geometry=letterbox|stretch`, `box=x,y,width,height`.
- *   GET  /v1/model     the model's config, classes and parameter count.
- *   GET  /healthz      200 while serving, 503 once shutting down.
+ *   POST /v1/predict    the image as the raw body (image/jpeg, image/png, image/webp or
+ *                       application/octet-stream), or multipart/form-data with one or more
+ *                       files in the field `image` (several: `predictions` in their order);
+ *                       query `geometry=letterbox|stretch`, `box=x,y,width,height`.
+ *   GET  /v1/model      the model's config, classes and parameter count.
+ *   GET  /healthz       liveness: 200 while serving, 503 once shutting down.
+ *   GET  /readyz        readiness: 200 once the model is loaded and warmed, 503 before and
+ *                       while draining.
+ *   GET  /metrics       Prometheus metrics (metrics.ts).
+ *   GET  /openapi.json  the routes as OpenAPI 3.1 (openapi.ts).
  *
+ * With an API key (auth.ts) every route but the two probes wants `Authorization: Bearer KEY`.
  * Every error is JSON `{statusCode, error, message}`. What the client got wrong is a 4xx; a
  * 5xx means the server failed or is overloaded (503 on timeout, with Retry-After), and 429
  * with Retry-After when the queue is full.
  */
+import { readFileSync } from 'node:fs';
 import { STATUS_CODES } from 'node:http';
 
 import multipart from '@fastify/multipart';
@@ -18,13 +25,17 @@ import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, ty
 
 import type { FaceBox } from '../data/types.js';
 import { MotivNetError } from '../errors.js';
+import { requireApiKey, UnauthorizedError } from './auth.js';
 import {
   ClassifierClosedError,
   ClassifierInputError,
   EmotionClassifier,
   QueueFullError,
+  type Classification,
   type ClassifierGeometry,
 } from './classifier.js';
+import { Counter, Gauge, Histogram, PROMETHEUS_CONTENT_TYPE, Registry } from './metrics.js';
+import { openApiDocument } from './openapi.js';
 
 export interface ServerOptions {
   /** Name reported as `model` in responses (the preset or config file). */
@@ -39,6 +50,12 @@ export interface ServerOptions {
   logger?: boolean;
   /** Most open connections; beyond them new ones are closed at once. Default 1024. */
   maxConnections?: number;
+  /** Most images in one multipart request. Default 16. */
+  maxImages?: number;
+  /** Require `Authorization: Bearer KEY` on every route but /healthz and /readyz. */
+  apiKey?: string;
+  /** Run one model call before /readyz says ready. Default true. */
+  warmUp?: boolean;
 }
 
 export const RAW_IMAGE_TYPES = ['image/jpeg', 'image/png', 'image/webp', 'application/octet-stream'];
@@ -79,31 +96,40 @@ function parseBox(value: unknown): FaceBox | undefined {
 }
 
 /**
- * What a multipart form may hold: one file of at most the body limit, a few small fields
- * (ignored, but parsed), few parts and headers. Beyond them the request gets a 413.
+ * What a multipart form may hold: up to `maxImages` files of at most the body limit (and at
+ * most the body limit together, checked as they arrive), a few small fields (ignored, but
+ * parsed), few parts and headers. Beyond them the request gets a 413.
  */
-function multipartLimits(bodyLimit: number) {
-  return { fileSize: bodyLimit, files: 1, fields: 10, fieldSize: 64 * 1024, parts: 16, headerPairs: 64, fieldNameSize: 100 };
+function multipartLimits(bodyLimit: number, maxImages: number) {
+  return { fileSize: bodyLimit, files: maxImages, fields: 10, fieldSize: 64 * 1024, parts: maxImages + 10, headerPairs: 64, fieldNameSize: 100 };
 }
 
-/** The image bytes of a request: its raw body, or the `image` field of a multipart form. */
-async function imageBytes(request: FastifyRequest, bodyLimit: number): Promise<Buffer> {
+/**
+ * The images of a request: its raw body, or the `image` files of a multipart form in their
+ * order, with whether the form carried several (answered as a list).
+ */
+async function requestImages(request: FastifyRequest, bodyLimit: number, maxImages: number): Promise<{ images: Buffer[]; list: boolean }> {
   if (!request.isMultipart()) {
     const body = request.body;
     if (!Buffer.isBuffer(body)) throw new HttpError(400, 'the request has no image body');
-    return body;
+    return { images: [body], list: false };
   }
-  for await (const part of request.parts({ limits: multipartLimits(bodyLimit) })) {
+  const images: Buffer[] = [];
+  let total = 0;
+  for await (const part of request.parts({ limits: multipartLimits(bodyLimit, maxImages) })) {
     if (part.type !== 'file') continue;
     if (part.fieldname !== 'image') {
       part.file.resume();
       continue;
     }
     const bytes = await part.toBuffer();
-    if (part.file.truncated) throw new HttpError(413, `the image field is larger than ${bodyLimit} bytes`);
-    return bytes;
+    if (part.file.truncated) throw new HttpError(413, `an image field is larger than ${bodyLimit} bytes`);
+    total += bytes.length;
+    if (total > bodyLimit) throw new HttpError(413, `the form's images are larger than ${bodyLimit} bytes together`);
+    images.push(bytes);
   }
-  throw new HttpError(400, "the multipart form has no file field named 'image'");
+  if (images.length === 0) throw new HttpError(400, "the multipart form has no file field named 'image'");
+  return { images, list: images.length > 1 };
 }
 
 function withTimeout<T>(work: (signal: AbortSignal) => Promise<T>, ms: number): Promise<T> {
@@ -122,6 +148,7 @@ function withTimeout<T>(work: (signal: AbortSignal) => Promise<T>, ms: number): 
 /** The status, message and headers a client sees for an error. */
 function describe(err: unknown, classifier: EmotionClassifier): { status: number; message: string; headers: Record<string, string> } {
   if (err instanceof HttpError) return { status: err.statusCode, message: err.message, headers: err.headers };
+  if (err instanceof UnauthorizedError) return { status: 401, message: err.message, headers: err.headers };
   if (err instanceof ClassifierInputError) return { status: err.status, message: err.message, headers: {} };
   if (err instanceof QueueFullError) return { status: 429, message: err.message, headers: { 'retry-after': String(err.retryAfterS) } };
   if (err instanceof TimeoutError) {
@@ -148,10 +175,50 @@ function send(reply: FastifyReply, status: number, message: string, headers: Rec
     .send({ statusCode: status, error: STATUS_CODES[status] ?? 'Error', message });
 }
 
+/** The package's version, for /openapi.json. */
+function packageVersion(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return '0.0.0';
+  }
+}
+
+/** What the metrics endpoint reports, fed by hooks on every response and by the classifier. */
+function serverMetrics(classifier: EmotionClassifier, ready: () => boolean) {
+  const registry = new Registry();
+  const requests = registry.add(new Counter('motivnet_http_requests_total', 'HTTP requests answered, by route, method and status'));
+  const latency = registry.add(
+    new Histogram('motivnet_http_request_duration_seconds', 'Time from a request arriving to its answer, by route', [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]),
+  );
+  const sizes = [1];
+  while (sizes.at(-1)! < classifier.maxBatchSize) sizes.push(sizes.at(-1)! * 2);
+  const batchSize = registry.add(new Histogram('motivnet_batch_size', 'Images per model call', sizes));
+  const modelCalls = registry.add(new Counter('motivnet_model_calls_total', 'Model calls, by outcome'));
+  const images = registry.add(new Counter('motivnet_images_classified_total', 'Images classified'));
+  const decodeFailures = registry.add(new Counter('motivnet_decode_failures_total', 'Inputs refused at decoding, by kind'));
+  registry.add(new Gauge('motivnet_queue_depth', 'Requests held now: decoding, queued or computing', () => classifier.stats().pending));
+  registry.add(new Gauge('motivnet_ready', 'Whether the server reports itself ready (1) or not (0)', () => (ready() ? 1 : 0)));
+  classifier.observe({
+    batch(size, _ms, failed) {
+      batchSize.observe(size);
+      modelCalls.inc({ outcome: failed ? 'error' : 'ok' });
+      if (!failed) images.inc({}, size);
+    },
+    decodeFailure(kind) {
+      decodeFailures.inc({ kind });
+    },
+  });
+  return { registry, requests, latency };
+}
+
 /** Builds the HTTP app around a classifier; `listen` is the caller's. */
 export async function createServer(classifier: EmotionClassifier, options: ServerOptions): Promise<FastifyInstance> {
   const bodyLimit = options.bodyLimit ?? 10 * 1024 * 1024;
   const timeoutMs = options.timeoutMs ?? 30_000;
+  const maxImages = options.maxImages ?? 16;
+  if (!Number.isInteger(maxImages) || maxImages < 1) throw new RangeError(`maxImages must be a whole number of at least 1, got ${maxImages}`);
+  const authorize = requireApiKey(options.apiKey);
   const app = Fastify({
     logger: options.logger ?? false,
     bodyLimit,
@@ -162,6 +229,8 @@ export async function createServer(classifier: EmotionClassifier, options: Serve
   });
   app.server.maxConnections = options.maxConnections ?? 1024;
   let closing = false;
+  let warmed = false;
+  const ready = () => warmed && !closing;
   app.addHook('preClose', async () => {
     closing = true;
   });
@@ -170,11 +239,27 @@ export async function createServer(classifier: EmotionClassifier, options: Serve
   app.addHook('onSend', async (_request, reply) => {
     if (closing) reply.header('connection', 'close');
   });
+  if (authorize) app.addHook('onRequest', authorize);
+
+  const metrics = serverMetrics(classifier, ready);
+  app.addHook('onResponse', async (request, reply) => {
+    // The route's pattern, never the request's own path: a fixed set of series.
+    const route = request.routeOptions.url ?? 'unmatched';
+    metrics.requests.inc({ route, method: request.method, status: String(reply.statusCode) });
+    metrics.latency.observe(reply.elapsedTime / 1000, { route });
+  });
+
+  // The model's first call pays for starting threads and touching memory: not a client's.
+  const warming = options.warmUp === false ? Promise.resolve() : classifier.warmUp();
+  warming.then(
+    () => (warmed = true),
+    (err: unknown) => app.log.error({ err }, 'the warm-up call failed: /readyz stays 503'),
+  );
 
   // Only image bodies: JSON, text or a missing type get fastify's 415, not a parse attempt.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser(RAW_IMAGE_TYPES, { parseAs: 'buffer', bodyLimit }, (_req, body, done) => done(null, body));
-  await app.register(multipart, { limits: multipartLimits(bodyLimit) });
+  await app.register(multipart, { limits: multipartLimits(bodyLimit, maxImages) });
 
   app.setErrorHandler((err, request, reply) => {
     const { status, message, headers } = describe(err, classifier);
@@ -184,6 +269,13 @@ export async function createServer(classifier: EmotionClassifier, options: Serve
   app.setNotFoundHandler((request, reply) => send(reply, 404, `no route ${request.method} ${request.url}`, {}));
 
   app.get('/healthz', async (_request, reply) => (closing ? reply.code(503).send({ status: 'shutting down' }) : { status: 'ok' }));
+  app.get('/readyz', async (_request, reply) => {
+    if (ready()) return { status: 'ready' };
+    return reply.code(503).send({ status: closing ? 'draining' : 'warming up' });
+  });
+  app.get('/metrics', async (_request, reply) => reply.type(PROMETHEUS_CONTENT_TYPE).send(metrics.registry.render()));
+  const openApi = openApiDocument({ version: packageVersion(), classes: classifier.labels, bodyLimit, maxImages, apiKey: authorize !== undefined });
+  app.get('/openapi.json', async () => openApi);
 
   app.get('/v1/model', async () => {
     const model = classifier.model;
@@ -193,7 +285,7 @@ export async function createServer(classifier: EmotionClassifier, options: Serve
       config: model.config,
       parameters: model.parameterCounts(),
       batching: { maxBatchSize: classifier.maxBatchSize, maxWaitMs: classifier.maxWaitMs, maxQueue: classifier.maxQueue },
-      limits: { bodyBytes: bodyLimit, pixels: classifier.maxPixels, timeoutMs },
+      limits: { bodyBytes: bodyLimit, images: maxImages, pixels: classifier.maxPixels, aspectRatio: classifier.maxAspectRatio, timeoutMs },
     };
   });
 
@@ -219,21 +311,32 @@ export async function createServer(classifier: EmotionClassifier, options: Serve
     (request as FastifyRequest & { gone?: AbortSignal }).gone = gone.signal;
   };
 
+  const answer = (c: Classification) => ({ label: c.label, probabilities: c.probabilities });
+
   app.post('/v1/predict', { onRequest: admit }, async (request) => {
     const started = performance.now();
     const query = request.query as Record<string, unknown>;
     const geometry = parseGeometry(query.geometry);
     const box = parseBox(query.box);
-    const bytes = await imageBytes(request, bodyLimit);
-    if (bytes.length === 0) throw new HttpError(400, 'empty body: send the image bytes');
+    const { images, list } = await requestImages(request, bodyLimit, maxImages);
     const gone = (request as FastifyRequest & { gone?: AbortSignal }).gone;
-    const result = await withTimeout((signal) => classifier.classify(bytes, { geometry, box, signal: gone ? AbortSignal.any([signal, gone]) : signal }), timeoutMs);
-    return {
-      label: result.label,
-      probabilities: result.probabilities,
-      model: options.modelName,
-      latencyMs: Math.round((performance.now() - started) * 100) / 100,
+    const latencyMs = () => Math.round((performance.now() - started) * 100) / 100;
+    const classify = (bytes: Buffer, signal: AbortSignal) => {
+      if (bytes.length === 0) return Promise.reject(new HttpError(400, list ? 'an empty image field' : 'empty body: send the image bytes'));
+      return classifier.classify(bytes, { geometry, box, signal: gone ? AbortSignal.any([signal, gone]) : signal });
     };
+    if (!list) {
+      const result = await withTimeout((signal) => classify(images[0]!, signal), timeoutMs);
+      return { ...answer(result), model: options.modelName, latencyMs: latencyMs() };
+    }
+    // Several images: each answered in its place, a prediction or the error it alone got.
+    const settled = await withTimeout((signal) => Promise.allSettled(images.map((bytes) => classify(bytes, signal))), timeoutMs);
+    const predictions = settled.map((s) => {
+      if (s.status === 'fulfilled') return answer(s.value);
+      const { status, message } = describe(s.reason, classifier);
+      return { error: { statusCode: status, error: STATUS_CODES[status] ?? 'Error', message } };
+    });
+    return { predictions, model: options.modelName, latencyMs: latencyMs() };
   });
 
   return app;
