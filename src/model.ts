@@ -154,17 +154,6 @@ export class MotivNet {
     return { ...r, top };
   }
 
-  /**
-   * The normalized input tensor `predict` computes from these images ((B, 3, H, W) at this
-   * model's input size, with its normalization), without waiting for the model's running
-   * calls. `predict({ tensor, batchSize })` on it gives what `predict(images)` gives: a server
-   * turns each request's image into it on arrival and holds only that while it waits.
-   */
-  async inputTensor(images: Images, options: { geometry?: Geometry } = {}): Promise<Float32Array> {
-    const input = toNativeInput(images, options.geometry ?? 'letterbox');
-    return nativeCall(() => this.inner.inputTensor(input));
-  }
-
   /** One micro-batch of training: forward, loss, backward; updates the weights when `endOfCycle`. */
   async trainStep(images: Images, labels: Int32Array | readonly number[], options: TrainStepOptions): Promise<TrainStepOutput> {
     const input = toNativeInput(images, options.geometry ?? 'stretch');

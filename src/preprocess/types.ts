@@ -30,6 +30,12 @@ export interface DecodeTask {
    * few KB). Default: no limit.
    */
   maxAspectRatio?: number;
+  /**
+   * Resize in the worker to the model's input size, exactly as the model would (the core's
+   * resize, levels before normalization): the full-size pixels never leave the worker, and
+   * `predict` with geometry `none` on the result gives what `predict` on the full image gives.
+   */
+  resizeTo?: { width: number; height: number; geometry: 'letterbox' | 'stretch' };
 }
 
 /** Why a file was not decoded: what a caller branches on (the reason is for people). */

@@ -5,8 +5,10 @@
  * come back as data (a reason), so one bad file never fails a batch.
  *
  * The resize is the core's, on the full image, as the reference's `cv2.resize` runs on what
- * `cv2.imread` decoded: any shrinking here (JPEG shrink-on-load, libvips' own filter) would
- * change the pixels the model sees. Only `fastDecode` shrinks large images here, on request.
+ * `cv2.imread` decoded: any shrinking by libvips (JPEG shrink-on-load, its own filter) would
+ * change the pixels the model sees. Only `fastDecode` shrinks large images with libvips, on
+ * request; `resizeTo` runs the core's own resize here, in the worker, for a server that should
+ * hold only input-sized images.
  */
 import { readFileSync } from 'node:fs';
 import { isMainThread } from 'node:worker_threads';
@@ -100,6 +102,13 @@ export default async function decode(task: DecodeTask): Promise<DecodeResult> {
     if (task.flip) image = image.flop();
     const { data, info } = await image.toColourspace('srgb').removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
     if (info.channels !== 3) return { ok: false, kind: 'unreadable', reason: `unexpected ${info.channels} channels after conversion to RGB` };
+    if (task.resizeTo) {
+      const { width: outW, height: outH, geometry } = task.resizeTo;
+      // Loaded here only: the training pool's workers never need the addon.
+      const { native } = await import('../native.js');
+      const levels = await native.resizeImages({ pixels: data, widths: [info.width], heights: [info.height], geometry }, outH, outW);
+      return move(new Decoded({ ok: true, data: levels, width: outW, height: outH })) as unknown as DecodeResult;
+    }
     // A private copy the worker can give away: sharp's buffer is not transferable.
     const pixels = new Uint8Array(data.length);
     pixels.set(data);

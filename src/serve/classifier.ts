@@ -1,10 +1,10 @@
 /**
  * The classifier a backend embeds: encoded image in, `{label, probabilities}` out.
  *
- * Each call is decoded by the sharp worker pool (in parallel, off the event loop) and turned
- * at once into the model's input tensor (the core's resize, as `predict` does it), then waits
- * in a queue for the model: a waiting call holds one input tensor, whatever the size of the
- * image it came from. The model runs one batch at a time; a batch starts when it is full
+ * Each call is decoded by the sharp worker pool (in parallel, off the event loop) and resized
+ * there to the model's input size (the core's resize, as `predict` does it), then waits in a
+ * queue for the model: a waiting call holds one input-sized image, whatever the size of the
+ * image it came from, and the full-size pixels never leave the worker. The model runs one batch at a time; a batch starts when it is full
  * (`maxBatchSize`) or when its oldest image has waited `maxWaitMs`. A lone request therefore
  * waits at most `maxWaitMs`, and under load the queue fills while the model computes, so
  * batches grow and so does throughput. `maxQueue` bounds the calls held at once (decoding,
@@ -14,6 +14,7 @@
 import { availableParallelism } from 'node:os';
 
 import type { FaceBox } from '../data/types.js';
+import type { RgbImage } from '../images.js';
 import { MotivNet, type LoadOptions } from '../model.js';
 import { PreprocessPool } from '../preprocess/pool.js';
 import type { DecodeFailure } from '../preprocess/types.js';
@@ -115,8 +116,8 @@ export class ClassifierClosedError extends Error {
 }
 
 interface Waiting {
-  /** The image as the model's input: (3, H, W) float32. */
-  tensor: Float32Array;
+  /** The image resized to the model's input size. */
+  image: RgbImage;
   enqueuedAt: number;
   signal?: AbortSignal;
   resolve: (c: Classification) => void;
@@ -224,6 +225,7 @@ export class EmotionClassifier {
         minHeight: inputHeight,
         maxPixels: this.maxPixels,
         maxAspectRatio: this.maxAspectRatio,
+        resizeTo: { width: inputWidth, height: inputHeight, geometry },
       };
       // An abort cancels the decode too, and its slot is free when this call settles.
       const decoded = await this.pool.decode(task, options.signal).catch((err: unknown) => {
@@ -234,13 +236,11 @@ export class EmotionClassifier {
         throw inputError(decoded, this.maxPixels);
       }
       options.signal?.throwIfAborted();
-      // The decoded pixels are let go here: what waits is the input tensor, of a fixed size.
-      const tensor = await this.model.inputTensor({ data: decoded.data, width: decoded.width, height: decoded.height }, { geometry });
-      options.signal?.throwIfAborted();
       // A call that was decoding when close() came still runs: close() lets held calls finish.
       return await new Promise<Classification>((resolve, reject) => {
         const queue = this.queue;
-        const waiting: Waiting = { tensor, enqueuedAt: performance.now(), signal: options.signal, resolve, reject };
+        const image = { data: decoded.data, width: decoded.width, height: decoded.height };
+        const waiting: Waiting = { image, enqueuedAt: performance.now(), signal: options.signal, resolve, reject };
         queue.push(waiting);
         // Aborted while queued: out of the queue at once, so its slot and pixels are freed now
         // rather than when its batch would have come.
@@ -336,7 +336,8 @@ export class EmotionClassifier {
     const started = performance.now();
     let failed = false;
     try {
-      const r = await this.model.predict(stack(batch.map((w) => w.tensor)));
+      // Already at the input size, resized as the model would: geometry none is the identity.
+      const r = await this.model.predict(batch.map((w) => w.image), { geometry: 'none' });
       this.modelCalls++;
       this.images += batch.length;
       const labels = this.model.labels;
@@ -359,18 +360,6 @@ export class EmotionClassifier {
 }
 
 const GEOMETRIES: readonly string[] = ['letterbox', 'stretch'];
-
-/** Input tensors of one image each, as one batch. */
-function stack(tensors: Float32Array[]): { tensor: Float32Array; batchSize: number } {
-  if (tensors.length === 1) return { tensor: tensors[0]!, batchSize: 1 };
-  const tensor = new Float32Array(tensors.reduce((n, t) => n + t.length, 0));
-  let offset = 0;
-  for (const t of tensors) {
-    tensor.set(t, offset);
-    offset += t.length;
-  }
-  return { tensor, batchSize: tensors.length };
-}
 
 /** An aborted signal's reason as an Error. */
 function reasonOf(signal: AbortSignal): Error {

@@ -13,7 +13,7 @@ use napi_derive::napi;
 
 use crate::calls::{self, CallLine};
 use crate::error::{coded, no_panic, IntoJs, DISPOSED, INTERNAL};
-use motivnet::{Normalization, Trainer};
+use motivnet::Trainer;
 
 pub struct Shared {
     pub trainer: Mutex<Option<Trainer>>,
@@ -36,9 +36,6 @@ pub struct NativeModel {
     line: CallLine,
     config_json: String,
     counts: (usize, usize),
-    /// What the model's own preprocessing needs (`inputTensor`), without its lock.
-    pub(crate) normalization: Normalization,
-    pub(crate) input_size: (usize, usize),
 }
 
 /// Whether a call changes the model: a failure inside the core during one that does may leave
@@ -85,9 +82,6 @@ impl NativeModel {
     pub fn new(trainer: Trainer) -> Result<Self> {
         let config_json = trainer.model.config.to_json();
         let counts = trainer.model.params.counts();
-        let normalization = trainer.model.normalization;
-        let encoder = &trainer.model.config.encoder;
-        let input_size = (encoder.input_height, encoder.input_width);
         Ok(Self {
             shared: Arc::new(Shared {
                 trainer: Mutex::new(Some(trainer)),
@@ -97,8 +91,6 @@ impl NativeModel {
             line: CallLine::new("motivnet-model")?,
             config_json,
             counts,
-            normalization,
-            input_size,
         })
     }
 

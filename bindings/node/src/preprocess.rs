@@ -1,12 +1,11 @@
 //! u8 images -> the model's normalized input tensor, as the model computes it: `preprocess`.
 
-use napi::bindgen_prelude::{Float32Array, Object, Task};
+use napi::bindgen_prelude::{Float32Array, Object, Task, Uint8Array};
 use napi::{Env, Result};
 use napi_derive::napi;
 
 use crate::calls;
 use crate::error::{invalid, no_panic, IntoJs};
-use crate::model::NativeModel;
 use crate::options::{Input, NativeInput, NormalizationOptions};
 use motivnet::Normalization;
 
@@ -41,23 +40,51 @@ pub fn preprocess(
     calls::start(env, None, task)
 }
 
+/// u8 images -> u8 images of `width` x `height` (HWC, back to back), resized exactly as the
+/// model resizes (the levels its normalization would start from; letterbox bands white). What
+/// a server keeps of a request while it waits for a batch: `predict` with geometry `none` on
+/// these gives what `predict` on the originals gives.
+#[napi(ts_return_type = "Promise<Uint8Array>")]
+pub fn resize_images(env: &Env, input: NativeInput, height: u32, width: u32) -> Result<Object<'_>> {
+    if height < width || width == 0 {
+        return Err(invalid(format!(
+            "output is {width} x {height} (width x height): height must be at least width, both positive"
+        )));
+    }
+    calls::start(
+        env,
+        None,
+        ResizeTask { input: Input::try_from(input)?, height: height as usize, width: width as usize },
+    )
+}
+
+pub struct ResizeTask {
+    pub input: Input,
+    pub height: usize,
+    pub width: usize,
+}
+
 #[napi]
-impl NativeModel {
-    /// The input tensor `predict` would compute from these pixels (this model's input size
-    /// and normalization), without waiting for the model: a server turns each request's
-    /// image into it at once and holds only that while the request waits for a batch.
-    #[napi(ts_return_type = "Promise<Float32Array>")]
-    pub fn input_tensor<'env>(&self, env: &'env Env, input: NativeInput) -> Result<Object<'env>> {
-        self.live()?;
-        let (height, width) = self.input_size;
-        let task = PreprocessTask {
-            input: Input::try_from(input)?,
-            height,
-            width,
-            normalization: self.normalization,
-            out: None,
+impl Task for ResizeTask {
+    type Output = Vec<u8>;
+    type JsValue = Uint8Array;
+
+    fn compute(&mut self) -> Result<Vec<u8>> {
+        let Input::Pixels { data, sizes, geometry } = &self.input else {
+            return Err(invalid("resizeImages takes pixels, not a tensor"));
         };
-        calls::start(env, None, task)
+        let batch = motivnet::ImageBatch::new(data, sizes).js()?;
+        let (height, width) = (self.height, self.width);
+        no_panic(|| {
+            motivnet::runtime::cpu::run_on_compute_threads(|| {
+                motivnet::ops::pixels::resize_levels(&batch, *geometry, height, width)
+            })
+            .js()
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, levels: Vec<u8>) -> Result<Uint8Array> {
+        Ok(Uint8Array::new(levels))
     }
 }
 

@@ -41,6 +41,30 @@ pub fn resize_normalize_checked(
     Ok(None)
 }
 
+/// u8 images -> u8 images of out_w x out_h (HWC, back to back): the levels the model's
+/// resize produces before it normalizes (letterbox bands at 255). Resizing these again with
+/// [`Geometry::None`] is the identity, so a batch of them normalizes to exactly what the
+/// originals would.
+pub fn resize_levels(batch: &ImageBatch, geometry: Geometry, out_h: usize, out_w: usize) -> Result<Vec<u8>> {
+    if geometry == Geometry::None {
+        check_none_geometry(batch, out_h, out_w)?;
+    }
+    let identity = Normalization { mean: [0.0; 3], std: [1.0; 3] };
+    let planes = resize_normalize_cpu(batch, geometry, out_h, out_w, &identity);
+    let plane = out_h * out_w;
+    let mut levels = vec![0u8; planes.len()];
+    for (b, image) in levels.chunks_exact_mut(3 * plane).enumerate() {
+        let chw = &planes[b * 3 * plane..(b + 1) * 3 * plane];
+        for (p, pixel) in image.chunks_exact_mut(3).enumerate() {
+            // Whole levels in 0..=255 (the kernel rounds before it normalizes): exact casts.
+            pixel[0] = chw[p] as u8;
+            pixel[1] = chw[plane + p] as u8;
+            pixel[2] = chw[2 * plane + p] as u8;
+        }
+    }
+    Ok(levels)
+}
+
 /// u8 images -> normalized f32 (B, 3, out_h, out_w) on `device`.
 pub fn to_input_tensor(
     batch: &ImageBatch,
@@ -123,5 +147,24 @@ mod tests {
             // rounding of the lerp; one level is 1/std ~ 0.018.
             assert!(max < 0.02, "{geometry:?}: max difference {max}");
         }
+    }
+
+    #[test]
+    fn resized_levels_then_geometry_none_normalize_exactly_as_the_originals() {
+        let sizes = [(30usize, 40usize), (97, 61), (5, 3), (48, 64)];
+        let data: Vec<u8> =
+            (0..sizes.iter().map(|(w, h)| w * h * 3).sum::<usize>()).map(|i| (i * 37 % 251) as u8).collect();
+        let batch = ImageBatch::new(&data, &sizes).unwrap();
+        let norm = Normalization::default();
+        for geometry in [Geometry::Stretch, Geometry::Letterbox] {
+            let direct = resize_normalize_cpu(&batch, geometry, 64, 48, &norm);
+            let levels = resize_levels(&batch, geometry, 64, 48).unwrap();
+            let resized = vec![(48, 64); sizes.len()];
+            let again =
+                resize_normalize_cpu(&ImageBatch::new(&levels, &resized).unwrap(), Geometry::None, 64, 48, &norm);
+            assert_eq!(direct, again, "{geometry:?}");
+        }
+        let wrong = resize_levels(&batch, Geometry::None, 64, 48).unwrap_err();
+        assert!(wrong.to_string().contains("geometry 'none' needs exactly 48 x 64"), "{wrong}");
     }
 }
