@@ -64,7 +64,7 @@ const threadEnv = { ...process.env, RAYON_NUM_THREADS: String(threads), OMP_NUM_
 
 function runOurs(c, precision = 'f32') {
   if (c.kind === 'e2e') {
-    const j = json(spawnSync(process.execPath, [path.join(root, 'scripts/bench/e2e-ours.mjs'), jpegDir, c.preset, String(c.batch), String(c.iters)], { encoding: 'utf8', env: { ...threadEnv, POOL_THREADS: String(threads) } }), 'e2e (ours)');
+    const j = json(spawnSync(process.execPath, [path.join(root, 'scripts/bench/e2e-ours.mjs'), jpegDir, c.preset, String(c.batch), String(c.iters)], { encoding: 'utf8', env: { ...threadEnv, POOL_THREADS: String(threads), CANDLE_NUM_THREADS: '1' } }), 'e2e (ours)');
     return { ms: j.ms, peakMb: j.peakRssMb, baselineMb: j.baselineRssMb };
   }
   const args = ['--model', c.preset, '--batch', String(c.batch), '--iters', String(c.iters), '--warmup', '1', '--precision', precision, c.kind === 'forward' ? '--skip-train' : '--skip-forward'];

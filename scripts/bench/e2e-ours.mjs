@@ -8,7 +8,10 @@ import path from 'node:path';
 
 import { root } from './common.mjs';
 
-const { MotivNet } = await import(path.join(root, 'dist/index.js'));
+const { MotivNet, tuneProcess } = await import(path.join(root, 'dist/index.js'));
+// As `motivnet train` runs (its process is its own): the process-wide settings of
+// src/tune-process.ts, and CANDLE_NUM_THREADS=1 from compare.mjs's environment.
+tuneProcess();
 const { PreprocessPool, batches, SkipLog } = await import(path.join(root, 'dist/preprocess/index.js'));
 
 const [dir, preset = 'tiny', batchArg = '8', itersArg = '10'] = process.argv.slice(2);
