@@ -4,6 +4,8 @@
  * refused before their pixels are decoded; all through a real HTTP client (fetch).
  */
 
+import { getEventListeners } from 'node:events';
+
 import sharp from 'sharp';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -70,6 +72,14 @@ describe('the classifier holds what the model needs, not what the client sent', 
       const expected = Object.fromEntries(model.labels.map((l, i) => [l, direct.probabilities[i]!]));
       expect(close(served.probabilities, expected, 1e-6), geometry).toBe(true);
     }
+  });
+
+  it("leaves no listener on a caller's signal once a call settles (a listener would hold its image)", async () => {
+    const host = new AbortController();
+    const jpeg = await image('jpeg');
+    await Promise.all(Array.from({ length: 6 }, () => classifier.classify(jpeg, { signal: host.signal })));
+    await classifier.classify(Buffer.from('not an image'), { signal: host.signal }).catch(() => undefined);
+    expect(getEventListeners(host.signal, 'abort')).toHaveLength(0);
   });
 
   it('refuses an image of extreme aspect ratio after its header, before its pixels (413)', async () => {

@@ -237,25 +237,28 @@ export class EmotionClassifier {
       }
       options.signal?.throwIfAborted();
       // A call that was decoding when close() came still runs: close() lets held calls finish.
+      const signal = options.signal;
+      let onAbort: (() => void) | undefined;
       return await new Promise<Classification>((resolve, reject) => {
         const queue = this.queue;
         const image = { data: decoded.data, width: decoded.width, height: decoded.height };
-        const waiting: Waiting = { image, enqueuedAt: performance.now(), signal: options.signal, resolve, reject };
+        const waiting: Waiting = { image, enqueuedAt: performance.now(), signal, resolve, reject };
         queue.push(waiting);
         // Aborted while queued: out of the queue at once, so its slot and pixels are freed now
         // rather than when its batch would have come.
-        options.signal?.addEventListener(
-          'abort',
-          () => {
-            const at = queue.indexOf(waiting);
-            if (at >= 0) {
-              queue.splice(at, 1);
-              reject(reasonOf(options.signal!));
-            }
-          },
-          { once: true },
-        );
+        onAbort = () => {
+          const at = queue.indexOf(waiting);
+          if (at >= 0) {
+            queue.splice(at, 1);
+            reject(reasonOf(signal!));
+          }
+        };
+        signal?.addEventListener('abort', onAbort, { once: true });
         this.schedule();
+      }).finally(() => {
+        // The listener holds the image: a signal that outlives the call (a host's own, long-
+        // lived one) would otherwise keep every image it ever saw.
+        if (onAbort) signal?.removeEventListener('abort', onAbort);
       });
     } finally {
       this.pending--;
