@@ -4,4 +4,5 @@
 
 pub mod durable;
 pub mod pos_embed;
+pub mod pth_guard;
 pub mod weights;

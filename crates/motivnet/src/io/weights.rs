@@ -19,6 +19,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::pos_embed::resize_pos_embed;
+use super::pth_guard;
 use crate::error::{catch_panic, Error, Result};
 use crate::keys::{DECODER as DECODER_PREFIX, ENCODER as ENCODER_PREFIX, STATE as STATE_PREFIXES};
 use crate::nn::params::ParamStore;
@@ -97,6 +98,13 @@ fn read_tensors_unguarded(path: &Path) -> Result<HashMap<String, Tensor>> {
             Error::Weights(format!("{file}: neither a safetensors file nor a zip-format PyTorch checkpoint ({e})"))
         });
     }
+    // candle's reader trusts the file's lengths and shapes: checked first (pth_guard.rs).
+    pth_guard::check_archive(path)?;
+    let infos = |key| candle_core::pickle::read_pth_tensor_info(path, false, key);
+    match infos(Some("state_dict")) {
+        Ok(i) if !i.is_empty() => pth_guard::check_tensors(path, &i)?,
+        _ => pth_guard::check_tensors(path, &infos(None).unwrap_or_default())?,
+    }
     // mmpose/Lightning checkpoints wrap the weights in `state_dict`; plain state dicts do not.
     let pairs = match candle_core::pickle::read_all_with_key(path, Some("state_dict")) {
         Ok(pairs) if !pairs.is_empty() => pairs,
@@ -139,6 +147,7 @@ fn read_shapes_unguarded(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
             })
             .collect();
     }
+    pth_guard::check_archive(path)?;
     let infos = |key| candle_core::pickle::read_pth_tensor_info(path, false, key);
     let infos = match infos(Some("state_dict")) {
         Ok(infos) if !infos.is_empty() => infos,
