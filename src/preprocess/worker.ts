@@ -106,7 +106,8 @@ export default async function decode(task: DecodeTask): Promise<DecodeResult> {
       const { width: outW, height: outH, geometry } = task.resizeTo;
       // Loaded here only: the training pool's workers never need the addon.
       const { native } = await import('../native.js');
-      const levels = await native.resizeImages({ pixels: data, widths: [info.width], heights: [info.height], geometry }, outH, outW);
+      // On this worker's own thread: waiting for the model's compute threads would stall decoding.
+      const levels = native.resizeImagesSync({ pixels: data, widths: [info.width], heights: [info.height], geometry }, outH, outW);
       return move(new Decoded({ ok: true, data: levels, width: outW, height: outH })) as unknown as DecodeResult;
     }
     // A private copy the worker can give away: sharp's buffer is not transferable.

@@ -43,49 +43,23 @@ pub fn preprocess(
 /// u8 images -> u8 images of `width` x `height` (HWC, back to back), resized exactly as the
 /// model resizes (the levels its normalization would start from; letterbox bands white). What
 /// a server keeps of a request while it waits for a batch: `predict` with geometry `none` on
-/// these gives what `predict` on the originals gives.
-#[napi(ts_return_type = "Promise<Uint8Array>")]
-pub fn resize_images(env: &Env, input: NativeInput, height: u32, width: u32) -> Result<Object<'_>> {
+/// these gives what `predict` on the originals gives. Synchronous, on the calling thread: for
+/// a decoding worker, whose thread is its own (a wait for the shared compute threads would
+/// stall its decoding); never call it on a main thread.
+#[napi]
+pub fn resize_images_sync(input: NativeInput, height: u32, width: u32) -> Result<Uint8Array> {
     if height < width || width == 0 {
         return Err(invalid(format!(
             "output is {width} x {height} (width x height): height must be at least width, both positive"
         )));
     }
-    calls::start(
-        env,
-        None,
-        ResizeTask { input: Input::try_from(input)?, height: height as usize, width: width as usize },
-    )
-}
-
-pub struct ResizeTask {
-    pub input: Input,
-    pub height: usize,
-    pub width: usize,
-}
-
-#[napi]
-impl Task for ResizeTask {
-    type Output = Vec<u8>;
-    type JsValue = Uint8Array;
-
-    fn compute(&mut self) -> Result<Vec<u8>> {
-        let Input::Pixels { data, sizes, geometry } = &self.input else {
-            return Err(invalid("resizeImages takes pixels, not a tensor"));
-        };
-        let batch = motivnet::ImageBatch::new(data, sizes).js()?;
-        let (height, width) = (self.height, self.width);
-        no_panic(|| {
-            motivnet::runtime::cpu::run_on_compute_threads(|| {
-                motivnet::ops::pixels::resize_levels(&batch, *geometry, height, width)
-            })
-            .js()
-        })
-    }
-
-    fn resolve(&mut self, _env: Env, levels: Vec<u8>) -> Result<Uint8Array> {
-        Ok(Uint8Array::new(levels))
-    }
+    let Input::Pixels { data, sizes, geometry } = Input::try_from(input)? else {
+        return Err(invalid("resizeImagesSync takes pixels, not a tensor"));
+    };
+    let batch = motivnet::ImageBatch::new(&data, &sizes).js()?;
+    let levels =
+        no_panic(|| motivnet::ops::pixels::resize_levels(&batch, geometry, height as usize, width as usize).js())?;
+    Ok(Uint8Array::new(levels))
 }
 
 pub struct PreprocessTask {

@@ -175,6 +175,29 @@ pub fn resize_normalize_into(
     norm: &Normalization,
     out: &mut [f32],
 ) {
+    resize_normalize_rows(batch, geometry, out_h, out_w, norm, out, Rows::Parallel);
+}
+
+/// Where the rows of a resize run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Spread over rayon's threads: a batch for the model.
+    Parallel,
+    /// On the calling thread alone: one image in a thread that is already one of several
+    /// (a decoding worker), where waiting for a shared pool would stall it.
+    CallerThread,
+}
+
+/// [`resize_normalize_into`], with its rows run where `rows` says.
+pub fn resize_normalize_rows(
+    batch: &ImageBatch,
+    geometry: Geometry,
+    out_h: usize,
+    out_w: usize,
+    norm: &Normalization,
+    out: &mut [f32],
+    rows_on: Rows,
+) {
     let images = batch.images();
     let (rows, top) = placement(geometry, out_h, out_w);
     let plans: Vec<RowPlan> = images.iter().map(|&(_, w, h)| RowPlan::new(w, h, rows, out_w)).collect();
@@ -183,7 +206,7 @@ pub fn resize_normalize_into(
     let plane = out_h * out_w;
     assert_eq!(out.len(), images.len() * 3 * plane, "output buffer size");
     let out_ptr = SharedOut(out.as_mut_ptr());
-    (0..images.len() * out_h).into_par_iter().with_min_len(8).for_each_init(Vec::new, |blend, r| {
+    let row_task = |blend: &mut Vec<f32>, r: usize| {
         let (b, y) = (r / out_h, r % out_h);
         // SAFETY: task (b, y) writes only row y of image b's three planes: disjoint across
         // tasks, and `out` outlives the parallel loop.
@@ -213,7 +236,15 @@ pub fn resize_normalize_into(
             r1[x] = (level(1) - norm.mean[1]) * inv_std[1];
             r2[x] = (level(2) - norm.mean[2]) * inv_std[2];
         }
-    });
+    };
+    let n = images.len() * out_h;
+    match rows_on {
+        Rows::Parallel => (0..n).into_par_iter().with_min_len(8).for_each_init(Vec::new, row_task),
+        Rows::CallerThread => {
+            let mut blend = Vec::new();
+            (0..n).for_each(|r| row_task(&mut blend, r));
+        }
+    }
 }
 
 /// The output pointer shared by the row tasks (see the SAFETY note at its use).

@@ -11,7 +11,9 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::error::{input_err, Result};
 use crate::kernels::resize::{check_none_geometry, placement, taps};
-pub use crate::kernels::resize::{resize_normalize_cpu, resize_normalize_into, Geometry, ImageBatch, Normalization};
+pub use crate::kernels::resize::{
+    resize_normalize_cpu, resize_normalize_into, resize_normalize_rows, Geometry, ImageBatch, Normalization, Rows,
+};
 
 /// [`resize_normalize_cpu`] after the checks [`to_input_tensor`] makes, as a flat vector, or
 /// into `out` when given (its length must be B x 3 x out_h x out_w).
@@ -44,13 +46,14 @@ pub fn resize_normalize_checked(
 /// u8 images -> u8 images of out_w x out_h (HWC, back to back): the levels the model's
 /// resize produces before it normalizes (letterbox bands at 255). Resizing these again with
 /// [`Geometry::None`] is the identity, so a batch of them normalizes to exactly what the
-/// originals would.
+/// originals would. Runs on the calling thread (see [`Rows::CallerThread`]).
 pub fn resize_levels(batch: &ImageBatch, geometry: Geometry, out_h: usize, out_w: usize) -> Result<Vec<u8>> {
     if geometry == Geometry::None {
         check_none_geometry(batch, out_h, out_w)?;
     }
     let identity = Normalization { mean: [0.0; 3], std: [1.0; 3] };
-    let planes = resize_normalize_cpu(batch, geometry, out_h, out_w, &identity);
+    let mut planes = vec![0f32; batch.len() * 3 * out_h * out_w];
+    resize_normalize_rows(batch, geometry, out_h, out_w, &identity, &mut planes, Rows::CallerThread);
     let plane = out_h * out_w;
     let mut levels = vec![0u8; planes.len()];
     for (b, image) in levels.chunks_exact_mut(3 * plane).enumerate() {
