@@ -124,5 +124,5 @@ fn memoised_objects_doubled_until_they_fill_memory_are_refused() {
         laughs.push(b'.');
         *p = laughs;
     });
-    refused(&path, "objects");
+    refused(&path, "objects it builds");
 }

@@ -6,10 +6,11 @@
 //!
 //! What is checked, with errors naming the file:
 //! - every member of the archive declares no more bytes than the file holds;
-//! - the pickle (`data.pkl`), walked opcode by opcode over the opcodes candle reads: every
-//!   length within the bytes that remain, objects nested at most [`MAX_DEPTH`] deep and at
-//!   most [`MAX_OBJECTS`] of them once memoised objects are copied (as candle copies them);
-//! - every tensor's bytes, from its shape, dtype and offset, within its storage member.
+//! - the pickle (`data.pkl`), walked opcode by opcode as candle reads it: every length within
+//!   the bytes that remain, objects nested at most [`MAX_DEPTH`] deep and taking at most
+//!   [`MAX_BYTES`] once memoised objects are copied (as candle copies them);
+//! - every tensor's bytes, from its shape, dtype and offset, within its storage member, and
+//!   all of them together within [`MAX_TENSOR_BYTES_PER_FILE_BYTE`] times the file's size.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -19,9 +20,12 @@ use crate::error::{Error, Result};
 
 /// Deeper than any checkpoint nests (a state dict is a few levels), far from a stack's limit.
 pub const MAX_DEPTH: u32 = 256;
-/// Objects the pickle may build, memoised copies included: a checkpoint of tens of thousands of
-/// tensors builds well under a million.
-pub const MAX_OBJECTS: u64 = 20_000_000;
+/// What the objects a pickle builds may take, memoised copies included: a checkpoint of tens of
+/// thousands of tensors builds a few megabytes of them.
+pub const MAX_BYTES: u64 = 512 << 20;
+/// Tensor bytes a checkpoint may read, as a multiple of its file's size: views share storages
+/// (tied weights), but not by thousands.
+pub const MAX_TENSOR_BYTES_PER_FILE_BYTE: u64 = 16;
 
 fn malformed(path: &Path, what: impl std::fmt::Display) -> Error {
     Error::Weights(format!("{}: a malformed PyTorch checkpoint: {what}", path.display()))
@@ -72,6 +76,9 @@ pub fn check_archive(path: &Path) -> Result<()> {
 /// member: the reader allocates them from the shape before it reads.
 pub fn check_tensors(path: &Path, infos: &[candle_core::pickle::TensorInfo]) -> Result<()> {
     let (_, sizes) = members(path)?;
+    let length = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let budget = length.saturating_mul(MAX_TENSOR_BYTES_PER_FILE_BYTE);
+    let mut sum = 0u64;
     for info in infos {
         let layout = &info.layout;
         let bytes = layout
@@ -82,7 +89,7 @@ pub fn check_tensors(path: &Path, infos: &[candle_core::pickle::TensorInfo]) -> 
             .and_then(|n| n.checked_add(layout.start_offset() as u64));
         let member = sizes.get(&info.path).copied().unwrap_or(0);
         match bytes {
-            Some(n) if n <= member => {}
+            Some(n) if n <= member => sum = sum.saturating_add(n),
             _ => {
                 return Err(malformed(
                     path,
@@ -95,186 +102,173 @@ pub fn check_tensors(path: &Path, infos: &[candle_core::pickle::TensorInfo]) -> 
                 ))
             }
         }
+        if sum > budget {
+            return Err(malformed(
+                path,
+                format!(
+                    "its tensors would read more than {MAX_TENSOR_BYTES_PER_FILE_BYTE} times the file's {length} bytes"
+                ),
+            ));
+        }
     }
     Ok(())
 }
 
-/// What the walk keeps of each stack entry: how deep the object nests and how many objects it
-/// holds, or the mark that opcodes pop to.
+/// What the walk keeps of each stack entry: how deep the object nests and about how many bytes
+/// the reader holds for it, or the mark that opcodes pop to.
 #[derive(Clone, Copy)]
 enum Entry {
-    Object { depth: u32, objects: u64 },
+    Object { depth: u32, bytes: u64 },
     Mark,
 }
 
-/// Walks the opcodes candle's unpickler reads, checking lengths, depth and object counts. An
-/// opcode it does not know, or a stack it would find empty, ends the walk: candle refuses those
-/// itself, with its own error.
+/// About what one object costs the reader beside its text (the size of its `Object` enum).
+const OBJECT_BYTES: u64 = 64;
+
+/// Walks the opcodes exactly as candle's unpickler reads them (including its reading of `d`
+/// as an empty dict), checking lengths, depth and the bytes it would allocate, memoised copies
+/// included (candle clones an object on every memo put and get). Whatever candle would refuse
+/// (an empty stack, no mark, a missing memo key, an unknown opcode) is refused here too, so
+/// the walk and the reader cannot drift apart unnoticed.
 pub fn check_pickle(bytes: &[u8]) -> std::result::Result<(), String> {
     let mut at = 0usize;
     let mut stack: Vec<Entry> = Vec::new();
     let mut memo: HashMap<u32, Entry> = HashMap::new();
+    // Bytes the reader would have allocated so far.
     let mut total: u64 = 0;
-    let take = |at: &mut usize, n: usize| -> std::result::Result<&[u8], String> {
-        let end = at
+    let take = |at: &mut usize, n: usize| -> std::result::Result<usize, String> {
+        let start = *at;
+        let end = start
             .checked_add(n)
             .filter(|&e| e <= bytes.len())
-            .ok_or_else(|| format!("an opcode at byte {} reads past the end", *at))?;
-        let slice = &bytes[*at..end];
+            .ok_or_else(|| format!("an opcode at byte {start} reads past the end"))?;
         *at = end;
-        Ok(slice)
+        Ok(start)
     };
-    let leaf = Entry::Object { depth: 0, objects: 1 };
-    // An object made of `parts`: one level deeper than the deepest, holding them all.
+    let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let pop = |stack: &mut Vec<Entry>, n: usize, at: usize| -> std::result::Result<Vec<Entry>, String> {
+        if stack.len() < n {
+            return Err(format!("the opcode at byte {} pops more than the stack holds", at - 1));
+        }
+        Ok(stack.split_off(stack.len() - n))
+    };
+    let pop_to_mark = |stack: &mut Vec<Entry>, at: usize| -> std::result::Result<Vec<Entry>, String> {
+        let mark = stack
+            .iter()
+            .rposition(|e| matches!(e, Entry::Mark))
+            .ok_or_else(|| format!("the opcode at byte {} finds no mark", at - 1))?;
+        let items = stack.split_off(mark + 1);
+        stack.pop();
+        Ok(items)
+    };
+    // A new object holding `parts`: one level deeper than the deepest.
     let combine = |parts: &[Entry], total: &mut u64| -> std::result::Result<Entry, String> {
-        let (mut depth, mut objects) = (0u32, 1u64);
+        let (mut depth, mut bytes) = (0u32, OBJECT_BYTES);
         for p in parts {
-            if let Entry::Object { depth: d, objects: o } = *p {
+            if let Entry::Object { depth: d, bytes: b } = *p {
                 depth = depth.max(d + 1);
-                objects = objects.saturating_add(o);
+                bytes = bytes.saturating_add(b);
             }
         }
         if depth > MAX_DEPTH {
             return Err(format!("objects nested more than {MAX_DEPTH} deep"));
         }
-        *total = total.saturating_add(1);
-        Ok(Entry::Object { depth, objects })
+        *total = total.saturating_add(OBJECT_BYTES);
+        Ok(Entry::Object { depth, bytes })
     };
-    let pop_to_mark = |stack: &mut Vec<Entry>| -> Option<Vec<Entry>> {
-        let mark = stack.iter().rposition(|e| matches!(e, Entry::Mark))?;
-        let items = stack.split_off(mark + 1);
-        stack.pop();
-        Some(items)
+    let leaf = |len: usize, total: &mut u64| {
+        let bytes = OBJECT_BYTES + len as u64;
+        *total = total.saturating_add(bytes);
+        Entry::Object { depth: 0, bytes }
     };
-    loop {
-        if total > MAX_OBJECTS {
-            return Err(format!("more than {MAX_OBJECTS} objects"));
+    while at < bytes.len() {
+        if total > MAX_BYTES {
+            return Err(format!("the objects it builds would take more than {} MiB", MAX_BYTES >> 20));
         }
-        let Some(&op) = bytes.get(at) else { return Ok(()) };
+        let op = bytes[at];
         at += 1;
-        match op {
+        let made = match op {
             0x80 => {
                 take(&mut at, 1)?; // PROTO
+                continue;
             }
-            b'K' | b'q' => {
-                take(&mut at, 1)?; // BININT1, BINPUT (memoised below)
-            }
-            b'M' => {
-                take(&mut at, 2)?; // BININT2
-            }
-            b'J' => {
-                take(&mut at, 4)?; // BININT
-            }
-            b'G' => {
-                take(&mut at, 8)?; // BINFLOAT
-            }
+            b'K' => leaf(take(&mut at, 1).map(|_| 0)?, &mut total), // BININT1
+            b'M' => leaf(take(&mut at, 2).map(|_| 0)?, &mut total), // BININT2
+            b'J' => leaf(take(&mut at, 4).map(|_| 0)?, &mut total), // BININT
+            b'G' => leaf(take(&mut at, 8).map(|_| 0)?, &mut total), // BINFLOAT
             b'X' => {
                 // BINUNICODE: a u32 length, then that many bytes.
-                let len = u32::from_le_bytes(take(&mut at, 4)?.try_into().unwrap()) as usize;
+                let len = u32_at(take(&mut at, 4)?) as usize;
                 if len > bytes.len() - at {
                     return Err(format!("a string at byte {} claims {len} bytes, {} remain", at - 5, bytes.len() - at));
                 }
                 at += len;
+                leaf(len, &mut total)
             }
             b'c' => {
                 // GLOBAL: module and name, each up to a newline.
+                let start = at;
                 for _ in 0..2 {
                     let end = bytes[at..].iter().position(|&b| b == b'\n').ok_or("a GLOBAL without its newline")?;
                     at += end + 1;
                 }
+                leaf(at - start, &mut total)
             }
             0x8a => {
                 // LONG1: a byte count, then the bytes.
-                let n = take(&mut at, 1)?[0] as usize;
+                let n = bytes[take(&mut at, 1)?] as usize;
                 take(&mut at, n)?;
+                leaf(0, &mut total)
             }
+            // NEWTRUE, NEWFALSE, NONE, EMPTY_DICT (and `d`, which candle reads as one),
+            // EMPTY_TUPLE, EMPTY_LIST.
+            0x88 | 0x89 | b'N' | b'}' | b'd' | b')' | b']' => leaf(0, &mut total),
             b'h' | b'j' => {
-                let key = if op == b'h' {
-                    take(&mut at, 1)?[0] as u32
-                } else {
-                    u32::from_le_bytes(take(&mut at, 4)?.try_into().unwrap())
-                };
-                // BINGET: candle copies the memoised object onto the stack.
-                let Some(&entry) = memo.get(&key) else { return Ok(()) };
-                if let Entry::Object { objects, .. } = entry {
-                    total = total.saturating_add(objects);
+                // BINGET, LONG_BINGET: candle pushes a clone of the memoised object.
+                let key = if op == b'h' { bytes[take(&mut at, 1)?] as u32 } else { u32_at(take(&mut at, 4)?) };
+                let entry = *memo.get(&key).ok_or_else(|| format!("memo key {key} is missing"))?;
+                if let Entry::Object { bytes, .. } = entry {
+                    total = total.saturating_add(bytes);
                 }
-                stack.push(entry);
-                continue;
-            }
-            b'r' => {
-                take(&mut at, 4)?; // LONG_BINPUT (memoised below)
-            }
-            _ => {}
-        }
-        match op {
-            b'K' | b'M' | b'J' | b'G' | b'X' | b'c' | 0x8a | 0x88 | 0x89 | b'N' | b'}' | b')' | b']' => {
-                total = total.saturating_add(1);
-                stack.push(leaf);
+                entry
             }
             b'q' | b'r' => {
-                // BINPUT, LONG_BINPUT: memoise the top of the stack under the key just read.
-                let key = if op == b'q' {
-                    bytes[at - 1] as u32
-                } else {
-                    u32::from_le_bytes(bytes[at - 4..at].try_into().unwrap())
-                };
-                let Some(&top) = stack.last() else { return Ok(()) };
+                // BINPUT, LONG_BINPUT: candle stores a clone of the top of the stack.
+                let key = if op == b'q' { bytes[take(&mut at, 1)?] as u32 } else { u32_at(take(&mut at, 4)?) };
+                let top =
+                    *stack.last().ok_or_else(|| format!("the opcode at byte {} memoises an empty stack", at - 1))?;
+                if let Entry::Object { bytes, .. } = top {
+                    total = total.saturating_add(bytes);
+                }
                 memo.insert(key, top);
+                continue;
             }
-            b'(' => stack.push(Entry::Mark),
-            0x85 | 0x86 | 0x87 | b'Q' => {
-                // TUPLE1-3, BINPERSID: one to three objects into one.
-                let n = match op {
-                    0x85 | b'Q' => 1,
-                    0x86 => 2,
-                    _ => 3,
-                };
-                if stack.len() < n {
-                    return Ok(());
-                }
-                let parts = stack.split_off(stack.len() - n);
-                let made = combine(&parts, &mut total)?;
-                stack.push(made);
-            }
-            b'R' | b'b' | 0x81 => {
-                // REDUCE, BUILD, NEWOBJ: two objects into one.
-                if stack.len() < 2 {
-                    return Ok(());
-                }
-                let parts = stack.split_off(stack.len() - 2);
-                let made = combine(&parts, &mut total)?;
-                stack.push(made);
-            }
-            b't' | b'd' => {
-                // TUPLE, DICT: everything above the mark into one.
-                let Some(parts) = pop_to_mark(&mut stack) else { return Ok(()) };
-                let made = combine(&parts, &mut total)?;
-                stack.push(made);
-            }
+            b'(' => Entry::Mark,
+            // TUPLE1-3, BINPERSID: one to three objects into one.
+            0x85 | b'Q' => combine(&pop(&mut stack, 1, at)?, &mut total)?,
+            0x86 => combine(&pop(&mut stack, 2, at)?, &mut total)?,
+            0x87 => combine(&pop(&mut stack, 3, at)?, &mut total)?,
+            // REDUCE, BUILD, NEWOBJ: two objects into one.
+            b'R' | b'b' | 0x81 => combine(&pop(&mut stack, 2, at)?, &mut total)?,
+            // TUPLE: everything above the mark into one.
+            b't' => combine(&pop_to_mark(&mut stack, at)?, &mut total)?,
+            // APPEND, SETITEM (one or two objects), APPENDS, SETITEMS (to the mark): into the
+            // container below them.
             b'a' | b's' | b'e' | b'u' => {
-                // APPEND, SETITEM (one or two objects), APPENDS, SETITEMS (to the mark): into
-                // the container below them.
-                let parts = match op {
-                    b'a' if !stack.is_empty() => vec![stack.pop().unwrap()],
-                    b's' if stack.len() >= 2 => stack.split_off(stack.len() - 2),
-                    b'e' | b'u' => match pop_to_mark(&mut stack) {
-                        Some(p) => p,
-                        None => return Ok(()),
-                    },
-                    _ => return Ok(()),
+                let mut parts = match op {
+                    b'a' => pop(&mut stack, 1, at)?,
+                    b's' => pop(&mut stack, 2, at)?,
+                    _ => pop_to_mark(&mut stack, at)?,
                 };
-                let Some(container) = stack.pop() else { return Ok(()) };
-                let mut all = parts;
-                all.push(container);
-                let made = combine(&all, &mut total)?;
-                stack.push(made);
+                parts.extend(pop(&mut stack, 1, at)?);
+                combine(&parts, &mut total)?
             }
             b'.' => return Ok(()), // STOP
-            0x80 => {}
-            _ => return Ok(()), // an opcode candle does not read: it refuses the file itself
-        }
+            other => return Err(format!("unknown opcode 0x{other:02x} at byte {}", at - 1)),
+        };
+        stack.push(made);
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -301,7 +295,27 @@ mod tests {
             laughs.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
         }
         laughs.push(b'.');
-        assert!(check_pickle(&laughs).unwrap_err().contains("objects"));
+        assert!(check_pickle(&laughs).unwrap_err().contains("objects it builds"));
+        // Memo puts clone too: one big string stored under a thousand keys.
+        let mut puts = vec![0x80, 2, b'X'];
+        puts.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        puts.extend(std::iter::repeat_n(b'a', 1 << 20));
+        for key in 0..1000u32 {
+            puts.push(b'r');
+            puts.extend_from_slice(&key.to_le_bytes());
+        }
+        puts.push(b'.');
+        assert!(check_pickle(&puts).unwrap_err().contains("objects it builds"));
+    }
+
+    #[test]
+    fn the_walk_reads_d_as_candle_does_and_refuses_what_candle_would() {
+        // candle reads `d` as an empty dict, not as DICT: with `( d t` its mark survives.
+        assert!(check_pickle(&[0x80, 2, b'(', b'd', b't', b'.']).is_ok());
+        assert!(check_pickle(&[0x80, 2, b'd', b't', b'.']).unwrap_err().contains("no mark"));
+        assert!(check_pickle(&[0x80, 2, 0x85, b'.']).unwrap_err().contains("pops more"));
+        assert!(check_pickle(&[0x80, 2, b'h', 3, b'.']).unwrap_err().contains("memo key 3"));
+        assert!(check_pickle(&[0x80, 2, b'P', b'.']).unwrap_err().contains("unknown opcode 0x50"));
     }
 
     #[test]
