@@ -108,7 +108,11 @@ export default async function decode(task: DecodeTask): Promise<DecodeResult> {
       const { native } = await import('../native.js');
       // On this worker's own thread: waiting for the model's compute threads would stall decoding.
       const levels = native.resizeImagesSync({ pixels: data, widths: [info.width], heights: [info.height], geometry }, outH, outW);
-      return move(new Decoded({ ok: true, data: levels, width: outW, height: outH })) as unknown as DecodeResult;
+      // Into memory of this thread's own: a buffer the addon allocated cannot be transferred
+      // (Node 21 and later refuse it outright), and this copy is of an input-sized image.
+      const pixels = new Uint8Array(levels.length);
+      pixels.set(levels);
+      return move(new Decoded({ ok: true, data: pixels, width: outW, height: outH })) as unknown as DecodeResult;
     }
     // A private copy the worker can give away: sharp's buffer is not transferable.
     const pixels = new Uint8Array(data.length);

@@ -122,11 +122,15 @@ async function requestImages(request: FastifyRequest, bodyLimit: number, maxImag
       part.file.resume();
       continue;
     }
-    const bytes = await part.toBuffer();
+    // Counted as the chunks arrive: the form's images together never hold more than the limit.
+    const chunks: Buffer[] = [];
+    for await (const chunk of part.file as AsyncIterable<Buffer>) {
+      total += chunk.length;
+      if (total > bodyLimit) throw new HttpError(413, `the form's images are larger than ${bodyLimit} bytes together`);
+      chunks.push(chunk);
+    }
     if (part.file.truncated) throw new HttpError(413, `an image field is larger than ${bodyLimit} bytes`);
-    total += bytes.length;
-    if (total > bodyLimit) throw new HttpError(413, `the form's images are larger than ${bodyLimit} bytes together`);
-    images.push(bytes);
+    images.push(Buffer.concat(chunks));
   }
   if (images.length === 0) throw new HttpError(400, "the multipart form has no file field named 'image'");
   return { images, list: images.length > 1 };
