@@ -28,6 +28,7 @@
 //! threads, malloc, devices, precision) and [`error`].
 
 pub mod config;
+pub mod detector;
 pub mod error;
 pub mod io;
 pub(crate) mod kernels;

@@ -1,0 +1,38 @@
+//! The face detector against the original: our BlazeFace's raw outputs on the converter's input
+//! (scripts/detector/convert_blazeface.py) against those of TFLite's own interpreter running
+//! MediaPipe's model file.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use motivnet::detector::BlazeFace;
+
+#[test]
+fn raw_outputs_match_tflite() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/blazeface_parity.safetensors");
+    let fixture = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let detector = BlazeFace::embedded().unwrap();
+    assert_eq!(detector.input, [128, 128]);
+    let (regressors, scores) = detector.forward_raw(&fixture["input"]).unwrap();
+    for (name, ours, theirs) in
+        [("regressors", &regressors, &fixture["regressors"]), ("scores", &scores, &fixture["classificators"])]
+    {
+        assert_eq!(ours.dims(), theirs.dims(), "{name}");
+        let diff =
+            (ours - theirs).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let scale = theirs.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff <= 1e-4 * scale.max(1.0), "{name}: largest difference {diff} (largest value {scale})");
+    }
+}
+
+#[test]
+fn a_batch_gives_each_image_its_own_outputs() {
+    let detector = BlazeFace::embedded().unwrap();
+    let a = Tensor::rand(-1f32, 1f32, (1, 128, 128, 3), &Device::Cpu).unwrap();
+    let b = Tensor::rand(-1f32, 1f32, (1, 128, 128, 3), &Device::Cpu).unwrap();
+    let (both, _) = detector.forward_raw(&Tensor::cat(&[&a, &b], 0).unwrap()).unwrap();
+    let (alone, _) = detector.forward_raw(&b).unwrap();
+    let diff =
+        (both.get(1).unwrap() - alone.get(0).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+}
