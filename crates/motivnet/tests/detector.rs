@@ -36,3 +36,27 @@ fn a_batch_gives_each_image_its_own_outputs() {
         (both.get(1).unwrap() - alone.get(0).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
     assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
 }
+
+#[test]
+fn detections_from_our_outputs_are_those_from_tflites() {
+    use motivnet::detector::decode;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/blazeface_parity.safetensors");
+    let fixture = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let (regressors, scores) = BlazeFace::embedded().unwrap().forward_raw(&fixture["input"]).unwrap();
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    // A threshold far below the graph's, so the fixture's blob gives many candidates to compare.
+    let detect = |r: &Tensor, l: &Tensor| {
+        decode::weighted_nms(decode::decode(&flat(r), &flat(l), &decode::anchors(), 0.001), decode::MIN_SUPPRESSION_IOU)
+    };
+    let (ours, theirs) = (detect(&regressors, &scores), detect(&fixture["regressors"], &fixture["classificators"]));
+    assert!(ours.len() >= 5, "{} candidates", ours.len());
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert!((a.score - b.score).abs() < 1e-4, "{} vs {}", a.score, b.score);
+        for (x, y) in
+            a.bbox.iter().zip(b.bbox).chain(a.keypoints.iter().flatten().zip(b.keypoints.iter().flatten().copied()))
+        {
+            assert!((x - y).abs() < 1e-4, "{a:?} vs {b:?}");
+        }
+    }
+}

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
+use super::decode::{self, Detection};
 use crate::error::{Error, Result};
 
 /// The converted weights, float16 as in the original file.
@@ -161,6 +162,25 @@ impl BlazeFace {
             (head("classificator_16", 1)?, head("regressor_16", 16)?),
         ];
         Ok(Self { stem: conv("stem", 2)?, blocks, heads, input: arch.input })
+    }
+
+    /// The faces in each input of a batch (B, 128, 128, 3), RGB in [-1, 1]: decoded against
+    /// the anchors, scored, at least [`decode::MIN_SCORE`], and merged by weighted
+    /// non-maximum suppression, as MediaPipe's graph does. Coordinates are fractions of the
+    /// input square.
+    pub fn detect_inputs(&self, input_nhwc: &Tensor) -> Result<Vec<Vec<Detection>>> {
+        let (regressors, logits) = self.forward_raw(input_nhwc)?;
+        let (regressors, logits) = (regressors.to_vec3::<f32>()?, logits.to_vec3::<f32>()?);
+        let anchors = decode::anchors();
+        Ok(regressors
+            .iter()
+            .zip(&logits)
+            .map(|(r, l)| {
+                let r: Vec<f32> = r.iter().flatten().copied().collect();
+                let l: Vec<f32> = l.iter().flatten().copied().collect();
+                decode::weighted_nms(decode::decode(&r, &l, &anchors, decode::MIN_SCORE), decode::MIN_SUPPRESSION_IOU)
+            })
+            .collect())
     }
 
     /// The raw outputs for a batch of inputs (B, 128, 128, 3), RGB scaled to [-1, 1], as TFLite
