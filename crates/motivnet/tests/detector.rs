@@ -60,3 +60,37 @@ fn detections_from_our_outputs_are_those_from_tflites() {
         }
     }
 }
+
+/// Photographs and what MediaPipe 0.10.14's own face detection found on them
+/// (scripts/detector/make_photo_fixtures.py): a square one, a wide one (letterboxed), one
+/// without a face.
+#[test]
+fn on_photographs_finds_what_mediapipe_finds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let photos = candle_core::safetensors::load(dir.join("face_photos.safetensors"), &Device::Cpu).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("face_photos.json")).unwrap()).unwrap();
+    let detector = BlazeFace::embedded().unwrap();
+    let iou = |a: &[f32], b: &[f32]| {
+        let inter = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0) * (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+        inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    };
+    for (name, photo) in expected.as_object().unwrap() {
+        let (w, h) = (photo["width"].as_u64().unwrap() as usize, photo["height"].as_u64().unwrap() as usize);
+        let rgb = photos[name.as_str()].flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        let ours = detector.detect(&rgb, w, h).unwrap();
+        let theirs = photo["faces"].as_array().unwrap();
+        assert_eq!(ours.len(), theirs.len(), "{name}: {ours:?}");
+        for (a, b) in ours.iter().zip(theirs) {
+            let bbox: Vec<f32> = b["bbox"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let score = b["score"].as_f64().unwrap() as f32;
+            assert!(iou(&a.bbox, &bbox) >= 0.95, "{name}: box {:?} vs {bbox:?}", a.bbox);
+            assert!((a.score - score).abs() <= 1e-3, "{name}: score {} vs {score}", a.score);
+            for (k, kp) in a.keypoints.iter().zip(b["keypoints"].as_array().unwrap()) {
+                for (x, y) in k.iter().zip(kp.as_array().unwrap()) {
+                    assert!((x - y.as_f64().unwrap() as f32).abs() < 2e-3, "{name}: keypoints {:?}", a.keypoints);
+                }
+            }
+        }
+    }
+}

@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Deserialize;
 
 use super::decode::{self, Detection};
+use super::input::{warp_to_input, Square};
 use crate::error::{Error, Result};
 
 /// The converted weights, float16 as in the original file.
@@ -162,6 +163,32 @@ impl BlazeFace {
             (head("classificator_16", 1)?, head("regressor_16", 16)?),
         ];
         Ok(Self { stem: conv("stem", 2)?, blocks, heads, input: arch.input })
+    }
+
+    /// The faces in an RGB photograph (width x height, HWC), as MediaPipe's short-range face
+    /// detection finds them: letterboxed to a square, warped onto the input, decoded, merged;
+    /// boxes and keypoints in fractions of the photograph's width and height.
+    pub fn detect(&self, rgb: &[u8], width: usize, height: usize) -> Result<Vec<Detection>> {
+        if rgb.len() != width * height * 3 || width == 0 || height == 0 {
+            return Err(Error::Input(format!(
+                "a {width} x {height} RGB image needs {} bytes, got {}",
+                width * height * 3,
+                rgb.len()
+            )));
+        }
+        let square = Square::around(width, height);
+        let [h, w] = self.input;
+        let input = Tensor::from_vec(warp_to_input(rgb, width, height, &square, w), (1, h, w, 3), &Device::Cpu)?;
+        let faces = self.detect_inputs(&input)?.remove(0);
+        Ok(faces
+            .into_iter()
+            .map(|d| {
+                let [l, t] = square.to_image([d.bbox[0], d.bbox[1]], width, height);
+                let [r, b] = square.to_image([d.bbox[2], d.bbox[3]], width, height);
+                let keypoints = d.keypoints.map(|k| square.to_image(k, width, height));
+                Detection { bbox: [l, t, r, b], keypoints, score: d.score }
+            })
+            .collect())
     }
 
     /// The faces in each input of a batch (B, 128, 128, 3), RGB in [-1, 1]: decoded against
