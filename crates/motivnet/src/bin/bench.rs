@@ -27,9 +27,12 @@ struct Args {
     /// Time a large f32 matmul instead of the model: the achievable GFLOP/s of these kernels
     /// on this machine, the roof the model's cases are measured against.
     roofline: bool,
+    /// Time the face detector on one 1920 x 1080 photograph instead of the model (one thread:
+    /// the caller's, as a decoding worker runs it).
+    detect: bool,
 }
 
-const USAGE: &str = "usage: motivnet-bench [--model PRESET|FILE] [--batch B] [--iters N] [--warmup N] [--device cpu|cuda:N] [--precision f32|bf16] [--skip-train] [--skip-forward] [--preprocess] [--roofline]";
+const USAGE: &str = "usage: motivnet-bench [--model PRESET|FILE] [--batch B] [--iters N] [--warmup N] [--device cpu|cuda:N] [--precision f32|bf16] [--skip-train] [--skip-forward] [--preprocess] [--roofline] [--detect]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -43,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
         skip_forward: false,
         preprocess: false,
         roofline: false,
+        detect: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
             "--skip-forward" => args.skip_forward = true,
             "--preprocess" => args.preprocess = true,
             "--roofline" => args.roofline = true,
+            "--detect" => args.detect = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
@@ -119,6 +124,21 @@ fn time<F: FnMut() -> motivnet::Result<()>>(warmup: usize, iters: usize, mut f: 
     Ok(median_ms(samples))
 }
 
+/// Milliseconds per face detection on a 1920 x 1080 frame: the input warp, the network,
+/// decoding and suppression, on this thread.
+fn run_detect(args: &Args) -> motivnet::Result<String> {
+    let (width, height) = (1920, 1080);
+    let rgb: Vec<u8> = (0..width * height * 3).map(|i| (i * 31 % 251) as u8).collect();
+    let detector = motivnet::detector::BlazeFace::embedded()?;
+    let ms = time(args.warmup.max(1), args.iters, || {
+        std::hint::black_box(detector.detect(&rgb, width, height)?);
+        Ok(())
+    })?;
+    Ok(format!(
+        "{{\"detect\":\"blazeface short range\",\"width\":{width},\"height\":{height},\"threads\":1,\"ms\":{ms:.3}}}"
+    ))
+}
+
 /// Milliseconds per batch for u8 images of about 400 x 440 px to the model's input tensor.
 fn run_preprocess(args: &Args, config: &ModelConfig) -> motivnet::Result<String> {
     let sizes: Vec<(usize, usize)> = (0..args.batch).map(|i| (360 + i * 37 % 80, 400 + i * 53 % 80)).collect();
@@ -148,6 +168,9 @@ fn run_preprocess(args: &Args, config: &ModelConfig) -> motivnet::Result<String>
 fn run(args: &Args) -> motivnet::Result<String> {
     if args.roofline {
         return run_roofline(args);
+    }
+    if args.detect {
+        return run_detect(args);
     }
     let config = ModelConfig::from_preset_or_file(&args.model)?;
     if args.preprocess {

@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
+
+use crate::kernels::separable::{self, Map};
 use serde::Deserialize;
 
 use super::decode::{self, Detection};
@@ -40,60 +42,51 @@ struct Architecture {
     input: [usize; 2],
 }
 
-/// A convolution with TensorFlow's SAME padding; weights in candle's (out, in / groups, h, w).
+/// A convolution's weights in the layout its kernel reads (`kernels::separable`).
 struct Conv {
-    weight: Tensor,
-    bias: Tensor,
-    stride: usize,
-    groups: usize,
-}
-
-impl Conv {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, _, kh, kw) = self.weight.dims4()?;
-        let (_, _, h, w) = x.dims4()?;
-        let pad = |n: usize, k: usize| {
-            let out = n.div_ceil(self.stride);
-            let total = ((out - 1) * self.stride + k).saturating_sub(n);
-            (total / 2, total - total / 2)
-        };
-        let ((top, bottom), (left, right)) = (pad(h, kh), pad(w, kw));
-        let x = if top + bottom + left + right > 0 {
-            x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?
-        } else {
-            x.clone()
-        };
-        let y = x.conv2d(&self.weight, 0, self.stride, 1, self.groups)?;
-        Ok(y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?)
-    }
+    weight: Vec<f32>,
+    bias: Vec<f32>,
 }
 
 struct Block {
+    /// (ky, kx, channel).
     depthwise: Conv,
+    /// (in, out).
     pointwise: Conv,
     stride: usize,
-    widen: usize,
 }
 
 impl Block {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.pointwise.forward(&self.depthwise.forward(x)?)?;
-        let mut skip = if self.stride == 2 { x.max_pool2d_with_stride(2, 2)? } else { x.clone() };
-        if self.widen > 0 {
-            skip = skip.pad_with_zeros(1, 0, self.widen)?;
-        }
-        Ok((h + skip)?.relu()?)
+    /// Depthwise, pointwise, plus the input (max-pooled where the block strides; channels
+    /// past its own count as zeros where the block widens), then ReLU.
+    fn forward(&self, x: &Map) -> Map {
+        let h = separable::depthwise_3x3(x, &self.depthwise.weight, &self.depthwise.bias, self.stride);
+        let pooled;
+        let skip = if self.stride == 2 {
+            pooled = separable::max_pool_2x2(x);
+            &pooled
+        } else {
+            x
+        };
+        separable::pointwise(&h, &self.pointwise.weight, &self.pointwise.bias, Some(skip))
     }
 }
 
-/// One head: its convolution, the block it reads, and how many values it gives an anchor.
+/// One head: its 1 x 1 convolution and the block it reads.
 struct Head {
     conv: Conv,
     block: usize,
-    per_anchor: usize,
+}
+
+impl Head {
+    /// (H x W x anchors a cell x values an anchor), cell by cell, as TFLite orders them.
+    fn forward(&self, taps: &[Map]) -> Vec<f32> {
+        separable::pointwise(&taps[self.block], &self.conv.weight, &self.conv.bias, None).data
+    }
 }
 
 pub struct BlazeFace {
+    /// 5 x 5 at stride 2, (ky, kx, in, out).
     stem: Conv,
     blocks: Vec<Block>,
     /// (scores, regressors) on the 16 x 16 map, then on the 8 x 8 one.
@@ -122,18 +115,37 @@ impl BlazeFace {
             .ok_or_else(|| bad("no architecture in the file's metadata"))?;
         let arch: Architecture = serde_json::from_str(arch).map_err(|e| bad(format!("architecture: {e}")))?;
         let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?;
-        let get = |name: &str| -> Result<Tensor> {
-            Ok(tensors.get(name).ok_or_else(|| bad(format!("tensor {name} is missing")))?.to_dtype(DType::F32)?)
+        // TFLite keeps kernels as (out, h, w, in), depthwise ones as (1, h, w, channels); the
+        // kernels read (h, w, in, out), (h, w, channels) and (in, out).
+        let values = |name: &str, order: Option<(usize, usize, usize, usize)>| -> Result<Vec<f32>> {
+            let t = tensors.get(name).ok_or_else(|| bad(format!("tensor {name} is missing")))?.to_dtype(DType::F32)?;
+            let t = match order {
+                Some(order) => t.permute(order)?.contiguous()?,
+                None => t,
+            };
+            Ok(t.flatten_all()?.to_vec1::<f32>()?)
         };
-        // TFLite keeps kernels as (out, h, w, in), depthwise ones as (1, h, w, channels).
-        let conv = |prefix: &str, stride: usize| -> Result<Conv> {
-            let weight = get(&format!("{prefix}.weight"))?.permute((0, 3, 1, 2))?.contiguous()?;
-            Ok(Conv { weight, bias: get(&format!("{prefix}.bias"))?, stride, groups: 1 })
+        let conv = |prefix: &str| -> Result<Conv> {
+            Ok(Conv {
+                weight: values(&format!("{prefix}.weight"), Some((1, 2, 3, 0)))?,
+                bias: values(&format!("{prefix}.bias"), None)?,
+            })
         };
-        let depthwise = |prefix: &str, stride: usize| -> Result<Conv> {
-            let weight = get(&format!("{prefix}.weight"))?.permute((3, 0, 1, 2))?.contiguous()?;
-            let groups = weight.dim(0)?;
-            Ok(Conv { weight, bias: get(&format!("{prefix}.bias"))?, stride, groups })
+        let depthwise = |prefix: &str| -> Result<Conv> {
+            Ok(Conv {
+                weight: values(&format!("{prefix}.weight"), None)?,
+                bias: values(&format!("{prefix}.bias"), None)?,
+            })
+        };
+        let checked = |conv: Conv, prefix: &str, taps: usize, inputs: usize, outputs: usize| -> Result<Conv> {
+            if conv.weight.len() != taps * inputs * outputs || conv.bias.len() != outputs {
+                return Err(bad(format!(
+                    "{prefix} has {} weights and {} biases, expected {taps} x {inputs} x {outputs} and {outputs}",
+                    conv.weight.len(),
+                    conv.bias.len()
+                )));
+            }
+            Ok(conv)
         };
         let blocks = arch
             .blocks
@@ -143,11 +155,11 @@ impl BlazeFace {
                 if b.out < b.input || !(b.stride == 1 || b.stride == 2) {
                     return Err(bad(format!("block {i} is {} -> {} channels at stride {}", b.input, b.out, b.stride)));
                 }
+                let (dw, pw) = (format!("blocks.{i}.depthwise"), format!("blocks.{i}.pointwise"));
                 Ok(Block {
-                    depthwise: depthwise(&format!("blocks.{i}.depthwise"), b.stride)?,
-                    pointwise: conv(&format!("blocks.{i}.pointwise"), 1)?,
+                    depthwise: checked(depthwise(&dw)?, &dw, 9, 1, b.input)?,
+                    pointwise: checked(conv(&pw)?, &pw, 1, b.input, b.out)?,
                     stride: b.stride,
-                    widen: b.out - b.input,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -156,13 +168,24 @@ impl BlazeFace {
             if spec.block >= blocks.len() {
                 return Err(bad(format!("head {name} reads block {}, of {}", spec.block, blocks.len())));
             }
-            Ok(Head { conv: conv(&format!("heads.{name}"), 1)?, block: spec.block, per_anchor })
+            let prefix = format!("heads.{name}");
+            let conv = conv(&prefix)?;
+            let inputs = arch.blocks[spec.block].out;
+            if conv.weight.len() % inputs != 0 || conv.bias.len() % per_anchor != 0 {
+                return Err(bad(format!(
+                    "{prefix} does not read {inputs} channels or give {per_anchor} values an anchor"
+                )));
+            }
+            let outputs = conv.bias.len();
+            Ok(Head { conv: checked(conv, &prefix, 1, inputs, outputs)?, block: spec.block })
         };
         let heads = [
             (head("classificator_8", 1)?, head("regressor_8", 16)?),
             (head("classificator_16", 1)?, head("regressor_16", 16)?),
         ];
-        Ok(Self { stem: conv("stem", 2)?, blocks, heads, input: arch.input })
+        let stem_out = arch.blocks.first().map_or(0, |b| b.input);
+        let stem = checked(conv("stem")?, "stem", 25, 3, stem_out)?;
+        Ok(Self { stem, blocks, heads, input: arch.input })
     }
 
     /// The faces in an RGB photograph (width x height, HWC), as MediaPipe's short-range face
@@ -178,8 +201,8 @@ impl BlazeFace {
         }
         let square = Square::around(width, height);
         let [h, w] = self.input;
-        let input = Tensor::from_vec(warp_to_input(rgb, width, height, &square, w), (1, h, w, 3), &Device::Cpu)?;
-        let faces = self.detect_inputs(&input)?.remove(0);
+        let input = Map { data: warp_to_input(rgb, width, height, &square, w), height: h, width: w, channels: 3 };
+        let faces = self.detect_map(&input);
         Ok(faces
             .into_iter()
             .map(|d| {
@@ -196,39 +219,62 @@ impl BlazeFace {
     /// non-maximum suppression, as MediaPipe's graph does. Coordinates are fractions of the
     /// input square.
     pub fn detect_inputs(&self, input_nhwc: &Tensor) -> Result<Vec<Vec<Detection>>> {
-        let (regressors, logits) = self.forward_raw(input_nhwc)?;
-        let (regressors, logits) = (regressors.to_vec3::<f32>()?, logits.to_vec3::<f32>()?);
-        let anchors = decode::anchors();
-        Ok(regressors
-            .iter()
-            .zip(&logits)
-            .map(|(r, l)| {
-                let r: Vec<f32> = r.iter().flatten().copied().collect();
-                let l: Vec<f32> = l.iter().flatten().copied().collect();
-                decode::weighted_nms(decode::decode(&r, &l, &anchors, decode::MIN_SCORE), decode::MIN_SUPPRESSION_IOU)
-            })
-            .collect())
+        Ok(self.input_maps(input_nhwc)?.iter().map(|x| self.detect_map(x)).collect())
+    }
+
+    fn detect_map(&self, input: &Map) -> Vec<Detection> {
+        let (regressors, logits) = self.forward_map(input);
+        decode::weighted_nms(
+            decode::decode(&regressors, &logits, &decode::anchors(), decode::MIN_SCORE),
+            decode::MIN_SUPPRESSION_IOU,
+        )
     }
 
     /// The raw outputs for a batch of inputs (B, 128, 128, 3), RGB scaled to [-1, 1], as TFLite
     /// gives them: regressors (B, 896, 16) and score logits (B, 896, 1), anchors in the order
     /// of the 16 x 16 map's cells (two each), then the 8 x 8 map's (six each).
     pub fn forward_raw(&self, input_nhwc: &Tensor) -> Result<(Tensor, Tensor)> {
-        let x = input_nhwc.permute((0, 3, 1, 2))?.contiguous()?;
-        let mut x = self.stem.forward(&x)?.relu()?;
-        let mut taps = HashMap::new();
-        for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(&x)?;
-            taps.insert(i, x.clone());
+        let (mut regressors, mut logits) = (Vec::new(), Vec::new());
+        let maps = self.input_maps(input_nhwc)?;
+        for x in &maps {
+            let (r, l) = self.forward_map(x);
+            regressors.extend(r);
+            logits.extend(l);
         }
-        // A head's (B, anchors x values, H, W) as (B, H x W x anchors, values): cell by cell.
-        let flatten = |head: &Head| -> Result<Tensor> {
-            let y = head.conv.forward(&taps[&head.block])?;
-            let b = y.dim(0)?;
-            Ok(y.permute((0, 2, 3, 1))?.contiguous()?.reshape((b, (), head.per_anchor))?)
-        };
-        let scores = Tensor::cat(&[flatten(&self.heads[0].0)?, flatten(&self.heads[1].0)?], 1)?;
-        let regressors = Tensor::cat(&[flatten(&self.heads[0].1)?, flatten(&self.heads[1].1)?], 1)?;
-        Ok((regressors, scores))
+        let b = maps.len();
+        let anchors = logits.len() / b.max(1);
+        Ok((
+            Tensor::from_vec(regressors, (b, anchors, 16), &Device::Cpu)?,
+            Tensor::from_vec(logits, (b, anchors, 1), &Device::Cpu)?,
+        ))
+    }
+
+    fn input_maps(&self, input_nhwc: &Tensor) -> Result<Vec<Map>> {
+        let (b, h, w, c) = input_nhwc.dims4()?;
+        if [h, w] != self.input || c != 3 {
+            return Err(Error::Input(format!(
+                "the detector takes (B, {}, {}, 3) inputs, got ({b}, {h}, {w}, {c})",
+                self.input[0], self.input[1]
+            )));
+        }
+        let values = input_nhwc.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(values.chunks_exact(h * w * 3).map(|d| Map { data: d.to_vec(), height: h, width: w, channels: 3 }).collect())
+    }
+
+    /// One input's (regressors, anchors x 16; logits, one per anchor).
+    fn forward_map(&self, input: &Map) -> (Vec<f32>, Vec<f32>) {
+        let mut x = separable::conv_dense(input, &self.stem.weight, &self.stem.bias, 5, 2);
+        separable::relu(&mut x);
+        let mut taps: Vec<Map> = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let next = block.forward(taps.last().unwrap_or(&x));
+            taps.push(next);
+        }
+        let [(scores_fine, regress_fine), (scores_coarse, regress_coarse)] = &self.heads;
+        let mut logits = scores_fine.forward(&taps);
+        logits.extend(scores_coarse.forward(&taps));
+        let mut regressors = regress_fine.forward(&taps);
+        regressors.extend(regress_coarse.forward(&taps));
+        (regressors, logits)
     }
 }

@@ -15,6 +15,7 @@ pub mod linear;
 pub mod math;
 pub mod patches;
 pub mod resize;
+pub mod separable;
 pub mod simd;
 pub mod softmax;
 
