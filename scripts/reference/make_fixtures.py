@@ -3,6 +3,7 @@ TypeScript pipeline (test/fixtures/decode) are tested against.
 
     scripts/reference/setup            # once: a virtual environment with torch, opencv, safetensors
     scripts/reference/.venv/bin/python scripts/reference/make_fixtures.py
+    scripts/reference/.venv/bin/python scripts/reference/make_explain_fixture.py  # reads these weights
 
 Everything is seeded, so a rerun on the same library versions writes the same numbers.
 The model is deliberately very small (a few hundred KB of weights) so the fixtures stay small.

@@ -154,12 +154,18 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(dim, eps=1e-5)
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        return self.attend(tgt, memory)[0]
+
+    def attend(self, tgt: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's output and its cross-attention weights (B, K, N): softmax(q k^T /
+        sqrt(d_head)) averaged over heads, as `nn.MultiheadAttention` returns them by default
+        (the reference's own call computes and drops them; after dropout in train mode)."""
         tgt = tgt + self.dropout1(tgt)
         tgt = self.norm1(tgt)
-        tgt2 = self.self_attn(tgt, memory, memory)[0]
+        tgt2, weights = self.self_attn(tgt, memory, memory, need_weights=True, average_attn_weights=True)
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         tgt2 = self.linear2(self.dropout(F.relu(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout3(tgt2))
+        return self.norm3(tgt + self.dropout3(tgt2)), weights
 
 
 class MLDecoder(nn.Module):
@@ -189,9 +195,30 @@ class MLDecoder(nn.Module):
         tgt = self.decoder.query_embed.weight.unsqueeze(1).expand(-1, b, -1)  # (K, B, E)
         for layer in self.decoder.layers:
             tgt = layer(tgt, memory)
+        return self.pool(tgt)
+
+    def pool(self, tgt: torch.Tensor) -> torch.Tensor:
+        """The group fully-connected layer: queries (K, B, E) -> logits (B, num_classes)."""
         h = tgt.transpose(0, 1)  # (B, K, E)
         out = torch.einsum("bke,kef->bkf", h, self.decoder.duplicate_pooling)
         return out.flatten(1)[:, : self.cfg.num_classes] + self.decoder.duplicate_pooling_bias
+
+    def forward_explained(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, num_classes) and where each class looks: the last decoder layer's
+        cross-attention weights, averaged over heads, of the query whose group holds the class
+        (class c is pooled from query c // factor: logits[:, k * factor + j]), on the encoder's
+        grid (B, num_classes, grid_h, grid_w); each map sums to 1."""
+        b, _, gh, gw = x.shape
+        tokens = x.flatten(2).transpose(1, 2)
+        memory = F.relu(self.decoder.embed_standart(tokens)).transpose(0, 1)  # (N, B, E)
+        tgt = self.decoder.query_embed.weight.unsqueeze(1).expand(-1, b, -1)  # (K, B, E)
+        weights = None
+        for layer in self.decoder.layers:
+            tgt, weights = layer.attend(tgt, memory)
+        assert weights is not None, "a head without decoder layers attends nowhere"
+        group = torch.arange(self.cfg.num_classes) // self.factor
+        maps = weights[:, group].reshape(b, self.cfg.num_classes, gh, gw)
+        return self.pool(tgt), maps
 
 
 class MotivNet(nn.Module):
@@ -202,6 +229,11 @@ class MotivNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.pose_encoder(x))
+
+    def forward_explained(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and per-class attention maps (B, num_classes, grid_h, grid_w): see
+        `MLDecoder.forward_explained`."""
+        return self.decoder.forward_explained(self.pose_encoder(x))
 
     def param_groups(self, encoder_lr: float, decoder_lr: float, encoder_wd: float, decoder_wd: float):
         enc = [p for p in self.pose_encoder.parameters() if p.requires_grad]

@@ -19,8 +19,9 @@
 //!   composed, device-generic twin beside it; [`ops::dispatch`] decides which runs.
 //! - [`nn`]: parameters by checkpoint name ([`nn::params`]), and Linear, LayerNorm, ReLU,
 //!   dropout, attention and the train/eval mode ([`nn::layers`]).
-//! - [`model`]: the Sapiens encoder, the ML-Decoder head, [`MotivNet`] with `forward` and
-//!   `forward_train`, and the encoder's hand-written training pass.
+//! - [`model`]: the Sapiens encoder, the ML-Decoder head, [`MotivNet`] with `forward`,
+//!   `forward_train` and `forward_explained` (the head's attention maps), and the encoder's
+//!   hand-written training pass.
 //! - [`train`]: the [`Trainer`] (loss, backward, accumulation, training state) and AdamW.
 //!
 //! Beside them: [`config`] (configs, presets, what a spec leaves to the weights), [`io`]
@@ -44,7 +45,7 @@ pub use candle_core as candle;
 pub use config::spec::ModelSpec;
 pub use config::{EncoderConfig, HeadConfig, ModelConfig};
 pub use error::{Error, Result};
-pub use model::{Mode, ModelInput, MotivNet, Prediction};
+pub use model::{AttentionMaps, Mode, ModelInput, MotivNet, Prediction};
 pub use nn::layers::RecordedMasks;
 pub use nn::params::InitScheme;
 pub use ops::pixels::{Geometry, ImageBatch, Normalization};

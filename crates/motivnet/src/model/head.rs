@@ -7,12 +7,18 @@
 //! `factor` logits. Names follow the checkpoint under `decoder.decoder.`: `embed_standart`,
 //! `query_embed`, `layers.{i}.{self_attn,linear1,linear2,norm1,norm2,norm3}`,
 //! `duplicate_pooling`, `duplicate_pooling_bias`.
+//!
+//! [`MlDecoder::forward_explained`] also returns where each class looks: the last layer's
+//! cross-attention weights over the tokens (see there for the definition).
 
 use candle_core::{Module, Tensor};
 
 use crate::config::HeadConfig;
-use crate::error::Result;
-use crate::nn::layers::{attention, dropout, merge_heads, relu, split_heads, LayerNorm, Linear, Mode};
+use crate::error::{Error, Result};
+use crate::nn::layers::{
+    attend, attention, attention_probabilities, cut_graph_in_eval, dropout, merge_heads, relu, split_heads, LayerNorm,
+    Linear, Mode,
+};
 use crate::nn::params::{torch_default_bound, Group, Init, InitScheme, ParamStore};
 
 const LN_EPS: f64 = 1e-5;
@@ -40,6 +46,24 @@ impl CrossAttention {
     }
 
     fn forward(&self, query: &Tensor, memory: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let (q, k, v) = self.project(query, memory)?;
+        let out = attention(&q, &k, &v, self.dropout, mode)?;
+        Ok(self.out_proj.forward(&merge_heads(&out)?)?)
+    }
+
+    /// As [`CrossAttention::forward`], with the attention weights averaged over heads,
+    /// (B, Nq, Nk) in f32: what PyTorch returns with `need_weights=True,
+    /// average_attn_weights=True`. Those are taken after the weights' dropout in train mode;
+    /// these before it, so they match only where dropout is off (eval mode, or p = 0).
+    fn forward_with_weights(&self, query: &Tensor, memory: &Tensor, mode: &mut Mode) -> Result<(Tensor, Tensor)> {
+        let (q, k, v) = self.project(query, memory)?;
+        let probs = attention_probabilities(&q, &k)?; // (B, heads, Nq, Nk)
+        let out = attend(&probs, &v, self.dropout, mode)?;
+        Ok((self.out_proj.forward(&merge_heads(&out)?)?, probs.mean(1)?))
+    }
+
+    /// Queries, keys and values split into heads, (B, heads, len, E / heads) each.
+    fn project(&self, query: &Tensor, memory: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let e = self.out_proj.weight.dim(0)?;
         let project = |x: &Tensor, from: usize, len: usize| -> candle_core::Result<Tensor> {
             Linear::from_parts(self.in_proj_weight.narrow(0, from, len)?, self.in_proj_bias.narrow(0, from, len)?)
@@ -50,8 +74,7 @@ impl CrossAttention {
         let kv = project(memory, e, 2 * e)?;
         let k = split_heads(&kv.narrow(2, 0, e)?, self.heads)?;
         let v = split_heads(&kv.narrow(2, e, e)?, self.heads)?;
-        let out = attention(&q, &k, &v, self.dropout, mode)?;
-        Ok(self.out_proj.forward(&merge_heads(&out)?)?)
+        Ok((q, k, v))
     }
 }
 
@@ -95,14 +118,21 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, t: &Tensor, memory: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+    /// The layer's output, and with `weights` its cross-attention weights averaged over heads
+    /// (B, K, N) f32 (see [`CrossAttention::forward_with_weights`]).
+    fn forward(&self, t: &Tensor, memory: &Tensor, mode: &mut Mode, weights: bool) -> Result<(Tensor, Option<Tensor>)> {
         let p = self.dropout;
         let t = self.norm1.forward(&(t + dropout(t, p, mode)?)?)?;
-        let a = self.self_attn.forward(&t, memory, mode)?;
+        let (a, w) = if weights {
+            let (a, w) = self.self_attn.forward_with_weights(&t, memory, mode)?;
+            (a, Some(w))
+        } else {
+            (self.self_attn.forward(&t, memory, mode)?, None)
+        };
         let t = self.norm2.forward(&(&t + dropout(&a, p, mode)?)?)?;
         let hidden = dropout(&relu(&self.linear1.forward(&t)?)?, p, mode)?;
         let f = dropout(&self.linear2.forward(&hidden)?, p, mode)?;
-        Ok(self.norm3.forward(&(&t + f)?)?)
+        Ok((self.norm3.forward(&(&t + f)?)?, w))
     }
 }
 
@@ -151,19 +181,63 @@ impl MlDecoder {
 
     /// Tokens (B, N, D) -> logits (B, num_classes).
     pub fn forward(&self, tokens: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        Ok(self.run(tokens, mode, false)?.0)
+    }
+
+    /// Eval-mode logits (B, num_classes), the same as [`MlDecoder::forward`]'s, and where each
+    /// class looks: (B, num_classes, N) f32, each row summing to 1 over the N tokens.
+    ///
+    /// Definition: the attention weights of the last decoder layer's cross-attention
+    /// (`self_attn`, queries over the memory made from the tokens), softmax(q k^T /
+    /// sqrt(d_head)) averaged over heads, as PyTorch's `nn.MultiheadAttention` returns them
+    /// with `need_weights=True, average_attn_weights=True`. That gives one map per query group
+    /// (B, K, N); class c takes the map of the query its logit is pooled from, group c / factor
+    /// (logits[:, k * factor + j], factor = [`HeadConfig::duplicate_factor`]), so classes of one
+    /// group share a map. The last layer's, because its queries are the ones pooled into the
+    /// logits. In f32 under bf16 compute (the softmax's own precision there).
+    pub fn forward_explained(&self, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (logits, weights) = self.run(tokens, &mut Mode::Eval, true)?;
+        let weights = weights.ok_or_else(|| {
+            Error::Config("the head has no decoder layers (head.layers is 0): no cross-attention to explain".into())
+        })?;
+        Ok((logits, self.class_maps(&weights.detach())?))
+    }
+
+    /// Per-group maps (B, K, N) -> per-class maps (B, num_classes, N): class c gets group
+    /// c / factor's, the query logit c is pooled from.
+    fn class_maps(&self, groups: &Tensor) -> Result<Tensor> {
+        let factor = self.cfg.duplicate_factor();
+        if factor == 1 {
+            return Ok(groups.clone()); // then K = num_classes, one query a class
+        }
+        let group_of: Vec<u32> = (0..self.cfg.num_classes).map(|c| (c / factor) as u32).collect();
+        let index = Tensor::from_vec(group_of, self.cfg.num_classes, groups.device())?;
+        Ok(groups.index_select(&index, 1)?)
+    }
+
+    /// The logits, and with `weights` the last layer's head-averaged cross-attention
+    /// weights (B, K, N) (None when there are no layers). Only that layer computes them, so
+    /// the plain forward pays nothing for the maps.
+    fn run(&self, tokens: &Tensor, mode: &mut Mode, weights: bool) -> Result<(Tensor, Option<Tensor>)> {
         let b = tokens.dim(0)?;
         let memory = relu(&self.embed_standart.forward(tokens)?)?;
         let (k, e) = self.query_embed.dims2()?;
         // detach(): shares the storage (so loading new queries is seen) but cuts backward.
         let queries = self.query_embed.detach().to_dtype(memory.dtype())?;
         let mut t = queries.unsqueeze(0)?.broadcast_as((b, k, e))?.contiguous()?;
-        for layer in &self.layers {
-            t = crate::nn::layers::cut_graph_in_eval(layer.forward(&t, &memory, mode)?, mode);
+        let mut last_weights = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (out, w) = layer.forward(&t, &memory, mode, weights && i + 1 == self.layers.len())?;
+            t = cut_graph_in_eval(out, mode);
+            last_weights = w;
         }
         // logits[:, k*f + j] = t[:, k, :] . duplicate_pooling[k, :, j]: one batched matmul over K.
         let pooling = self.duplicate_pooling.to_dtype(t.dtype())?;
         let per_group = t.transpose(0, 1)?.contiguous()?.matmul(&pooling)?; // (K, B, f)
         let flat = per_group.transpose(0, 1)?.reshape((b, k * self.cfg.duplicate_factor()))?;
-        Ok(flat.narrow(1, 0, self.cfg.num_classes)?.broadcast_add(&self.duplicate_pooling_bias.to_dtype(t.dtype())?)?)
+        let logits = flat
+            .narrow(1, 0, self.cfg.num_classes)?
+            .broadcast_add(&self.duplicate_pooling_bias.to_dtype(t.dtype())?)?;
+        Ok((logits, last_weights))
     }
 }

@@ -94,7 +94,7 @@ impl MotivNet {
         Ok((loss, self.prediction(&logits)?))
     }
 
-    fn prediction(&self, logits: &Tensor) -> Result<Prediction> {
+    pub(super) fn prediction(&self, logits: &Tensor) -> Result<Prediction> {
         let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
         let probabilities = crate::nn::layers::softmax(logits)?;
         Ok(Prediction {

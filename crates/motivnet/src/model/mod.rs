@@ -4,10 +4,12 @@
 //! Out: logits (B, num_classes). Parameters live in a [`ParamStore`] under the reference's
 //! checkpoint names: `pose_encoder.*` and `decoder.decoder.*`. [`MotivNet::forward`] is the
 //! model for inference and on devices without the fused kernels; [`MotivNet::forward_train`]
-//! is the one place the model is assembled for a training step.
+//! is the one place the model is assembled for a training step; [`MotivNet::forward_explained`]
+//! adds the head's attention maps to the logits ([`explain`]).
 
 pub mod encoder;
 pub mod encoder_train;
+pub mod explain;
 pub mod head;
 pub mod inference;
 
@@ -24,6 +26,7 @@ use crate::ops::pixels::Normalization;
 use crate::runtime::precision::Precision;
 use encoder::SapiensEncoder;
 use encoder_train::EncoderTape;
+pub use explain::AttentionMaps;
 use head::MlDecoder;
 pub use inference::{ModelInput, Prediction};
 

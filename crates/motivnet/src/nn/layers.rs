@@ -243,11 +243,22 @@ pub fn merge_heads(x: &Tensor) -> candle_core::Result<Tensor> {
 /// Scaled dot-product attention, no mask: softmax(q k^T / sqrt(hd)) v, with optional dropout
 /// on the probabilities (PyTorch's MultiheadAttention applies it in training).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dropout_p: f64, mode: &mut Mode) -> Result<Tensor> {
+    attend(&attention_probabilities(q, k)?, v, dropout_p, mode)
+}
+
+/// The attention probabilities softmax(q k^T / sqrt(hd)) of q (.., Nq, hd) over k (.., Nk, hd),
+/// (.., Nq, Nk), in f32 whatever q's dtype: under bf16 compute the softmax runs in f32, as
+/// autocast runs it, and these are the values [`attend`] rounds back to bf16.
+pub fn attention_probabilities(q: &Tensor, k: &Tensor) -> Result<Tensor> {
     let hd = q.dim(D::Minus1)?;
     let q = (q * (1.0 / (hd as f64).sqrt()))?;
     let scores = q.matmul(&k.t()?)?;
-    // The softmax in f32 under bf16 compute, as autocast runs it.
-    let probs = softmax(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?;
-    let probs = dropout(&probs, dropout_p, mode)?;
+    Ok(softmax(&scores.to_dtype(DType::F32)?)?)
+}
+
+/// The second half of [`attention`]: the probabilities in v's dtype, dropped out, times v.
+/// Split from the first so a caller can keep the probabilities (the head's attention maps).
+pub fn attend(probs: &Tensor, v: &Tensor, dropout_p: f64, mode: &mut Mode) -> Result<Tensor> {
+    let probs = dropout(&probs.to_dtype(v.dtype())?, dropout_p, mode)?;
     Ok(probs.matmul(v)?)
 }
