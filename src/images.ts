@@ -59,7 +59,39 @@ export function toNativeInput(images: Images, geometry: Geometry): NativeInput {
   return { pixels, widths: list.map((img) => img.width), heights: list.map((img) => img.height), geometry };
 }
 
-function concat(parts: Uint8Array[]): Uint8Array {
+/** The images of any pixel form, one by one (views into a packed buffer, no copy). */
+export function unpackImages(images: RgbImage | RgbImage[] | PackedImages): RgbImage[] {
+  if (!isPacked(images)) return Array.isArray(images) ? images : [images];
+  const out: RgbImage[] = [];
+  let offset = 0;
+  for (let i = 0; i < images.widths.length; i++) {
+    const [width, height] = [images.widths[i]!, images.heights[i]!];
+    const data = images.pixels.subarray(offset, offset + width * height * 3);
+    if (data.length !== width * height * 3) throw new RangeError(`image ${i} is ${width} x ${height}, but the packed pixels end before it does`);
+    out.push({ data, width, height });
+    offset += width * height * 3;
+  }
+  return out;
+}
+
+/**
+ * The part of `image` inside `box` (pixels, rounded, cut at the image's edges; at least one
+ * pixel), as an image of its own: as the decoding workers crop to a face box.
+ */
+export function cropImage(image: RgbImage, box: { x: number; y: number; width: number; height: number }): RgbImage {
+  const left = Math.min(Math.max(0, Math.round(box.x)), image.width - 1);
+  const top = Math.min(Math.max(0, Math.round(box.y)), image.height - 1);
+  const width = Math.max(1, Math.min(Math.round(box.width), image.width - left));
+  const height = Math.max(1, Math.min(Math.round(box.height), image.height - top));
+  const data = new Uint8Array(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    const from = ((top + y) * image.width + left) * 3;
+    data.set(image.data.subarray(from, from + width * 3), y * width * 3);
+  }
+  return { data, width, height };
+}
+
+export function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let offset = 0;
   for (const p of parts) {

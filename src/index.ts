@@ -1,7 +1,8 @@
 /** motivnet: facial emotion recognition (MotivNet: Sapiens ViT + ML-Decoder) with a Rust core. */
 export { MotivNet } from './model.js';
 export { MotivNetError, type MotivNetErrorCode } from './errors.js';
-export type { ClassScore, EvaluateOutput, InitScheme, LoadOptions, PredictOutput, Precision, TrainStepOptions, TrainStepOutput } from './model.js';
+export type { ClassScore, EvaluateOutput, FacesPredictOutput, InitScheme, LoadOptions, PredictOptions, PredictOutput, Precision, TrainStepOptions, TrainStepOutput } from './model.js';
+export { detectFaces, type DetectedFace, type FaceBox, type FaceClassification, type FaceDetectionOptions, type FaceKeypoints, type FacesOption } from './faces.js';
 export type { Geometry, Images, NormalizedBatch, PackedImages, RgbImage } from './images.js';
 export { EMOTIONS_7, EMOTIONS_8, emotionLabels } from './emotions.js';
 export type { Emotion } from './emotions.js';
@@ -20,8 +21,18 @@ export {
   type ClassifierOptions,
   type ClassifierStats,
   type ClassifyOptions,
+  type FacesClassification,
 } from './serve/classifier.js';
 export * as data from './data/index.js';
 export * as preprocessing from './preprocess/index.js';
 export { evaluateData, type EvaluateDataOptions, type EvaluateDataResult } from './pipelines/evaluate.js';
-export { expandInputs, predictFiles, type FilePrediction, type PredictFilesOptions } from './pipelines/predict.js';
+export {
+  expandInputs,
+  predictFileFaces,
+  predictFiles,
+  type FaceFilePrediction,
+  type FileFacesPrediction,
+  type FilePrediction,
+  type PredictFileFacesOptions,
+  type PredictFilesOptions,
+} from './pipelines/predict.js';

@@ -5,7 +5,8 @@
  * time; separate models share the compute threads. A failed call rejects with a
  * `MotivNetError` whose `code` says what kind of failure it was.
  */
-import { toNativeInput, type Geometry, type Images } from './images.js';
+import { concat, cropImage, toNativeInput, unpackImages, type Geometry, type Images, type NormalizedBatch } from './images.js';
+import { checkFacesOption, detectedFace, nativeFaceOptions, probabilitiesByLabel, type FaceBox, type FaceClassification, type FaceDetectionOptions } from './faces.js';
 import { native, type NativeModel } from './native.js';
 import type { ModelConfig } from './config.js';
 import { emotionLabels } from './emotions.js';
@@ -84,6 +85,24 @@ export interface PredictOutput {
   top: ClassScore[];
 }
 
+export interface PredictOptions {
+  /** How an image (or a face's crop) reaches the model's input. Default 'letterbox'. */
+  geometry?: Geometry;
+  /**
+   * What is classified: the whole image (default, the reference's inference), every face the
+   * detector finds (`'detect'`), or the part inside a box (pixels; the same box for each image).
+   */
+  faces?: 'whole' | 'detect' | FaceBox;
+  /** How faces are found and framed with `faces: 'detect'`. */
+  detection?: FaceDetectionOptions;
+}
+
+/** `predict` with `faces: 'detect'`: one row of logits and probabilities per face, images in order. */
+export interface FacesPredictOutput extends PredictOutput {
+  /** Each image's faces, best detected first, with the model's answer; [] where there is none. */
+  faces: FaceClassification[][];
+}
+
 export interface TrainStepOptions {
   encoderLr: number;
   decoderLr: number;
@@ -139,9 +158,48 @@ export class MotivNet {
     return JSON.parse(await nativeCall(() => native.modelConfigFor(options))) as ModelConfig;
   }
 
-  /** Eval-mode logits, probabilities and the top class of each image. */
-  async predict(images: Images, options: { geometry?: Geometry } = {}): Promise<PredictOutput> {
-    const input = toNativeInput(images, options.geometry ?? 'letterbox');
+  /**
+   * Eval-mode logits, probabilities and the top class of each image; with `faces: 'detect'`,
+   * of each face of each image, all faces of the batch in one model call.
+   */
+  async predict(images: Images, options: PredictOptions & { faces: 'detect' }): Promise<FacesPredictOutput>;
+  async predict(images: Images, options?: PredictOptions): Promise<PredictOutput>;
+  async predict(images: Images, options: PredictOptions = {}): Promise<PredictOutput | FacesPredictOutput> {
+    checkFacesOption(options.faces);
+    const geometry = options.geometry ?? 'letterbox';
+    if (options.faces === undefined || options.faces === 'whole') return this.predictInput(images, geometry);
+    if ((images as NormalizedBatch).tensor !== undefined) throw new TypeError(`faces: ${JSON.stringify(options.faces)} needs pixels: a normalized tensor has no faces to find`);
+    const pixels = images as Exclude<Images, NormalizedBatch>;
+    if (options.faces === 'detect') return this.predictFaces(pixels, geometry, options.detection);
+    const box = options.faces;
+    return this.predictInput(unpackImages(pixels).map((img) => cropImage(img, box)), geometry);
+  }
+
+  private async predictFaces(images: Exclude<Images, NormalizedBatch>, geometry: Geometry, detection?: FaceDetectionOptions): Promise<FacesPredictOutput> {
+    if (geometry === 'none') throw new RangeError("a face's crop is fitted to the input by letterbox or stretch, not none");
+    const { inputWidth: width, inputHeight: height } = this.config.encoder;
+    const input = toNativeInput(images, geometry);
+    const found = await nativeCall(() => native.detectFaces(input, nativeFaceOptions(detection, { width, height, geometry })));
+    const crops = found.flatMap((f) => (f.crops && f.faces.length > 0 ? [f.crops] : []));
+    const count = found.reduce((n, f) => n + f.faces.length, 0);
+    const r: PredictOutput =
+      count === 0
+        ? { logits: new Float32Array(0), probabilities: new Float32Array(0), batchSize: 0, numClasses: this.labels.length, top: [] }
+        : await this.predictInput({ pixels: concat(crops), widths: new Array(count).fill(width), heights: new Array(count).fill(height) }, 'none');
+    let row = 0;
+    const faces = found.map((f) =>
+      f.faces.map((face) => {
+        const top = r.top[row]!;
+        const answer = { label: top.label, index: top.index, probabilities: probabilitiesByLabel(this.labels, r.probabilities, row) };
+        row++;
+        return { ...detectedFace(face), ...answer };
+      }),
+    );
+    return { ...r, faces };
+  }
+
+  private async predictInput(images: Images, geometry: Geometry): Promise<PredictOutput> {
+    const input = toNativeInput(images, geometry);
     const r = await nativeCall(() => this.inner.predict(input));
     const top: ClassScore[] = [];
     for (let b = 0; b < r.batchSize; b++) {

@@ -1,7 +1,8 @@
-/** What the commands share: number parsers, the precision option, the metrics table. */
-import { InvalidArgumentError, Option } from 'commander';
+/** What the commands share: number parsers, the precision and face options, the metrics table. */
+import { InvalidArgumentError, Option, type Command } from 'commander';
 
 import type { ClassCount } from '../data/types.js';
+import type { FaceDetectionOptions, FacesOption } from '../faces.js';
 import type { Metrics } from '../train/metrics.js';
 
 export const num = (what: string) => (v: string) => {
@@ -23,6 +24,29 @@ export const classes = (v: string): ClassCount => {
   return Number(v) as ClassCount;
 };
 
+/** `--faces whole|detect|x,y,width,height`. */
+export const facesArg = (v: string): FacesOption => {
+  if (v === 'whole' || v === 'detect') return v;
+  const parts = v.split(',').map(Number);
+  if (parts.length !== 4 || !parts.every(Number.isFinite) || parts[0]! < 0 || parts[1]! < 0 || parts[2]! < 1 || parts[3]! < 1) {
+    throw new InvalidArgumentError(`must be whole, detect, or a box x,y,width,height in pixels, got '${v}'`);
+  }
+  const [x, y, width, height] = parts as [number, number, number, number];
+  return { x, y, width, height };
+};
+
+/** The detector's options of `predict` and `serve`: `--face-margin`, `--min-face-score`, `--max-faces`. */
+export function addFaceDetectionOptions(command: Command): Command {
+  return command
+    .option('--face-margin <m>', "with --faces detect: the crop's margin around a face box, a fraction of its larger side on each side", num('--face-margin'), 0.25)
+    .option('--min-face-score <s>', 'with --faces detect: leave out faces the detector scores below this (0..1)', num('--min-face-score'), 0.5)
+    .option('--max-faces <n>', 'with --faces detect: at most this many faces an image, best first', int('--max-faces'), 16);
+}
+
+/** What `addFaceDetectionOptions` parsed, for the library. */
+export function faceDetectionOptions(opts: { faceMargin: number; minFaceScore: number; maxFaces: number }): FaceDetectionOptions {
+  return { margin: opts.faceMargin, minScore: opts.minFaceScore, maxFaces: opts.maxFaces };
+}
 
 export function metricsTable(m: Metrics): string {
   const pct = (v: number) => `${(100 * v).toFixed(2)}%`;

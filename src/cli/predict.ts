@@ -1,53 +1,110 @@
-/** `motivnet predict`: one record per image (src/pipelines/predict.ts), as JSON lines, CSV or a table. */
+/**
+ * `motivnet predict`: one record per image (src/pipelines/predict.ts), as JSON lines, CSV or a
+ * table; with `--faces detect`, each image's faces, each classified (one CSV row per face).
+ */
 import { Command, Option } from 'commander';
 
 import { csvRow } from '../csv.js';
 import { MotivNet } from '../model.js';
 import type { Geometry } from '../images.js';
-import { expandInputs, predictFiles } from '../pipelines/predict.js';
+import { expandInputs, predictFileFaces, predictFiles, type FileFacesPrediction, type FilePrediction } from '../pipelines/predict.js';
 import { PreprocessPool } from '../preprocess/pool.js';
 import { SkipLog } from '../preprocess/skips.js';
-import { int, precisionOption } from './options.js';
+import { addFaceDetectionOptions, faceDetectionOptions, facesArg, int, precisionOption } from './options.js';
+
+type Format = 'jsonl' | 'csv' | 'table';
 
 export function predictCommand(program: Command): void {
-  program
-    .command('predict')
-    .description('classify images: one record per image with its label and per-class probabilities')
-    .requiredOption('--weights <file>', 'weights (.safetensors or .pth)')
-    .option('--model <preset|file>', 'model preset or JSON config', 'tiny')
-    .requiredOption('--input <paths...>', 'image files or folders of images')
-    .addOption(new Option('--resize <geometry>', 'letterbox (the reference inference), stretch, or none').choices(['letterbox', 'stretch', 'none']).default('letterbox'))
-    .option('--top-k <k>', 'classes to list per image in table format', int('--top-k'), 3)
-    .addOption(new Option('--format <format>', 'output format').choices(['jsonl', 'csv', 'table']).default('jsonl'))
-    .option('--batch-size <n>', 'images per batch', int('--batch-size'), 8)
-    .option('--fast-decode', "shrink large JPEGs while decoding: faster, but not the reference's pixels")
-    .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
-    .addOption(precisionOption())
-    .action(async (opts) => {
-      const files = expandInputs(opts.input as string[]);
-      const model = await MotivNet.load({ model: opts.model, weights: opts.weights, device: opts.device, precision: opts.precision });
-      const pool = new PreprocessPool();
-      const skips = new SkipLog();
-      const names = model.labels;
-      if (opts.format === 'csv') console.log(csvRow(['file', 'label', ...names]));
-      try {
-        const run = predictFiles(model, pool, files, { geometry: opts.resize as Geometry, batchSize: opts.batchSize, fastDecode: Boolean(opts.fastDecode), skips });
-        for await (const r of run) {
-          const probs = Array.from(r.probabilities);
-          if (opts.format === 'jsonl') {
-            console.log(JSON.stringify({ file: r.file, label: r.top.label, probabilities: Object.fromEntries(names.map((n, c) => [n, probs[c]])), logits: Array.from(r.logits) }));
-          } else if (opts.format === 'csv') {
-            console.log(csvRow([r.file, r.top.label, ...probs.map((p) => p.toFixed(6))]));
-          } else {
-            const top = probs.map((p, c) => [names[c]!, p] as const).sort((a, b) => b[1] - a[1]).slice(0, opts.topK);
-            console.log(`${r.file}  ${top.map(([n, p]) => `${n} ${(100 * p).toFixed(1)}%`).join('  ')}`);
-          }
-        }
-      } finally {
-        await pool.destroy();
-        model.dispose();
+  addFaceDetectionOptions(
+    program
+      .command('predict')
+      .description('classify images: one record per image with its label and per-class probabilities, or per face with --faces detect')
+      .requiredOption('--weights <file>', 'weights (.safetensors or .pth)')
+      .option('--model <preset|file>', 'model preset or JSON config', 'tiny')
+      .requiredOption('--input <paths...>', 'image files or folders of images')
+      .option('--faces <mode>', 'whole (the image as it is: the reference inference), detect (every face, each classified), or a box x,y,width,height in pixels', facesArg, 'whole')
+      .addOption(new Option('--resize <geometry>', 'letterbox (the reference inference), stretch, or none (not with --faces detect)').choices(['letterbox', 'stretch', 'none']).default('letterbox'))
+      .option('--top-k <k>', 'classes to list per image in table format', int('--top-k'), 3)
+      .addOption(new Option('--format <format>', 'output format').choices(['jsonl', 'csv', 'table']).default('jsonl'))
+      .option('--batch-size <n>', 'images per batch', int('--batch-size'), 8)
+      .option('--fast-decode', "shrink large JPEGs while decoding: faster, but not the reference's pixels (not with --faces detect)")
+      .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
+      .addOption(precisionOption()),
+  ).action(async (opts) => {
+    const detect = opts.faces === 'detect';
+    if (detect && opts.resize === 'none') throw new Error("--faces detect fits each face's crop by letterbox or stretch, not none");
+    if (opts.batchSize < 1) throw new Error(`--batch-size must be at least 1, got ${opts.batchSize}`);
+    const files = expandInputs(opts.input as string[]);
+    const model = await MotivNet.load({ model: opts.model, weights: opts.weights, device: opts.device, precision: opts.precision });
+    const pool = new PreprocessPool();
+    const skips = new SkipLog();
+    const names = model.labels;
+    const format = opts.format as Format;
+    if (format === 'csv') console.log(csvRow(detect ? ['file', 'face', 'x', 'y', 'width', 'height', 'score', 'label', ...names] : ['file', 'label', ...names]));
+    try {
+      if (detect) {
+        const run = predictFileFaces(model, pool, files, { geometry: opts.resize, batchSize: opts.batchSize, detection: faceDetectionOptions(opts), skips });
+        for await (const r of run) printFaces(r, names, format, opts.topK);
+      } else {
+        const box = typeof opts.faces === 'object' ? opts.faces : undefined;
+        const run = predictFiles(model, pool, files, { geometry: opts.resize as Geometry, batchSize: opts.batchSize, fastDecode: Boolean(opts.fastDecode), skips, box });
+        for await (const r of run) printWhole(r, names, format, opts.topK);
       }
-      for (const s of skips.entries) console.error(`skipped ${s.path}: ${s.reason}`);
-      if (skips.count > 0) process.exitCode = 1;
+    } finally {
+      await pool.destroy();
+      model.dispose();
+    }
+    for (const s of skips.entries) console.error(`skipped ${s.path}: ${s.reason}`);
+    if (skips.count > 0) process.exitCode = 1;
+  });
+}
+
+function byLabel(names: readonly string[], probabilities: Float32Array): Record<string, number> {
+  return Object.fromEntries(names.map((n, c) => [n, probabilities[c]!]));
+}
+
+function topClasses(names: readonly string[], probabilities: Float32Array, k: number): string {
+  const top = Array.from(probabilities, (p, c) => [names[c]!, p] as const).sort((a, b) => b[1] - a[1]).slice(0, k);
+  return top.map(([n, p]) => `${n} ${(100 * p).toFixed(1)}%`).join('  ');
+}
+
+function printWhole(r: FilePrediction, names: readonly string[], format: Format, topK: number): void {
+  if (format === 'jsonl') {
+    console.log(JSON.stringify({ file: r.file, label: r.top.label, probabilities: byLabel(names, r.probabilities), logits: Array.from(r.logits) }));
+  } else if (format === 'csv') {
+    console.log(csvRow([r.file, r.top.label, ...Array.from(r.probabilities, (p) => p.toFixed(6))]));
+  } else {
+    console.log(`${r.file}  ${topClasses(names, r.probabilities, topK)}`);
+  }
+}
+
+const round = (v: number) => Math.round(v * 10) / 10;
+
+function printFaces(r: FileFacesPrediction, names: readonly string[], format: Format, topK: number): void {
+  if (format === 'jsonl') {
+    const faces = r.faces.map((f) => ({
+      box: { x: round(f.box.x), y: round(f.box.y), width: round(f.box.width), height: round(f.box.height) },
+      score: f.score,
+      label: f.top.label,
+      index: f.top.index,
+      probabilities: byLabel(names, f.probabilities),
+      logits: Array.from(f.logits),
+      keypoints: f.keypoints,
+      crop: f.crop,
+    }));
+    console.log(JSON.stringify({ file: r.file, width: r.width, height: r.height, faces }));
+  } else if (format === 'csv') {
+    // A file without a face still gets its row, so every file read is accounted for.
+    if (r.faces.length === 0) console.log(csvRow([r.file, '', '', '', '', '', '', '', ...names.map(() => '')]));
+    r.faces.forEach((f, i) => {
+      const box = [f.box.x, f.box.y, f.box.width, f.box.height].map((v) => v.toFixed(1));
+      console.log(csvRow([r.file, String(i), ...box, f.score.toFixed(4), f.top.label, ...Array.from(f.probabilities, (p) => p.toFixed(6))]));
     });
+  } else {
+    if (r.faces.length === 0) console.log(`${r.file}  no face found`);
+    r.faces.forEach((f, i) => {
+      const at = `face ${i + 1} at ${Math.round(f.box.x)},${Math.round(f.box.y)} ${Math.round(f.box.width)}x${Math.round(f.box.height)}`;
+      console.log(`${r.file}  ${at}  ${topClasses(names, f.probabilities, topK)}`);
+    });
+  }
 }

@@ -3,7 +3,7 @@ import path from 'node:path';
 
 import { Command, Option } from 'commander';
 
-import { int, num, precisionOption } from './options.js';
+import { addFaceDetectionOptions, faceDetectionOptions, int, num, precisionOption } from './options.js';
 
 /**
  * What responses call the model: a preset's name, or a config file's base name (`configs/
@@ -14,8 +14,7 @@ export function publicModelName(spec: string): string {
 }
 
 export function serveCommand(program: Command): void {
-  program
-    .command('serve')
+  addFaceDetectionOptions(program.command('serve'))
     .description('serve predictions over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics, /openapi.json')
     .requiredOption('--weights <file>', 'weights (.safetensors or .pth)')
     .option('--model <preset|file>', 'model preset or JSON config', 'tiny')
@@ -25,6 +24,7 @@ export function serveCommand(program: Command): void {
     .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
     .addOption(precisionOption())
     .addOption(new Option('--resize <geometry>', 'default geometry: letterbox (the reference inference) or stretch').choices(['letterbox', 'stretch']).default('letterbox'))
+    .addOption(new Option('--faces <mode>', 'default of a request without ?faces=: whole (the image as it is, the reference inference) or detect (every face, each classified)').choices(['whole', 'detect']).default('whole'))
     .option('--max-batch <n>', 'most images per model call', int('--max-batch'), 8)
     .option('--max-wait-ms <ms>', 'longest an image waits for its batch to fill', int('--max-wait-ms'), 5)
     .option('--max-queue <n>', 'most requests held at once; beyond it 429 with Retry-After', int('--max-queue'), 256)
@@ -54,6 +54,8 @@ export function serveCommand(program: Command): void {
         maxAspectRatio: opts.maxAspectRatio,
         decodeThreads: opts.threads,
         geometry: opts.resize,
+        faces: opts.faces,
+        detection: faceDetectionOptions(opts),
         fastDecode: Boolean(opts.fastDecode),
       });
       // A refused option (an API key too short, ...) must not leave the decoding workers running.

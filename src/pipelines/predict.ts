@@ -8,10 +8,13 @@ import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 
 import { IMAGE_EXTENSIONS } from '../data/folders.js';
-import type { Geometry } from '../images.js';
+import type { FaceBox } from '../data/types.js';
+import type { DetectedFace, FaceDetectionOptions } from '../faces.js';
+import { concat, type Geometry } from '../images.js';
 import type { ClassScore, MotivNet } from '../model.js';
-import { batches } from '../preprocess/batcher.js';
+import { batches, DEFAULT_MAX_PIXELS } from '../preprocess/batcher.js';
 import type { PreprocessPool } from '../preprocess/pool.js';
+import type { DecodeResult } from '../preprocess/types.js';
 import type { SkipLog } from '../preprocess/skips.js';
 
 export interface PredictFilesOptions {
@@ -23,6 +26,38 @@ export interface PredictFilesOptions {
   fastDecode?: boolean;
   /** Where files that cannot be decoded are recorded. */
   skips: SkipLog;
+  /** Classify the part of each image inside this box (pixels of the upright image). */
+  box?: FaceBox;
+}
+
+export interface PredictFileFacesOptions {
+  /** How a face's crop reaches the model's input. Default 'letterbox'. */
+  geometry?: 'letterbox' | 'stretch';
+  /** Photographs per model call (their faces go together). Default 8. */
+  batchSize?: number;
+  /** How faces are found and framed. */
+  detection?: FaceDetectionOptions;
+  /** Largest image, in pixels. Default 64 megapixels. */
+  maxPixels?: number;
+  /** Where files that cannot be decoded are recorded. */
+  skips: SkipLog;
+}
+
+/** A face of a file, with the model's answer for it. */
+export interface FaceFilePrediction extends DetectedFace {
+  top: ClassScore;
+  logits: Float32Array;
+  probabilities: Float32Array;
+}
+
+export interface FileFacesPrediction {
+  /** The file as given. */
+  file: string;
+  /** The image's size after EXIF orientation: the space of the boxes. */
+  width: number;
+  height: number;
+  /** Every face found, best detected first; [] when there is none. */
+  faces: FaceFilePrediction[];
 }
 
 export interface FilePrediction {
@@ -52,7 +87,7 @@ export function expandInputs(inputs: readonly string[]): string[] {
 
 /** Each decodable file's prediction, in the order given. */
 export async function* predictFiles(model: MotivNet, pool: PreprocessPool, files: readonly string[], opts: PredictFilesOptions): AsyncGenerator<FilePrediction> {
-  const samples = files.map((f) => ({ path: path.resolve(f), relPath: f, label: 0 }));
+  const samples = files.map((f) => ({ path: path.resolve(f), relPath: f, label: 0, box: opts.box }));
   const { inputHeight, inputWidth } = model.config.encoder;
   const batchSize = opts.batchSize ?? 8;
   for await (const b of batches(samples, { batchSize, decode: (t) => pool.decode(t), minWidth: inputWidth, minHeight: inputHeight, fastDecode: opts.fastDecode, skips: opts.skips })) {
@@ -61,5 +96,55 @@ export async function* predictFiles(model: MotivNet, pool: PreprocessPool, files
       const row = (values: Float32Array) => values.slice(i * r.numClasses, (i + 1) * r.numClasses);
       yield { file: s.relPath, top: r.top[i]!, logits: row(r.logits), probabilities: row(r.probabilities) };
     }
+  }
+}
+
+/**
+ * Each decodable file's faces, each classified, in the order given: files decode and their
+ * faces are found and cropped on the preprocessing pool (the next batch while the model runs
+ * this one), and all faces of a batch of files go to the model in one call.
+ */
+export async function* predictFileFaces(model: MotivNet, pool: PreprocessPool, files: readonly string[], opts: PredictFileFacesOptions): AsyncGenerator<FileFacesPrediction> {
+  const { inputHeight: height, inputWidth: width } = model.config.encoder;
+  const batchSize = opts.batchSize ?? 8;
+  if (!Number.isInteger(batchSize) || batchSize < 1) throw new RangeError(`batchSize must be a positive integer, got ${batchSize}`);
+  const resizeTo = { width, height, geometry: opts.geometry ?? 'letterbox' };
+  const decodeGroup = (start: number) =>
+    Promise.all(
+      files.slice(start, start + batchSize).map((file) =>
+        pool.decode({ path: path.resolve(file), faces: opts.detection ?? {}, resizeTo, minWidth: width, minHeight: height, maxPixels: opts.maxPixels ?? DEFAULT_MAX_PIXELS }),
+      ),
+    );
+  let next = files.length > 0 ? decodeGroup(0) : undefined;
+  try {
+    for (let start = 0; next; start += batchSize) {
+      const decoded = await next;
+      // The next files decode while the model runs on these.
+      next = start + batchSize < files.length ? decodeGroup(start + batchSize) : undefined;
+      const found: { file: string; result: DecodeResult & { ok: true } }[] = [];
+      decoded.forEach((r, i) => {
+        const file = files[start + i]!;
+        if (r.ok) found.push({ file, result: r });
+        else opts.skips.record(file, r.reason);
+      });
+      const count = found.reduce((n, f) => n + f.result.faces!.length, 0);
+      const r =
+        count === 0
+          ? undefined
+          : await model.predict({ pixels: concat(found.map((f) => f.result.data)), widths: new Array(count).fill(width), heights: new Array(count).fill(height) }, { geometry: 'none' });
+      let row = 0;
+      for (const { file, result } of found) {
+        const faces = result.faces!.map((face) => {
+          const slice = (values: Float32Array) => values.slice(row * r!.numClasses, (row + 1) * r!.numClasses);
+          const answer = { ...face, top: r!.top[row]!, logits: slice(r!.logits), probabilities: slice(r!.probabilities) };
+          row++;
+          return answer;
+        });
+        yield { file, width: result.imageWidth!, height: result.imageHeight!, faces };
+      }
+    }
+  } finally {
+    // Left early: the decodes in flight are abandoned, and may fail when the pool shuts down.
+    next?.catch(() => {});
   }
 }

@@ -1,5 +1,6 @@
 /** What crosses between the pool and its sharp workers. */
 import type { FaceBox } from '../data/types.js';
+import type { DetectedFace, FaceDetectionOptions } from '../faces.js';
 
 export interface DecodeTask {
   /** The image file to read; or give its encoded bytes instead. */
@@ -36,6 +37,12 @@ export interface DecodeTask {
    * `predict` with geometry `none` on the result gives what `predict` on the full image gives.
    */
   resizeTo?: { width: number; height: number; geometry: 'letterbox' | 'stretch' };
+  /**
+   * Find the image's faces (the core's detector, on this worker's thread) and hand back each
+   * face's crop resized as `resizeTo` says, instead of the image: the result's `data` holds
+   * the crops back to back, one per entry of `faces`. Needs `resizeTo`; not with `box`.
+   */
+  faces?: FaceDetectionOptions;
 }
 
 /** Why a file was not decoded: what a caller branches on (the reason is for people). */
@@ -53,5 +60,16 @@ export type DecodeFailure =
   | 'unreadable';
 
 export type DecodeResult =
-  | { ok: true; data: Uint8Array; width: number; height: number }
+  | {
+      ok: true;
+      /** The image, or with `faces` each face's crop, `width` x `height` each, back to back. */
+      data: Uint8Array;
+      width: number;
+      height: number;
+      /** With `faces`: the faces found, in the image's pixels (after EXIF orientation). */
+      faces?: DetectedFace[];
+      /** With `faces`: the size of the image they were found in. */
+      imageWidth?: number;
+      imageHeight?: number;
+    }
   | { ok: false; kind: DecodeFailure; reason: string };

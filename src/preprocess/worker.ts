@@ -96,12 +96,25 @@ export default async function decode(task: DecodeTask): Promise<DecodeResult> {
     }
     // Fast decode shrinks only what is at least twice the input size both ways: libvips then
     // decodes a JPEG at a fraction of its size (shrink-on-load), which is where the time goes.
-    if (task.fastDecode && w >= 2 * task.minWidth && h >= 2 * task.minHeight) {
+    // Not when finding faces: their boxes are in the pixels of the image as it is.
+    if (task.fastDecode && !task.faces && w >= 2 * task.minWidth && h >= 2 * task.minHeight) {
       image = image.resize({ width: task.minWidth, height: task.minHeight, fit: 'outside', withoutEnlargement: true });
     }
     if (task.flip) image = image.flop();
     const { data, info } = await image.toColourspace('srgb').removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
     if (info.channels !== 3) return { ok: false, kind: 'unreadable', reason: `unexpected ${info.channels} channels after conversion to RGB` };
+    if (task.faces) {
+      if (!task.resizeTo) return { ok: false, kind: 'no-input', reason: 'a face detection task needs resizeTo (the crops\' size)' };
+      const { native } = await import('../native.js');
+      const { detectedFace, nativeFaceOptions } = await import('../faces.js');
+      // Detection and crops on this worker's own thread: a few milliseconds a photograph.
+      const found = native.detectFacesSync(data, info.width, info.height, nativeFaceOptions(task.faces, task.resizeTo));
+      const pixels = new Uint8Array(found.crops?.length ?? 0);
+      if (found.crops) pixels.set(found.crops);
+      const faces = found.faces.map(detectedFace);
+      const result = { ok: true as const, data: pixels, width: task.resizeTo.width, height: task.resizeTo.height, faces, imageWidth: info.width, imageHeight: info.height };
+      return move(new Decoded(result)) as unknown as DecodeResult;
+    }
     if (task.resizeTo) {
       const { width: outW, height: outH, geometry } = task.resizeTo;
       // Loaded here only: the training pool's workers never need the addon.

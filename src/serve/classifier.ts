@@ -14,7 +14,8 @@
 import { availableParallelism } from 'node:os';
 
 import type { FaceBox } from '../data/types.js';
-import type { RgbImage } from '../images.js';
+import { checkFaceBox, checkFacesOption, probabilitiesByLabel, type FaceClassification, type FaceDetectionOptions, type FacesOption } from '../faces.js';
+import { concat } from '../images.js';
 import { MotivNet, type LoadOptions } from '../model.js';
 import { PreprocessPool } from '../preprocess/pool.js';
 import type { DecodeFailure } from '../preprocess/types.js';
@@ -45,6 +46,10 @@ export interface ClassifierOptions {
   decodeThreads?: number;
   /** Default geometry of a call. Default 'letterbox'. */
   geometry?: ClassifierGeometry;
+  /** Default of a call's `faces`. Default 'whole'. */
+  faces?: 'whole' | 'detect';
+  /** How faces are found and framed with `faces: 'detect'`, unless a call says otherwise. */
+  detection?: FaceDetectionOptions;
   /**
    * Shrink large JPEGs while decoding: faster, and less memory per large image, but the
    * pixels are no longer the reference's (docs/PREPROCESSING.md). Default false.
@@ -54,7 +59,15 @@ export interface ClassifierOptions {
 
 export interface ClassifyOptions {
   geometry?: ClassifierGeometry;
-  /** Crop to this face box (pixels of the oriented image) before resizing. */
+  /**
+   * What is classified: the whole image (the reference's inference), every face the detector
+   * finds (`'detect'`: the answer is `{ faces: [...] }`), or the part inside a box (pixels of
+   * the upright image).
+   */
+  faces?: FacesOption;
+  /** How faces are found and framed with `faces: 'detect'`. */
+  detection?: FaceDetectionOptions;
+  /** Crop to this face box (pixels of the oriented image) before resizing: `faces: box`. */
   box?: FaceBox;
   /** Aborting drops the call if it has not reached the model yet. */
   signal?: AbortSignal;
@@ -66,6 +79,15 @@ export interface Classification {
   index: number;
   /** Every class's probability, by label, in class order. */
   probabilities: Record<string, number>;
+}
+
+/** The answer of `classify` with `faces: 'detect'`. */
+export interface FacesClassification {
+  /** Every face found, best detected first, with its classification; [] when there is none. */
+  faces: FaceClassification[];
+  /** The image's size after EXIF orientation: the space of the boxes. */
+  width: number;
+  height: number;
 }
 
 /** What a monitor hears of a classifier's work (`observe`). */
@@ -116,11 +138,13 @@ export class ClassifierClosedError extends Error {
 }
 
 interface Waiting {
-  /** The image resized to the model's input size. */
-  image: RgbImage;
+  /** `count` images at the model's input size, back to back: the image, or its faces' crops. */
+  pixels: Uint8Array;
+  count: number;
   enqueuedAt: number;
   signal?: AbortSignal;
-  resolve: (c: Classification) => void;
+  /** Takes the answers of the `count` images, in order. */
+  resolve: (c: Classification[]) => void;
   reject: (e: Error) => void;
 }
 
@@ -154,10 +178,14 @@ export class EmotionClassifier {
   readonly maxAspectRatio: number;
   readonly fastDecode: boolean;
   private readonly defaultGeometry: ClassifierGeometry;
+  private readonly defaultFaces: 'whole' | 'detect';
+  private readonly detection: FaceDetectionOptions;
   private readonly ownsModel: boolean;
   private readonly pool: PreprocessPool;
   /** Calls whose input tensor is ready, oldest first. */
   private readonly queue: Waiting[] = [];
+  /** Images in the queue (a call with faces brings several). */
+  private queuedImages = 0;
   private timer: NodeJS.Timeout | undefined;
   private running = false;
   private closed = false;
@@ -181,6 +209,9 @@ export class EmotionClassifier {
     this.fastDecode = options.fastDecode ?? false;
     this.defaultGeometry = options.geometry ?? 'letterbox';
     if (!GEOMETRIES.includes(this.defaultGeometry)) throw new RangeError(`geometry must be letterbox or stretch, got '${this.defaultGeometry}'`);
+    this.defaultFaces = options.faces ?? 'whole';
+    if (this.defaultFaces !== 'whole' && this.defaultFaces !== 'detect') throw new RangeError(`faces must be whole or detect, got '${String(this.defaultFaces)}'`);
+    this.detection = options.detection ?? {};
     this.pool = new PreprocessPool({ threads: options.decodeThreads ?? availableParallelism() });
   }
 
@@ -204,12 +235,25 @@ export class EmotionClassifier {
     return { modelCalls: this.modelCalls, images: this.images, pending: this.pending };
   }
 
-  /** Classifies one encoded image (a Buffer or Uint8Array of JPEG, PNG or WebP) or image file. */
-  async classify(input: Uint8Array | string, options: ClassifyOptions = {}): Promise<Classification> {
+  /**
+   * Classifies one encoded image (a Buffer or Uint8Array of JPEG, PNG or WebP) or image file;
+   * with `faces: 'detect'`, each face in it, all in the same model call.
+   */
+  async classify(input: Uint8Array | string, options: ClassifyOptions & { faces: 'detect' }): Promise<FacesClassification>;
+  async classify(input: Uint8Array | string, options?: ClassifyOptions): Promise<Classification>;
+  async classify(input: Uint8Array | string, options: ClassifyOptions = {}): Promise<Classification | FacesClassification> {
     if (this.closed) throw new ClassifierClosedError();
     const geometry = options.geometry ?? this.defaultGeometry;
     if (!GEOMETRIES.includes(geometry)) throw new ClassifierInputError(`geometry must be letterbox or stretch, got '${geometry}'`, 400);
-    if (options.box) checkBox(options.box);
+    const faces = options.faces ?? options.box ?? this.defaultFaces;
+    try {
+      checkFacesOption(faces);
+      if (options.box && options.faces !== undefined) throw new RangeError('give faces or box, not both');
+      if (typeof faces === 'object') checkFaceBox(faces);
+    } catch (err) {
+      throw new ClassifierInputError((err as Error).message, 400);
+    }
+    const detect = faces === 'detect';
     if (this.pending >= this.maxQueue) throw new QueueFullError(this.maxQueue, this.retryAfterS());
     this.pending++;
     try {
@@ -218,7 +262,8 @@ export class EmotionClassifier {
       const source = typeof input === 'string' ? { path: input } : { bytes: input };
       const task = {
         ...source,
-        box: options.box,
+        box: typeof faces === 'object' ? faces : undefined,
+        faces: detect ? { ...this.detection, ...options.detection } : undefined,
         formats: ACCEPTED_FORMATS,
         fastDecode: this.fastDecode,
         minWidth: inputWidth,
@@ -236,34 +281,43 @@ export class EmotionClassifier {
         throw inputError(decoded, this.maxPixels);
       }
       options.signal?.throwIfAborted();
-      // A call that was decoding when close() came still runs: close() lets held calls finish.
-      const signal = options.signal;
-      let onAbort: (() => void) | undefined;
-      return await new Promise<Classification>((resolve, reject) => {
-        const queue = this.queue;
-        const image = { data: decoded.data, width: decoded.width, height: decoded.height };
-        const waiting: Waiting = { image, enqueuedAt: performance.now(), signal, resolve, reject };
-        queue.push(waiting);
-        // Aborted while queued: out of the queue at once, so its slot and pixels are freed now
-        // rather than when its batch would have come.
-        onAbort = () => {
-          const at = queue.indexOf(waiting);
-          if (at >= 0) {
-            queue.splice(at, 1);
-            reject(reasonOf(signal!));
-          }
-        };
-        signal?.addEventListener('abort', onAbort, { once: true });
-        this.schedule();
-      }).finally(() => {
-        // The listener holds the image: a signal that outlives the call (a host's own, long-
-        // lived one) would otherwise keep every image it ever saw.
-        if (onAbort) signal?.removeEventListener('abort', onAbort);
-      });
+      const count = detect ? decoded.faces!.length : 1;
+      const answers = count === 0 ? [] : await this.enqueue(decoded.data, count, options.signal);
+      if (!detect) return answers[0]!;
+      const found = decoded.faces!.map((face, i) => ({ ...face, ...answers[i]! }));
+      return { faces: found, width: decoded.imageWidth!, height: decoded.imageHeight! };
     } finally {
       this.pending--;
       if (this.pending === 0) this.idle?.();
     }
+  }
+
+  /** Queues `count` input-sized images for the model; resolves to their answers. */
+  private async enqueue(pixels: Uint8Array, count: number, signal: AbortSignal | undefined): Promise<Classification[]> {
+    // A call that was decoding when close() came still runs: close() lets held calls finish.
+    let onAbort: (() => void) | undefined;
+    return await new Promise<Classification[]>((resolve, reject) => {
+      const queue = this.queue;
+      const waiting: Waiting = { pixels, count, enqueuedAt: performance.now(), signal, resolve, reject };
+      queue.push(waiting);
+      this.queuedImages += count;
+      // Aborted while queued: out of the queue at once, so its slot and pixels are freed now
+      // rather than when its batch would have come.
+      onAbort = () => {
+        const at = queue.indexOf(waiting);
+        if (at >= 0) {
+          queue.splice(at, 1);
+          this.queuedImages -= count;
+          reject(reasonOf(signal!));
+        }
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.schedule();
+    }).finally(() => {
+      // The listener holds the pixels: a signal that outlives the call (a host's own, long-
+      // lived one) would otherwise keep every image it ever saw.
+      if (onAbort) signal?.removeEventListener('abort', onAbort);
+    });
   }
 
   /**
@@ -314,7 +368,7 @@ export class EmotionClassifier {
     const queue = this.queue;
     if (queue.length === 0) return;
     const waited = performance.now() - queue[0]!.enqueuedAt;
-    if (queue.length >= this.maxBatchSize || waited >= this.maxWaitMs || this.closed) {
+    if (this.queuedImages >= this.maxBatchSize || waited >= this.maxWaitMs || this.closed) {
       clearTimeout(this.timer);
       this.timer = undefined;
       void this.runBatch();
@@ -329,32 +383,44 @@ export class EmotionClassifier {
   private async runBatch(): Promise<void> {
     const queue = this.queue;
     const batch: Waiting[] = [];
-    while (batch.length < this.maxBatchSize && queue.length > 0) {
+    let images = 0;
+    // Whole calls only: the faces of one photograph go to the model together, even past
+    // maxBatchSize when one photograph holds more.
+    while (queue.length > 0 && (batch.length === 0 || images + queue[0]!.count <= this.maxBatchSize)) {
       const w = queue.shift()!;
+      this.queuedImages -= w.count;
       if (w.signal?.aborted) w.reject(reasonOf(w.signal));
-      else batch.push(w);
+      else {
+        batch.push(w);
+        images += w.count;
+      }
     }
     if (batch.length === 0) return this.schedule();
     this.running = true;
     const started = performance.now();
     let failed = false;
     try {
+      const { inputWidth: width, inputHeight: height } = this.model.config.encoder;
+      const pixels = batch.length === 1 ? batch[0]!.pixels : concat(batch.map((w) => w.pixels));
       // Already at the input size, resized as the model would: geometry none is the identity.
-      const r = await this.model.predict(batch.map((w) => w.image), { geometry: 'none' });
+      const r = await this.model.predict({ pixels, widths: new Array(images).fill(width), heights: new Array(images).fill(height) }, { geometry: 'none' });
       this.modelCalls++;
-      this.images += batch.length;
+      this.images += images;
       const labels = this.model.labels;
-      batch.forEach((w, i) => {
-        const probs = r.probabilities.subarray(i * r.numClasses, (i + 1) * r.numClasses);
-        const probabilities = Object.fromEntries(labels.map((name, c) => [name, probs[c]!]));
-        w.resolve({ label: r.top[i]!.label, index: r.top[i]!.index, probabilities });
-      });
+      let row = 0;
+      for (const w of batch) {
+        const answers: Classification[] = [];
+        for (let i = 0; i < w.count; i++, row++) {
+          answers.push({ label: r.top[row]!.label, index: r.top[row]!.index, probabilities: probabilitiesByLabel(labels, r.probabilities, row) });
+        }
+        w.resolve(answers);
+      }
     } catch (err) {
       failed = true;
       for (const w of batch) w.reject(err as Error);
     } finally {
       const ms = performance.now() - started;
-      for (const o of this.observers) o.batch?.(batch.length, ms, failed);
+      for (const o of this.observers) o.batch?.(images, ms, failed);
       this.batchMs = this.batchMs === 0 ? ms : 0.8 * this.batchMs + 0.2 * ms;
       this.running = false;
       this.schedule();
@@ -367,11 +433,4 @@ const GEOMETRIES: readonly string[] = ['letterbox', 'stretch'];
 /** An aborted signal's reason as an Error. */
 function reasonOf(signal: AbortSignal): Error {
   return signal.reason instanceof Error ? signal.reason : new Error('aborted');
-}
-
-function checkBox(box: FaceBox): void {
-  const values = [box.x, box.y, box.width, box.height];
-  if (!values.every((v) => Number.isFinite(v)) || box.x < 0 || box.y < 0 || box.width < 1 || box.height < 1) {
-    throw new ClassifierInputError(`face box must have x, y >= 0 and width, height >= 1, got ${JSON.stringify(box)}`, 400);
-  }
 }

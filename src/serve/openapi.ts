@@ -26,6 +26,30 @@ export function openApiDocument(facts: OpenApiFacts): object {
     properties: { label: { type: 'string', enum: [...facts.classes] }, probabilities },
     required: ['label', 'probabilities'],
   };
+  const box = {
+    type: 'object',
+    description: 'Pixels of the upright image (after EXIF orientation)',
+    properties: { x: { type: 'number' }, y: { type: 'number' }, width: { type: 'number' }, height: { type: 'number' } },
+    required: ['x', 'y', 'width', 'height'],
+  };
+  const facePrediction = {
+    type: 'object',
+    properties: {
+      box,
+      score: { type: 'number', minimum: 0, maximum: 1, description: "The detector's confidence that this is a face" },
+      label: { type: 'string', enum: [...facts.classes] },
+      index: { type: 'integer', minimum: 0 },
+      probabilities,
+    },
+    required: ['box', 'score', 'label', 'index', 'probabilities'],
+  };
+  const facesPrediction = {
+    type: 'object',
+    description: 'With faces=detect: every face found, best detected first ([] when there is none)',
+    properties: { faces: { type: 'array', items: facePrediction }, width: { type: 'integer' }, height: { type: 'integer' } },
+    required: ['faces', 'width', 'height'],
+  };
+  const anyPrediction = { oneOf: [prediction, facesPrediction] };
   const withModel = { model: { type: 'string' }, latencyMs: { type: 'number' } };
   const closed = { security: [] as object[] };
   const guarded = facts.apiKey ? {} : closed;
@@ -43,7 +67,13 @@ export function openApiDocument(facts: OpenApiFacts): object {
           summary: 'Classify the emotion of the face in each image',
           parameters: [
             { name: 'geometry', in: 'query', schema: { type: 'string', enum: ['letterbox', 'stretch'] }, description: "How an image meets the model's input size; letterbox is the reference's" },
-            { name: 'box', in: 'query', schema: { type: 'string', pattern: '^[0-9.]+,[0-9.]+,[0-9.]+,[0-9.]+$' }, description: 'Face box x,y,width,height in pixels of the upright image' },
+            {
+              name: 'faces',
+              in: 'query',
+              schema: { type: 'string', pattern: '^(whole|detect|[0-9.]+,[0-9.]+,[0-9.]+,[0-9.]+)$' },
+              description: 'whole: the image as it is (default); detect: every face found, each classified; or a face box x,y,width,height in pixels of the upright image',
+            },
+            { name: 'box', in: 'query', schema: { type: 'string', pattern: '^[0-9.]+,[0-9.]+,[0-9.]+,[0-9.]+$' }, description: 'Face box x,y,width,height in pixels of the upright image (as faces=x,y,width,height)' },
           ],
           requestBody: {
             required: true,
@@ -66,10 +96,11 @@ export function openApiDocument(facts: OpenApiFacts): object {
                   schema: {
                     oneOf: [
                       { type: 'object', properties: { ...prediction.properties, ...withModel }, required: [...prediction.required, 'model', 'latencyMs'] },
+                      { type: 'object', properties: { ...facesPrediction.properties, ...withModel }, required: [...facesPrediction.required, 'model', 'latencyMs'] },
                       {
                         type: 'object',
                         properties: {
-                          predictions: { type: 'array', items: { oneOf: [prediction, { type: 'object', properties: { error }, required: ['error'] }] } },
+                          predictions: { type: 'array', items: { oneOf: [...anyPrediction.oneOf, { type: 'object', properties: { error }, required: ['error'] }] } },
                           ...withModel,
                         },
                         required: ['predictions', 'model', 'latencyMs'],

@@ -4,7 +4,9 @@
  *   POST /v1/predict    the image as the raw body (image/jpeg, image/png, image/webp or
  *                       application/octet-stream), or multipart/form-data with one or more
  *                       files in the field `image` (several: `predictions` in their order);
- *                       query `geometry=letterbox|stretch`, `box=x,y,width,height`.
+ *                       query `geometry=letterbox|stretch`, `faces=whole|detect` (detect:
+ *                       `{faces: [{box, score, label, index, probabilities}], width, height}`),
+ *                       `box=x,y,width,height` (or `faces=x,y,width,height`).
  *   GET  /v1/model      the model's config, classes and parameter count.
  *   GET  /healthz       liveness: 200 while serving, 503 once shutting down.
  *   GET  /readyz        readiness: 200 once the model is loaded and warmed, 503 before and
@@ -24,6 +26,7 @@ import multipart from '@fastify/multipart';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 
 import type { FaceBox } from '../data/types.js';
+import type { FacesOption } from '../faces.js';
 import { MotivNetError } from '../errors.js';
 import { requireApiKey, UnauthorizedError } from './auth.js';
 import {
@@ -32,6 +35,7 @@ import {
   EmotionClassifier,
   QueueFullError,
   type Classification,
+  type FacesClassification,
   type ClassifierGeometry,
 } from './classifier.js';
 import { Counter, Gauge, Histogram, PROMETHEUS_CONTENT_TYPE, Registry } from './metrics.js';
@@ -85,14 +89,22 @@ function parseGeometry(value: unknown): ClassifierGeometry | undefined {
   throw new HttpError(400, `geometry must be letterbox or stretch, got '${String(value)}'`);
 }
 
-function parseBox(value: unknown): FaceBox | undefined {
+function parseBox(value: unknown, name = 'box'): FaceBox | undefined {
   if (value === undefined) return undefined;
   const parts = String(value).split(',').map(Number);
   if (parts.length !== 4 || !parts.every(Number.isFinite)) {
-    throw new HttpError(400, `box must be four numbers x,y,width,height, got '${String(value)}'`);
+    throw new HttpError(400, `${name} must be four numbers x,y,width,height, got '${String(value)}'`);
   }
   const [x, y, width, height] = parts as [number, number, number, number];
   return { x, y, width, height };
+}
+
+/** `faces=whole|detect|x,y,width,height`, or the older `box=x,y,width,height`. */
+function parseFaces(faces: unknown, box: unknown): FacesOption | undefined {
+  if (faces !== undefined && box !== undefined) throw new HttpError(400, 'give faces or box, not both');
+  if (faces === 'whole' || faces === 'detect') return faces;
+  if (faces !== undefined && !String(faces).includes(',')) throw new HttpError(400, `faces must be whole, detect or a box x,y,width,height, got '${String(faces)}'`);
+  return parseBox(faces, 'faces') ?? parseBox(box);
 }
 
 /**
@@ -321,19 +333,25 @@ export async function createServer(classifier: EmotionClassifier, options: Serve
     (request as FastifyRequest & { gone?: AbortController }).gone = gone;
   };
 
-  const answer = (c: Classification) => ({ label: c.label, probabilities: c.probabilities });
+  const answer = (c: Classification | FacesClassification) => {
+    if ('faces' in c) {
+      const faces = c.faces.map((f) => ({ box: f.box, score: f.score, label: f.label, index: f.index, probabilities: f.probabilities }));
+      return { faces, width: c.width, height: c.height };
+    }
+    return { label: c.label, probabilities: c.probabilities };
+  };
 
   app.post('/v1/predict', { onRequest: admit }, async (request) => {
     const started = performance.now();
     const query = request.query as Record<string, unknown>;
     const geometry = parseGeometry(query.geometry);
-    const box = parseBox(query.box);
+    const faces = parseFaces(query.faces, query.box);
     const { images, list } = await requestImages(request, bodyLimit, maxImages);
     const gone = (request as FastifyRequest & { gone?: AbortController }).gone;
     const latencyMs = () => Math.round((performance.now() - started) * 100) / 100;
     const classify = (bytes: Buffer, signal: AbortSignal) => {
       if (bytes.length === 0) return Promise.reject(new HttpError(400, list ? 'an empty image field' : 'empty body: send the image bytes'));
-      return classifier.classify(bytes, { geometry, box, signal });
+      return classifier.classify(bytes, { geometry, faces, signal });
     };
     if (!list) {
       const result = await withTimeout((signal) => classify(images[0]!, signal), timeoutMs, gone);

@@ -2,12 +2,13 @@
 //! model logic lives in `crates/motivnet`. Every call that touches tensors returns a Promise
 //! whose work waits and runs on threads of the addon's own (`calls.rs`), never on libuv's
 //! pool; each file holds a feature's calls with their tasks (load, predict, train_step, state,
-//! preprocess, convert), `model.rs` the model object they share, `options.rs` the option and
+//! preprocess, convert, faces), `model.rs` the model object they share, `options.rs` the option and
 //! input types, `error.rs` the error mapping.
 
 mod calls;
 mod convert;
 mod error;
+mod faces;
 mod load;
 mod model;
 mod options;

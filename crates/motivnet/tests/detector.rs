@@ -7,6 +7,8 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use motivnet::detector::BlazeFace;
 
+mod photos;
+
 #[test]
 fn raw_outputs_match_tflite() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/blazeface_parity.safetensors");
@@ -61,34 +63,25 @@ fn detections_from_our_outputs_are_those_from_tflites() {
     }
 }
 
-/// Photographs and what MediaPipe 0.10.14's own face detection found on them
-/// (scripts/detector/make_photo_fixtures.py): a square one, a wide one (letterboxed), one
-/// without a face.
+/// Photographs and what MediaPipe 0.10.14's own face detection found on them: one face (square,
+/// and wide: letterboxed), no face, several faces, a greyscale photo, faces turned 30 degrees
+/// and a quarter, and a small face in a large frame (which the short-range model, like
+/// MediaPipe's, does not find in the whole frame: `faces.rs` tests the tiled search for it).
 #[test]
 fn on_photographs_finds_what_mediapipe_finds() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let photos = candle_core::safetensors::load(dir.join("face_photos.safetensors"), &Device::Cpu).unwrap();
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("face_photos.json")).unwrap()).unwrap();
     let detector = BlazeFace::embedded().unwrap();
-    let iou = |a: &[f32], b: &[f32]| {
-        let inter = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0) * (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-        inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-    };
-    for (name, photo) in expected.as_object().unwrap() {
-        let (w, h) = (photo["width"].as_u64().unwrap() as usize, photo["height"].as_u64().unwrap() as usize);
-        let rgb = photos[name.as_str()].flatten_all().unwrap().to_vec1::<u8>().unwrap();
-        let ours = detector.detect(&rgb, w, h).unwrap();
-        let theirs = photo["faces"].as_array().unwrap();
-        assert_eq!(ours.len(), theirs.len(), "{name}: {ours:?}");
-        for (a, b) in ours.iter().zip(theirs) {
-            let bbox: Vec<f32> = b["bbox"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-            let score = b["score"].as_f64().unwrap() as f32;
-            assert!(iou(&a.bbox, &bbox) >= 0.95, "{name}: box {:?} vs {bbox:?}", a.bbox);
+    let photos = photos::all();
+    assert!(photos.len() >= 8, "{} photographs", photos.len());
+    for photo in photos {
+        let name = &photo.name;
+        let ours = detector.detect(&photo.rgb, photo.width, photo.height).unwrap();
+        assert_eq!(ours.len(), photo.expected.len(), "{name}: {ours:?}");
+        for (a, (bbox, keypoints, score)) in ours.iter().zip(&photo.expected) {
+            assert!(photos::iou(&a.bbox, bbox) >= 0.95, "{name}: box {:?} vs {bbox:?}", a.bbox);
             assert!((a.score - score).abs() <= 1e-3, "{name}: score {} vs {score}", a.score);
-            for (k, kp) in a.keypoints.iter().zip(b["keypoints"].as_array().unwrap()) {
-                for (x, y) in k.iter().zip(kp.as_array().unwrap()) {
-                    assert!((x - y.as_f64().unwrap() as f32).abs() < 2e-3, "{name}: keypoints {:?}", a.keypoints);
+            for (k, kp) in a.keypoints.iter().zip(keypoints) {
+                for (x, y) in k.iter().zip(kp) {
+                    assert!((x - y).abs() < 2e-3, "{name}: keypoints {:?} vs {keypoints:?}", a.keypoints);
                 }
             }
         }

@@ -94,7 +94,8 @@ impl<'a> ImageBatch<'a> {
         self.sizes.is_empty()
     }
 
-    pub(crate) fn images(&self) -> Vec<(&'a [u8], usize, usize)> {
+    /// Each image's pixels with its width and height.
+    pub fn images(&self) -> Vec<(&'a [u8], usize, usize)> {
         let mut offset = 0;
         self.sizes
             .iter()
