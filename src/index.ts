@@ -2,6 +2,7 @@
 export { MotivNet } from './model.js';
 export { MotivNetError, type MotivNetErrorCode } from './errors.js';
 export type { ClassScore, EvaluateOutput, FacesPredictOutput, InitScheme, LoadOptions, PredictOptions, PredictOutput, Precision, TrainStepOptions, TrainStepOutput } from './model.js';
+export { attentionMap, attentionOverlay, attentionRows, type AttentionMaps, type OverlayOptions } from './explain.js';
 export { detectFaces, type DetectedFace, type FaceBox, type FaceClassification, type FaceDetectionOptions, type FaceKeypoints, type FacesOption } from './faces.js';
 export type { Geometry, Images, NormalizedBatch, PackedImages, RgbImage } from './images.js';
 export { EMOTIONS_7, EMOTIONS_8, emotionLabels } from './emotions.js';

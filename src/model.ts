@@ -11,6 +11,7 @@ import { native, type NativeModel } from './native.js';
 import type { ModelConfig } from './config.js';
 import { emotionLabels } from './emotions.js';
 import { nativeCall } from './errors.js';
+import type { AttentionMaps } from './explain.js';
 
 /** The dtype a model computes in. */
 export type Precision = 'f32' | 'bf16';
@@ -83,6 +84,8 @@ export interface PredictOutput {
   numClasses: number;
   /** The most probable class of each image. */
   top: ClassScore[];
+  /** With `explain: true`: where the model looked, one set of class maps per row. */
+  attention?: AttentionMaps;
 }
 
 export interface PredictOptions {
@@ -95,6 +98,11 @@ export interface PredictOptions {
   faces?: 'whole' | 'detect' | FaceBox;
   /** How faces are found and framed with `faces: 'detect'`. */
   detection?: FaceDetectionOptions;
+  /**
+   * Also return where the model looked (`attention`): the ML-Decoder's cross-attention of
+   * each class over the encoder's grid, per image (or per face). Default false.
+   */
+  explain?: boolean;
 }
 
 /** `predict` with `faces: 'detect'`: one row of logits and probabilities per face, images in order. */
@@ -167,15 +175,16 @@ export class MotivNet {
   async predict(images: Images, options: PredictOptions = {}): Promise<PredictOutput | FacesPredictOutput> {
     checkFacesOption(options.faces);
     const geometry = options.geometry ?? 'letterbox';
-    if (options.faces === undefined || options.faces === 'whole') return this.predictInput(images, geometry);
+    const explain = options.explain ?? false;
+    if (options.faces === undefined || options.faces === 'whole') return this.predictInput(images, geometry, explain);
     if ((images as NormalizedBatch).tensor !== undefined) throw new TypeError(`faces: ${JSON.stringify(options.faces)} needs pixels: a normalized tensor has no faces to find`);
     const pixels = images as Exclude<Images, NormalizedBatch>;
-    if (options.faces === 'detect') return this.predictFaces(pixels, geometry, options.detection);
+    if (options.faces === 'detect') return this.predictFaces(pixels, geometry, options.detection, explain);
     const box = options.faces;
-    return this.predictInput(unpackImages(pixels).map((img) => cropImage(img, box)), geometry);
+    return this.predictInput(unpackImages(pixels).map((img) => cropImage(img, box)), geometry, explain);
   }
 
-  private async predictFaces(images: Exclude<Images, NormalizedBatch>, geometry: Geometry, detection?: FaceDetectionOptions): Promise<FacesPredictOutput> {
+  private async predictFaces(images: Exclude<Images, NormalizedBatch>, geometry: Geometry, detection: FaceDetectionOptions | undefined, explain: boolean): Promise<FacesPredictOutput> {
     if (geometry === 'none') throw new RangeError("a face's crop is fitted to the input by letterbox or stretch, not none");
     const { inputWidth: width, inputHeight: height } = this.config.encoder;
     const input = toNativeInput(images, geometry);
@@ -185,7 +194,7 @@ export class MotivNet {
     const r: PredictOutput =
       count === 0
         ? { logits: new Float32Array(0), probabilities: new Float32Array(0), batchSize: 0, numClasses: this.labels.length, top: [] }
-        : await this.predictInput({ pixels: concat(crops), widths: new Array(count).fill(width), heights: new Array(count).fill(height) }, 'none');
+        : await this.predictInput({ pixels: concat(crops), widths: new Array(count).fill(width), heights: new Array(count).fill(height) }, 'none', explain);
     let row = 0;
     const faces = found.map((f) =>
       f.faces.map((face) => {
@@ -198,9 +207,18 @@ export class MotivNet {
     return { ...r, faces };
   }
 
-  private async predictInput(images: Images, geometry: Geometry): Promise<PredictOutput> {
+  private async predictInput(images: Images, geometry: Geometry, explain = false): Promise<PredictOutput> {
     const input = toNativeInput(images, geometry);
-    const r = await nativeCall(() => this.inner.predict(input));
+    let attention: AttentionMaps | undefined;
+    let r;
+    if (explain) {
+      const e = await nativeCall(() => this.inner.predictExplained(input));
+      const { patchSize, patchPadding, inputWidth, inputHeight } = this.config.encoder;
+      r = e.prediction;
+      attention = { values: e.attention, numClasses: r.numClasses, gridHeight: e.gridHeight, gridWidth: e.gridWidth, patchSize, patchPadding, inputWidth, inputHeight };
+    } else {
+      r = await nativeCall(() => this.inner.predict(input));
+    }
     const top: ClassScore[] = [];
     for (let b = 0; b < r.batchSize; b++) {
       let best = 0;
@@ -209,7 +227,7 @@ export class MotivNet {
       }
       top.push({ index: best, label: this.labels[best]!, probability: r.probabilities[b * r.numClasses + best]! });
     }
-    return { ...r, top };
+    return { ...r, top, ...(attention ? { attention } : {}) };
   }
 
   /** One micro-batch of training: forward, loss, backward; updates the weights when `endOfCycle`. */

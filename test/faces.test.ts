@@ -14,6 +14,7 @@ import sharp from 'sharp';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { attentionMap, attentionOverlay } from '../src/explain.js';
 import { detectFaces, type DetectedFace } from '../src/faces.js';
 import { cropImage, type RgbImage } from '../src/images.js';
 import { MotivNet } from '../src/model.js';
@@ -240,5 +241,57 @@ describe('POST /v1/predict?faces=detect', () => {
     expect((await post('?faces=detect&box=1,1,5,5', readFileSync(photo.camera))).status).toBe(400);
     const boxed = await post('?faces=10,10,100,100', readFileSync(photo.camera));
     expect(boxed.status).toBe(200);
+  });
+});
+
+describe('where the model looks', () => {
+  it('returns each class map over the grid, summing to 1, beside the same logits', async () => {
+    const astronaut = await rgb(photo.astronaut);
+    const plain = await model.predict(astronaut);
+    const r = await model.predict(astronaut, { explain: true });
+    expect(Array.from(r.logits)).toEqual(Array.from(plain.logits));
+    const a = r.attention!;
+    expect([a.numClasses, a.gridHeight, a.gridWidth]).toEqual([8, 4, 3]);
+    expect(a.values.length).toBe(8 * 4 * 3);
+    for (let c = 0; c < 8; c++) expect(attentionMap(a, 0, c).reduce((s, v) => s + v, 0)).toBeCloseTo(1, 5);
+    expect(plain.attention).toBeUndefined();
+    const faces = await model.predict([await rgb(photo.group), astronaut], { faces: 'detect', explain: true });
+    expect(faces.attention!.values.length).toBe(faces.batchSize * 8 * 4 * 3);
+  });
+
+  it('lays a map on the image where its cell is, undoing letterbox and stretch', async () => {
+    const maps = { values: new Float32Array(12), numClasses: 1, gridHeight: 4, gridWidth: 3, patchSize: 16, patchPadding: 2, inputWidth: 48, inputHeight: 64 };
+    maps.values[1 * 3 + 2] = 1; // row 1, column 2: input pixels x 30..46, y 14..30
+    const brightest = async (image: RgbImage, geometry: 'letterbox' | 'stretch') => {
+      const png = await attentionOverlay(image, attentionMap(maps, 0, 0), maps, { geometry });
+      const { data, info } = await sharp(png).raw().toBuffer({ resolveWithObject: true });
+      let best = 0;
+      for (let p = 1; p < info.width * info.height; p++) if (data[3 * p]! + data[3 * p + 1]! > data[3 * best]! + data[3 * best + 1]!) best = p;
+      return [best % info.width, Math.floor(best / info.width), info.width, info.height];
+    };
+    const black = (width: number, height: number): RgbImage => ({ data: new Uint8Array(width * height * 3), width, height });
+    const [x, y, w, h] = await brightest(black(48, 64), 'stretch');
+    expect([w, h]).toEqual([48, 64]);
+    expect(x).toBeGreaterThanOrEqual(30);
+    expect(y).toBeGreaterThanOrEqual(14);
+    expect(y).toBeLessThan(30);
+    // Letterbox: the image fills input rows 8..56, so input row 14..30 is image row 6..22 (of 48),
+    // at twice the size for a 96 x 96 image.
+    const [lx, ly] = await brightest(black(96, 96), 'letterbox');
+    expect(lx).toBeGreaterThanOrEqual(60);
+    expect(ly).toBeGreaterThanOrEqual(12);
+    expect(ly).toBeLessThan(44);
+  });
+
+  it('motivnet predict --explain writes an overlay per face, named in its record', () => {
+    const out = path.join(dir, 'explain');
+    const r = spawnSync(process.execPath, [cli, 'predict', '--model', config, '--weights', weights, '--faces', 'detect', '--input', photo.group, '--explain', out], { encoding: 'utf8', timeout: 120_000 });
+    expect(r.status).toBe(0);
+    const record = JSON.parse(r.stdout.trim()) as { faces: { label: string; overlay: string }[] };
+    expect(record.faces.length).toBe(mediapipe.group!.faces.length);
+    for (const [i, f] of record.faces.entries()) {
+      expect(path.basename(f.overlay)).toMatch(new RegExp(`group\\.face${i}\\.${f.label}\\.png$`));
+      expect(readFileSync(f.overlay).subarray(1, 4).toString()).toBe('PNG');
+    }
   });
 });

@@ -2,11 +2,15 @@
  * `motivnet predict`: one record per image (src/pipelines/predict.ts), as JSON lines, CSV or a
  * table; with `--faces detect`, each image's faces, each classified (one CSV row per face).
  */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+
 import { Command, Option } from 'commander';
 
 import { csvRow } from '../csv.js';
+import { attentionMap, attentionOverlay, type AttentionMaps } from '../explain.js';
 import { MotivNet } from '../model.js';
-import type { Geometry } from '../images.js';
+import type { Geometry, RgbImage } from '../images.js';
 import { expandInputs, predictFileFaces, predictFiles, type FileFacesPrediction, type FilePrediction } from '../pipelines/predict.js';
 import { PreprocessPool } from '../preprocess/pool.js';
 import { SkipLog } from '../preprocess/skips.js';
@@ -28,6 +32,7 @@ export function predictCommand(program: Command): void {
       .addOption(new Option('--format <format>', 'output format').choices(['jsonl', 'csv', 'table']).default('jsonl'))
       .option('--batch-size <n>', 'images per batch', int('--batch-size'), 8)
       .option('--fast-decode', "shrink large JPEGs while decoding: faster, but not the reference's pixels (not with --faces detect)")
+      .option('--explain <dir>', 'write where the model looked: for each image (or face), a PNG of its predicted class\'s attention over it, into this folder')
       .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
       .addOption(precisionOption()),
   ).action(async (opts) => {
@@ -40,15 +45,34 @@ export function predictCommand(program: Command): void {
     const skips = new SkipLog();
     const names = model.labels;
     const format = opts.format as Format;
+    const explainDir = opts.explain as string | undefined;
+    if (explainDir) mkdirSync(explainDir, { recursive: true });
+    const explain = Boolean(explainDir);
+    /** Writes the overlay of `cls` on `image`; returns its path. */
+    const overlay = async (name: string, image: RgbImage, maps: AttentionMaps, cls: number, geometry: 'letterbox' | 'stretch') => {
+      const file = path.join(explainDir!, `${name}.${names[cls]}.png`);
+      writeFileSync(file, await attentionOverlay(image, attentionMap(maps, 0, cls), maps, { geometry }));
+      return file;
+    };
+    // Overlay names: the file as given, its folders joined by '_', so two inputs of one name stay apart.
+    const stem = (file: string) => file.replace(/\.[^./\\]*$/, '').replace(/^[./\\]+/, '').replace(/[/\\:]+/g, '_');
     if (format === 'csv') console.log(csvRow(detect ? ['file', 'face', 'x', 'y', 'width', 'height', 'score', 'label', ...names] : ['file', 'label', ...names]));
     try {
       if (detect) {
-        const run = predictFileFaces(model, pool, files, { geometry: opts.resize, batchSize: opts.batchSize, detection: faceDetectionOptions(opts), skips });
-        for await (const r of run) printFaces(r, names, format, opts.topK);
+        const run = predictFileFaces(model, pool, files, { geometry: opts.resize, batchSize: opts.batchSize, detection: faceDetectionOptions(opts), skips, explain });
+        for await (const r of run) {
+          const overlays = explain ? await Promise.all(r.faces.map((f, i) => overlay(`${stem(r.file)}.face${i}`, f.view!, f.attention!, f.top.index, opts.resize))) : undefined;
+          printFaces(r, names, format, opts.topK, overlays);
+        }
       } else {
         const box = typeof opts.faces === 'object' ? opts.faces : undefined;
-        const run = predictFiles(model, pool, files, { geometry: opts.resize as Geometry, batchSize: opts.batchSize, fastDecode: Boolean(opts.fastDecode), skips, box });
-        for await (const r of run) printWhole(r, names, format, opts.topK);
+        const run = predictFiles(model, pool, files, { geometry: opts.resize as Geometry, batchSize: opts.batchSize, fastDecode: Boolean(opts.fastDecode), skips, box, explain });
+        for await (const r of run) {
+          // geometry none: the image is the input itself, so its fit is the identity.
+          const fit = opts.resize === 'letterbox' ? 'letterbox' : 'stretch';
+          const file = explain ? await overlay(stem(r.file), r.image!, r.attention!, r.top.index, fit) : undefined;
+          printWhole(r, names, format, opts.topK, file);
+        }
       }
     } finally {
       await pool.destroy();
@@ -68,9 +92,9 @@ function topClasses(names: readonly string[], probabilities: Float32Array, k: nu
   return top.map(([n, p]) => `${n} ${(100 * p).toFixed(1)}%`).join('  ');
 }
 
-function printWhole(r: FilePrediction, names: readonly string[], format: Format, topK: number): void {
+function printWhole(r: FilePrediction, names: readonly string[], format: Format, topK: number, overlay?: string): void {
   if (format === 'jsonl') {
-    console.log(JSON.stringify({ file: r.file, label: r.top.label, probabilities: byLabel(names, r.probabilities), logits: Array.from(r.logits) }));
+    console.log(JSON.stringify({ file: r.file, label: r.top.label, probabilities: byLabel(names, r.probabilities), logits: Array.from(r.logits), ...(overlay ? { overlay } : {}) }));
   } else if (format === 'csv') {
     console.log(csvRow([r.file, r.top.label, ...Array.from(r.probabilities, (p) => p.toFixed(6))]));
   } else {
@@ -80,9 +104,9 @@ function printWhole(r: FilePrediction, names: readonly string[], format: Format,
 
 const round = (v: number) => Math.round(v * 10) / 10;
 
-function printFaces(r: FileFacesPrediction, names: readonly string[], format: Format, topK: number): void {
+function printFaces(r: FileFacesPrediction, names: readonly string[], format: Format, topK: number, overlays?: string[]): void {
   if (format === 'jsonl') {
-    const faces = r.faces.map((f) => ({
+    const faces = r.faces.map((f, i) => ({
       box: { x: round(f.box.x), y: round(f.box.y), width: round(f.box.width), height: round(f.box.height) },
       score: f.score,
       label: f.top.label,
@@ -91,6 +115,7 @@ function printFaces(r: FileFacesPrediction, names: readonly string[], format: Fo
       logits: Array.from(f.logits),
       keypoints: f.keypoints,
       crop: f.crop,
+      ...(overlays ? { overlay: overlays[i] } : {}),
     }));
     console.log(JSON.stringify({ file: r.file, width: r.width, height: r.height, faces }));
   } else if (format === 'csv') {

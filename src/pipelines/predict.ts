@@ -10,7 +10,8 @@ import path from 'node:path';
 import { IMAGE_EXTENSIONS } from '../data/folders.js';
 import type { FaceBox } from '../data/types.js';
 import type { DetectedFace, FaceDetectionOptions } from '../faces.js';
-import { concat, type Geometry } from '../images.js';
+import { attentionRows, type AttentionMaps } from '../explain.js';
+import { concat, unpackImages, type Geometry, type RgbImage } from '../images.js';
 import type { ClassScore, MotivNet } from '../model.js';
 import { batches, DEFAULT_MAX_PIXELS } from '../preprocess/batcher.js';
 import type { PreprocessPool } from '../preprocess/pool.js';
@@ -28,6 +29,8 @@ export interface PredictFilesOptions {
   skips: SkipLog;
   /** Classify the part of each image inside this box (pixels of the upright image). */
   box?: FaceBox;
+  /** Also give where the model looked, with the decoded image to draw it on. Default false. */
+  explain?: boolean;
 }
 
 export interface PredictFileFacesOptions {
@@ -41,6 +44,8 @@ export interface PredictFileFacesOptions {
   maxPixels?: number;
   /** Where files that cannot be decoded are recorded. */
   skips: SkipLog;
+  /** Also give where the model looked, with the model's view of each face. Default false. */
+  explain?: boolean;
 }
 
 /** A face of a file, with the model's answer for it. */
@@ -48,6 +53,9 @@ export interface FaceFilePrediction extends DetectedFace {
   top: ClassScore;
   logits: Float32Array;
   probabilities: Float32Array;
+  /** With `explain`: this face's class maps, and the face as the model saw it (bands cut off). */
+  attention?: AttentionMaps;
+  view?: RgbImage;
 }
 
 export interface FileFacesPrediction {
@@ -66,6 +74,9 @@ export interface FilePrediction {
   top: ClassScore;
   logits: Float32Array;
   probabilities: Float32Array;
+  /** With `explain`: this image's class maps, and the decoded image they lie on. */
+  attention?: AttentionMaps;
+  image?: RgbImage;
 }
 
 /** Files and folders as given on a command line, folders expanded to the images in them (sorted). */
@@ -91,10 +102,12 @@ export async function* predictFiles(model: MotivNet, pool: PreprocessPool, files
   const { inputHeight, inputWidth } = model.config.encoder;
   const batchSize = opts.batchSize ?? 8;
   for await (const b of batches(samples, { batchSize, decode: (t) => pool.decode(t), minWidth: inputWidth, minHeight: inputHeight, fastDecode: opts.fastDecode, skips: opts.skips })) {
-    const r = await model.predict(b, { geometry: opts.geometry ?? 'letterbox' });
+    const r = await model.predict(b, { geometry: opts.geometry ?? 'letterbox', explain: opts.explain });
+    const images = opts.explain ? unpackImages(b) : [];
     for (const [i, s] of b.samples.entries()) {
       const row = (values: Float32Array) => values.slice(i * r.numClasses, (i + 1) * r.numClasses);
-      yield { file: s.relPath, top: r.top[i]!, logits: row(r.logits), probabilities: row(r.probabilities) };
+      const explained = r.attention ? { attention: attentionRows(r.attention, i, 1), image: images[i] } : {};
+      yield { file: s.relPath, top: r.top[i]!, logits: row(r.logits), probabilities: row(r.probabilities), ...explained };
     }
   }
 }
@@ -131,12 +144,13 @@ export async function* predictFileFaces(model: MotivNet, pool: PreprocessPool, f
       const r =
         count === 0
           ? undefined
-          : await model.predict({ pixels: concat(found.map((f) => f.result.data)), widths: new Array(count).fill(width), heights: new Array(count).fill(height) }, { geometry: 'none' });
+          : await model.predict({ pixels: concat(found.map((f) => f.result.data)), widths: new Array(count).fill(width), heights: new Array(count).fill(height) }, { geometry: 'none', explain: opts.explain });
       let row = 0;
       for (const { file, result } of found) {
-        const faces = result.faces!.map((face) => {
+        const faces = result.faces!.map((face, i) => {
           const slice = (values: Float32Array) => values.slice(row * r!.numClasses, (row + 1) * r!.numClasses);
-          const answer = { ...face, top: r!.top[row]!, logits: slice(r!.logits), probabilities: slice(r!.probabilities) };
+          const explained = r!.attention ? { attention: attentionRows(r!.attention, row, 1), view: modelView(result.data, i, resizeTo) } : {};
+          const answer = { ...face, top: r!.top[row]!, logits: slice(r!.logits), probabilities: slice(r!.probabilities), ...explained };
           row++;
           return answer;
         });
@@ -147,4 +161,17 @@ export async function* predictFileFaces(model: MotivNet, pool: PreprocessPool, f
     // Left early: the decodes in flight are abandoned, and may fail when the pool shuts down.
     next?.catch(() => {});
   }
+}
+
+/**
+ * Crop `index` of input-sized crops back to back, as the model saw the face: with letterbox,
+ * the middle square without the white bands; with stretch, all of it.
+ */
+function modelView(crops: Uint8Array, index: number, input: { width: number; height: number; geometry: 'letterbox' | 'stretch' }): RgbImage {
+  const { width, height } = input;
+  const start = index * width * height * 3;
+  if (input.geometry === 'stretch') return { data: crops.subarray(start, start + width * height * 3), width, height };
+  const top = Math.floor((height - width) / 2);
+  const from = start + top * width * 3;
+  return { data: crops.subarray(from, from + width * width * 3), width, height: width };
 }

@@ -1,4 +1,5 @@
-//! Eval-mode calls: `predict` (logits and probabilities) and `evaluate` (with the loss).
+//! Eval-mode calls: `predict` (logits and probabilities), `predictExplained` (with the head's
+//! attention maps) and `evaluate` (with the loss).
 
 use std::sync::Arc;
 
@@ -15,6 +16,13 @@ impl NativeModel {
     #[napi(ts_return_type = "Promise<PredictResult>")]
     pub fn predict<'env>(&self, env: &'env Env, input: NativeInput) -> Result<Object<'env>> {
         self.call(env, PredictTask { shared: self.live()?, input: Input::try_from(input)? })
+    }
+
+    /// As `predict`, with where the model looks: the ML-Decoder's last cross-attention of each
+    /// class's query over the encoder's token grid, averaged over heads.
+    #[napi(ts_return_type = "Promise<PredictExplainedResult>")]
+    pub fn predict_explained<'env>(&self, env: &'env Env, input: NativeInput) -> Result<Object<'env>> {
+        self.call(env, PredictExplainedTask { shared: self.live()?, input: Input::try_from(input)? })
     }
 
     /// Eval-mode loss, logits and probabilities for labelled images.
@@ -50,12 +58,51 @@ impl Task for PredictTask {
     }
 
     fn resolve(&mut self, _env: Env, p: Self::Output) -> Result<PredictResult> {
+        Ok(Self::to_js(p))
+    }
+}
+
+impl PredictTask {
+    fn to_js(p: motivnet::Prediction) -> PredictResult {
         let batch_size = (p.logits.len() / p.num_classes) as u32;
-        Ok(PredictResult {
+        PredictResult {
             logits: Float32Array::new(p.logits),
             probabilities: Float32Array::new(p.probabilities),
             batch_size,
             num_classes: p.num_classes as u32,
+        }
+    }
+}
+
+#[napi(object)]
+pub struct PredictExplainedResult {
+    pub prediction: PredictResult,
+    /// (batchSize, numClasses, gridHeight, gridWidth), row-major; each map sums to 1.
+    pub attention: Float32Array,
+    pub grid_height: u32,
+    pub grid_width: u32,
+}
+
+pub struct PredictExplainedTask {
+    pub shared: Arc<Shared>,
+    pub input: Input,
+}
+
+#[napi]
+impl Task for PredictExplainedTask {
+    type Output = (motivnet::Prediction, motivnet::AttentionMaps);
+    type JsValue = PredictExplainedResult;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        with_trainer(&self.shared, Effect::Reads, |t| self.input.with(|input| t.model.classify_explained(input)))
+    }
+
+    fn resolve(&mut self, _env: Env, (p, maps): Self::Output) -> Result<PredictExplainedResult> {
+        Ok(PredictExplainedResult {
+            prediction: PredictTask::to_js(p),
+            attention: Float32Array::new(maps.values),
+            grid_height: maps.grid_height as u32,
+            grid_width: maps.grid_width as u32,
         })
     }
 }
