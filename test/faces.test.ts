@@ -108,6 +108,30 @@ describe('detectFaces', () => {
     expect(sure!.length).toBeLessThan(tight!.length);
     await expect(detectFaces(group, { margin: -1 })).rejects.toThrow(/margin/);
   });
+
+  it('finds a small face in a large frame with smallFaces, and levels a turned face with upright', async () => {
+    const face = await sharp(photo.astronaut).resize(256, 256).toBuffer();
+    const frame = await rgb(
+      await sharp({ create: { width: 1280, height: 720, channels: 3, background: { r: 128, g: 128, b: 128 } } })
+        .composite([{ input: face, left: 900, top: 400 }])
+        .png()
+        .toBuffer(),
+    );
+    expect((await detectFaces(frame))[0]).toEqual([]);
+    const [small] = await detectFaces(frame, { smallFaces: true });
+    expect(small!.length).toBe(1);
+    const { x, y, width } = small![0]!.box;
+    expect(x).toBeGreaterThan(900);
+    expect(y).toBeGreaterThan(400);
+    expect(x + width).toBeLessThan(900 + 256);
+
+    // Turned 30 degrees clockwise as seen: the crop turns back by about that much.
+    const turned = await rgb(await sharp(photo.astronaut).resize(512, 512).rotate(-30, { background: '#000' }).png().toBuffer());
+    const [plain] = await detectFaces(turned);
+    expect(plain![0]!.angle).toBe(0);
+    const [level] = await detectFaces(turned, { upright: true });
+    expect(Math.abs(Math.abs(level![0]!.angle) - 30)).toBeLessThan(4);
+  });
 });
 
 describe("predict with faces: 'detect'", () => {

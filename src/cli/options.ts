@@ -40,12 +40,14 @@ export function addFaceDetectionOptions(command: Command): Command {
   return command
     .option('--face-margin <m>', "with --faces detect: the crop's margin around a face box, a fraction of its larger side on each side", num('--face-margin'), 0.25)
     .option('--min-face-score <s>', 'with --faces detect: leave out faces the detector scores below this (0..1)', num('--min-face-score'), 0.5)
-    .option('--max-faces <n>', 'with --faces detect: at most this many faces an image, best first', int('--max-faces'), 16);
+    .option('--max-faces <n>', 'with --faces detect: at most this many faces an image, best first', int('--max-faces'), 16)
+    .option('--small-faces', 'with --faces detect: also look for small faces in tiles of the image (slower)')
+    .option('--upright', 'with --faces detect: turn each face so its eyes are level before classifying it');
 }
 
 /** What `addFaceDetectionOptions` parsed, for the library. */
-export function faceDetectionOptions(opts: { faceMargin: number; minFaceScore: number; maxFaces: number }): FaceDetectionOptions {
-  return { margin: opts.faceMargin, minScore: opts.minFaceScore, maxFaces: opts.maxFaces };
+export function faceDetectionOptions(opts: { faceMargin: number; minFaceScore: number; maxFaces: number; smallFaces?: boolean; upright?: boolean }): FaceDetectionOptions {
+  return { margin: opts.faceMargin, minScore: opts.minFaceScore, maxFaces: opts.maxFaces, smallFaces: Boolean(opts.smallFaces), upright: Boolean(opts.upright) };
 }
 
 export function metricsTable(m: Metrics): string {

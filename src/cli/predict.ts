@@ -115,6 +115,7 @@ function printFaces(r: FileFacesPrediction, names: readonly string[], format: Fo
       logits: Array.from(f.logits),
       keypoints: f.keypoints,
       crop: f.crop,
+      ...(f.angle !== 0 ? { angle: f.angle } : {}),
       ...(overlays ? { overlay: overlays[i] } : {}),
     }));
     console.log(JSON.stringify({ file: r.file, width: r.width, height: r.height, faces }));

@@ -21,6 +21,10 @@ pub struct NativeFaceOptions {
     pub min_score: Option<f64>,
     /// At most this many faces an image, best first. @default 16
     pub max_faces: Option<u32>,
+    /// Also look for small faces in overlapping tiles of the image (slower). @default false
+    pub small_faces: Option<bool>,
+    /// Turn each crop so the eyes are level. @default false
+    pub upright: Option<bool>,
     /// Resize each face's crop to this many pixels (the model's input), as the model would.
     pub crop_width: Option<u32>,
     pub crop_height: Option<u32>,
@@ -40,6 +44,9 @@ pub struct NativeFace {
     pub keypoints: Vec<f64>,
     /// The part of the photograph the classifier sees: x, y, width, height.
     pub crop: Vec<u32>,
+    /// How far the crop was turned to level the eyes, in degrees counter-clockwise (0 unless
+    /// upright).
+    pub angle: f64,
 }
 
 /// One photograph's faces, and their crops resized (HWC, back to back) when a size was given.
@@ -62,6 +69,8 @@ fn parse_options(options: Option<NativeFaceOptions>) -> Result<(FaceOptions, Opt
         margin: o.margin.map_or(defaults.margin, |m| m as f32),
         min_score: o.min_score.map_or(defaults.min_score, |s| s as f32),
         max_faces: o.max_faces.map_or(defaults.max_faces, |n| n as usize),
+        small_faces: o.small_faces.unwrap_or(defaults.small_faces),
+        upright: o.upright.unwrap_or(defaults.upright),
     };
     face.validate().js()?;
     let resize = match (o.crop_width, o.crop_height) {
@@ -93,6 +102,7 @@ fn to_js(face: &Face) -> NativeFace {
         score: face.score as f64,
         keypoints: face.keypoints.iter().flatten().map(|&v| v as f64).collect(),
         crop: [face.crop.x, face.crop.y, face.crop.width, face.crop.height].map(|v| v as u32).to_vec(),
+        angle: (face.angle as f64).to_degrees(),
     }
 }
 

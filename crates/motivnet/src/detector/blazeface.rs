@@ -192,6 +192,15 @@ impl BlazeFace {
     /// detection finds them: letterboxed to a square, warped onto the input, decoded, merged;
     /// boxes and keypoints in fractions of the photograph's width and height.
     pub fn detect(&self, rgb: &[u8], width: usize, height: usize) -> Result<Vec<Detection>> {
+        self.detect_in(rgb, width, height, &Square::around(width, height))
+    }
+
+    /// The faces the detector finds in one square of an RGB photograph (image pixels; what
+    /// lies outside the photograph is black), warped onto the input as [`Self::detect`] warps
+    /// the letterbox square; boxes and keypoints in fractions of the whole photograph. The
+    /// tiled search for small faces (`super::tiles`) looks at its tiles this way, without
+    /// copying them out.
+    pub fn detect_in(&self, rgb: &[u8], width: usize, height: usize, square: &Square) -> Result<Vec<Detection>> {
         if rgb.len() != width * height * 3 || width == 0 || height == 0 {
             return Err(Error::Input(format!(
                 "a {width} x {height} RGB image needs {} bytes, got {}",
@@ -199,9 +208,8 @@ impl BlazeFace {
                 rgb.len()
             )));
         }
-        let square = Square::around(width, height);
         let [h, w] = self.input;
-        let input = Map { data: warp_to_input(rgb, width, height, &square, w), height: h, width: w, channels: 3 };
+        let input = Map { data: warp_to_input(rgb, width, height, square, w), height: h, width: w, channels: 3 };
         let faces = self.detect_map(&input);
         Ok(faces
             .into_iter()
