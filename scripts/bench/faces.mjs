@@ -134,7 +134,7 @@ requests per round and mode with ${concurrency} in flight, ${rounds} alternating
 (min-max). With \`detect\`, each request's faces are found and cropped in the decoding worker and
 go to the model together; faces/s counts classified faces.
 
-| photograph | faces | images/s | faces/s |
+| photograph | `faces` | images/s | faces/s |
 |---|---|---|---|
 ${rows.join('\n')}
 `,
