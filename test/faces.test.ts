@@ -6,7 +6,7 @@
  * detections on them; test/fixtures/decode/ holds the astronaut at 2048 px and the coffee cup).
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -20,6 +20,8 @@ import { cropImage, type RgbImage } from '../src/images.js';
 import { MotivNet } from '../src/model.js';
 import { EmotionClassifier } from '../src/serve/classifier.js';
 import { createServer } from '../src/serve/server.js';
+import { createRng } from '../src/data/random.js';
+import { cuesFor, faceBox, faceSvg, lookFor } from '../src/synth/faces.js';
 import { tinyModelConfig } from './helpers/dataset.js';
 import { tempDir } from './helpers/files.js';
 
@@ -41,7 +43,7 @@ const config = tinyModelConfig(dir, 0);
 const weights = path.join(dir, 'weights.safetensors');
 let model: MotivNet;
 
-async function rgb(file: string): Promise<RgbImage> {
+async function rgb(file: string | Buffer): Promise<RgbImage> {
   const { data, info } = await sharp(file).rotate().removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
   return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width: info.width, height: info.height };
 }
@@ -92,6 +94,25 @@ describe('detectFaces', () => {
       expect(x).toBeLessThan(f.crop.x + f.crop.width);
       expect(y).toBeGreaterThan(f.crop.y);
       expect(f.crop.x + f.crop.width).toBeLessThanOrEqual(group.width);
+    }
+  });
+
+  it("finds each of the demo's synthetic faces once, inside the face drawn", async () => {
+    const rng = createRng(1, 0, 0);
+    const [width, height] = [320, 240];
+    for (let i = 0; i < 16; i++) {
+      const look = lookFor(rng, width, height);
+      const svg = faceSvg(cuesFor(i % 8, rng), look, width, height);
+      const found = (await detectFaces(await rgb(Buffer.from(svg))))[0]!;
+      expect(found.length, `face ${i}`).toBe(1);
+      const drawn = faceBox(look, width, height);
+      const { x, y, width: w, height: h } = found[0]!.box;
+      expect(x + w / 2).toBeGreaterThan(drawn.x);
+      expect(x + w / 2).toBeLessThan(drawn.x + drawn.width);
+      expect(y + h / 2).toBeGreaterThan(drawn.y);
+      expect(y + h / 2).toBeLessThan(drawn.y + drawn.height);
+      expect(w).toBeGreaterThan(0.5 * drawn.width);
+      expect(w).toBeLessThan(1.2 * drawn.width);
     }
   });
 
@@ -321,5 +342,31 @@ describe('where the model looks', () => {
       expect(path.basename(f.overlay)).toMatch(new RegExp(`group\\.face${i}\\.${f.label}\\.png$`));
       expect(readFileSync(f.overlay).subarray(1, 4).toString()).toBe('PNG');
     }
+  });
+});
+
+describe('measuring the crop margin of a folder of face crops', () => {
+  it('finds the margin the crops were made with', async () => {
+    // Crops of the astronaut and the group's faces at a margin of 0.4, as a data set's folder.
+    const folder = path.join(dir, 'crops');
+    mkdirSync(path.join(folder, 'sub'), { recursive: true });
+    const sources = [await rgb(photo.astronaut), await rgb(photo.group)];
+    let n = 0;
+    for (const image of sources) {
+      for (const face of (await detectFaces(image, { margin: 0.4 }))[0]!) {
+        const c = face.crop;
+        // Whole squares only: a crop cut by the photograph's edge is not 0.4 on every side.
+        if (c.width !== c.height || c.x === 0 || c.y === 0) continue;
+        const crop = cropImage(image, c);
+        await sharp(crop.data, { raw: { width: crop.width, height: crop.height, channels: 3 } }).png().toFile(path.join(folder, n % 2 ? 'sub' : '', `${n++}.png`));
+      }
+    }
+    expect(n).toBeGreaterThanOrEqual(2);
+    const r = spawnSync(process.execPath, [path.resolve(__dirname, '../scripts/detector/measure-crop-margin.mjs'), folder], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(0);
+    const report = JSON.parse(r.stdout) as { measured: number; margin: { median: number }; boxCentre: { x: { median: number } } };
+    expect(report.measured).toBe(n);
+    expect(Math.abs(report.margin.median - 0.4)).toBeLessThan(0.05);
+    expect(Math.abs(report.boxCentre.x.median - 0.5)).toBeLessThan(0.05);
   });
 });
