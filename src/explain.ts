@@ -3,8 +3,8 @@
  * encoder's token grid (the last decoder layer's weights, averaged over heads, as PyTorch's
  * `MultiheadAttention` returns them), and overlays of a map on the image it was computed for.
  *
- * A grid cell (i, j) is the patch whose top-left pixel of the model's input is
- * (j * patchSize - patchPadding, i * patchSize - patchPadding). The input is the image fitted
+ * A grid cell (row i, column j) is the patch whose top-left pixel of the model's input is at
+ * x = j * patchSize - patchPadding, y = i * patchSize - patchPadding. The input is the image fitted
  * by its geometry: with letterbox the image fills the middle `inputWidth` x `inputWidth` rows
  * (the bands above and below are padding), with stretch all of it. An overlay undoes that fit,
  * so the heat lies on the image as the caller has it.

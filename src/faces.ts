@@ -20,7 +20,7 @@ export type FacesOption = 'whole' | 'detect' | FaceBox;
 export interface FaceDetectionOptions {
   /** The crop's margin around the face box, a fraction of its larger side on each side. Default 0.25. */
   margin?: number;
-  /** Faces the detector scores below this are left out. Default 0.5. */
+  /** Faces the detector scores below this are left out: 0.5 (the detector's own threshold, MediaPipe's) to 1. Default 0.5. */
   minScore?: number;
   /** At most this many faces an image, best first. Default 16. */
   maxFaces?: number;
@@ -80,7 +80,7 @@ export function checkFacesOption(faces: unknown, where = 'faces'): asserts faces
   throw new RangeError(`${where} must be 'whole', 'detect' or a box { x, y, width, height }, got ${JSON.stringify(faces)}`);
 }
 
-/** A box must lie at x, y >= 0 with a size of at least one pixel. */
+/** A box must lie at x, y >= 0 with a size of at least one pixel (and start inside its image: the decoders check that). */
 export function checkFaceBox(box: FaceBox, where = 'face box'): void {
   const values = [box.x, box.y, box.width, box.height];
   if (!values.every((v) => typeof v === 'number' && Number.isFinite(v)) || box.x < 0 || box.y < 0 || box.width < 1 || box.height < 1) {
@@ -88,8 +88,19 @@ export function checkFaceBox(box: FaceBox, where = 'face box'): void {
   }
 }
 
+/** Checks detection options, naming what is wrong (before any image is read). */
+export function checkDetectionOptions(options: FaceDetectionOptions): void {
+  const { margin, minScore, maxFaces } = options;
+  if (margin !== undefined && !(typeof margin === 'number' && margin >= 0 && margin <= 4)) throw new RangeError(`margin must be between 0 and 4, got ${String(margin)}`);
+  if (minScore !== undefined && !(typeof minScore === 'number' && minScore >= 0.5 && minScore <= 1)) {
+    throw new RangeError(`minScore must be between 0.5 (the detector's own threshold) and 1, got ${String(minScore)}`);
+  }
+  if (maxFaces !== undefined && !(Number.isInteger(maxFaces) && maxFaces >= 1 && maxFaces <= 1000)) throw new RangeError(`maxFaces must be a whole number from 1 to 1000, got ${String(maxFaces)}`);
+}
+
 /** The addon's options for a detection, with the crops resized to the model's input when given. */
 export function nativeFaceOptions(options: FaceDetectionOptions = {}, resize?: { width: number; height: number; geometry: 'letterbox' | 'stretch' }): NativeFaceOptions {
+  checkDetectionOptions(options);
   return {
     margin: options.margin,
     minScore: options.minScore,

@@ -76,9 +76,13 @@ export function unpackImages(images: RgbImage | RgbImage[] | PackedImages): RgbI
 
 /**
  * The part of `image` inside `box` (pixels, rounded, cut at the image's edges; at least one
- * pixel), as an image of its own: as the decoding workers crop to a face box.
+ * pixel), as an image of its own: as the decoding workers crop to a face box. A box that
+ * starts past the image is refused, as they refuse it.
  */
 export function cropImage(image: RgbImage, box: { x: number; y: number; width: number; height: number }): RgbImage {
+  if (box.x >= image.width || box.y >= image.height) {
+    throw new RangeError(`the face box starts at ${box.x},${box.y}, outside the ${image.width} x ${image.height} image`);
+  }
   const left = Math.min(Math.max(0, Math.round(box.x)), image.width - 1);
   const top = Math.min(Math.max(0, Math.round(box.y)), image.height - 1);
   const width = Math.max(1, Math.min(Math.round(box.width), image.width - left));

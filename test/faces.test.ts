@@ -194,12 +194,12 @@ describe("EmotionClassifier with faces: 'detect'", () => {
   });
   afterAll(() => classifier.close());
 
-  it("answers each face of a photo, in upright pixels, in one model call, as predict does", async () => {
+  it('answers each face of a photo, in upright pixels, together, as predict does', async () => {
     const bytes = readFileSync(photo.group);
     const calls = classifier.stats().modelCalls;
     const r = await classifier.classify(bytes, { faces: 'detect' });
-    // Three faces, past maxBatchSize 2: still one call.
-    expect(classifier.stats().modelCalls).toBe(calls + 1);
+    // Three faces, past maxBatchSize 2: one batch, in two model calls of at most 2.
+    expect(classifier.stats().modelCalls).toBe(calls + 2);
     expect(r.width).toBe(480);
     sameAsMediapipe(r.faces, 'group', r.width, r.height);
     const direct = await model.predict(await rgb(photo.group), { faces: 'detect' });
@@ -215,11 +215,32 @@ describe("EmotionClassifier with faces: 'detect'", () => {
     expect(iou(upright.faces[0]!.box, r.faces[0]!.box)).toBeGreaterThan(0.8);
   });
 
+  it('counts each face against maxQueue, and never sends the model more than maxBatchSize', async () => {
+    const tight = await EmotionClassifier.create({ model, maxBatchSize: 2, maxQueue: 2, decodeThreads: 1 });
+    try {
+      // Three faces: more than the two images this classifier holds at once.
+      await expect(tight.classify(photo.group, { faces: 'detect' })).rejects.toMatchObject({ status: 413 });
+      const sizes: number[] = [];
+      const stop = classifier.observe({ batch: (size) => sizes.push(size) });
+      await classifier.classify(photo.group, { faces: 'detect' });
+      stop();
+      expect(sizes).toEqual([3]); // one batch: the request's three faces together
+    } finally {
+      await tight.close();
+    }
+  });
+
   it('answers a photo without a face with no faces, and refuses a bad faces option', async () => {
     const r = await classifier.classify(photo.coffee, { faces: 'detect' });
     expect(r).toEqual({ faces: [], width: 4000, height: 2667 });
     await expect(classifier.classify(photo.coffee, { faces: { x: -1, y: 0, width: 5, height: 5 } })).rejects.toThrow(/face box/);
-    await expect(classifier.classify(photo.coffee, { faces: 'detect', detection: { maxFaces: 0 } })).rejects.toThrow(/maxFaces/);
+    await expect(classifier.classify(photo.coffee, { faces: 'detect', detection: { maxFaces: 0 } })).rejects.toMatchObject({ status: 400, message: expect.stringMatching(/maxFaces/) });
+    await expect(classifier.classify(photo.coffee, { faces: 'detect', detection: { maxFaces: -1 } })).rejects.toMatchObject({ status: 400 });
+    await expect(classifier.classify(photo.coffee, { faces: 'detect', detection: { minScore: 0.3 } })).rejects.toThrow(/0\.5/);
+    // A box that starts past the image is refused, not cut down to its last pixel.
+    await expect(classifier.classify(photo.camera, { faces: { x: 1000, y: 0, width: 5, height: 5 } })).rejects.toMatchObject({ status: 400, message: expect.stringMatching(/outside/) });
+    expect(() => cropImage({ data: new Uint8Array(12), width: 2, height: 2 }, { x: 5, y: 0, width: 1, height: 1 })).toThrow(/outside/);
+    await expect(EmotionClassifier.create({ model, detection: { margin: 9 } })).rejects.toThrow(/margin/);
   });
 });
 
@@ -240,7 +261,8 @@ describe('motivnet predict --faces detect', () => {
     const rows = csv.stdout.trim().split('\n');
     expect(rows[0]).toBe(['file', 'face', 'x', 'y', 'width', 'height', 'score', 'label', ...model.labels].join(','));
     expect(rows.length).toBe(1 + mediapipe.group!.faces.length + 1); // a row per face, and the face-less file's row
-    expect(rows[1]!.split(',')[1]).toBe('0');
+    expect(rows[1]!.split(',')[1]).toBe('1');
+    expect(Number(rows[1]!.split(',')[2])).toBeCloseTo(10.1, 1); // a number, not text
     expect(rows.at(-1)!.split(',').slice(1).every((v) => v === '')).toBe(true);
 
     const table = run('--format', 'table');
@@ -339,7 +361,7 @@ describe('where the model looks', () => {
     const record = JSON.parse(r.stdout.trim()) as { faces: { label: string; overlay: string }[] };
     expect(record.faces.length).toBe(mediapipe.group!.faces.length);
     for (const [i, f] of record.faces.entries()) {
-      expect(path.basename(f.overlay)).toMatch(new RegExp(`group\\.face${i}\\.${f.label}\\.png$`));
+      expect(path.basename(f.overlay)).toMatch(new RegExp(`group\\.png\\.face${i + 1}\\.${f.label}\\.png$`));
       expect(readFileSync(f.overlay).subarray(1, 4).toString()).toBe('PNG');
     }
   });

@@ -2,7 +2,7 @@
 import { InvalidArgumentError, Option, type Command } from 'commander';
 
 import type { ClassCount } from '../data/types.js';
-import type { FaceDetectionOptions, FacesOption } from '../faces.js';
+import { checkDetectionOptions, type FaceDetectionOptions, type FacesOption } from '../faces.js';
 import type { Metrics } from '../train/metrics.js';
 
 export const num = (what: string) => (v: string) => {
@@ -39,7 +39,7 @@ export const facesArg = (v: string): FacesOption => {
 export function addFaceDetectionOptions(command: Command): Command {
   return command
     .option('--face-margin <m>', "with --faces detect: the crop's margin around a face box, a fraction of its larger side on each side", num('--face-margin'), 0.25)
-    .option('--min-face-score <s>', 'with --faces detect: leave out faces the detector scores below this (0..1)', num('--min-face-score'), 0.5)
+    .option('--min-face-score <s>', 'with --faces detect: leave out faces the detector scores below this (0.5, its own threshold, to 1)', num('--min-face-score'), 0.5)
     .option('--max-faces <n>', 'with --faces detect: at most this many faces an image, best first', int('--max-faces'), 16)
     .option('--small-faces', 'with --faces detect: also look for small faces in tiles of the image (slower)')
     .option('--upright', 'with --faces detect: turn each face so its eyes are level before classifying it');
@@ -47,7 +47,15 @@ export function addFaceDetectionOptions(command: Command): Command {
 
 /** What `addFaceDetectionOptions` parsed, for the library. */
 export function faceDetectionOptions(opts: { faceMargin: number; minFaceScore: number; maxFaces: number; smallFaces?: boolean; upright?: boolean }): FaceDetectionOptions {
-  return { margin: opts.faceMargin, minScore: opts.minFaceScore, maxFaces: opts.maxFaces, smallFaces: Boolean(opts.smallFaces), upright: Boolean(opts.upright) };
+  const options = { margin: opts.faceMargin, minScore: opts.minFaceScore, maxFaces: opts.maxFaces, smallFaces: Boolean(opts.smallFaces), upright: Boolean(opts.upright) };
+  try {
+    checkDetectionOptions(options);
+  } catch (err) {
+    // Named as the flags are.
+    const flags: Record<string, string> = { margin: '--face-margin', minScore: '--min-face-score', maxFaces: '--max-faces' };
+    throw new InvalidArgumentError((err as Error).message.replace(/^(\w+)/, (name) => flags[name] ?? name));
+  }
+  return options;
 }
 
 export function metricsTable(m: Metrics): string {

@@ -30,7 +30,7 @@ export function predictCommand(program: Command): void {
       .addOption(new Option('--resize <geometry>', 'letterbox (the reference inference), stretch, or none (not with --faces detect)').choices(['letterbox', 'stretch', 'none']).default('letterbox'))
       .option('--top-k <k>', 'classes to list per image in table format', int('--top-k'), 3)
       .addOption(new Option('--format <format>', 'output format').choices(['jsonl', 'csv', 'table']).default('jsonl'))
-      .option('--batch-size <n>', 'images per batch', int('--batch-size'), 8)
+      .option('--batch-size <n>', 'images per model call (with --faces detect: photographs decoded together, and faces per call)', int('--batch-size'), 8)
       .option('--fast-decode', "shrink large JPEGs while decoding: faster, but not the reference's pixels (not with --faces detect)")
       .option('--explain <dir>', 'write where the model looked: for each image (or face), a PNG of its predicted class\'s attention over it, into this folder')
       .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
@@ -48,20 +48,28 @@ export function predictCommand(program: Command): void {
     const explainDir = opts.explain as string | undefined;
     if (explainDir) mkdirSync(explainDir, { recursive: true });
     const explain = Boolean(explainDir);
-    /** Writes the overlay of `cls` on `image`; returns its path. */
+    /** Writes the overlay of `cls` on `image` under a name of its own; returns its path. */
     const overlay = async (name: string, image: RgbImage, maps: AttentionMaps, cls: number, geometry: 'letterbox' | 'stretch') => {
-      const file = path.join(explainDir!, `${name}.${names[cls]}.png`);
+      const file = path.join(explainDir!, uniqueName(`${name}.${names[cls]}`, '.png'));
       writeFileSync(file, await attentionOverlay(image, attentionMap(maps, 0, cls), maps, { geometry }));
       return file;
     };
-    // Overlay names: the file as given, its folders joined by '_', so two inputs of one name stay apart.
-    const stem = (file: string) => file.replace(/\.[^./\\]*$/, '').replace(/^[./\\]+/, '').replace(/[/\\:]+/g, '_');
+    // Overlay names: the file as given, its folders joined by '_'; a name met before gets a
+    // number, so no overlay overwrites another.
+    const stem = (file: string) => file.replace(/^[./\\]+/, '').replace(/[/\\:]+/g, '_');
+    const used = new Set<string>();
+    const uniqueName = (base: string, extension: string) => {
+      let name = `${base}${extension}`;
+      for (let n = 2; used.has(name); n++) name = `${base}~${n}${extension}`;
+      used.add(name);
+      return name;
+    };
     if (format === 'csv') console.log(csvRow(detect ? ['file', 'face', 'x', 'y', 'width', 'height', 'score', 'label', ...names] : ['file', 'label', ...names]));
     try {
       if (detect) {
         const run = predictFileFaces(model, pool, files, { geometry: opts.resize, batchSize: opts.batchSize, detection: faceDetectionOptions(opts), skips, explain });
         for await (const r of run) {
-          const overlays = explain ? await Promise.all(r.faces.map((f, i) => overlay(`${stem(r.file)}.face${i}`, f.view!, f.attention!, f.top.index, opts.resize))) : undefined;
+          const overlays = explain ? await Promise.all(r.faces.map((f, i) => overlay(`${stem(r.file)}.face${i + 1}`, f.view!, f.attention!, f.top.index, opts.resize))) : undefined;
           printFaces(r, names, format, opts.topK, overlays);
         }
       } else {
@@ -122,9 +130,10 @@ function printFaces(r: FileFacesPrediction, names: readonly string[], format: Fo
   } else if (format === 'csv') {
     // A file without a face still gets its row, so every file read is accounted for.
     if (r.faces.length === 0) console.log(csvRow([r.file, '', '', '', '', '', '', '', ...names.map(() => '')]));
+    // Numbers as numbers (a box cut by the image's edge starts below 0), faces from 1 as in the table.
     r.faces.forEach((f, i) => {
-      const box = [f.box.x, f.box.y, f.box.width, f.box.height].map((v) => v.toFixed(1));
-      console.log(csvRow([r.file, String(i), ...box, f.score.toFixed(4), f.top.label, ...Array.from(f.probabilities, (p) => p.toFixed(6))]));
+      const box = [f.box.x, f.box.y, f.box.width, f.box.height].map(round);
+      console.log(csvRow([r.file, i + 1, ...box, Math.round(f.score * 1e4) / 1e4, f.top.label, ...Array.from(f.probabilities, (p) => p.toFixed(6))]));
     });
   } else {
     if (r.faces.length === 0) console.log(`${r.file}  no face found`);

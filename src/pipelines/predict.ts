@@ -12,7 +12,7 @@ import type { FaceBox } from '../data/types.js';
 import type { DetectedFace, FaceDetectionOptions } from '../faces.js';
 import { attentionRows, type AttentionMaps } from '../explain.js';
 import { concat, unpackImages, type Geometry, type RgbImage } from '../images.js';
-import type { ClassScore, MotivNet } from '../model.js';
+import type { ClassScore, MotivNet, PredictOutput } from '../model.js';
 import { batches, DEFAULT_MAX_PIXELS } from '../preprocess/batcher.js';
 import type { PreprocessPool } from '../preprocess/pool.js';
 import type { DecodeResult } from '../preprocess/types.js';
@@ -36,7 +36,7 @@ export interface PredictFilesOptions {
 export interface PredictFileFacesOptions {
   /** How a face's crop reaches the model's input. Default 'letterbox'. */
   geometry?: 'letterbox' | 'stretch';
-  /** Photographs per model call (their faces go together). Default 8. */
+  /** Photographs decoded together, and faces per model call. Default 8. */
   batchSize?: number;
   /** How faces are found and framed. */
   detection?: FaceDetectionOptions;
@@ -115,7 +115,8 @@ export async function* predictFiles(model: MotivNet, pool: PreprocessPool, files
 /**
  * Each decodable file's faces, each classified, in the order given: files decode and their
  * faces are found and cropped on the preprocessing pool (the next batch while the model runs
- * this one), and all faces of a batch of files go to the model in one call.
+ * this one), and the faces of a batch of files go to the model together, in calls of at most
+ * `batchSize` faces.
  */
 export async function* predictFileFaces(model: MotivNet, pool: PreprocessPool, files: readonly string[], opts: PredictFileFacesOptions): AsyncGenerator<FileFacesPrediction> {
   const { inputHeight: height, inputWidth: width } = model.config.encoder;
@@ -141,10 +142,7 @@ export async function* predictFileFaces(model: MotivNet, pool: PreprocessPool, f
         else opts.skips.record(file, r.reason);
       });
       const count = found.reduce((n, f) => n + f.result.faces!.length, 0);
-      const r =
-        count === 0
-          ? undefined
-          : await model.predict({ pixels: concat(found.map((f) => f.result.data)), widths: new Array(count).fill(width), heights: new Array(count).fill(height) }, { geometry: 'none', explain: opts.explain });
+      const r = count === 0 ? undefined : await predictInChunks(model, concat(found.map((f) => f.result.data)), count, { width, height }, batchSize, opts.explain ?? false);
       let row = 0;
       for (const { file, result } of found) {
         const faces = result.faces!.map((face, i) => {
@@ -161,6 +159,35 @@ export async function* predictFileFaces(model: MotivNet, pool: PreprocessPool, f
     // Left early: the decodes in flight are abandoned, and may fail when the pool shuts down.
     next?.catch(() => {});
   }
+}
+
+/**
+ * `count` input-sized images back to back, in model calls of at most `batchSize`: the answers
+ * of one call, joined (a batch of group photographs can hold many times `batchSize` faces).
+ */
+async function predictInChunks(model: MotivNet, pixels: Uint8Array, count: number, size: { width: number; height: number }, batchSize: number, explain: boolean): Promise<PredictOutput> {
+  const parts: PredictOutput[] = [];
+  const per = size.width * size.height * 3;
+  for (let start = 0; start < count; start += batchSize) {
+    const n = Math.min(batchSize, count - start);
+    const chunk = { pixels: pixels.subarray(start * per, (start + n) * per), widths: new Array(n).fill(size.width), heights: new Array(n).fill(size.height) };
+    parts.push(await model.predict(chunk, { geometry: 'none', explain }));
+  }
+  if (parts.length === 1) return parts[0]!;
+  const join = (arrays: Float32Array[]) => {
+    const out = new Float32Array(arrays.reduce((n, a) => n + a.length, 0));
+    arrays.reduce((at, a) => (out.set(a, at), at + a.length), 0);
+    return out;
+  };
+  const first = parts[0]!;
+  return {
+    logits: join(parts.map((p) => p.logits)),
+    probabilities: join(parts.map((p) => p.probabilities)),
+    batchSize: count,
+    numClasses: first.numClasses,
+    top: parts.flatMap((p) => p.top),
+    ...(first.attention ? { attention: { ...first.attention, values: join(parts.map((p) => p.attention!.values)) } } : {}),
+  };
 }
 
 /**

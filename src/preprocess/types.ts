@@ -56,6 +56,7 @@ export type DecodeFailure =
   | 'format-not-accepted'
   | 'oversized'
   | 'extreme-aspect'
+  | 'box-outside'
   | 'corrupt'
   | 'unreadable';
 

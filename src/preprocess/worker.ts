@@ -40,6 +40,13 @@ export function classify(err: unknown, maxPixels: number): { kind: DecodeFailure
   return { kind: 'unreadable', reason: `unreadable (${first})` };
 }
 
+/** A failure of the face detector, which the task's caller gets as an error rather than a skip. */
+class DetectorError extends Error {
+  constructor(readonly cause: unknown) {
+    super('face detection failed');
+  }
+}
+
 /** Piscina moves the pixel buffer (no copy) when a result carries these two symbols. */
 class Decoded {
   constructor(private readonly result: DecodeResult & { ok: true }) {}
@@ -86,6 +93,10 @@ export default async function decode(task: DecodeTask): Promise<DecodeResult> {
       return { ok: false, kind: 'extreme-aspect', reason };
     }
     let [w, h] = [width, height];
+    if (task.faces && (task.box || task.flip)) return { ok: false, kind: 'no-input', reason: 'a face detection task takes the whole image: no box, no flip' };
+    if (task.box && (task.box.x >= w || task.box.y >= h)) {
+      return { ok: false, kind: 'box-outside', reason: `the face box starts at ${task.box.x},${task.box.y}, outside the ${w} x ${h} image` };
+    }
     if (task.box) {
       const left = Math.min(Math.max(0, Math.round(task.box.x)), w - 1);
       const top = Math.min(Math.max(0, Math.round(task.box.y)), h - 1);
@@ -107,8 +118,14 @@ export default async function decode(task: DecodeTask): Promise<DecodeResult> {
       if (!task.resizeTo) return { ok: false, kind: 'no-input', reason: 'a face detection task needs resizeTo (the crops\' size)' };
       const { native } = await import('../native.js');
       const { detectedFace, nativeFaceOptions } = await import('../faces.js');
-      // Detection and crops on this worker's own thread: a few milliseconds a photograph.
-      const found = native.detectFacesSync(data, info.width, info.height, nativeFaceOptions(task.faces, task.resizeTo));
+      // Detection and crops on this worker's own thread: a few milliseconds a photograph. A
+      // failure here is the core's, not the image's: it goes up as an error, not a skip.
+      let found;
+      try {
+        found = native.detectFacesSync(data, info.width, info.height, nativeFaceOptions(task.faces, task.resizeTo));
+      } catch (err) {
+        throw new DetectorError(err);
+      }
       const pixels = new Uint8Array(found.crops?.length ?? 0);
       if (found.crops) pixels.set(found.crops);
       const faces = found.faces.map(detectedFace);
@@ -132,6 +149,7 @@ export default async function decode(task: DecodeTask): Promise<DecodeResult> {
     pixels.set(data);
     return move(new Decoded({ ok: true, data: pixels, width: info.width, height: info.height })) as unknown as DecodeResult;
   } catch (err) {
+    if (err instanceof DetectorError) throw err.cause;
     return { ok: false, ...classify(err, task.maxPixels) };
   }
 }

@@ -8,13 +8,18 @@
  * (`maxBatchSize`) or when its oldest image has waited `maxWaitMs`. A lone request therefore
  * waits at most `maxWaitMs`, and under load the queue fills while the model computes, so
  * batches grow and so does throughput. `maxQueue` bounds the calls held at once (decoding,
- * queued or computing): past it a call fails at once with {@link QueueFullError} rather than
- * letting latency and memory grow without limit.
+ * queued or computing), and the input-sized images held at once: past it a call fails at once
+ * with {@link QueueFullError} rather than letting latency and memory grow without limit.
+ *
+ * With `faces: 'detect'` the worker finds the faces instead and resizes each one's crop: a call
+ * then holds one input-sized image per face, counted against `maxQueue` like as many calls, and
+ * its faces go to the model together (in calls of at most `maxBatchSize`, should one photograph
+ * hold more faces than that).
  */
 import { availableParallelism } from 'node:os';
 
 import type { FaceBox } from '../data/types.js';
-import { checkFaceBox, checkFacesOption, probabilitiesByLabel, type FaceClassification, type FaceDetectionOptions, type FacesOption } from '../faces.js';
+import { checkDetectionOptions, checkFaceBox, checkFacesOption, probabilitiesByLabel, type FaceClassification, type FaceDetectionOptions, type FacesOption } from '../faces.js';
 import { concat } from '../images.js';
 import { MotivNet, type LoadOptions } from '../model.js';
 import { PreprocessPool } from '../preprocess/pool.js';
@@ -33,7 +38,10 @@ export interface ClassifierOptions {
   maxBatchSize?: number;
   /** Longest an image waits for a batch to fill, in ms. Default 5. */
   maxWaitMs?: number;
-  /** Most calls held at once (decoding, queued or computing). Default 256. */
+  /**
+   * Most calls held at once (decoding, queued or computing), and most input-sized images held
+   * at once (a call with faces holds one a face). Default 256.
+   */
   maxQueue?: number;
   /** Images with more pixels than this are refused before decoding. Default 40 million. */
   maxPixels?: number;
@@ -186,6 +194,8 @@ export class EmotionClassifier {
   private readonly queue: Waiting[] = [];
   /** Images in the queue (a call with faces brings several). */
   private queuedImages = 0;
+  /** Images held past decoding: queued or at the model. */
+  private heldImages = 0;
   private timer: NodeJS.Timeout | undefined;
   private running = false;
   private closed = false;
@@ -212,6 +222,7 @@ export class EmotionClassifier {
     this.defaultFaces = options.faces ?? 'whole';
     if (this.defaultFaces !== 'whole' && this.defaultFaces !== 'detect') throw new RangeError(`faces must be whole or detect, got '${String(this.defaultFaces)}'`);
     this.detection = options.detection ?? {};
+    checkDetectionOptions(this.detection);
     this.pool = new PreprocessPool({ threads: options.decodeThreads ?? availableParallelism() });
   }
 
@@ -250,6 +261,7 @@ export class EmotionClassifier {
       checkFacesOption(faces);
       if (options.box && options.faces !== undefined) throw new RangeError('give faces or box, not both');
       if (typeof faces === 'object') checkFaceBox(faces);
+      if (options.detection) checkDetectionOptions(options.detection);
     } catch (err) {
       throw new ClassifierInputError((err as Error).message, 400);
     }
@@ -282,6 +294,9 @@ export class EmotionClassifier {
       }
       options.signal?.throwIfAborted();
       const count = detect ? decoded.faces!.length : 1;
+      // Each face's crop is an image held like a whole call's: they count against the same limit.
+      if (count > this.maxQueue) throw new ClassifierInputError(`the image holds ${count} faces, more than the ${this.maxQueue} images this classifier holds at once: lower maxFaces`, 413);
+      if (count > 1 && this.heldImages + count > this.maxQueue) throw new QueueFullError(this.maxQueue, this.retryAfterS());
       const answers = count === 0 ? [] : await this.enqueue(decoded.data, count, options.signal);
       if (!detect) return answers[0]!;
       const found = decoded.faces!.map((face, i) => ({ ...face, ...answers[i]! }));
@@ -312,8 +327,10 @@ export class EmotionClassifier {
         }
       };
       signal?.addEventListener('abort', onAbort, { once: true });
+      this.heldImages += count;
       this.schedule();
     }).finally(() => {
+      this.heldImages -= count;
       // The listener holds the pixels: a signal that outlives the call (a host's own, long-
       // lived one) would otherwise keep every image it ever saw.
       if (onAbort) signal?.removeEventListener('abort', onAbort);
@@ -358,7 +375,7 @@ export class EmotionClassifier {
   }
 
   private retryAfterS(): number {
-    const batchesAhead = Math.ceil(this.pending / this.maxBatchSize);
+    const batchesAhead = Math.ceil(Math.max(this.pending, this.heldImages) / this.maxBatchSize);
     return Math.max(1, Math.ceil((batchesAhead * (this.batchMs || 100)) / 1000));
   }
 
@@ -402,18 +419,24 @@ export class EmotionClassifier {
     try {
       const { inputWidth: width, inputHeight: height } = this.model.config.encoder;
       const pixels = batch.length === 1 ? batch[0]!.pixels : concat(batch.map((w) => w.pixels));
-      // Already at the input size, resized as the model would: geometry none is the identity.
-      const r = await this.model.predict({ pixels, widths: new Array(images).fill(width), heights: new Array(images).fill(height) }, { geometry: 'none' });
-      this.modelCalls++;
-      this.images += images;
+      const answers: Classification[] = [];
       const labels = this.model.labels;
-      let row = 0;
-      for (const w of batch) {
-        const answers: Classification[] = [];
-        for (let i = 0; i < w.count; i++, row++) {
+      // One model call, or several of at most maxBatchSize when one photograph's faces are more.
+      for (let start = 0; start < images; start += this.maxBatchSize) {
+        const n = Math.min(this.maxBatchSize, images - start);
+        const chunk = pixels.subarray(start * width * height * 3, (start + n) * width * height * 3);
+        // Already at the input size, resized as the model would: geometry none is the identity.
+        const r = await this.model.predict({ pixels: chunk, widths: new Array(n).fill(width), heights: new Array(n).fill(height) }, { geometry: 'none' });
+        this.modelCalls++;
+        for (let row = 0; row < n; row++) {
           answers.push({ label: r.top[row]!.label, index: r.top[row]!.index, probabilities: probabilitiesByLabel(labels, r.probabilities, row) });
         }
-        w.resolve(answers);
+      }
+      this.images += images;
+      let next = 0;
+      for (const w of batch) {
+        w.resolve(answers.slice(next, next + w.count));
+        next += w.count;
       }
     } catch (err) {
       failed = true;

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use super::crop::{
-    copy_rect, face_crop, face_square, rotated_square, turned_bounds, PixelRect, PixelSquare, DEFAULT_MARGIN,
+    copy_rect, face_crop, face_square, sample_turned, turned_bounds, PixelRect, PixelSquare, DEFAULT_MARGIN,
 };
 use super::{tiles, upright, BlazeFace, Detection};
 use crate::error::{Error, Result};
@@ -16,8 +16,8 @@ use crate::kernels::resize::{Geometry, ImageBatch};
 pub struct FaceOptions {
     /// The crop's margin around the face box, a fraction of its larger side on each side.
     pub margin: f32,
-    /// Faces scoring below this are dropped (the detector itself keeps from 0.5, MediaPipe's
-    /// threshold).
+    /// Faces scoring below this are dropped: at least 0.5, the detector's own threshold
+    /// (MediaPipe's).
     pub min_score: f32,
     /// At most this many faces an image, the best-scoring first: a bound on the work one image
     /// can cause.
@@ -49,8 +49,14 @@ impl FaceOptions {
         if !(0.0..=4.0).contains(&self.margin) {
             return Err(Error::Input(format!("margin must be between 0 and 4, got {}", self.margin)));
         }
-        if !(0.0..=1.0).contains(&self.min_score) {
-            return Err(Error::Input(format!("minScore must be between 0 and 1, got {}", self.min_score)));
+        // The detector keeps nothing under MediaPipe's 0.5 (`decode::MIN_SCORE`): a lower
+        // threshold would promise faces it never sees.
+        if !(super::decode::MIN_SCORE..=1.0).contains(&self.min_score) {
+            return Err(Error::Input(format!(
+                "minScore must be between {} and 1, got {}",
+                super::decode::MIN_SCORE,
+                self.min_score
+            )));
         }
         if self.max_faces == 0 {
             return Err(Error::Input("maxFaces must be at least 1".into()));
@@ -133,8 +139,11 @@ fn in_pixels(d: &Detection, width: usize, height: usize, crop: PixelRect) -> Fac
 
 /// Each face's crop resized to `out_w` x `out_h` levels (HWC, back to back), as the model's
 /// resize makes them from a whole image under `geometry`: a batch of these with geometry
-/// `none` classifies as the crops themselves would. An upright face's crop is its whole square
-/// turned by its angle ([`rotated_square`]); any other is its rectangle's pixels, as they are.
+/// `none` classifies as the crops themselves would. Any face's crop is its rectangle's pixels,
+/// as they are; an upright face's is its whole square turned by its angle, sampled at no more
+/// than the model's input side ([`sample_turned`]: a square far larger than the input, a
+/// close-up with a wide margin, would otherwise be made whole only to be shrunk). One crop at a
+/// time, so a photograph's faces never hold more than one full-size crop at once.
 pub fn crop_levels(
     rgb: &[u8],
     width: usize,
@@ -143,26 +152,21 @@ pub fn crop_levels(
     out_h: usize,
     out_w: usize,
 ) -> Result<Vec<u8>> {
-    if faces.is_empty() {
-        return Ok(Vec::new());
-    }
     let height = rgb.len() / (width * 3).max(1);
-    let mut pixels = Vec::new();
-    let mut sizes = Vec::with_capacity(faces.len());
-    for face in faces {
-        match &face.square {
-            Some(square) => {
-                if rgb.len() != width * height * 3 {
-                    return Err(Error::Input(format!("{} bytes are not rows of {width} RGB pixels", rgb.len())));
-                }
-                pixels.extend(rotated_square(rgb, width, height, square, face.angle));
-                sizes.push((square.side, square.side));
-            }
-            None => {
-                pixels.extend(copy_rect(rgb, width, &face.crop));
-                sizes.push((face.crop.width, face.crop.height));
-            }
-        }
+    if rgb.len() != width * height * 3 {
+        return Err(Error::Input(format!("{} bytes are not rows of {width} RGB pixels", rgb.len())));
     }
-    crate::ops::pixels::resize_levels(&ImageBatch::new(&pixels, &sizes)?, geometry, out_h, out_w)
+    let mut out = Vec::with_capacity(faces.len() * out_h * out_w * 3);
+    for face in faces {
+        let (pixels, size) = match &face.square {
+            Some(square) => {
+                let side = square.side.min(out_h.max(out_w));
+                (sample_turned(rgb, width, height, square, face.angle, side), (side, side))
+            }
+            None => (copy_rect(rgb, width, &face.crop), (face.crop.width, face.crop.height)),
+        };
+        let sizes = [size];
+        out.extend(crate::ops::pixels::resize_levels(&ImageBatch::new(&pixels, &sizes)?, geometry, out_h, out_w)?);
+    }
+    Ok(out)
 }

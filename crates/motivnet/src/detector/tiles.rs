@@ -8,9 +8,10 @@
 //! The price is one more detector pass a tile.
 //!
 //! The rule ([`tile_side`]): tiles are half the shorter side, but at least 128 px (smaller
-//! tiles would be enlarged onto the input, which adds no detail) and at most the shorter side;
-//! and there are none when they would magnify by less than two (the longer side under twice the
-//! tile), where tiles see little the whole photograph does not. Every photograph whose shorter
+//! tiles would be enlarged onto the input, which adds no detail); and there are none when the
+//! shorter side is under 128 px, when they would magnify by less than two (the longer side
+//! under twice the tile), where tiles see little the whole photograph does not, or when there
+//! would be more than [`MAX_TILES`] (a strip). Every photograph whose shorter
 //! side is at least 256 px is tiled, squares included (a square's tiles magnify exactly
 //! twice); small thumbnails are not. A row of tiles ([`tile_starts`]) spans its side evenly,
 //! the first flush with one edge and the last with the other, neighbours overlapping by at
@@ -30,6 +31,10 @@ use crate::error::Result;
 /// Tiles are never smaller than the detector's input: a smaller one would only be enlarged.
 pub const MIN_TILE: usize = 128;
 
+/// At most this many tiles: a long strip would otherwise take one pass per few pixels of its
+/// length (a 65535 x 200 image, hundreds), for faces a strip hardly holds.
+pub const MAX_TILES: usize = 64;
+
 /// The least score a face found only in a tile needs. Each tile is another chance at a false
 /// face: fifteen passes over magnified parts of a 1280 x 720 frame found a collar at 0.64 on
 /// the astronaut at 1920 x 1080 (the small faces of the tests score above 0.8). The whole
@@ -44,8 +49,9 @@ const EDGE_CLEARANCE: f32 = 1.0 / 32.0;
 /// the module's rule).
 pub fn tile_side(width: usize, height: usize) -> Option<usize> {
     let (shorter, longer) = (width.min(height), width.max(height));
-    let side = (shorter / 2).max(MIN_TILE).min(shorter);
-    (side > 0 && longer >= 2 * side).then_some(side)
+    let side = (shorter / 2).max(MIN_TILE);
+    let count = tile_starts(width, side).len() * tile_starts(height, side).len();
+    (shorter >= MIN_TILE && longer >= 2 * side && count <= MAX_TILES).then_some(side)
 }
 
 /// Where the tiles of one row (or column) start along a side of `length` pixels: spread evenly
@@ -109,9 +115,12 @@ mod tests {
         // Thumbnails: the tile's floor of 128 px would magnify less than twice.
         assert_eq!(tile_side(200, 133), None);
         assert_eq!(tile_side(192, 192), None);
-        // A strip narrower than the floor: tiles as tall as the strip.
-        assert_eq!(tile_side(1000, 100), Some(100));
+        // A strip narrower than the floor, or so long it would take too many tiles: none.
+        assert_eq!(tile_side(1000, 100), None);
         assert_eq!(tile_side(150, 100), None);
+        assert_eq!(tile_side(65535, 200), None);
+        assert_eq!(tile_side(65535, 1), None);
+        assert!(tiles(4000, 300).len() <= MAX_TILES);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! from (group c / factor, see [`super::head::MlDecoder::forward_explained`]), over the
 //! encoder's tokens laid back on their grid: (B, num_classes, grid_h, grid_w), row-major as
 //! the encoder flattens its patches, each map summing to 1. Cell (i, j) is the patch whose
-//! top-left input pixel is (i * patch - padding, j * patch - padding)
+//! top-left input pixel is at row i * patch - padding, column j * patch - padding
 //! ([`crate::EncoderConfig::grid`]). A separate call from `predict`, so plain inference never
 //! computes them.
 
