@@ -312,6 +312,12 @@ describe('POST /v1/predict?faces=detect', () => {
     expect((await post('?faces=detect&box=1,1,5,5', readFileSync(photo.camera))).status).toBe(400);
     const boxed = await post('?faces=10,10,100,100', readFileSync(photo.camera));
     expect(boxed.status).toBe(200);
+    const few = (await (await post('?faces=detect&maxFaces=2&upright=true', readFileSync(photo.group))).json()) as { faces: unknown[] };
+    expect(few.faces.length).toBe(2);
+    const badScore = await post('?faces=detect&minScore=0.2', readFileSync(photo.group));
+    expect(badScore.status).toBe(400);
+    expect(((await badScore.json()) as { message: string }).message).toMatch(/minScore/);
+    expect((await post('?faces=detect&upright=maybe', readFileSync(photo.group))).status).toBe(400);
   });
 });
 

@@ -74,6 +74,11 @@ export function openApiDocument(facts: OpenApiFacts): object {
               description: 'whole: the image as it is (default); detect: every face found, each classified; or a face box x,y,width,height in pixels of the upright image',
             },
             { name: 'box', in: 'query', schema: { type: 'string', pattern: '^[0-9.]+,[0-9.]+,[0-9.]+,[0-9.]+$' }, description: 'Face box x,y,width,height in pixels of the upright image (as faces=x,y,width,height)' },
+            { name: 'smallFaces', in: 'query', schema: { type: 'boolean' }, description: 'With faces=detect: also look for small faces in tiles of the image (slower)' },
+            { name: 'upright', in: 'query', schema: { type: 'boolean' }, description: 'With faces=detect: turn each face so its eyes are level' },
+            { name: 'maxFaces', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 1000 }, description: 'With faces=detect: at most this many faces, best first' },
+            { name: 'minScore', in: 'query', schema: { type: 'number', minimum: 0.5, maximum: 1 }, description: "With faces=detect: leave out faces the detector scores below this" },
+            { name: 'margin', in: 'query', schema: { type: 'number', minimum: 0, maximum: 4 }, description: "With faces=detect: the crop's margin around a face box, a fraction of its larger side on each side" },
           ],
           requestBody: {
             required: true,

@@ -6,7 +6,8 @@
  *                       files in the field `image` (several: `predictions` in their order);
  *                       query `geometry=letterbox|stretch`, `faces=whole|detect` (detect:
  *                       `{faces: [{box, score, label, index, probabilities}], width, height}`),
- *                       `box=x,y,width,height` (or `faces=x,y,width,height`).
+ *                       `box=x,y,width,height` (or `faces=x,y,width,height`); with detect,
+ *                       `smallFaces`, `upright`, `maxFaces`, `minScore`, `margin`.
  *   GET  /v1/model      the model's config, classes and parameter count.
  *   GET  /healthz       liveness: 200 while serving, 503 once shutting down.
  *   GET  /readyz        readiness: 200 once the model is loaded and warmed, 503 before and
@@ -26,7 +27,7 @@ import multipart from '@fastify/multipart';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 
 import type { FaceBox } from '../data/types.js';
-import type { FacesOption } from '../faces.js';
+import { checkDetectionOptions, type FaceDetectionOptions, type FacesOption } from '../faces.js';
 import { MotivNetError } from '../errors.js';
 import { requireApiKey, UnauthorizedError } from './auth.js';
 import {
@@ -97,6 +98,33 @@ function parseBox(value: unknown, name = 'box'): FaceBox | undefined {
   }
   const [x, y, width, height] = parts as [number, number, number, number];
   return { x, y, width, height };
+}
+
+/** `smallFaces`, `upright`, `maxFaces`, `minScore`, `margin` of the query: a call's detection options. */
+function parseDetection(query: Record<string, unknown>): FaceDetectionOptions | undefined {
+  const flag = (name: string) => {
+    const v = query[name];
+    if (v === undefined) return undefined;
+    if (v === 'true' || v === '1' || v === '') return true;
+    if (v === 'false' || v === '0') return false;
+    throw new HttpError(400, `${name} must be true or false, got '${String(v)}'`);
+  };
+  const number = (name: string) => {
+    const v = query[name];
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (String(v).trim() === '' || !Number.isFinite(n)) throw new HttpError(400, `${name} must be a number, got '${String(v)}'`);
+    return n;
+  };
+  const options: FaceDetectionOptions = { smallFaces: flag('smallFaces'), upright: flag('upright'), maxFaces: number('maxFaces'), minScore: number('minScore'), margin: number('margin') };
+  const given = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined));
+  if (Object.keys(given).length === 0) return undefined;
+  try {
+    checkDetectionOptions(given);
+  } catch (err) {
+    throw new HttpError(400, (err as Error).message);
+  }
+  return given;
 }
 
 /** `faces=whole|detect|x,y,width,height`, or the older `box=x,y,width,height`. */
@@ -346,12 +374,13 @@ export async function createServer(classifier: EmotionClassifier, options: Serve
     const query = request.query as Record<string, unknown>;
     const geometry = parseGeometry(query.geometry);
     const faces = parseFaces(query.faces, query.box);
+    const detection = parseDetection(query);
     const { images, list } = await requestImages(request, bodyLimit, maxImages);
     const gone = (request as FastifyRequest & { gone?: AbortController }).gone;
     const latencyMs = () => Math.round((performance.now() - started) * 100) / 100;
     const classify = (bytes: Buffer, signal: AbortSignal) => {
       if (bytes.length === 0) return Promise.reject(new HttpError(400, list ? 'an empty image field' : 'empty body: send the image bytes'));
-      return classifier.classify(bytes, { geometry, faces, signal });
+      return classifier.classify(bytes, { geometry, faces, detection, signal });
     };
     if (!list) {
       const result = await withTimeout((signal) => classify(images[0]!, signal), timeoutMs, gone);
