@@ -197,10 +197,11 @@ impl Bf16Rows {
         self.data[rows * kp..].fill(0);
     }
 
-    /// Row i = bf16(src) (k values).
-    pub fn set_row(&mut self, i: usize, src: &[f32]) {
+    /// Row i = bf16(scale * src) (k values): a softmax's normalization can fold into the
+    /// rounding.
+    pub fn set_row(&mut self, i: usize, src: &[f32], scale: f32) {
         assert!(i < self.rows && src.len() == self.k, "Bf16Rows::set_row: row {i} of {} x {}", self.rows, self.k);
-        round_row(&mut self.data[i * self.kp..][..self.kp], src, 1.0);
+        round_row(&mut self.data[i * self.kp..][..self.kp], src, scale);
     }
 }
 
@@ -519,7 +520,7 @@ mod tests {
                 a16.reset(m, k);
                 let halved: Vec<f32> = src.iter().map(|v| 0.5 * v).collect();
                 for i in 0..m {
-                    a16.set_row(i, &halved[7 + i * stride..][..k]);
+                    a16.set_row(i, &halved[7 + i * stride..][..k], 1.0);
                 }
                 let mut c16 = vec![f32::NAN; m * c_stride];
                 // SAFETY: as above.

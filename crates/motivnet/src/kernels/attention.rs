@@ -212,10 +212,11 @@ pub fn attention_forward_bf16(
                 let queries = amx::Lhs::F32 { rows: queries, scale: g.scale() };
                 amx::gemm(queries, keys, scores.as_mut_ptr(), n, false, false);
             }
-            // Each row's softmax in f32, then rounded once, while the row is in cache.
+            // Each row's softmax in f32, normalized as it is rounded (one pass fewer over the
+            // row; the same bits as normalizing first), while the row is in cache.
             for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-                super::softmax::softmax_rows(row, n);
-                probabilities.set_row(i, row);
+                let inv = super::softmax::softmax_exp_row(row);
+                probabilities.set_row(i, row, inv);
             }
         });
         // SAFETY: these rows of the pair's output block (hd wide, d apart, from its merged

@@ -20,31 +20,47 @@ crate::simd_dispatch! {
 
 #[inline(always)]
 fn softmax_rows_portable(rows: &mut [f32], n: usize) {
-    const LANES: usize = 16;
     for row in rows.chunks_mut(n.max(1)) {
-        let mut max = [f32::NEG_INFINITY; LANES];
-        let mut blocks = row.chunks_exact(LANES);
-        for block in &mut blocks {
-            for l in 0..LANES {
-                max[l] = if block[l] > max[l] { block[l] } else { max[l] };
-            }
-        }
-        let max = blocks.remainder().iter().chain(max.iter()).copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = [0f32; LANES];
-        let mut blocks = row.chunks_exact_mut(LANES);
-        for block in &mut blocks {
-            for l in 0..LANES {
-                block[l] = exp_fast(block[l] - max);
-                sum[l] += block[l];
-            }
-        }
-        let mut total: f32 = sum.iter().sum();
-        for v in blocks.into_remainder() {
-            *v = exp_fast(*v - max);
-            total += *v;
-        }
-        let inv = 1.0 / total;
+        let inv = exp_row(row);
         row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// One row exponentiated in place as softmax does it (its largest value subtracted first),
+/// without the normalization: returns 1 / the row's sum, the factor that normalizes it.
+#[inline(always)]
+fn exp_row(row: &mut [f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut max = [f32::NEG_INFINITY; LANES];
+    let mut blocks = row.chunks_exact(LANES);
+    for block in &mut blocks {
+        for l in 0..LANES {
+            max[l] = if block[l] > max[l] { block[l] } else { max[l] };
+        }
+    }
+    let max = blocks.remainder().iter().chain(max.iter()).copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = [0f32; LANES];
+    let mut blocks = row.chunks_exact_mut(LANES);
+    for block in &mut blocks {
+        for l in 0..LANES {
+            block[l] = exp_fast(block[l] - max);
+            sum[l] += block[l];
+        }
+    }
+    let mut total: f32 = sum.iter().sum();
+    for v in blocks.into_remainder() {
+        *v = exp_fast(*v - max);
+        total += *v;
+    }
+    1.0 / total
+}
+
+crate::simd_dispatch! {
+    /// A row of softmax short of its last pass: exponentiated in place, and the factor that
+    /// normalizes it returned. For a caller that writes the row elsewhere anyway (the bf16
+    /// attention rounds it for the AMX product) and can scale it on the way, saving a pass.
+    pub fn softmax_exp_row(row: &mut [f32]) -> f32 {
+        exp_row(row)
     }
 }
 
