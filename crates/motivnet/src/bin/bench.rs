@@ -106,6 +106,24 @@ fn run_roofline(args: &Args) -> motivnet::Result<String> {
     ))
 }
 
+/// GFLOP/s of a 2048 x 2048 x 2048 product on our AMX kernel (`precision bf16`): A rounded to
+/// bf16 as the model's Linear layers round their input, B packed once, on the compute
+/// threads. The roof our bf16 rows are measured against, beside PyTorch's bf16 matmul.
+fn run_roofline_bf16(args: &Args) -> motivnet::Result<String> {
+    const N: usize = 2048;
+    let mut product = motivnet::runtime::precision::amx_square_product(N)
+        .ok_or_else(|| motivnet::Error::Input("--roofline --precision bf16 needs a CPU with AMX".into()))?;
+    let ms = time(args.warmup.max(1), args.iters, || {
+        product();
+        Ok(())
+    })?;
+    let gflops = 2.0 * (N * N * N) as f64 / (ms * 1e6);
+    Ok(format!(
+        "{{\"roofline\":\"matmul bf16 (AMX) {N}^3\",\"threads\":{},\"ms\":{ms:.3},\"gflops\":{gflops:.1}}}",
+        rayon::current_num_threads()
+    ))
+}
+
 fn median_ms(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(|a, b| a.total_cmp(b));
     samples[samples.len() / 2]
@@ -166,6 +184,9 @@ fn run_preprocess(args: &Args, config: &ModelConfig) -> motivnet::Result<String>
 }
 
 fn run(args: &Args) -> motivnet::Result<String> {
+    if args.roofline && args.precision == "bf16" {
+        return run_roofline_bf16(args);
+    }
     if args.roofline {
         return run_roofline(args);
     }

@@ -71,6 +71,25 @@ impl Precision {
     }
 }
 
+/// An n x n x n product on the AMX kernel the bf16 Linear layers run on (A rounded to bf16 as
+/// they round their input, B packed beforehand, on the compute threads), as a closure a
+/// benchmark times: the roof of our bf16 cases. None where the CPU has no AMX.
+pub fn amx_square_product(n: usize) -> Option<impl FnMut()> {
+    use crate::kernels::amx;
+    if !amx::available() {
+        return None;
+    }
+    let values = |seed: usize| -> Vec<f32> { (0..n * n).map(|i| ((i * seed % 1000) as f32 - 500.0) / 500.0).collect() };
+    let (a, b) = (values(7919), amx::PackedB::from_weight(&values(104_729), n, n));
+    let mut c = vec![0f32; n * n];
+    Some(move || {
+        let lhs = amx::Lhs::F32 { rows: amx::Rows::contiguous(&a, n), scale: 1.0 };
+        // SAFETY: c is n x n and this closure's own.
+        unsafe { amx::gemm(lhs, &b, c.as_mut_ptr(), n, false, true) };
+        std::hint::black_box(&c);
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
