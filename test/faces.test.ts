@@ -224,7 +224,7 @@ describe("EmotionClassifier with faces: 'detect'", () => {
       const stop = classifier.observe({ batch: (size) => sizes.push(size) });
       await classifier.classify(photo.group, { faces: 'detect' });
       stop();
-      expect(sizes).toEqual([3]); // one batch: the request's three faces together
+      expect(sizes).toEqual([2, 1]); // each model call observed: the request's three faces, two at a time
     } finally {
       await tight.close();
     }

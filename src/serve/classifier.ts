@@ -415,7 +415,6 @@ export class EmotionClassifier {
     if (batch.length === 0) return this.schedule();
     this.running = true;
     const started = performance.now();
-    let failed = false;
     try {
       const { inputWidth: width, inputHeight: height } = this.model.config.encoder;
       const pixels = batch.length === 1 ? batch[0]!.pixels : concat(batch.map((w) => w.pixels));
@@ -425,11 +424,18 @@ export class EmotionClassifier {
       for (let start = 0; start < images; start += this.maxBatchSize) {
         const n = Math.min(this.maxBatchSize, images - start);
         const chunk = pixels.subarray(start * width * height * 3, (start + n) * width * height * 3);
-        // Already at the input size, resized as the model would: geometry none is the identity.
-        const r = await this.model.predict({ pixels: chunk, widths: new Array(n).fill(width), heights: new Array(n).fill(height) }, { geometry: 'none' });
-        this.modelCalls++;
-        for (let row = 0; row < n; row++) {
-          answers.push({ label: r.top[row]!.label, index: r.top[row]!.index, probabilities: probabilitiesByLabel(labels, r.probabilities, row) });
+        const callStarted = performance.now();
+        let failed = true;
+        try {
+          // Already at the input size, resized as the model would: geometry none is the identity.
+          const r = await this.model.predict({ pixels: chunk, widths: new Array(n).fill(width), heights: new Array(n).fill(height) }, { geometry: 'none' });
+          failed = false;
+          this.modelCalls++;
+          for (let row = 0; row < n; row++) {
+            answers.push({ label: r.top[row]!.label, index: r.top[row]!.index, probabilities: probabilitiesByLabel(labels, r.probabilities, row) });
+          }
+        } finally {
+          for (const o of this.observers) o.batch?.(n, performance.now() - callStarted, failed);
         }
       }
       this.images += images;
@@ -439,11 +445,10 @@ export class EmotionClassifier {
         next += w.count;
       }
     } catch (err) {
-      failed = true;
       for (const w of batch) w.reject(err as Error);
     } finally {
-      const ms = performance.now() - started;
-      for (const o of this.observers) o.batch?.(images, ms, failed);
+      // Per model call, for Retry-After estimates: a turn of several calls counts as many.
+      const ms = (performance.now() - started) / Math.ceil(images / this.maxBatchSize);
       this.batchMs = this.batchMs === 0 ? ms : 0.8 * this.batchMs + 0.2 * ms;
       this.running = false;
       this.schedule();
