@@ -1,5 +1,5 @@
 /**
- * The emotion label sets (docs/REFERENCE.md, section 5: AffectNet's codes): the paper's 8 classes with
+ * The emotion label sets (docs/REFERENCE_MODEL.md, section 5: AffectNet's codes): the paper's 8 classes with
  * contempt, and the 7 without it that the reference's current release uses.
  */
 export const EMOTIONS_8 = ['neutral', 'happy', 'sad', 'surprise', 'fear', 'disgust', 'anger', 'contempt'] as const;

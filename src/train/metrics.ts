@@ -1,5 +1,5 @@
 /**
- * Classification metrics as scikit-learn computes them (docs/REFERENCE.md, section 6): accuracy,
+ * Classification metrics as scikit-learn computes them (docs/REFERENCE_MODEL.md, section 6): accuracy,
  * macro one-vs-rest AUROC, macro precision / recall / F1 over all classes (a class with no
  * predictions counts 0, sklearn's zero_division=0), per-class values, the confusion matrix
  * (rows: true class, columns: predicted), and the mean loss.

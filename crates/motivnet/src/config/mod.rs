@@ -1,7 +1,7 @@
 //! Model configuration: the Sapiens encoder and the ML-Decoder head, with named presets.
 //!
 //! The Sapiens sizes mirror the upstream configs (`sapiens/pose/configs/sapiens_pose/*`, table
-//! in docs/REFERENCE.md, section 1). `tiny` and `small` are ours: the same block at CPU-friendly sizes,
+//! in docs/REFERENCE_MODEL.md, section 1). `tiny` and `small` are ours: the same block at CPU-friendly sizes,
 //! keeping the 4:3 height:width of 1024 x 768. A config file is JSON with camelCase keys:
 //! `{"encoder": {"embedDim", "depth", "heads", "mlpRatio", "patchSize", "patchPadding",
 //! "inputHeight", "inputWidth"}, "head": {"numClasses", "embedDim", "layers", "heads",

@@ -37,7 +37,7 @@ pub struct Normalization {
 }
 
 impl Default for Normalization {
-    /// The MotivNet reference's values (docs/REFERENCE.md, section 5).
+    /// The MotivNet reference's values (docs/REFERENCE_MODEL.md, section 5).
     fn default() -> Self {
         Self { mean: [123.5, 116.5, 103.5], std: [58.5, 57.0, 57.5] }
     }

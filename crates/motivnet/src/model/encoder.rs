@@ -1,5 +1,5 @@
 //! Sapiens ViT encoder (Khirodkar et al., "Sapiens: Foundation for Human Vision Models", 2024),
-//! as the MotivNet reference uses it (docs/REFERENCE.md, section 1).
+//! as the MotivNet reference uses it (docs/REFERENCE_MODEL.md, section 1).
 //!
 //! In: normalized images (B, 3, H, W). Out: tokens (B, N, D), N = grid_h x grid_w in row-major
 //! (h, w) order, after the final LayerNorm; the reference's (B, D, grid_h, grid_w) feature map

@@ -1,5 +1,5 @@
 //! ML-Decoder head (Ridnik et al., "ML-Decoder: Scalable and Versatile Classification Head",
-//! 2021), configured as the MotivNet reference does (docs/REFERENCE.md, section 2).
+//! 2021), configured as the MotivNet reference does (docs/REFERENCE_MODEL.md, section 2).
 //!
 //! In: encoder tokens (B, N, D). Out: logits (B, num_classes).
 //! Memory m = ReLU(embed_standart(tokens)) (B, N, E); K fixed queries (B, K, E) pass through

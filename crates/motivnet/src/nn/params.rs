@@ -17,7 +17,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::Result;
 
-/// Which optimizer group a parameter belongs to (docs/REFERENCE.md, section 4: two learning rates).
+/// Which optimizer group a parameter belongs to (docs/REFERENCE_MODEL.md, section 4: two learning rates).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Group {
     Encoder,

@@ -56,7 +56,7 @@ pub struct AdamWConfig {
 }
 
 impl Default for AdamWConfig {
-    /// PyTorch's AdamW defaults, as the reference uses them (docs/REFERENCE.md, section 4).
+    /// PyTorch's AdamW defaults, as the reference uses them (docs/REFERENCE_MODEL.md, section 4).
     fn default() -> Self {
         Self {
             beta1: 0.9,
