@@ -74,6 +74,13 @@ export function unpackImages(images: RgbImage | RgbImage[] | PackedImages): RgbI
   return out;
 }
 
+/** A box in whole pixels, cut to a `width` x `height` image, at least one pixel each way. */
+export function boxInImage(box: { x: number; y: number; width: number; height: number }, width: number, height: number) {
+  const left = Math.min(Math.max(0, Math.round(box.x)), width - 1);
+  const top = Math.min(Math.max(0, Math.round(box.y)), height - 1);
+  return { left, top, width: Math.max(1, Math.min(Math.round(box.width), width - left)), height: Math.max(1, Math.min(Math.round(box.height), height - top)) };
+}
+
 /**
  * The part of `image` inside `box` (pixels, rounded, cut at the image's edges; at least one
  * pixel), as an image of its own: as the decoding workers crop to a face box. A box that
@@ -83,10 +90,7 @@ export function cropImage(image: RgbImage, box: { x: number; y: number; width: n
   if (box.x >= image.width || box.y >= image.height) {
     throw new RangeError(`the face box starts at ${box.x},${box.y}, outside the ${image.width} x ${image.height} image`);
   }
-  const left = Math.min(Math.max(0, Math.round(box.x)), image.width - 1);
-  const top = Math.min(Math.max(0, Math.round(box.y)), image.height - 1);
-  const width = Math.max(1, Math.min(Math.round(box.width), image.width - left));
-  const height = Math.max(1, Math.min(Math.round(box.height), image.height - top));
+  const { left, top, width, height } = boxInImage(box, image.width, image.height);
   const data = new Uint8Array(width * height * 3);
   for (let y = 0; y < height; y++) {
     const from = ((top + y) * image.width + left) * 3;

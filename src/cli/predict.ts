@@ -9,6 +9,7 @@ import { Command, Option } from 'commander';
 
 import { csvRow } from '../csv.js';
 import { attentionMap, attentionOverlay, type AttentionMaps } from '../explain.js';
+import { probabilitiesByLabel } from '../faces.js';
 import { MotivNet } from '../model.js';
 import type { Geometry, RgbImage } from '../images.js';
 import { expandInputs, predictFileFaces, predictFiles, type FileFacesPrediction, type FilePrediction } from '../pipelines/predict.js';
@@ -91,10 +92,6 @@ export function predictCommand(program: Command): void {
   });
 }
 
-function byLabel(names: readonly string[], probabilities: Float32Array): Record<string, number> {
-  return Object.fromEntries(names.map((n, c) => [n, probabilities[c]!]));
-}
-
 function topClasses(names: readonly string[], probabilities: Float32Array, k: number): string {
   const top = Array.from(probabilities, (p, c) => [names[c]!, p] as const).sort((a, b) => b[1] - a[1]).slice(0, k);
   return top.map(([n, p]) => `${n} ${(100 * p).toFixed(1)}%`).join('  ');
@@ -102,7 +99,7 @@ function topClasses(names: readonly string[], probabilities: Float32Array, k: nu
 
 function printWhole(r: FilePrediction, names: readonly string[], format: Format, topK: number, overlay?: string): void {
   if (format === 'jsonl') {
-    console.log(JSON.stringify({ file: r.file, label: r.top.label, probabilities: byLabel(names, r.probabilities), logits: Array.from(r.logits), ...(overlay ? { overlay } : {}) }));
+    console.log(JSON.stringify({ file: r.file, label: r.top.label, probabilities: probabilitiesByLabel(names, r.probabilities, 0), logits: Array.from(r.logits), ...(overlay ? { overlay } : {}) }));
   } else if (format === 'csv') {
     console.log(csvRow([r.file, r.top.label, ...Array.from(r.probabilities, (p) => p.toFixed(6))]));
   } else {
@@ -119,7 +116,7 @@ function printFaces(r: FileFacesPrediction, names: readonly string[], format: Fo
       score: f.score,
       label: f.top.label,
       index: f.top.index,
-      probabilities: byLabel(names, f.probabilities),
+      probabilities: probabilitiesByLabel(names, f.probabilities, 0),
       logits: Array.from(f.logits),
       keypoints: f.keypoints,
       crop: f.crop,

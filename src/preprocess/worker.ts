@@ -16,6 +16,7 @@ import { isMainThread } from 'node:worker_threads';
 import { move, transferableSymbol, valueSymbol } from 'piscina';
 import sharp from 'sharp';
 
+import { boxInImage } from '../images.js';
 import { sniffable, sniffFormat } from './sniff.js';
 import type { DecodeFailure, DecodeResult, DecodeTask } from './types.js';
 
@@ -98,12 +99,9 @@ export default async function decode(task: DecodeTask): Promise<DecodeResult> {
       return { ok: false, kind: 'box-outside', reason: `the face box starts at ${task.box.x},${task.box.y}, outside the ${w} x ${h} image` };
     }
     if (task.box) {
-      const left = Math.min(Math.max(0, Math.round(task.box.x)), w - 1);
-      const top = Math.min(Math.max(0, Math.round(task.box.y)), h - 1);
-      const bw = Math.max(1, Math.min(Math.round(task.box.width), w - left));
-      const bh = Math.max(1, Math.min(Math.round(task.box.height), h - top));
-      image = image.extract({ left, top, width: bw, height: bh });
-      [w, h] = [bw, bh];
+      const cut = boxInImage(task.box, w, h);
+      image = image.extract(cut);
+      [w, h] = [cut.width, cut.height];
     }
     // Fast decode shrinks only what is at least twice the input size both ways: libvips then
     // decodes a JPEG at a fraction of its size (shrink-on-load), which is where the time goes.

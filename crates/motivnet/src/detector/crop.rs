@@ -30,14 +30,19 @@ pub struct PixelRect {
     pub height: usize,
 }
 
-/// The crop of `face` (coordinates in fractions of a `width` x `height` image) with `margin`,
-/// cut to the image; None when nothing of it is inside.
-pub fn face_crop(face: &Detection, width: usize, height: usize, margin: f32) -> Option<PixelRect> {
+/// The crop's centre and side in the image's pixels: the box's centre, its larger side widened
+/// by `margin` of it on each side.
+fn framing(face: &Detection, width: usize, height: usize, margin: f32) -> ([f64; 2], f64) {
     let [l, t, r, b] = face.bbox;
     let (l, r) = (l as f64 * width as f64, r as f64 * width as f64);
     let (t, b) = (t as f64 * height as f64, b as f64 * height as f64);
-    let side = (r - l).max(b - t) * (1.0 + 2.0 * margin.max(0.0) as f64);
-    let (cx, cy) = ((l + r) / 2.0, (t + b) / 2.0);
+    ([(l + r) / 2.0, (t + b) / 2.0], (r - l).max(b - t) * (1.0 + 2.0 * margin.max(0.0) as f64))
+}
+
+/// The crop of `face` (coordinates in fractions of a `width` x `height` image) with `margin`,
+/// cut to the image; None when nothing of it is inside.
+pub fn face_crop(face: &Detection, width: usize, height: usize, margin: f32) -> Option<PixelRect> {
+    let ([cx, cy], side) = framing(face, width, height, margin);
     let clamp = |v: f64, n: usize| v.round().clamp(0.0, n as f64) as usize;
     let (x0, x1) = (clamp(cx - side / 2.0, width), clamp(cx + side / 2.0, width));
     let (y0, y1) = (clamp(cy - side / 2.0, height), clamp(cy + side / 2.0, height));
@@ -64,11 +69,8 @@ impl PixelSquare {
 /// `width` x `height` image: the side rounded to whole pixels, then the corner, so that the
 /// square's pixels are the image's own.
 pub fn face_square(face: &Detection, width: usize, height: usize, margin: f32) -> PixelSquare {
-    let [l, t, r, b] = face.bbox;
-    let (l, r) = (l as f64 * width as f64, r as f64 * width as f64);
-    let (t, b) = (t as f64 * height as f64, b as f64 * height as f64);
-    let side = ((r - l).max(b - t) * (1.0 + 2.0 * margin.max(0.0) as f64)).round().max(1.0);
-    let (cx, cy) = ((l + r) / 2.0, (t + b) / 2.0);
+    let ([cx, cy], side) = framing(face, width, height, margin);
+    let side = side.round().max(1.0);
     PixelSquare { x: (cx - side / 2.0).round() as i64, y: (cy - side / 2.0).round() as i64, side: side as usize }
 }
 
