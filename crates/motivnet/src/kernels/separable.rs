@@ -166,7 +166,7 @@ mod tests {
 
     fn map(height: usize, width: usize, channels: usize, seed: u32) -> Map {
         let data = (0..height * width * channels)
-            .map(|i| (((i as u32 * 2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .map(|i| ((((i as u32).wrapping_mul(2654435761)) ^ seed) % 1000) as f32 / 500.0 - 1.0)
             .collect();
         Map { data, height, width, channels }
     }
