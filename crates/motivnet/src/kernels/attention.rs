@@ -68,6 +68,13 @@ impl Geometry {
     }
 }
 
+/// Bytes of scores a task of the f32 attention holds when it keeps no probabilities: a pair's
+/// query rows in blocks of this many scores (1024 rows at sapiens' 3072 tokens, a whole pair
+/// below 1774 tokens). Each block's products pack the head's keys and values again, so blocks
+/// small enough for the second-level cache (768 KiB) made sapiens-0.3b's f32 forward a fifth
+/// slower; at this size it runs as fast as whole pairs did, on a third of their scratch.
+const F32_SCORES_BYTES: usize = 12288 << 10;
+
 /// Query rows a task of the bf16 attention takes (four of the AMX kernel's row panels).
 const BF16_QUERY_ROWS: usize = 128;
 
@@ -166,7 +173,28 @@ pub fn attention_forward(
     if keep {
         kept.par_chunks_mut((n * n).max(1)).enumerate().for_each(|(pair, p)| attend(pair, p));
     } else {
-        (0..g.pairs()).into_par_iter().for_each(|pair| with_scratch(n * n, |p| attend(pair, p)));
+        // Nothing kept: a task is one block of query rows of one pair. A pair's whole n x n
+        // scores at sapiens' 3072 tokens were 38 MB of scratch a thread.
+        let block_rows = (F32_SCORES_BYTES / 4 / n.max(1)).max(16).min(n.max(1));
+        let blocks = n.div_ceil(block_rows);
+        (0..g.pairs() * blocks).into_par_iter().for_each(|task| {
+            let (pair, r0) = (task / blocks, (task % blocks) * block_rows);
+            let rows = block_rows.min(n - r0);
+            with_scratch(rows * n, |p| {
+                // SAFETY: every view lies inside `qkv`, `p` or `out` (offsets from `g`, these
+                // rows r0..r0 + rows of the pair), and they are written by this task alone.
+                unsafe {
+                    let q = View::rows(qkv, g.qkv_offset(pair, 0) + r0 * 3 * d, 3 * d);
+                    let k = View::rows(qkv, g.qkv_offset(pair, 1), 3 * d);
+                    let scores = ViewMut::rows(p, 0, n);
+                    matmul((rows, n, hd), scores, q, k.t(), g.scale(), Write::Overwrite, Parallelism::None);
+                    super::softmax::softmax_rows(p, n);
+                    let v = View::rows(qkv, g.qkv_offset(pair, 2), 3 * d);
+                    let dst = shared.rows(g.merged_offset(pair) + r0 * d, d);
+                    matmul((rows, hd, n), dst, View::rows(p, 0, n), v, 1.0, Write::Overwrite, Parallelism::None);
+                }
+            })
+        });
     }
     // SAFETY: the pairs' blocks tile the (B, N, D) output: every element was written.
     unsafe { out.set_len(len) };
@@ -210,7 +238,7 @@ pub fn attention_forward_bf16(
             // SAFETY: `scores` is rows x n and this task's own.
             unsafe {
                 let queries = amx::Lhs::F32 { rows: queries, scale: g.scale() };
-                amx::gemm(queries, keys, scores.as_mut_ptr(), n, false, false);
+                amx::gemm(queries, keys, scores.as_mut_ptr(), n, amx::Start::Zero, amx::Finish::None, false);
             }
             // Each row's softmax in f32, normalized as it is rounded (one pass fewer over the
             // row; the same bits as normalizing first), while the row is in cache.
@@ -223,7 +251,8 @@ pub fn attention_forward_bf16(
         // offset) lie inside `out` and are written by this task alone.
         unsafe {
             let dst = shared.rows(g.merged_offset(pair) + r0 * d, d).ptr;
-            amx::gemm(amx::Lhs::Bf16(&probabilities), values, dst, d, false, false);
+            let probabilities = amx::Lhs::Bf16(&probabilities);
+            amx::gemm(probabilities, values, dst, d, amx::Start::Zero, amx::Finish::None, false);
         }
         BF16_PROBABILITIES.with(|cell| cell.replace(probabilities));
     });

@@ -204,8 +204,9 @@ mod tests {
 
     #[test]
     fn query_rows_in_blocks_with_a_short_last_one_match_composed() {
-        // 150 tokens: two full blocks of 64 query rows and one of 22.
-        compare(2, 150, 2, 8);
+        // 1800 tokens: without kept probabilities, a task takes the query rows whose scores fit
+        // 12 MiB, 1747, then the last 53.
+        compare(1, 1800, 1, 4);
     }
 
     #[test]
