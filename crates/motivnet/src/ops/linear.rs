@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::f32_slice;
-use crate::kernels::amx::PackedB;
+use crate::kernels::amx::{Finish, PackedB};
 use crate::kernels::gelu::{gelu_backward, gelu_forward, gelu_in_place};
 use crate::kernels::linear::{linear_grads, linear_rows};
 use crate::kernels::CHUNK;
@@ -73,15 +73,8 @@ pub fn linear_bf16(x: &Tensor, packed: &PackedB, bias: &Tensor, gelu: bool) -> c
     let candle_core::Storage::Cpu(storage) = &*storage else { candle_core::bail!("linear_bf16: x is not on the CPU") };
     let x_values = f32_slice(storage, layout, "linear_bf16")?;
     let b = bias.to_vec1::<f32>()?;
-    let rows = x_values.len() / in_dim.max(1);
-    let mut y = Vec::with_capacity(rows * out_dim);
-    for _ in 0..rows {
-        y.extend_from_slice(&b);
-    }
-    crate::kernels::amx::gemm_accumulate(x_values, packed, &mut y);
-    if gelu {
-        y.par_chunks_mut(CHUNK).for_each(gelu_in_place);
-    }
+    let finish = if gelu { Finish::Gelu } else { Finish::None };
+    let y = crate::kernels::amx::linear_rows_bf16(x_values, packed, &b, finish);
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().unwrap() = out_dim;
     Tensor::from_vec(y, out_dims, x.device())

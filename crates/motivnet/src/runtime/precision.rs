@@ -85,7 +85,7 @@ pub fn amx_square_product(n: usize) -> Option<impl FnMut()> {
     Some(move || {
         let lhs = amx::Lhs::F32 { rows: amx::Rows::contiguous(&a, n), scale: 1.0 };
         // SAFETY: c is n x n and this closure's own.
-        unsafe { amx::gemm(lhs, &b, c.as_mut_ptr(), n, false, true) };
+        unsafe { amx::gemm(lhs, &b, c.as_mut_ptr(), n, amx::Start::Zero, amx::Finish::None, true) };
         std::hint::black_box(&c);
     })
 }
