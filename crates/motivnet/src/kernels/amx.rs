@@ -639,4 +639,3 @@ mod tests {
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
     }
 }
-
