@@ -1,5 +1,7 @@
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import type { Sample } from '../src/data/index.js';
@@ -17,6 +19,29 @@ const dir = tempDir('preprocess');
 const task = (file: string, extra: Partial<DecodeTask> = {}): DecodeTask => ({ path: file, minWidth: 48, minHeight: 64, maxPixels: 10_000_000, ...extra });
 
 describe('the sharp worker pool', () => {
+  it("loads its worker through a CommonJS entry: piscina's require() never reaches an ES module", async () => {
+    // Node's require(esm) path once aborted a test process with a native assertion. With it
+    // turned off, require() of an ES module throws, so only a CommonJS entry decodes here.
+    const img = await writeImage(path.join(dir, 'entry.png'), solid(30, 20, [10, 200, 30]), 30, 20);
+    const run = async (file: string) => {
+      const code = `
+        const { parentPort, workerData } = require('node:worker_threads');
+        const { valueSymbol } = require('piscina');
+        try {
+          const decode = require(workerData.file);
+          Promise.resolve(decode(workerData.task)).then(
+            (r) => { const v = r[valueSymbol] ?? r; parentPort.postMessage({ ok: v.ok, width: v.width, height: v.height }); },
+            (e) => parentPort.postMessage({ error: String(e.code ?? e) }));
+        } catch (e) { parentPort.postMessage({ error: String(e.code ?? e) }); }`;
+      const worker = new Worker(code, { eval: true, workerData: { file, task: task(img) }, execArgv: ['--no-experimental-require-module'] });
+      const [message] = await once(worker, 'message');
+      await worker.terminate();
+      return message;
+    };
+    expect(await run(path.resolve('dist/preprocess/worker.js'))).toEqual({ error: 'ERR_REQUIRE_ESM' });
+    expect(await run(path.resolve('dist/preprocess/worker-entry.cjs'))).toEqual({ ok: true, width: 30, height: 20 });
+  });
+
   it('decodes to RGB with the size, applies EXIF orientation, crops, flips, and shrinks large images only when asked', async () => {
     const red: Rgb = [255, 0, 0];
     const img = await writeImage(path.join(dir, 'a.png'), solid(40, 20, [0, 0, 255], { x: 0, y: 0, size: 10, colour: red }), 40, 20);

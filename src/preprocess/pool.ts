@@ -21,7 +21,8 @@ export interface PoolOptions {
 /** The compiled worker: beside this module in dist/, or dist/ when running from src/ (tests). */
 function workerFile(): string {
   const here = path.dirname(fileURLToPath(import.meta.url));
-  const candidates = [path.join(here, 'worker.js'), path.resolve(here, '../../dist/preprocess/worker.js')];
+  // The CommonJS entry that loads worker.ts's build (worker-entry.cts says why).
+  const candidates = [path.join(here, 'worker-entry.cjs'), path.resolve(here, '../../dist/preprocess/worker-entry.cjs')];
   const found = candidates.find((f) => existsSync(f));
   if (!found) throw new Error(`the preprocessing worker is not built (looked for ${candidates.join(', ')}): run \`npm run build:ts\``);
   return found;
