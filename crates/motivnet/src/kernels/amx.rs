@@ -208,13 +208,86 @@ impl Bf16Rows {
         }
     }
 
-    /// Row i = bf16(scale * src) (k values): a softmax's normalization can fold into the
-    /// rounding.
+    /// Row i = bf16(scale * src) (k values).
+    #[cfg(test)]
     pub fn set_row(&mut self, i: usize, src: &[f32], scale: f32) {
         assert!(i < self.rows && src.len() == self.k, "Bf16Rows::set_row: row {i} of {} x {}", self.rows, self.k);
         let kp = self.kp;
         write_panel_row(&mut self.data[(i / BLOCK) * BLOCK * kp..][..BLOCK * kp], i % BLOCK, src, scale);
     }
+
+    /// Row i = bf16(exp(s - max s)) for a row of scores s, unnormalized; returns 1 / the sum of
+    /// the exponentials (in f32, before rounding), the factor that normalizes the row. The
+    /// attention's softmax in one pass that writes: the caller scales each output row by the
+    /// factor after the product with v, instead of every probability before it. `scores` may be
+    /// overwritten.
+    pub fn set_row_exp(&mut self, i: usize, scores: &mut [f32]) -> f32 {
+        assert!(
+            i < self.rows && scores.len() == self.k,
+            "Bf16Rows::set_row_exp: row {i} of {} x {}",
+            self.rows,
+            self.k
+        );
+        let panel = &mut self.data[(i / BLOCK) * BLOCK * self.kp..][..BLOCK * self.kp];
+        #[cfg(target_arch = "x86_64")]
+        if exp_to_bf16_available() {
+            // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked above).
+            return unsafe { exp_row_to_panel(panel, i % BLOCK, scores) };
+        }
+        let inv = super::softmax::softmax_exp_row(scores);
+        write_panel_row(panel, i % BLOCK, scores, 1.0);
+        inv
+    }
+}
+
+/// Whether this CPU converts f32 to bf16 in one instruction (AVX512_BF16, which every CPU with
+/// AMX has) beside AVX-512F.
+#[cfg(target_arch = "x86_64")]
+fn exp_to_bf16_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16"))
+}
+
+/// [`Bf16Rows::set_row_exp`] on AVX-512: a pass for the row's maximum, then one that
+/// exponentiates 32 scores at a time, sums them, and rounds them to bf16 straight into the
+/// panel's k-step (`vcvtne2ps2bf16`: round to nearest even, as [`to_bf16`]; results below
+/// f32's normal range, under 1.2e-38 of the row's largest, become zero). Before, the
+/// exponentials were written back as f32, then read again, scaled and rounded.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512_BF16; `panel` is a 32-row panel of kp >= scores.len().
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn exp_row_to_panel(panel: &mut [u16], row: usize, scores: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let k = scores.len();
+    let steps = panel.len() / (BLOCK * K_STEP);
+    let src = scores.as_ptr();
+    let max = super::softmax::row_max_avx512(scores);
+    let max_lanes = _mm512_set1_ps(max);
+    let mut sums = _mm512_setzero_ps();
+    let whole = k / K_STEP;
+    for step in 0..whole {
+        let at = src.add(step * K_STEP);
+        let low = super::math::exp16(_mm512_sub_ps(_mm512_loadu_ps(at), max_lanes));
+        let high = super::math::exp16(_mm512_sub_ps(_mm512_loadu_ps(at.add(16)), max_lanes));
+        sums = _mm512_add_ps(sums, _mm512_add_ps(low, high));
+        let rounded: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(high, low));
+        _mm512_storeu_si512(panel.as_mut_ptr().add(step * BLOCK * K_STEP + row * K_STEP).cast(), rounded);
+    }
+    let mut total = _mm512_reduce_add_ps(sums);
+    // The step the row ends in, and the padding steps after it.
+    for step in whole..steps {
+        let dst = &mut panel[step * BLOCK * K_STEP + row * K_STEP..][..K_STEP];
+        let part = &scores[(step * K_STEP).min(k)..((step + 1) * K_STEP).min(k)];
+        for (d, &v) in dst.iter_mut().zip(part) {
+            let e = super::math::exp_fast(v - max);
+            total += e;
+            *d = to_bf16(e);
+        }
+        dst[part.len()..].fill(0);
+    }
+    1.0 / total
 }
 
 /// A, the left operand, as the product reads it.
@@ -580,6 +653,47 @@ mod tests {
                 }
             }
             assert!(worst < 1e-5, "{m} x {n} x {k}: off by {worst} (relative)");
+        }
+    }
+
+    /// The exponentials a row of scores leaves in the panel, times the factor returned, are its
+    /// softmax to bf16's precision, with zeros past the row; on AVX512_BF16 and without it.
+    #[test]
+    fn exponentials_in_bf16_times_the_factor_are_the_softmax() {
+        for fast in [true, false] {
+            if fast && !exp_to_bf16_available() {
+                eprintln!("this CPU has no AVX512_BF16: its exponentials were not checked here");
+                continue;
+            }
+            for k in [45, 64, 100, 3] {
+                let scores: Vec<f32> = (0..k).map(|j| ((j * 7919) % 97) as f32 * 0.21 - 9.0).collect();
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let sum: f64 = scores.iter().map(|&v| ((v - max) as f64).exp()).sum();
+                let mut rows = Bf16Rows::default();
+                rows.reset(35, k);
+                let row = 33; // in the second panel
+                let mut scratch = scores.clone();
+                let factor = if fast {
+                    let panel = &mut rows.data[BLOCK * rows.kp..][..BLOCK * rows.kp];
+                    // SAFETY: checked above that the CPU has both features.
+                    unsafe { exp_row_to_panel(panel, row % BLOCK, &scratch) }
+                } else {
+                    let panel = &mut rows.data[BLOCK * rows.kp..][..BLOCK * rows.kp];
+                    let inv = crate::kernels::softmax::softmax_exp_row(&mut scratch);
+                    write_panel_row(panel, row % BLOCK, &scratch, 1.0);
+                    inv
+                };
+                assert!(((factor as f64) * sum - 1.0).abs() < 1e-5, "k {k}: factor {factor} for a sum of {sum}");
+                let at = |j: usize| {
+                    rows.data[BLOCK * rows.kp + (j / K_STEP) * BLOCK * K_STEP + (row % BLOCK) * K_STEP + j % K_STEP]
+                };
+                for (j, &v) in scores.iter().enumerate() {
+                    let want = ((v - max) as f64).exp() / sum;
+                    let got = from_bf16(at(j)) as f64 * factor as f64;
+                    assert!((got - want).abs() <= want * 2f64.powi(-8) + 1e-12, "k {k}, {j}: {got} vs {want}");
+                }
+                assert!((k..rows.kp).all(|j| at(j) == 0), "k {k}: the padding is not zero");
+            }
         }
     }
 

@@ -234,25 +234,28 @@ pub fn attention_forward_bf16(
         let queries = Rows { data: qkv, offset: g.qkv_offset(pair, 0) + r0 * 3 * d, stride: 3 * d, rows };
         let mut probabilities = BF16_PROBABILITIES.with(|cell| cell.take());
         probabilities.reset(rows, n);
+        let mut normalizers = [0f32; BF16_QUERY_ROWS];
         with_scratch(rows * n, |scores| {
             // SAFETY: `scores` is rows x n and this task's own.
             unsafe {
                 let queries = amx::Lhs::F32 { rows: queries, scale: g.scale() };
                 amx::gemm(queries, keys, scores.as_mut_ptr(), n, amx::Start::Zero, amx::Finish::None, false);
             }
-            // Each row's softmax in f32, normalized as it is rounded (one pass fewer over the
-            // row; the same bits as normalizing first), while the row is in cache.
+            // Each row's exponentials rounded to bf16 while the row is in cache; each row is
+            // normalized after the product instead (hd values a row, not n).
             for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-                let inv = super::softmax::softmax_exp_row(row);
-                probabilities.set_row(i, row, inv);
+                normalizers[i] = probabilities.set_row_exp(i, row);
             }
         });
         // SAFETY: these rows of the pair's output block (hd wide, d apart, from its merged
         // offset) lie inside `out` and are written by this task alone.
         unsafe {
             let dst = shared.rows(g.merged_offset(pair) + r0 * d, d).ptr;
-            let probabilities = amx::Lhs::Bf16(&probabilities);
-            amx::gemm(probabilities, values, dst, d, amx::Start::Zero, amx::Finish::None, false);
+            let exponentials = amx::Lhs::Bf16(&probabilities);
+            amx::gemm(exponentials, values, dst, d, amx::Start::Zero, amx::Finish::None, false);
+            for (i, &scale) in normalizers[..rows].iter().enumerate() {
+                std::slice::from_raw_parts_mut(dst.add(i * d), hd).iter_mut().for_each(|o| *o *= scale);
+            }
         }
         BF16_PROBABILITIES.with(|cell| cell.replace(probabilities));
     });

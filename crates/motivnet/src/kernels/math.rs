@@ -32,6 +32,34 @@ pub fn exp_fast(x: f32) -> f32 {
     p * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
+/// [`exp_fast`] on sixteen lanes with AVX-512: the same clamp, reduction and polynomial, the
+/// reduction and the polynomial in fused multiply-adds, n rounded by `vrndscaleps` and 2^n
+/// applied by `vscalefps` instead of built from bits. Within an ulp of [`exp_fast`], in about
+/// two thirds of its instructions.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // The bound first: where an operand is NaN, max and min return the second, so a NaN
+    // stays a NaN, as with `f32::clamp`.
+    let x = _mm512_min_ps(_mm512_set1_ps(88.0), _mm512_max_ps(_mm512_set1_ps(-87.0), x));
+    // Round to nearest (even), exceptions suppressed.
+    let n = _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+    let mut p = _mm512_set1_ps(1.0 / 720.0);
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    _mm512_scalef_ps(p, n)
+}
+
 /// erf(x) in f32 as a rational function of x^2 on [-4, 4] (erf is +-1 to f32 precision
 /// outside), the approximation Eigen and XLA use: a few ulp from the exact value, with no
 /// branches, so the GELU loops vectorise (plain multiply-adds: `mul_add` without a target

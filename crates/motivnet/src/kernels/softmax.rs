@@ -9,7 +9,59 @@ use super::CHUNK;
 /// and sum as sixteen partial results) so they vectorise, as wide as the CPU allows
 /// (crate::kernels::simd): one AVX-512 register or two AVX2 ones.
 pub fn softmax_rows(rows: &mut [f32], n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() == super::simd::Level::Avx512 {
+        // SAFETY: `level` reports AVX-512 only where the CPU has it.
+        unsafe { softmax_rows_avx512(rows, n) };
+        return;
+    }
     softmax_rows_dispatched(rows, n);
+}
+
+/// [`softmax_rows`] with the exponentials of [`super::math::exp16`]: the vectorised loops of
+/// the portable code spend a third more instructions on each exp.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_rows_avx512(rows: &mut [f32], n: usize) {
+    use std::arch::x86_64::*;
+    for row in rows.chunks_mut(n.max(1)) {
+        let max = row_max_avx512(row);
+        let max_lanes = _mm512_set1_ps(max);
+        let mut sums = _mm512_setzero_ps();
+        let mut blocks = row.chunks_exact_mut(16);
+        for block in &mut blocks {
+            let e = super::math::exp16(_mm512_sub_ps(_mm512_loadu_ps(block.as_ptr()), max_lanes));
+            _mm512_storeu_ps(block.as_mut_ptr(), e);
+            sums = _mm512_add_ps(sums, e);
+        }
+        let mut total = _mm512_reduce_add_ps(sums);
+        for v in blocks.into_remainder() {
+            *v = exp_fast(*v - max);
+            total += *v;
+        }
+        let inv = 1.0 / total;
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+/// The largest value of a row, NaNs passed over (as the portable loops do), on AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn row_max_avx512(row: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let mut lanes = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut blocks = row.chunks_exact(16);
+    for block in &mut blocks {
+        // Where a value is NaN, max returns its second operand: the running maximum.
+        lanes = _mm512_max_ps(_mm512_loadu_ps(block.as_ptr()), lanes);
+    }
+    blocks.remainder().iter().fold(_mm512_reduce_max_ps(lanes), |m, &v| if v > m { v } else { m })
 }
 
 crate::simd_dispatch! {
