@@ -133,13 +133,31 @@ fn time<F: FnMut() -> motivnet::Result<()>>(warmup: usize, iters: usize, mut f: 
     for _ in 0..warmup {
         f()?;
     }
+    perf_control("enable");
     let mut samples = Vec::with_capacity(iters);
     for _ in 0..iters {
         let start = Instant::now();
         f()?;
         samples.push(start.elapsed().as_secs_f64() * 1e3);
     }
+    perf_control("disable");
     Ok(median_ms(samples))
+}
+
+/// Under `perf record -D -1 --control fifo:CTL,ACK` with `MOTIVNET_PERF_CONTROL=CTL,ACK` in the
+/// environment (`npm run bench:profile`), turns sampling on for the timed iterations only and
+/// off after them: a profile of the work timed, without building the model, random weights or
+/// the warm-up. Elsewhere nothing.
+fn perf_control(command: &str) {
+    use std::io::{Read, Write};
+    let Ok(paths) = std::env::var("MOTIVNET_PERF_CONTROL") else { return };
+    let Some((control, ack)) = paths.split_once(',') else { return };
+    let sent = std::fs::OpenOptions::new().write(true).open(control).and_then(|mut fifo| fifo.write_all(format!("{command}\n").as_bytes()));
+    let mut reply = [0u8; 5];
+    let acked = sent.and_then(|()| std::fs::File::open(ack)?.read(&mut reply));
+    if let Err(err) = acked {
+        eprintln!("perf control ({command}) failed: {err}");
+    }
 }
 
 /// Milliseconds per face detection on a 1920 x 1080 frame: the input warp, the network,
