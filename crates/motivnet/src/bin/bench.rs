@@ -152,7 +152,10 @@ fn perf_control(command: &str) {
     use std::io::{Read, Write};
     let Ok(paths) = std::env::var("MOTIVNET_PERF_CONTROL") else { return };
     let Some((control, ack)) = paths.split_once(',') else { return };
-    let sent = std::fs::OpenOptions::new().write(true).open(control).and_then(|mut fifo| fifo.write_all(format!("{command}\n").as_bytes()));
+    let sent = std::fs::OpenOptions::new()
+        .write(true)
+        .open(control)
+        .and_then(|mut fifo| fifo.write_all(format!("{command}\n").as_bytes()));
     let mut reply = [0u8; 5];
     let acked = sent.and_then(|()| std::fs::File::open(ack)?.read(&mut reply));
     if let Err(err) = acked {
