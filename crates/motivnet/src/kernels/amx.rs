@@ -125,6 +125,15 @@ impl PackedB {
     pub fn from_transposed_rows(src: &[f32], offset: usize, stride: usize, n: usize, k: usize, parallel: bool) -> Self {
         assert!(n == 0 || offset + (n - 1) * stride + k <= src.len(), "PackedB: rows outside the buffer");
         Self::zeroed(k, n).fill_blocks(parallel, |j0, cols, block| {
+            #[cfg(target_arch = "x86_64")]
+            if exp_to_bf16_available() {
+                for c in 0..cols {
+                    // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked above); the row lies
+                    // inside `src` (asserted above) and the block holds kp / 2 pair-rows.
+                    unsafe { pack_transposed_row_avx512(block, c, &src[offset + (j0 + c) * stride..][..k]) };
+                }
+                return;
+            }
             for c in 0..cols {
                 let row = &src[offset + (j0 + c) * stride..][..k];
                 for (pair_row, pair) in block.chunks_exact_mut(2 * BLOCK).zip(row.chunks(2)) {
@@ -366,6 +375,37 @@ crate::simd_dispatch! {
             let dst = &mut panel[step * BLOCK * K_STEP + row * K_STEP..][..K_STEP];
             round_into(dst, &src[(step * K_STEP).min(src.len())..], scale);
         }
+    }
+}
+
+/// Column `c` of a packed column block from one row of `k` values (B's column, e.g. one
+/// token's key): pair-row p gets the pair (row[2p], row[2p+1]), which lie side by side in the
+/// row, so 32 values are rounded at once (`vcvtne2ps2bf16`) and their 16 pairs written as
+/// 32-bit words down the column; the tail as [`to_bf16`] does.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512_BF16; `block` holds at least k.div_ceil(2) pair-rows of 64
+/// values and c < 32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn pack_transposed_row_avx512(block: &mut [u16], c: usize, row: &[f32]) {
+    use std::arch::x86_64::*;
+    let whole = row.len() / 32;
+    let mut pairs = [0u32; 16];
+    for chunk in 0..whole {
+        let at = row.as_ptr().add(chunk * 32);
+        let rounded: __m512i =
+            std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(at.add(16)), _mm512_loadu_ps(at)));
+        _mm512_storeu_si512(pairs.as_mut_ptr().cast(), rounded);
+        for (i, &pair) in pairs.iter().enumerate() {
+            let p = chunk * 16 + i;
+            // Little-endian: the pair's first value is the word's low half, as the tiles read it.
+            block[p * 2 * BLOCK + 2 * c] = pair as u16;
+            block[p * 2 * BLOCK + 2 * c + 1] = (pair >> 16) as u16;
+        }
+    }
+    for kk in whole * 32..row.len() {
+        block[(kk / 2) * 2 * BLOCK + 2 * c + kk % 2] = to_bf16(row[kk]);
     }
 }
 
