@@ -702,12 +702,19 @@ pub fn linear_rows_bf16(x: &[f32], b: &PackedB, bias: &[f32], finish: Finish) ->
 mod tests {
     use super::*;
 
+    /// Whether the AMX kernel can be checked here; says so on the test's output when not.
+    fn amx_here() -> bool {
+        if !available() {
+            eprintln!("this CPU or kernel offers no AMX: the AMX kernel was not checked here");
+        }
+        available()
+    }
+
     /// The product against f32 sums of the same bf16-rounded operands, at sizes that are and
     /// are not multiples of the tiles.
     #[test]
     fn products_match_f32_sums_of_the_rounded_operands() {
-        if !available() {
-            eprintln!("this CPU or kernel offers no AMX: the AMX kernel was not checked here");
+        if !amx_here() {
             return;
         }
         for (m, n, k) in [(32, 32, 32), (70, 45, 100), (1, 7, 3), (200, 96, 192), (64, 64, 600), (45, 40, 300)] {
@@ -788,8 +795,7 @@ mod tests {
     /// GELU as each block finishes, full blocks and edge ones, is GELU of the plain output.
     #[test]
     fn gelu_on_finished_blocks_matches_gelu_after() {
-        if !available() {
-            eprintln!("this CPU or kernel offers no AMX: the AMX kernel was not checked here");
+        if !amx_here() {
             return;
         }
         for (m, n, k) in [(70, 45, 100), (64, 64, 64), (33, 97, 40)] {
@@ -808,8 +814,7 @@ mod tests {
     /// rows both ways: the attention's use, on one thread and on many.
     #[test]
     fn strided_operands_and_overwrite_match_f32_sums() {
-        if !available() {
-            eprintln!("this CPU or kernel offers no AMX: the AMX kernel was not checked here");
+        if !amx_here() {
             return;
         }
         let (m, n, k, stride) = (45, 70, 12, 40);
