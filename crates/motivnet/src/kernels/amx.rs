@@ -126,7 +126,7 @@ impl PackedB {
         assert!(n == 0 || offset + (n - 1) * stride + k <= src.len(), "PackedB: rows outside the buffer");
         Self::zeroed(k, n).fill_blocks(parallel, |j0, cols, block| {
             #[cfg(target_arch = "x86_64")]
-            if exp_to_bf16_available() {
+            if avx512_bf16_available() {
                 for c in 0..cols {
                     // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked above); the row lies
                     // inside `src` (asserted above) and the block holds kp / 2 pair-rows.
@@ -239,7 +239,7 @@ impl Bf16Rows {
         );
         let panel = &mut self.data[(i / BLOCK) * BLOCK * self.kp..][..BLOCK * self.kp];
         #[cfg(target_arch = "x86_64")]
-        if exp_to_bf16_available() {
+        if avx512_bf16_available() {
             // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked above).
             return unsafe { exp_row_to_panel(panel, i % BLOCK, scores) };
         }
@@ -252,7 +252,7 @@ impl Bf16Rows {
 /// Whether this CPU converts f32 to bf16 in one instruction (AVX512_BF16, which every CPU with
 /// AMX has) beside AVX-512F.
 #[cfg(target_arch = "x86_64")]
-fn exp_to_bf16_available() -> bool {
+fn avx512_bf16_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16"))
 }
@@ -358,7 +358,7 @@ crate::simd_dispatch! {
     /// its own stream through memory, more than the prefetchers follow, and the product waited on
     /// them (780 against 830 GFLOP/s on this machine's 2048^3 roof, and more at the model's
     /// sizes). dst = bf16(scale * src), zeros past `src` to kp.
-    fn write_panel_row(panel: &mut [u16], row: usize, src: &[f32], scale: f32) {
+    fn write_panel_row_portable(panel: &mut [u16], row: usize, src: &[f32], scale: f32) {
         let steps = panel.len() / BLOCK / K_STEP;
         let whole = src.len() / K_STEP;
         // Whole steps as fixed-size arrays: no bounds checks inside, 32 values in two vectors.
@@ -409,20 +409,20 @@ unsafe fn pack_transposed_row_avx512(block: &mut [u16], c: usize, row: &[f32]) {
     }
 }
 
-/// [`write_panel_row`] for the rows of A each product task converts: with AVX512_BF16, whole
-/// k-steps are scaled and rounded 32 values at a time by `vcvtne2ps2bf16` (round to nearest
-/// even, as [`to_bf16`]; values below f32's normal range become zero); the rest as before.
-fn write_a_row(panel: &mut [u16], row: usize, src: &[f32], scale: f32) {
+/// [`write_panel_row_portable`]'s layout and values, with AVX512_BF16 where the CPU has it:
+/// whole k-steps scaled and rounded 32 values at a time by `vcvtne2ps2bf16` (round to nearest
+/// even, as [`to_bf16`]; values below f32's normal range become zero), the rest as before.
+fn write_panel_row(panel: &mut [u16], row: usize, src: &[f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if exp_to_bf16_available() {
+    if avx512_bf16_available() {
         let whole = (src.len() / K_STEP).min(panel.len() / (BLOCK * K_STEP));
         // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked above).
         unsafe { round_steps_avx512(panel, row, &src[..whole * K_STEP], scale) };
         let rest = &mut panel[whole * BLOCK * K_STEP..];
-        write_panel_row(rest, row, &src[whole * K_STEP..], scale);
+        write_panel_row_portable(rest, row, &src[whole * K_STEP..], scale);
         return;
     }
-    write_panel_row(panel, row, src, scale);
+    write_panel_row_portable(panel, row, src, scale);
 }
 
 /// Whole k-steps of row `row` = bf16(scale * src), src.len() a multiple of 32.
@@ -608,7 +608,7 @@ pub unsafe fn gemm(a: Lhs, b: &PackedB, c: *mut f32, c_stride: usize, start: Sta
                     let panel = &mut buf[(r / BLOCK) * BLOCK * kp..][..BLOCK * kp];
                     if r_start + r < r_end {
                         let at = a.offset + (r_start + r) * a.stride;
-                        write_a_row(panel, r % BLOCK, &a.data[at..at + k], scale);
+                        write_panel_row(panel, r % BLOCK, &a.data[at..at + k], scale);
                     } else {
                         write_panel_row(panel, r % BLOCK, &[], 0.0);
                     }
@@ -742,7 +742,7 @@ mod tests {
     #[test]
     fn exponentials_in_bf16_times_the_factor_are_the_softmax() {
         for fast in [true, false] {
-            if fast && !exp_to_bf16_available() {
+            if fast && !avx512_bf16_available() {
                 eprintln!("this CPU has no AVX512_BF16: its exponentials were not checked here");
                 continue;
             }
@@ -786,8 +786,8 @@ mod tests {
             let src: Vec<f32> = (0..k).map(|j| ((j * 7919) % 211) as f32 * 0.0137 - 1.3).collect();
             let kp = k.div_ceil(K_STEP) * K_STEP;
             let (mut fast, mut portable) = (vec![7u16; BLOCK * kp], vec![7u16; BLOCK * kp]);
-            write_a_row(&mut fast, 5, &src, scale);
-            write_panel_row(&mut portable, 5, &src, scale);
+            write_panel_row(&mut fast, 5, &src, scale);
+            write_panel_row_portable(&mut portable, 5, &src, scale);
             assert_eq!(fast, portable, "k {k}, scale {scale}");
         }
     }
