@@ -12,7 +12,7 @@ use candle_core::{Module, Tensor};
 
 use crate::config::EncoderConfig;
 use crate::error::{input_err, Result};
-use crate::nn::layers::{LayerNorm, Linear, Mode};
+use crate::nn::layers::{cut_graph_unless, LayerNorm, Linear, Mode};
 use crate::nn::params::{torch_default_bound, Group, Init, InitScheme, ParamStore};
 
 const LN_EPS: f64 = 1e-6;
@@ -45,10 +45,14 @@ impl Attention {
         self.heads
     }
 
-    fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
+    /// Takes the normalized tokens so that in eval they are freed before the attention runs.
+    fn forward(&self, x: Tensor, training: bool) -> Result<Tensor> {
         // The reference splits qkv as (B, N, 3, heads, hd); the fused op reads that layout.
-        let out = crate::ops::attention::self_attention(&self.qkv.forward(x)?, self.heads, training)?;
-        Ok(self.proj.forward(&out)?)
+        let qkv = cut_graph_unless(training, self.qkv.forward(&x)?);
+        drop(x);
+        let out = cut_graph_unless(training, crate::ops::attention::self_attention(&qkv, self.heads, training)?);
+        drop(qkv);
+        Ok(cut_graph_unless(training, self.proj.forward(&out)?))
     }
 }
 
@@ -109,12 +113,19 @@ impl Block {
         })
     }
 
-    /// `training`: whether backward will follow (the fused ops then keep what it needs).
-    fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln1.forward(x)?, training)?)?;
+    /// `training`: whether backward will follow (the fused ops then keep what it needs). The
+    /// block takes `x` so that in eval it is freed once the attention's residual is added.
+    fn forward(&self, x: Tensor, training: bool) -> Result<Tensor> {
+        let attended = self.attn.forward(cut_graph_unless(training, self.ln1.forward(&x)?), training)?;
+        let x = cut_graph_unless(training, (x + attended)?);
         // Exact (erf) GELU as PyTorch's nn.GELU() (candle's gelu() is the tanh approximation),
         // fused into fc1 on the CPU.
-        let h = self.fc2.forward(&self.fc1.forward_gelu(&self.ln2.forward(&x)?, training)?)?;
+        let hidden = cut_graph_unless(
+            training,
+            self.fc1.forward_gelu(&cut_graph_unless(training, self.ln2.forward(&x)?), training)?,
+        );
+        let h = cut_graph_unless(training, self.fc2.forward(&hidden)?);
+        drop(hidden);
         Ok((x + h)?)
     }
 }
@@ -164,7 +175,7 @@ impl SapiensEncoder {
         let x = self.patch_embed(images)?;
         let mut x = x.broadcast_add(&self.pos_embed.to_dtype(x.dtype())?)?;
         for layer in &self.layers {
-            x = crate::nn::layers::cut_graph_in_eval(layer.forward(&x, mode.is_train())?, mode);
+            x = crate::nn::layers::cut_graph_in_eval(layer.forward(x, mode.is_train())?, mode);
         }
         Ok(self.ln1.forward(&x)?)
     }
