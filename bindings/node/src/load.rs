@@ -128,6 +128,11 @@ impl LoadTask {
         if let Some(path) = &self.request.weights {
             model.load_weights(path, self.request.encoder_only).js()?;
         }
+        // bf16 on the CPU is for inference: the f32 copies of the Linear weights would only
+        // take memory (training, saving and loading state are refused on such a model).
+        if model.can_keep_linear_weights_in_bf16_only() {
+            model.keep_linear_weights_in_bf16_only().js()?;
+        }
         let config = motivnet::TrainerConfig { optimizer: self.optimizer.clone(), seed: self.seed as u64 };
         Ok(Trainer::new(model, config))
     }

@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::*;
-use motivnet::{ModelInput, MotivNet, Precision, Trainer, TrainerConfig};
+use motivnet::{Mode, ModelInput, MotivNet, Precision, Trainer, TrainerConfig};
 
 /// The reference model in bf16, or None (after checking the refusal) where the CPU has no AMX.
 fn bf16_model() -> Option<MotivNet> {
@@ -72,4 +72,54 @@ fn training_refuses_the_cpus_bf16_with_a_clear_error() {
     let err = trainer.train_step(&ModelInput::Tensor(&x), &labels, lr, true).unwrap_err();
     assert_eq!(err.code(), "MOTIVNET_CONFIG", "{err}");
     assert!(err.to_string().contains("training on the CPU computes in f32"), "{err}");
+}
+
+/// A model that keeps its Linear weights only as their bf16 packing (how a model loaded for
+/// bf16 inference on the CPU holds them) gives the same logits and maps, lets the f32 values
+/// go, and refuses with the reason whatever would need them.
+#[test]
+fn keeping_linear_weights_in_bf16_only_changes_no_logit_and_refuses_what_needs_f32() {
+    let mut f32_model = reference_model();
+    let err = f32_model.keep_linear_weights_in_bf16_only().unwrap_err();
+    assert!(err.to_string().contains("computes in f32"), "an f32 model let its weights go: {err}");
+    let Some(mut model) = bf16_model() else { return };
+    let (x, labels) = batch();
+    let input = ModelInput::Tensor(&x);
+    let (logits, maps) = model.predict_explained(&input).unwrap();
+    let (counts, held) = (model.params.counts(), model.params.len());
+
+    let released = model.keep_linear_weights_in_bf16_only().unwrap();
+    let cfg = &model.config;
+    // The patch embedding, four a block (qkv, proj, fc1, fc2), the head's embedding and three
+    // a decoder layer (out_proj, linear1, linear2).
+    assert_eq!(released, 1 + 4 * cfg.encoder.depth + 1 + 3 * cfg.head.layers);
+    assert_eq!(model.params.len(), held - released, "the store still holds the f32 weights");
+    assert!(model.params.get("pose_encoder.layers.0.ffn.layers.0.0.weight").is_none());
+    assert!(model.params.get("pose_encoder.layers.0.ln1.weight").is_some(), "a norm was let go");
+    assert_eq!(model.params.counts(), counts, "the parameter counts changed");
+    assert_eq!(model.keep_linear_weights_in_bf16_only().unwrap(), 0, "a second call let more go");
+    let (after, maps_after) = model.predict_explained(&input).unwrap();
+    assert_eq!(max_abs_diff(&logits, &after), 0.0, "the logits changed");
+    assert_eq!(max_abs_diff(&maps, &maps_after), 0.0, "the maps changed");
+    assert_eq!(max_abs_diff(&model.predict(&input).unwrap(), &logits), 0.0);
+
+    let refused = |err: motivnet::Error, what: &str| {
+        let message = err.to_string();
+        assert!(message.contains(what) && message.contains("precision 'f32'"), "{message}");
+    };
+    let dir = std::env::temp_dir().join(format!("motivnet-bf16-only-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    refused(model.save_weights(&dir.join("w.safetensors")).unwrap_err(), "cannot save the weights");
+    assert!(!dir.join("w.safetensors").exists(), "a refused save wrote a file");
+    refused(model.load_weights(&fixture("weights.safetensors"), false).unwrap_err(), "cannot load weights");
+    refused(model.set_precision(Precision::F32).unwrap_err(), "cannot compute in f32");
+    // Outside the bf16 products a Linear has nothing to multiply by: an error, not zeros.
+    refused(model.forward(&x, &mut Mode::Eval).unwrap_err(), "only in bf16");
+    let mut trainer = Trainer::new(model, TrainerConfig::default());
+    refused(trainer.save_state(&dir.join("s.safetensors"), None).unwrap_err(), "cannot save a training state");
+    refused(trainer.load_state(&dir.join("s.safetensors")).unwrap_err(), "cannot load a training state");
+    let lr = motivnet::train::optim::Groups { encoder: 1e-3, decoder: 1e-3 };
+    let err = trainer.train_step(&input, &labels, lr, true).unwrap_err();
+    assert!(err.to_string().contains("training on the CPU computes in f32"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -226,6 +226,10 @@ fn run(args: &Args) -> motivnet::Result<String> {
     let mut model = MotivNet::new(&config, &device, 0)?;
     let precision = motivnet::Precision::parse(&args.precision)?;
     model.set_precision(precision)?;
+    // As the Node binding holds a model it loads for bf16 inference on the CPU.
+    if model.can_keep_linear_weights_in_bf16_only() {
+        model.keep_linear_weights_in_bf16_only()?;
+    }
     let (total, trainable) = model.params.counts();
     let x =
         Tensor::randn(0f32, 1.0, (args.batch, 3, enc.input_height, enc.input_width), &device)?.to_dtype(DType::F32)?;

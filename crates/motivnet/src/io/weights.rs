@@ -221,6 +221,7 @@ pub fn load_into(
     opts: &LoadOptions,
     file: &str,
 ) -> Result<LoadReport> {
+    params.check_all_held("load weights")?;
     let mut report = LoadReport::default();
     let mut by_name: BTreeMap<String, (&str, &Tensor)> = BTreeMap::new();
     let mut sapiens_layout = false;
@@ -296,6 +297,7 @@ pub fn load_into(
 
 /// Reads `path` and loads it into `params`.
 pub fn load_file(params: &ParamStore, path: &Path, opts: &LoadOptions) -> Result<LoadReport> {
+    params.check_all_held("load weights")?;
     let tensors = read_tensors(path)?;
     load_into(params, &tensors, opts, &path.display().to_string())
 }
@@ -376,5 +378,6 @@ pub fn convert_file(input: &Path, output: &Path) -> Result<ConvertReport> {
 
 /// The model's weights alone, with the MotivNet reference's names.
 pub fn save_weights(params: &ParamStore, path: &Path) -> Result<()> {
+    params.check_all_held("save the weights")?;
     save_tensors(&params.tensors(), path)
 }

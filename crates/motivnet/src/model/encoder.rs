@@ -170,6 +170,12 @@ impl SapiensEncoder {
         &self.cfg
     }
 
+    /// Every Linear layer with a weight of its own: the patch embedding, then each block's.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let blocks = self.layers.iter_mut().flat_map(|b| [&mut b.attn.qkv, &mut b.attn.proj, &mut b.fc1, &mut b.fc2]);
+        std::iter::once(&mut self.projection).chain(blocks).collect()
+    }
+
     /// Normalized images (B, 3, H, W) -> tokens (B, N, D).
     pub fn forward(&self, images: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let x = self.patch_embed(images)?;

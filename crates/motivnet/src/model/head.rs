@@ -179,6 +179,13 @@ impl MlDecoder {
         Ok(Self { embed_standart, query_embed, layers, duplicate_pooling, duplicate_pooling_bias, cfg: cfg.clone() })
     }
 
+    /// Every Linear layer with a weight of its own: the embedding, then each decoder layer's
+    /// (the cross-attention's in-projection is a plain parameter, sliced as it is used).
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let layers = self.layers.iter_mut().flat_map(|l| [&mut l.self_attn.out_proj, &mut l.linear1, &mut l.linear2]);
+        std::iter::once(&mut self.embed_standart).chain(layers).collect()
+    }
+
     /// Tokens (B, N, D) -> logits (B, num_classes).
     pub fn forward(&self, tokens: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         Ok(self.run(tokens, mode, false)?.0)

@@ -88,32 +88,54 @@ pub fn cut_graph_unless(training: bool, x: Tensor) -> Tensor {
 ///
 /// Inside [`crate::ops::dispatch::bf16_matmuls`] on a CPU with AMX, the product runs on bf16
 /// tiles from a packed copy of the weight, made on first use and remade after any parameter
-/// changes (a load, an optimizer step).
+/// changes (a load, an optimizer step). A model that only infers in bf16 keeps that copy alone
+/// ([`Linear::keep_bf16_packing_only`]): half the weight's memory, and no f32 product left.
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
     packed: PackedWeight,
 }
 
-/// The weight packed for the AMX product, with the weights generation it was packed at.
+/// The weight packed for the AMX product.
 #[derive(Default)]
-struct PackedWeight(Mutex<Option<(u64, Arc<PackedB>)>>);
+struct PackedWeight(Mutex<Packing>);
+
+#[derive(Default)]
+enum Packing {
+    #[default]
+    None,
+    /// Packed from the f32 weight at this weights generation: stale once it moves on.
+    At(u64, Arc<PackedB>),
+    /// The weight's only copy: the f32 values were freed, so no generation makes it stale.
+    Only(Arc<PackedB>),
+}
 
 impl PackedWeight {
     /// The packing of `weight` (out x everything else) current at this weights generation.
     fn get(&self, weight: &Tensor) -> candle_core::Result<Arc<PackedB>> {
         let generation = weights_generation();
         let mut slot = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((packed_at, packed)) = slot.as_ref() {
-            if *packed_at == generation {
-                return Ok(packed.clone());
-            }
+        match &*slot {
+            Packing::Only(packed) => return Ok(packed.clone()),
+            Packing::At(packed_at, packed) if *packed_at == generation => return Ok(packed.clone()),
+            _ => {}
         }
         let out_dim = weight.dim(0)?;
         let values = weight.flatten_all()?.to_vec1::<f32>()?;
         let packed = Arc::new(PackedB::from_weight(&values, out_dim, values.len() / out_dim.max(1)));
-        *slot = Some((generation, packed.clone()));
+        *slot = Packing::At(generation, packed.clone());
         Ok(packed)
+    }
+
+    fn is_only_copy(&self) -> bool {
+        matches!(*self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()), Packing::Only(_))
+    }
+
+    /// Makes the packing of `weight` its only copy, to be kept whatever changes after.
+    fn pin(&self, weight: &Tensor) -> candle_core::Result<()> {
+        let packed = self.get(weight)?;
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Packing::Only(packed);
+        Ok(())
     }
 }
 
@@ -147,6 +169,27 @@ impl Linear {
         crate::ops::linear::linear_gelu(x, &self.weight_matrix()?, &self.bias, for_backward)
     }
 
+    /// Packs the weight for the bf16 product (if not already current) and makes that packing
+    /// its only copy: `self.weight` becomes a stand-in of the same shape that holds one value,
+    /// so once the parameter store lets go of it too (see
+    /// [`crate::model::MotivNet::keep_linear_weights_in_bf16_only`]) the f32 values are freed.
+    /// From then on the layer computes only inside `bf16_matmuls`; anywhere else it is an error.
+    pub fn keep_bf16_packing_only(&mut self) -> candle_core::Result<()> {
+        if self.packed.is_only_copy() {
+            return Ok(());
+        }
+        self.packed.pin(&self.weight)?;
+        let stand_in = Tensor::zeros(1, self.weight.dtype(), self.weight.device())?;
+        let shape = self.weight.shape().clone();
+        self.weight = stand_in.broadcast_as(shape)?;
+        Ok(())
+    }
+
+    /// Whether the weight lives only as its bf16 packing.
+    pub fn holds_bf16_only(&self) -> bool {
+        self.packed.is_only_copy()
+    }
+
     /// Whether this call's product runs in bf16: asked for, an f32 input on the CPU, and no
     /// backward to follow (the bf16 product records no graph).
     fn takes_bf16(&self, x: &Tensor, for_backward: bool) -> bool {
@@ -154,8 +197,15 @@ impl Linear {
     }
 
     /// The weight as the (out, in) matrix it multiplies by (a convolution kernel flattened;
-    /// a matrix as it is, adding no node to the graph).
+    /// a matrix as it is, adding no node to the graph). An error once the weight lives only
+    /// as its bf16 packing: the stand-in left in its place holds no values.
     fn weight_matrix(&self) -> candle_core::Result<Tensor> {
+        if self.holds_bf16_only() {
+            candle_core::bail!(
+                "this model holds its Linear weights only in bf16, for inference on the CPU's AMX tiles \
+                 (precision 'bf16'): an f32 or differentiable product needs the model loaded with precision 'f32'"
+            );
+        }
         if self.weight.rank() == 2 {
             return Ok(self.weight.clone());
         }

@@ -88,6 +88,9 @@ pub struct ParamStore {
     rng: ChaCha8Rng,
     /// Where the parameters created next belong.
     placement: (Group, Option<usize>),
+    /// Parameters whose f32 values were let go (the model keeps them in another form), with
+    /// their shapes: still counted, never saved, loaded or trained.
+    released: Vec<(String, Vec<usize>)>,
 }
 
 impl ParamStore {
@@ -98,6 +101,7 @@ impl ParamStore {
             device: device.clone(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             placement: (Group::Decoder, None),
+            released: Vec::new(),
         }
     }
 
@@ -185,11 +189,45 @@ impl ParamStore {
         self.params.is_empty()
     }
 
-    /// Number of scalars, in total and in the trainable parameters only.
+    /// Number of scalars, in total and in the trainable parameters only (the released ones
+    /// included: they were trainable parameters and are still the model's).
     pub fn counts(&self) -> (usize, usize) {
-        let total = self.params.iter().map(|p| p.var.elem_count()).sum();
-        let trainable = self.trainable().map(|p| p.var.elem_count()).sum();
+        let released: usize = self.released.iter().map(|(_, dims)| dims.iter().product::<usize>()).sum();
+        let total = self.params.iter().map(|p| p.var.elem_count()).sum::<usize>() + released;
+        let trainable = self.trainable().map(|p| p.var.elem_count()).sum::<usize>() + released;
         (total, trainable)
+    }
+
+    /// Lets go of the parameter that `tensor` is (the same storage, as the model holds it):
+    /// the store keeps its name and shape only, so once the model drops its own handle the f32
+    /// values are freed. For a model that keeps the values in another form (a Linear's bf16
+    /// packing) and will never save, load or train them. Returns the parameter's name.
+    pub fn release(&mut self, tensor: &Tensor) -> Result<String> {
+        let at = self.params.iter().position(|p| p.var.as_tensor().id() == tensor.id()).ok_or_else(|| {
+            crate::error::Error::Internal(format!("release: a tensor of shape {:?} is no parameter", tensor.dims()))
+        })?;
+        let param = self.params.remove(at);
+        self.index = self.params.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
+        self.released.push((param.name.clone(), param.var.dims().to_vec()));
+        Ok(param.name)
+    }
+
+    /// The parameters let go of by [`ParamStore::release`], with their shapes.
+    pub fn released(&self) -> &[(String, Vec<usize>)] {
+        &self.released
+    }
+
+    /// An error naming what cannot be done (`to`, e.g. "save the weights") where some
+    /// parameters' f32 values were let go; Ok where all are here.
+    pub fn check_all_held(&self, to: &str) -> Result<()> {
+        match self.released.first() {
+            None => Ok(()),
+            Some((first, _)) => Err(crate::error::Error::Config(format!(
+                "cannot {to}: this model holds {} Linear weights ({first}, ...) only in bf16, for inference on \
+                 the CPU's AMX tiles (precision 'bf16'); load it with precision 'f32' to {to}",
+                self.released.len()
+            ))),
+        }
     }
 
     /// All parameters as detached tensors by name (for saving).

@@ -168,6 +168,7 @@ impl Trainer {
     /// caller's own bookkeeping (epoch, schedule, data order), stored in the same file so the
     /// two can never disagree.
     pub fn save_state(&self, path: &Path, extra: Option<&str>) -> Result<()> {
+        self.model.params.check_all_held("save a training state")?;
         let mut tensors = self.model.params.tensors();
         tensors.extend(self.optimizer.state_tensors()?);
         let seed: Vec<u8> = self.rng.get_seed().to_vec();
@@ -196,6 +197,7 @@ impl Trainer {
     /// must be the one saved. All or nothing: every part of the file is checked before any of
     /// the trainer changes.
     pub fn load_state(&mut self, path: &Path) -> Result<Option<String>> {
+        self.model.params.check_all_held("load a training state")?;
         let file = path.display().to_string();
         let tensors = weights::read_tensors(path)?;
         let bad = |what: String| Error::State(format!("{file}: {what}"));
