@@ -49,8 +49,10 @@ export interface LoadOptions {
   /**
    * `f32` (default), or `bf16`: on CUDA, compute in bf16 with the weights and optimizer in f32;
    * on a CPU with AMX tiles ({@link cpuBf16Available}), run the products of inference in bf16
-   * (training there computes in f32: a train step on such a model is refused). Elsewhere bf16
-   * is refused when the model loads.
+   * and keep each Linear weight only in bf16, packed for the tiles (the f32 copy is freed, about
+   * half the weights' memory). Training, `save`, `saveState` and `loadState` on such a model
+   * are refused with the reason: load it with `f32` for those. Elsewhere bf16 is refused when
+   * the model loads.
    */
   precision?: Precision;
   /** Seeds the initial weights and dropout. Default 0. */

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -283,6 +283,11 @@ describe('MotivNet', () => {
       await expect(bf16.trainStep({ tensor: x, batchSize: 4 }, labels, { encoderLr: 1e-3, decoderLr: 1e-3 })).rejects.toThrow(
         /training on the CPU computes in f32/,
       );
+      // Its Linear weights are held only in bf16, packed for the tiles: saving them would write
+      // rounded weights, so it is refused and no file is left behind.
+      const refused = path.join(tmp, 'bf16.safetensors');
+      await expect(bf16.save(refused)).rejects.toThrow(/cannot save the weights: .* only in bf16.*load it with precision 'f32'/);
+      expect(existsSync(refused)).toBe(false);
       f32.dispose();
       bf16.dispose();
     });
