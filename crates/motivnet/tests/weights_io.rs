@@ -284,3 +284,73 @@ fn a_training_state_with_empty_or_missing_tensors_is_refused_whole() {
     assert!(before.iter().all(|(k, t)| max_abs_diff(t, &after[k]) == 0.0));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A safetensors file `edit` changed: its header as JSON, and its data bytes.
+fn edited_safetensors(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    edit: impl FnOnce(&mut serde_json::Value, &mut Vec<u8>),
+) {
+    let bytes = std::fs::read(from).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut data = bytes[8 + n..].to_vec();
+    edit(&mut header, &mut data);
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&data);
+    std::fs::write(to, out).unwrap();
+}
+
+/// Safetensors weights are read one tensor at a time as they are set (never the whole file
+/// beside the model): every tensor's bytes are checked against the file from its header first,
+/// so a file cut short or a header that lies is refused naming the file and the key, and the
+/// model is left untouched; tensors stored in f16 load as their f32 values.
+#[test]
+fn safetensors_weights_are_checked_whole_then_read_tensor_by_tensor() {
+    let dir = temp_dir("streamed");
+    let good = dir.join("good.safetensors");
+    reference_model().save_weights(&good).unwrap();
+    let key = "pose_encoder.layers.1.ffn.layers.0.0.weight";
+    let model = fresh();
+    let watched = "pose_encoder.layers.0.ln1.weight";
+    let before = values(model.params.get(watched).unwrap().var.as_tensor());
+    let refused = |name: &str, needles: &[&str], edit: &dyn Fn(&mut serde_json::Value, &mut Vec<u8>)| {
+        let path = dir.join(name);
+        edited_safetensors(&good, &path, |h, d| {
+            assert!(h.get(key).is_some(), "{key} is not in the file");
+            edit(h, d)
+        });
+        let err = model.load_weights(&path, false).unwrap_err().to_string();
+        assert!(err.contains(name), "the error does not name the file: {err}");
+        for needle in needles {
+            assert!(err.contains(needle), "expected «{needle}» in: {err}");
+        }
+        assert_eq!(before, values(model.params.get(watched).unwrap().var.as_tensor()), "{name} changed the model");
+    };
+    // The last tensor in the data lies past a file cut short.
+    refused("cut.safetensors", &["past the file's end"], &|_, data| data.truncate(data.len() - 64));
+    refused("wrong-dtype.safetensors", &[key, "does not take"], &|h, _| h[key]["dtype"] = "F16".into());
+    refused("odd-dtype.safetensors", &[key, "unknown dtype Q4"], &|h, _| h[key]["dtype"] = "Q4".into());
+    refused("offsets.safetensors", &[key, "data_offsets"], &|h, _| h[key]["data_offsets"] = serde_json::json!([10, 2]));
+    refused("bool.safetensors", &[key, "BOOL, a dtype that cannot be loaded"], &|h, _| {
+        // The model's shape, a byte an element: a well-formed entry candle cannot hold.
+        let start = h[key]["data_offsets"][0].as_u64().unwrap();
+        let elements: u64 = h[key]["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product();
+        h[key]["data_offsets"] = serde_json::json!([start, start + elements]);
+        h[key]["dtype"] = "BOOL".into();
+    });
+
+    // f16 in the file: each parameter is its f16 value as f32.
+    let half: HashMap<String, Tensor> = candle_core::safetensors::load(&good, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.to_dtype(candle_core::DType::F16).unwrap()))
+        .collect();
+    let half_path = write(&dir, "half.safetensors", &half);
+    model.load_weights(&half_path, false).unwrap();
+    let expected = half[key].to_dtype(candle_core::DType::F32).unwrap();
+    assert_eq!(values(&expected), values(model.params.get(key).unwrap().var.as_tensor()));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -5,4 +5,5 @@
 pub mod durable;
 pub mod pos_embed;
 pub mod pth_guard;
+pub mod safetensors_file;
 pub mod weights;

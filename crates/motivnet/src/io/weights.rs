@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::pos_embed::resize_pos_embed;
 use super::pth_guard;
+use super::safetensors_file::SafetensorsFile;
 use crate::error::{catch_panic, Error, Result};
 use crate::keys::{DECODER as DECODER_PREFIX, ENCODER as ENCODER_PREFIX, STATE as STATE_PREFIXES};
 use crate::nn::params::ParamStore;
@@ -215,21 +216,17 @@ fn canonical(key: &str) -> KeyKind {
 
 /// Loads `tensors` (read from `file`) into the parameters, or changes nothing and lists
 /// every problem.
-pub fn load_into(
-    params: &ParamStore,
-    tensors: &HashMap<String, Tensor>,
-    opts: &LoadOptions,
-    file: &str,
-) -> Result<LoadReport> {
+pub fn load_into(params: &ParamStore, source: &dyn TensorSource, opts: &LoadOptions, file: &str) -> Result<LoadReport> {
     params.check_all_held("load weights")?;
     let mut report = LoadReport::default();
-    let mut by_name: BTreeMap<String, (&str, &Tensor)> = BTreeMap::new();
+    let shapes = source.shapes();
+    let mut by_name: BTreeMap<String, (&str, &[usize])> = BTreeMap::new();
     let mut sapiens_layout = false;
-    for (key, t) in tensors {
+    for (key, dims) in &shapes {
         sapiens_layout |= key.starts_with("backbone.");
         match canonical(key) {
             KeyKind::Ours(name) => {
-                if let Some((other, _)) = by_name.insert(name.clone(), (key, t)) {
+                if let Some((other, _)) = by_name.insert(name.clone(), (key, dims)) {
                     return Err(Error::Weights(format!("{file}: keys {other} and {key} both map to parameter {name}")));
                 }
             }
@@ -244,26 +241,27 @@ pub fn load_into(
 
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
-    let mut planned: Vec<(&str, Tensor)> = Vec::new();
+    let mut planned: Vec<(&str, Planned)> = Vec::new();
     for p in params.iter().filter(|p| in_scope(&p.name)) {
-        let Some(&(_, t)) = by_name.get(&p.name) else {
+        let Some(&(key, dims)) = by_name.get(&p.name) else {
             missing.push(p.name.clone());
             continue;
         };
-        if t.dims() == p.var.dims() {
-            planned.push((&p.name, t.clone()));
+        if dims == p.var.dims() {
+            source.check(key)?;
+            planned.push((&p.name, Planned::FromSource(key)));
         } else if let (true, Some(grid)) = (p.name.ends_with("pos_embed"), opts.grid) {
-            match resize_pos_embed(t, grid) {
+            // Small (one row per patch): read now, so that a grid that cannot be resized is
+            // reported with the rest before anything changes.
+            match resize_pos_embed(&source.tensor(key)?, grid) {
                 Ok(resized) => {
-                    report.resized.push((p.name.clone(), t.dims().to_vec()));
-                    planned.push((&p.name, resized));
+                    report.resized.push((p.name.clone(), dims.to_vec()));
+                    planned.push((&p.name, Planned::Resized(resized)));
                 }
-                Err(why) => {
-                    misshaped.push(format!("{}: file {:?}, model {:?} ({why})", p.name, t.dims(), p.var.dims()))
-                }
+                Err(why) => misshaped.push(format!("{}: file {dims:?}, model {:?} ({why})", p.name, p.var.dims())),
             }
         } else {
-            misshaped.push(format!("{}: file {:?}, model {:?}", p.name, t.dims(), p.var.dims()));
+            misshaped.push(format!("{}: file {dims:?}, model {:?}", p.name, p.var.dims()));
         }
     }
     let mut unexpected: Vec<String> = by_name
@@ -288,18 +286,86 @@ pub fn load_into(
         }
         return Err(Error::Weights(msg));
     }
-    for (name, t) in planned {
+    // One tensor at a time: read, set, dropped before the next is read.
+    for (name, planned) in planned {
+        let t = match planned {
+            Planned::FromSource(key) => source.tensor(key)?,
+            Planned::Resized(t) => t,
+        };
         params.set(name, &t)?;
         report.loaded += 1;
     }
     Ok(report)
 }
 
+/// What [`load_into`] sets a parameter to.
+enum Planned<'a> {
+    /// The file's tensor under this key, as it is.
+    FromSource(&'a str),
+    /// A position embedding resized to the model's grid.
+    Resized(Tensor),
+}
+
+/// Where [`load_into`] reads weights: every key's shape first, so that the whole file is
+/// checked against the model before any parameter changes, then each tensor as it is set.
+pub trait TensorSource {
+    /// Every tensor's shape by its key.
+    fn shapes(&self) -> HashMap<String, Vec<usize>>;
+    /// Whether the tensor under `key` can be read: checked for every key before the first is
+    /// set, so that what fails afterwards is only the disk itself.
+    fn check(&self, key: &str) -> Result<()>;
+    /// The tensor under `key`.
+    fn tensor(&self, key: &str) -> Result<Tensor>;
+}
+
+/// Tensors already in memory (a `.pth` state dict, a training state).
+impl TensorSource for HashMap<String, Tensor> {
+    fn shapes(&self) -> HashMap<String, Vec<usize>> {
+        self.iter().map(|(key, t)| (key.clone(), t.dims().to_vec())).collect()
+    }
+
+    fn check(&self, _key: &str) -> Result<()> {
+        Ok(())
+    }
+
+    fn tensor(&self, key: &str) -> Result<Tensor> {
+        Ok(self.get(key).expect("load_into asks only for keys it was given").clone())
+    }
+}
+
+/// A safetensors file, read one tensor at a time.
+impl TensorSource for SafetensorsFile {
+    fn shapes(&self) -> HashMap<String, Vec<usize>> {
+        SafetensorsFile::shapes(self)
+    }
+
+    fn check(&self, key: &str) -> Result<()> {
+        self.check_readable(key)
+    }
+
+    fn tensor(&self, key: &str) -> Result<Tensor> {
+        SafetensorsFile::tensor(self, key)
+    }
+}
+
 /// Reads `path` and loads it into `params`.
 pub fn load_file(params: &ParamStore, path: &Path, opts: &LoadOptions) -> Result<LoadReport> {
     params.check_all_held("load weights")?;
-    let tensors = read_tensors(path)?;
-    load_into(params, &tensors, opts, &path.display().to_string())
+    let file = path.display().to_string();
+    let report = if container(path)? == Container::Safetensors {
+        // Read as it is set, never whole beside the model (safetensors_file.rs).
+        let source = catch_panic(
+            || SafetensorsFile::open(path),
+            |why| Error::Weights(format!("{file}: a malformed weights file ({why})")),
+        )?;
+        load_into(params, &source, opts, &file)
+    } else {
+        load_into(params, &read_tensors(path)?, opts, &file)
+    };
+    // The file's bytes and any tensors made from them are freed by now; hand the pages back
+    // rather than keep them for a process that may never allocate as much again.
+    crate::runtime::malloc::return_free_memory();
+    report
 }
 
 /// Writes tensors as safetensors durably (see [`super::durable`]): a crash or a power loss

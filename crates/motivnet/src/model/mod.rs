@@ -162,6 +162,7 @@ impl MotivNet {
             self.params.release(&weight)?;
             released += 1;
         }
+        crate::runtime::malloc::return_free_memory();
         Ok(released)
     }
 

@@ -53,6 +53,20 @@ pub fn tune_for_model_temporaries() -> bool {
     cfg!(all(target_os = "linux", target_env = "gnu")) && !user_tuned()
 }
 
+/// Hands freed memory back to the system now (glibc's `malloc_trim`; elsewhere nothing), after
+/// a one-off release of much more than a step's temporaries: a file's bytes after a load, the
+/// f32 weights a bf16 model no longer needs. glibc keeps blocks below its mmap threshold in
+/// its arenas, and returns only the free memory at an arena's top, so without this a host that
+/// loads a bf16 model keeps the freed f32 weights resident. It changes no setting: only pages
+/// no block uses are returned.
+pub fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused pages of glibc's own arenas to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
     #[test]
