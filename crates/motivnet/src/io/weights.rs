@@ -99,23 +99,65 @@ fn read_tensors_unguarded(path: &Path) -> Result<HashMap<String, Tensor>> {
             Error::Weights(format!("{file}: neither a safetensors file nor a zip-format PyTorch checkpoint ({e})"))
         });
     }
-    // candle's reader trusts the file's lengths and shapes: checked first (pth_guard.rs).
-    pth_guard::check_archive(path)?;
-    let infos = |key| candle_core::pickle::read_pth_tensor_info(path, false, key);
-    match infos(Some("state_dict")) {
-        Ok(i) if !i.is_empty() => pth_guard::check_tensors(path, &i)?,
-        _ => pth_guard::check_tensors(path, &infos(None).unwrap_or_default())?,
+    let pth = PthFile::open(path)?;
+    pth.shapes().keys().map(|key| Ok((key.clone(), pth.tensor(key)?))).collect()
+}
+
+/// A zip-format `torch.save` state dict, read one tensor at a time.
+struct PthFile {
+    file: String,
+    tensors: candle_core::pickle::PthTensors,
+}
+
+impl PthFile {
+    /// Reads the pickled index (no tensor data) after pth_guard's checks of the whole archive.
+    fn open(path: &Path) -> Result<Self> {
+        let file = path.display().to_string();
+        // candle's reader trusts the file's lengths and shapes: checked first (pth_guard.rs).
+        pth_guard::check_archive(path)?;
+        let infos = |key| candle_core::pickle::read_pth_tensor_info(path, false, key);
+        // mmpose/Lightning checkpoints wrap the weights in `state_dict`; plain state dicts do not.
+        let key = match infos(Some("state_dict")) {
+            Ok(i) if !i.is_empty() => {
+                pth_guard::check_tensors(path, &i)?;
+                Some("state_dict")
+            }
+            _ => {
+                pth_guard::check_tensors(path, &infos(None).unwrap_or_default())?;
+                None
+            }
+        };
+        let unreadable =
+            |e: candle_core::Error| Error::Weights(format!("{file}: not a readable PyTorch state dict ({e})"));
+        let tensors = candle_core::pickle::PthTensors::new(path, key).map_err(unreadable)?;
+        if tensors.tensor_infos().is_empty() {
+            return Err(Error::Weights(format!("{file}: the checkpoint holds no tensors")));
+        }
+        Ok(Self { file, tensors })
     }
-    // mmpose/Lightning checkpoints wrap the weights in `state_dict`; plain state dicts do not.
-    let pairs = match candle_core::pickle::read_all_with_key(path, Some("state_dict")) {
-        Ok(pairs) if !pairs.is_empty() => pairs,
-        _ => candle_core::pickle::read_all(path)
-            .map_err(|e| Error::Weights(format!("{file}: not a readable PyTorch state dict ({e})")))?,
-    };
-    if pairs.is_empty() {
-        return Err(Error::Weights(format!("{file}: the checkpoint holds no tensors")));
+}
+
+impl TensorSource for PthFile {
+    fn shapes(&self) -> HashMap<String, Vec<usize>> {
+        self.tensors.tensor_infos().iter().map(|(key, info)| (key.clone(), info.layout.dims().to_vec())).collect()
     }
-    Ok(pairs.into_iter().collect())
+
+    fn check(&self, _key: &str) -> Result<()> {
+        Ok(()) // pth_guard checked every tensor against its storage
+    }
+
+    fn tensor(&self, key: &str) -> Result<Tensor> {
+        let file = &self.file;
+        catch_panic(
+            || {
+                self.tensors
+                    .get(key)
+                    .map_err(|e| Error::Weights(format!("{file}: tensor {key} is not readable ({e})")))?
+                    .ok_or_else(|| Error::Weights(format!("{file}: tensor {key} is not readable")))
+            },
+            |why| Error::Weights(format!("{file}: a malformed weights file ({why})")),
+        )
+    }
 }
 
 /// Every tensor's shape, by the file's own keys, without reading tensor data: the header of a
@@ -352,15 +394,12 @@ impl TensorSource for SafetensorsFile {
 pub fn load_file(params: &ParamStore, path: &Path, opts: &LoadOptions) -> Result<LoadReport> {
     params.check_all_held("load weights")?;
     let file = path.display().to_string();
+    // Each tensor read as it is set, never the whole file beside the model.
+    let malformed = |why| Error::Weights(format!("{file}: a malformed weights file ({why})"));
     let report = if container(path)? == Container::Safetensors {
-        // Read as it is set, never whole beside the model (safetensors_file.rs).
-        let source = catch_panic(
-            || SafetensorsFile::open(path),
-            |why| Error::Weights(format!("{file}: a malformed weights file ({why})")),
-        )?;
-        load_into(params, &source, opts, &file)
+        load_into(params, &catch_panic(|| SafetensorsFile::open(path), malformed)?, opts, &file)
     } else {
-        load_into(params, &read_tensors(path)?, opts, &file)
+        load_into(params, &catch_panic(|| PthFile::open(path), malformed)?, opts, &file)
     };
     // The file's bytes and any tensors made from them are freed by now; hand the pages back
     // rather than keep them for a process that may never allocate as much again.
