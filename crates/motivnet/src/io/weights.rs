@@ -10,7 +10,10 @@
 //! names, so the PyTorch reference loads our files.
 //!
 //! Loading is all or nothing: every missing, unexpected and mis-shaped key is listed in one
-//! error naming the file, and the model is left untouched.
+//! error naming the file, and the model is left untouched. A file is read one tensor at a
+//! time as each parameter is set, after all of it has been checked against the model, so it
+//! is never held whole beside the model; only a read that fails midway (the disk itself) can
+//! leave a load half done.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
@@ -256,8 +259,8 @@ fn canonical(key: &str) -> KeyKind {
     KeyKind::Ours(k.replace(".multihead_attn.", ".self_attn."))
 }
 
-/// Loads `tensors` (read from `file`) into the parameters, or changes nothing and lists
-/// every problem.
+/// Loads the tensors of `source` (read from `file`) into the parameters, or changes nothing
+/// and lists every problem.
 pub fn load_into(params: &ParamStore, source: &dyn TensorSource, opts: &LoadOptions, file: &str) -> Result<LoadReport> {
     params.check_all_held("load weights")?;
     let mut report = LoadReport::default();
@@ -360,7 +363,7 @@ pub trait TensorSource {
     fn tensor(&self, key: &str) -> Result<Tensor>;
 }
 
-/// Tensors already in memory (a `.pth` state dict, a training state).
+/// Tensors already in memory (a training state, read whole to check every part of it).
 impl TensorSource for HashMap<String, Tensor> {
     fn shapes(&self) -> HashMap<String, Vec<usize>> {
         self.iter().map(|(key, t)| (key.clone(), t.dims().to_vec())).collect()
