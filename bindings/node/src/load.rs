@@ -122,12 +122,18 @@ impl LoadTask {
     fn load(&self) -> Result<Trainer> {
         let config = self.request.resolve().js()?;
         let device = motivnet::parse_device(&self.device).js()?;
-        let mut model = motivnet::MotivNet::with_init(&config, &device, self.seed as u64, self.init).js()?;
+        // Refused before a file is read (bf16 on a CPU without AMX, say).
+        self.precision.check_device(&device).js()?;
+        let seed = self.seed as u64;
+        let mut model = match &self.request.weights {
+            Some(path) => {
+                let encoder_only = self.request.encoder_only;
+                motivnet::MotivNet::from_weights_file(&config, &device, seed, self.init, path, encoder_only).js()?.0
+            }
+            None => motivnet::MotivNet::with_init(&config, &device, seed, self.init).js()?,
+        };
         model.set_precision(self.precision).js()?;
         model.normalization = self.normalization;
-        if let Some(path) = &self.request.weights {
-            model.load_weights(path, self.request.encoder_only).js()?;
-        }
         // bf16 on the CPU is for inference: the f32 copies of the Linear weights would only
         // take memory (training, saving and loading state are refused on such a model).
         if model.can_keep_linear_weights_in_bf16_only() {

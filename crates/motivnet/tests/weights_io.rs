@@ -354,3 +354,39 @@ fn safetensors_weights_are_checked_whole_then_read_tensor_by_tensor() {
     assert_eq!(values(&expected), values(model.params.get(key).unwrap().var.as_tensor()));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `from_weights_file` skips the initialisation only where the file replaces every parameter:
+/// each model it makes computes what one initialised with the same seed and then loaded does,
+/// for a full checkpoint in either format, an encoder-only load and a Sapiens backbone (whose
+/// heads stay seeded); a file that does not fit is the same error.
+#[test]
+fn a_model_from_a_weights_file_matches_one_initialised_then_loaded() {
+    let (x, _) = batch();
+    for (file, encoder_only) in
+        [("weights.safetensors", false), ("weights.pth", false), ("weights.pth", true), ("sapiens_backbone.pth", false)]
+    {
+        let path = fixture(file);
+        let loaded = fresh();
+        let expected_report = loaded.load_weights(&path, encoder_only).unwrap();
+        let (made, report) = MotivNet::from_weights_file(
+            &config(),
+            &Device::Cpu,
+            11,
+            motivnet::InitScheme::Upstream,
+            &path,
+            encoder_only,
+        )
+        .unwrap();
+        assert_eq!(report, expected_report, "{file}");
+        let a = loaded.forward(&x, &mut Mode::Eval).unwrap();
+        let b = made.forward(&x, &mut Mode::Eval).unwrap();
+        assert_eq!(max_abs_diff(&a, &b), 0.0, "{file}, encoder only: {encoder_only}");
+    }
+    let tiny = motivnet::ModelConfig::preset("tiny").unwrap();
+    let path = fixture("weights.safetensors");
+    let err = MotivNet::from_weights_file(&tiny, &Device::Cpu, 0, motivnet::InitScheme::Upstream, &path, false)
+        .err()
+        .expect("a checkpoint of another size was loaded");
+    let expected = MotivNet::new(&tiny, &Device::Cpu, 0).unwrap().load_weights(&path, false).unwrap_err();
+    assert_eq!(err.to_string(), expected.to_string());
+}

@@ -52,9 +52,37 @@ impl MotivNet {
 
     /// A freshly initialised model under `init`.
     pub fn with_init(config: &ModelConfig, device: &Device, seed: u64, init: InitScheme) -> Result<Self> {
+        Self::build(config, ParamStore::new(device, seed), init)
+    }
+
+    /// A model with the weights of `path` (see [`MotivNet::load_weights`]). When the file sets
+    /// every parameter (the encoder and the head), the model is built with zeros instead of an
+    /// initialisation the load would overwrite: 3 of the 4 seconds of loading sapiens-0.3b.
+    /// When the head stays freshly initialised (`encoder_only`, a Sapiens backbone), it is
+    /// built under `init` with `seed`, as [`MotivNet::with_init`].
+    pub fn from_weights_file(
+        config: &ModelConfig,
+        device: &Device,
+        seed: u64,
+        init: InitScheme,
+        path: &std::path::Path,
+        encoder_only: bool,
+    ) -> Result<(Self, LoadReport)> {
+        let shapes = weights::canonical_shapes(&weights::read_shapes(path)?);
+        let sets_every_parameter = !encoder_only && shapes.keys().any(|k| k.starts_with(DECODER_PREFIX));
+        let model = if sets_every_parameter {
+            Self::build(config, ParamStore::for_values_from_file(device), init)?
+        } else {
+            Self::with_init(config, device, seed, init)?
+        };
+        // On an error the model, zeros and all, is dropped here.
+        let report = model.load_weights(path, encoder_only)?;
+        Ok((model, report))
+    }
+
+    fn build(config: &ModelConfig, mut params: ParamStore, init: InitScheme) -> Result<Self> {
         config.validate()?;
         crate::runtime::cpu::prepare();
-        let mut params = ParamStore::new(device, seed);
         let encoder = SapiensEncoder::new(&mut params, ENCODER_PREFIX.trim_end_matches('.'), &config.encoder, init)?;
         let head = MlDecoder::new(
             &mut params,
