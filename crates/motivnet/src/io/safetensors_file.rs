@@ -1,4 +1,5 @@
-//! A safetensors file read one tensor at a time.
+//! A safetensors file read one tensor at a time: its header (shapes, metadata) is read and
+//! checked once, the tensors' bytes only when asked for.
 //!
 //! candle's reader takes the whole file into memory and makes every tensor from it before
 //! the first one is used: loading sapiens-0.3b's 1.27 GB of weights held the file, its
@@ -35,6 +36,8 @@ pub struct SafetensorsFile {
     path: PathBuf,
     file: File,
     entries: HashMap<String, Entry>,
+    /// The header's `__metadata__`: its string values by key.
+    metadata: HashMap<String, String>,
 }
 
 fn candle_dtype(name: &str) -> Option<(DType, usize)> {
@@ -116,7 +119,15 @@ impl SafetensorsFile {
             };
             entries.insert(key.clone(), entry);
         }
-        Ok(Self { path: path.to_path_buf(), file, entries })
+        let metadata = object.get("__metadata__").and_then(|m| m.as_object()).map_or_else(HashMap::new, |m| {
+            m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect()
+        });
+        Ok(Self { path: path.to_path_buf(), file, entries, metadata })
+    }
+
+    /// The header's `__metadata__` (string values only).
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
     }
 
     /// Every tensor's shape by its key in the file.

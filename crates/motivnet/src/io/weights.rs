@@ -176,22 +176,7 @@ pub fn read_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
 fn read_shapes_unguarded(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
     let file = path.display().to_string();
     if container(path)? == Container::Safetensors {
-        let header = read_header(path).map_err(|e| {
-            Error::Weights(format!("{file}: neither a safetensors file nor a zip-format PyTorch checkpoint ({e})"))
-        })?;
-        let entries = header.as_object().ok_or_else(|| Error::Weights(format!("{file}: not a safetensors file")))?;
-        return entries
-            .iter()
-            .filter(|(key, _)| key.as_str() != "__metadata__")
-            .map(|(key, entry)| {
-                let shape = entry
-                    .get("shape")
-                    .and_then(|s| s.as_array())
-                    .and_then(|dims| dims.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
-                    .ok_or_else(|| Error::Weights(format!("{file}: tensor {key} has no valid shape in the header")))?;
-                Ok((key.clone(), shape))
-            })
-            .collect();
+        return Ok(SafetensorsFile::open(path)?.shapes());
     }
     pth_guard::check_archive(path)?;
     let infos = |key| candle_core::pickle::read_pth_tensor_info(path, false, key);
@@ -426,28 +411,9 @@ pub fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()
     save_tensors_with_metadata(tensors, None, path)
 }
 
-/// The JSON header of a safetensors file (tensor names, dtypes, shapes, offsets, metadata).
-fn read_header(path: &Path) -> Result<serde_json::Value> {
-    let file = path.display().to_string();
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
-    let len = u64::from_le_bytes(len);
-    if len > 100 << 20 {
-        return Err(Error::Weights(format!("{file}: not a safetensors file (header length {len})")));
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-    serde_json::from_slice(&header).map_err(|e| Error::Weights(format!("{file}: not a safetensors file ({e})")))
-}
-
 /// The `__metadata__` of a safetensors file, reading only its header.
 pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
-    let parsed = read_header(path)?;
-    let meta = parsed.get("__metadata__").and_then(|m| m.as_object());
-    Ok(meta
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
-        .unwrap_or_default())
+    Ok(SafetensorsFile::open(path)?.metadata().clone())
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
