@@ -8,6 +8,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::amx::{self, Bf16Rows, PackedB, Rows};
+use super::flash_attention;
 use super::gemm::{matmul, threads_for_one_product, View, ViewMut, Write};
 use super::KernelResult;
 
@@ -172,6 +173,8 @@ pub fn attention_forward(
     };
     if keep {
         kept.par_chunks_mut((n * n).max(1)).enumerate().for_each(|(pair, p)| attend(pair, p));
+    } else if n >= flash_attention::MIN_TOKENS && flash_attention::supported(hd) {
+        attend_in_key_blocks(&g, qkv, shared);
     } else {
         // Nothing kept: a task is one block of query rows of one pair. A pair's whole n x n
         // scores at sapiens' 3072 tokens were 38 MB of scratch a thread.
@@ -199,6 +202,55 @@ pub fn attention_forward(
     // SAFETY: the pairs' blocks tile the (B, N, D) output: every element was written.
     unsafe { out.set_len(len) };
     Ok((out, keep.then_some(kept)))
+}
+
+/// The attention of every pair through [`flash_attention`], into the (B, N, D) buffer behind
+/// `out`. A task is a range of query rows of one pair and packs the pair's keys and values
+/// itself, so pairs are split only as far as the threads need.
+///
+/// Needs `flash_attention::supported(head size)`; writes every element of the output.
+fn attend_in_key_blocks(g: &Geometry, qkv: &[f32], out: SharedOut) {
+    let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
+    assert!(flash_attention::supported(hd), "blocked attention called for a head of {hd} values");
+    let splits = (2 * rayon::current_num_threads()).div_ceil(g.pairs()).clamp(1, n.div_ceil(64).max(1));
+    let rows_per_split = n.div_ceil(splits);
+    (0..g.pairs() * splits).into_par_iter().for_each(|task| {
+        let (pair, split) = (task / splits, task % splits);
+        let rows = (split * rows_per_split).min(n)..((split + 1) * rows_per_split).min(n);
+        if rows.is_empty() {
+            return;
+        }
+        let view = flash_attention::PairView {
+            qkv,
+            q: g.qkv_offset(pair, 0),
+            k: g.qkv_offset(pair, 1),
+            v: g.qkv_offset(pair, 2),
+            row_stride: 3 * d,
+            tokens: n,
+            head_dim: hd,
+        };
+        let dst = out.rows(g.merged_offset(pair) + rows.start * d, d).ptr;
+        // SAFETY: `supported` holds (asserted above); the pair lies inside `qkv` (offsets
+        // from `g`), and these output rows of the pair are written by this task alone.
+        unsafe { flash_attention::attend(view, rows, g.scale(), flash_attention::OutRows { ptr: dst, stride: d }) };
+    });
+}
+
+/// [`attention_forward`]'s output through [`flash_attention`] whatever the number of tokens,
+/// for the tests that hold it to the exact softmax.
+#[cfg(test)]
+pub(crate) fn attention_forward_in_key_blocks(
+    qkv: &[f32],
+    (batch, tokens, dim): (usize, usize, usize),
+    heads: usize,
+) -> Vec<f32> {
+    let g = Geometry::of(qkv, (batch, tokens, dim), heads, "self-attention").unwrap();
+    let len = g.batch * g.tokens * g.dim;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    attend_in_key_blocks(&g, qkv, SharedOut(out.as_mut_ptr()));
+    // SAFETY: `attend_in_key_blocks` wrote every element.
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// The attention output (B, N, D) as [`attention_forward`] gives it, with q k^T and p v on

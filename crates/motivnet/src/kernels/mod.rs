@@ -8,6 +8,7 @@
 
 pub mod amx;
 pub mod attention;
+pub mod flash_attention;
 pub mod gelu;
 pub mod gemm;
 pub mod layer_norm;
