@@ -8,7 +8,7 @@
 //! (batch, head) pairs in parallel, and writes the merged (B, N, D) output directly. Backward
 //! writes dq, dk and dv straight into a (B, N, 3D) gradient. It reuses the forward's
 //! probabilities when they are small enough to keep ([`KEEP_PROBABILITIES_BYTES`]: the `tiny`
-//! and `small` presets), and otherwise recomputes them one head at a time.
+//! preset), and otherwise recomputes them one head at a time.
 
 use std::sync::{Arc, OnceLock};
 
@@ -19,9 +19,13 @@ use crate::kernels::attention::{attention_backward, attention_forward, attention
 
 /// The most memory one call keeps for backward as probabilities (all its heads' N x N
 /// matrices). Below it, backward skips recomputing q k^T and the softmax (a tenth of the
-/// `tiny` train step); above it (sapiens at 1024 x 768: 0.6 GB a layer per image) the
-/// probabilities are recomputed, so memory stays linear in N.
-pub const KEEP_PROBABILITIES_BYTES: usize = 32 << 20;
+/// `tiny` train step; 3.5 MB a layer at batch 8); above it (sapiens at 1024 x 768: 0.6 GB a
+/// layer per image) the probabilities are recomputed, so memory stays linear in N. `small` at
+/// batch 2 (28 MB a layer) recomputes them: kept, they were 226 MB of a train step at 850-880
+/// MB above baseline, level with PyTorch's (859-948 MB; its fused attention keeps none);
+/// recomputed, the step holds 650-664 MB and takes about 6% longer (2079 against 1966 ms,
+/// medians of six alternating rounds).
+pub const KEEP_PROBABILITIES_BYTES: usize = 16 << 20;
 
 /// softmax(q k^T / sqrt(hd)) v for every head. `qkv` is (B, N, 3D) with the reference's
 /// column order (q, k, v, each split into `heads` blocks of hd = D / heads); the result is
