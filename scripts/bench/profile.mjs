@@ -30,6 +30,8 @@ const selected = process.env.BENCH_CASES ? CASES.filter((c) => process.env.BENCH
 /** Kinds of work, by the symbols their samples land in; the first match wins. */
 const KINDS = [
   ['matmul kernels (gemm)', /^gemm|gemm_f32|gemm_common|strided_gemm|kernels::gemm/],
+  // The f32 attention in key blocks runs its products and its softmax in one function.
+  ['f32 attention in key blocks (products and softmax)', /flash_attention/],
   // The bf16 attention's softmax rounds its exponentials straight into the tiles' layout
   // (amx::exp_row_to_panel): counted as softmax, before the rest of the AMX code.
   ['softmax', /softmax|exp_row_to_panel/],
