@@ -277,6 +277,31 @@ fn lanes_below(n: usize) -> __mmask16 {
     }
 }
 
+/// One step of a register tile's sums: acc[r][t] += column(r) * row[t], `row` the ROWS-wide
+/// tile's VECS x 16 values at `row`, `column(r)` broadcast across row r (both tiles' inner loop).
+///
+/// # Safety
+/// The CPU has AVX-512F; `row` addresses VECS x 16 floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile_step<const ROWS: usize, const VECS: usize>(
+    acc: &mut [[__m512; VECS]; ROWS],
+    row: *const f32,
+    column: impl Fn(usize) -> f32,
+) {
+    let mut b = [_mm512_setzero_ps(); VECS];
+    for t in 0..VECS {
+        b[t] = _mm512_loadu_ps(row.add(t * 16));
+    }
+    for r in 0..ROWS {
+        let a = _mm512_set1_ps(column(r));
+        for t in 0..VECS {
+            acc[r][t] = _mm512_fmadd_ps(a, b[t], acc[r][t]);
+        }
+    }
+}
+
 /// Scores of 6 query rows (`hd` apart) against one panel of 64 keys, stored [`KEY_BLOCK`]
 /// apart: 24 accumulators, each step of the sum four loads of 16 keys and six broadcasts.
 /// Each row's `maxima` entry is raised to the largest of its scores for the panel's first
@@ -298,16 +323,7 @@ unsafe fn score_tile<const VECS: usize>(
     let hd = VECS * 16;
     let mut acc = [[_mm512_setzero_ps(); PANEL_VECS]; SCORE_TILE_ROWS];
     for c in 0..hd {
-        let mut k = [_mm512_setzero_ps(); PANEL_VECS];
-        for t in 0..PANEL_VECS {
-            k[t] = _mm512_loadu_ps(panel.add(c * PANEL + t * 16));
-        }
-        for r in 0..SCORE_TILE_ROWS {
-            let q = _mm512_set1_ps(*queries.add(r * hd + c));
-            for t in 0..PANEL_VECS {
-                acc[r][t] = _mm512_fmadd_ps(q, k[t], acc[r][t]);
-            }
-        }
+        tile_step(&mut acc, panel.add(c * PANEL), |r| *queries.add(r * hd + c));
     }
     let lowest = _mm512_set1_ps(f32::NEG_INFINITY);
     for r in 0..SCORE_TILE_ROWS {
@@ -346,16 +362,7 @@ unsafe fn value_tile<const VECS: usize, const ROWS: usize>(
         }
     }
     for j in 0..keys {
-        let mut v = [_mm512_setzero_ps(); VECS];
-        for t in 0..VECS {
-            v[t] = _mm512_loadu_ps(values.add(j * hd + t * 16));
-        }
-        for r in 0..ROWS {
-            let w = _mm512_set1_ps(*weights.add(r * KEY_BLOCK + j));
-            for t in 0..VECS {
-                acc[r][t] = _mm512_fmadd_ps(w, v[t], acc[r][t]);
-            }
-        }
+        tile_step(&mut acc, values.add(j * hd), |r| *weights.add(r * KEY_BLOCK + j));
     }
     for r in 0..ROWS {
         for t in 0..VECS {
