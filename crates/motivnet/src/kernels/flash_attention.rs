@@ -244,27 +244,17 @@ unsafe fn fold_maxima(maxima: &mut [f32; QUERY_ROWS], block_maxima: &[f32; QUERY
     rescales
 }
 
-/// One row's block of scores replaced by exp(s - maximum), zero past `valid`; returns their
-/// sum.
+/// One row's block of scores replaced by exp(s - maximum), zero past `valid` (padding keys);
+/// returns their sum.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `row.len()` is a multiple of 16.
+/// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn exponentiate_row(row: &mut [f32], valid: usize, maximum: f32) -> f32 {
-    let shift = _mm512_set1_ps(maximum);
-    let mut lanes = _mm512_setzero_ps();
-    for (b, block) in row.chunks_exact_mut(16).enumerate() {
-        let mut e = super::math::exp16(_mm512_sub_ps(_mm512_loadu_ps(block.as_ptr()), shift));
-        let first = b * 16;
-        if first + 16 > valid {
-            // Keys past the last: no weight (exp16's clamp would leave them about 1e-38).
-            e = _mm512_maskz_mov_ps(lanes_below(valid.saturating_sub(first)), e);
-        }
-        _mm512_storeu_ps(block.as_mut_ptr(), e);
-        lanes = _mm512_add_ps(lanes, e);
-    }
-    _mm512_reduce_add_ps(lanes)
+    let (scores, padding) = row.split_at_mut(valid);
+    padding.fill(0.0);
+    super::softmax::exp_shifted_avx512(scores, maximum)
 }
 
 /// The mask of the first `n` of 16 lanes.

@@ -26,25 +26,36 @@ pub fn softmax_rows(rows: &mut [f32], n: usize) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn softmax_rows_avx512(rows: &mut [f32], n: usize) {
-    use std::arch::x86_64::*;
     for row in rows.chunks_mut(n.max(1)) {
-        let max = row_max_avx512(row);
-        let max_lanes = _mm512_set1_ps(max);
-        let mut sums = _mm512_setzero_ps();
-        let mut blocks = row.chunks_exact_mut(16);
-        for block in &mut blocks {
-            let e = super::math::exp16(_mm512_sub_ps(_mm512_loadu_ps(block.as_ptr()), max_lanes));
-            _mm512_storeu_ps(block.as_mut_ptr(), e);
-            sums = _mm512_add_ps(sums, e);
-        }
-        let mut total = _mm512_reduce_add_ps(sums);
-        for v in blocks.into_remainder() {
-            *v = exp_fast(*v - max);
-            total += *v;
-        }
-        let inv = 1.0 / total;
+        let inv = 1.0 / exp_shifted_avx512(row, row_max_avx512(row));
         row.iter_mut().for_each(|v| *v *= inv);
     }
+}
+
+/// Each value of `row` replaced by exp(value - shift) ([`super::math::exp16`]); returns their
+/// sum. Softmax's middle pass, also the blocked attention's (`super::flash_attention`).
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn exp_shifted_avx512(row: &mut [f32], shift: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let shift_lanes = _mm512_set1_ps(shift);
+    let mut sums = _mm512_setzero_ps();
+    let mut blocks = row.chunks_exact_mut(16);
+    for block in &mut blocks {
+        let e = super::math::exp16(_mm512_sub_ps(_mm512_loadu_ps(block.as_ptr()), shift_lanes));
+        _mm512_storeu_ps(block.as_mut_ptr(), e);
+        sums = _mm512_add_ps(sums, e);
+    }
+    let mut total = _mm512_reduce_add_ps(sums);
+    for v in blocks.into_remainder() {
+        *v = exp_fast(*v - shift);
+        total += *v;
+    }
+    total
 }
 
 /// The largest value of a row, NaNs passed over (as the portable loops do), on AVX-512.
