@@ -137,7 +137,7 @@ crate::simd_dispatch! {
     fn score_grad(ds: &mut [f32], p: &[f32], n: usize, d_out: &[f32], out: &[f32], row_stride: usize, hd: usize) {
         for i in 0..n {
             let (go, o) = (&d_out[i * row_stride..][..hd], &out[i * row_stride..][..hd]);
-            let delta = super::math::lane_sum(hd, |c| go[c] * o[c]);
+            let delta = super::math::lane_sum([go, o], |[g, o]| g * o);
             let (ds, p) = (&mut ds[i * n..][..n], &p[i * n..][..n]);
             for j in 0..n {
                 ds[j] = p[j] * (ds[j] - delta);

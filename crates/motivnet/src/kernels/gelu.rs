@@ -5,6 +5,8 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use super::gemm::filled_vec;
+#[cfg(target_arch = "x86_64")]
+use super::math::{erf16, exp16};
 use super::math::{erf_fast, exp_fast, FRAC_1_SQRT_2PI};
 use super::CHUNK;
 
@@ -13,9 +15,101 @@ fn gelu_value(v: f32) -> f32 {
     0.5 * v * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// GELU of each value of `x` into `out` (which may be fresh, unwritten memory).
+fn gelu_chunk(out: &mut [MaybeUninit<f32>], x: &[f32]) {
+    assert_eq!(out.len(), x.len(), "gelu_chunk: input and output lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() == super::simd::Level::Avx512 {
+        // SAFETY: `level` reports AVX-512 only where the CPU has it; both hold x.len() values.
+        unsafe { gelu_avx512(out.as_mut_ptr().cast(), x.as_ptr(), x.len()) };
+        return;
+    }
+    gelu_chunk_dispatched(out, x);
+}
+
+/// GELU of each value, in place.
+pub fn gelu_in_place(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() == super::simd::Level::Avx512 {
+        // SAFETY: as in `gelu_chunk`; reading and writing the same value is allowed.
+        unsafe { gelu_avx512(x.as_mut_ptr(), x.as_ptr(), x.len()) };
+        return;
+    }
+    gelu_in_place_dispatched(x);
+}
+
+/// The gradient through GELU: `grad` times GELU's derivative at `x`, into `out`.
+fn gelu_grad_chunk(out: &mut [MaybeUninit<f32>], x: &[f32], grad: &[f32]) {
+    assert!(out.len() == x.len() && x.len() == grad.len(), "gelu_grad_chunk: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() == super::simd::Level::Avx512 {
+        // SAFETY: as in `gelu_chunk`; all three hold x.len() values.
+        unsafe { gelu_grad_avx512(out.as_mut_ptr().cast(), x.as_ptr(), grad.as_ptr(), x.len()) };
+        return;
+    }
+    gelu_grad_chunk_dispatched(out, x, grad);
+}
+
+/// GELU of `len` values from `x` into `out` (which may be `x`), sixteen at a time with
+/// [`erf16`]; the last few through a lane mask, so each value gets the same instructions
+/// wherever it lies (GELU on each block of a product equals GELU over the whole output).
+///
+/// # Safety
+/// The CPU has AVX-512F; `x` and `out` address `len` floats, `out` writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu_avx512(out: *mut f32, x: *const f32, len: usize) {
+    use std::arch::x86_64::*;
+    let gelu16 = |v: __m512| {
+        let erf = erf16(_mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
+        // half v (1 + erf), not half v erf + half v in one step: at v = -inf, where erf
+        // stops a little short of -1, that would be inf - inf.
+        _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.5)), _mm512_add_ps(_mm512_set1_ps(1.0), erf))
+    };
+    let mut i = 0;
+    while i + 16 <= len {
+        _mm512_storeu_ps(out.add(i), gelu16(_mm512_loadu_ps(x.add(i))));
+        i += 16;
+    }
+    if i < len {
+        let mask: __mmask16 = (1u16 << (len - i)) - 1;
+        _mm512_mask_storeu_ps(out.add(i), mask, gelu16(_mm512_maskz_loadu_ps(mask, x.add(i))));
+    }
+}
+
+/// [`gelu_grad_chunk`] sixteen at a time, with [`erf16`] and [`exp16`], the last few through a
+/// lane mask.
+///
+/// # Safety
+/// The CPU has AVX-512F; `x` and `grad` address `len` floats, `out` `len` writable ones.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu_grad_avx512(out: *mut f32, x: *const f32, grad: *const f32, len: usize) {
+    use std::arch::x86_64::*;
+    let grad16 = |v: __m512, g: __m512| {
+        let half = _mm512_set1_ps(0.5);
+        let erf = erf16(_mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
+        let cdf = _mm512_fmadd_ps(half, erf, half);
+        let pdf = _mm512_mul_ps(
+            _mm512_set1_ps(FRAC_1_SQRT_2PI),
+            exp16(_mm512_mul_ps(_mm512_mul_ps(v, v), _mm512_set1_ps(-0.5))),
+        );
+        _mm512_mul_ps(g, _mm512_fmadd_ps(v, pdf, cdf))
+    };
+    let mut i = 0;
+    while i + 16 <= len {
+        _mm512_storeu_ps(out.add(i), grad16(_mm512_loadu_ps(x.add(i)), _mm512_loadu_ps(grad.add(i))));
+        i += 16;
+    }
+    if i < len {
+        let mask: __mmask16 = (1u16 << (len - i)) - 1;
+        let (v, g) = (_mm512_maskz_loadu_ps(mask, x.add(i)), _mm512_maskz_loadu_ps(mask, grad.add(i)));
+        _mm512_mask_storeu_ps(out.add(i), mask, grad16(v, g));
+    }
+}
+
 crate::simd_dispatch! {
-    /// GELU of each value of `x` into `out` (which may be fresh, unwritten memory).
-    fn gelu_chunk(out: &mut [MaybeUninit<f32>], x: &[f32]) {
+    fn gelu_chunk_dispatched(out: &mut [MaybeUninit<f32>], x: &[f32]) {
         for (o, &v) in out.iter_mut().zip(x) {
             o.write(gelu_value(v));
         }
@@ -23,8 +117,7 @@ crate::simd_dispatch! {
 }
 
 crate::simd_dispatch! {
-    /// GELU of each value, in place.
-    pub fn gelu_in_place(x: &mut [f32]) {
+    fn gelu_in_place_dispatched(x: &mut [f32]) {
         for v in x.iter_mut() {
             *v = gelu_value(*v);
         }
@@ -32,8 +125,7 @@ crate::simd_dispatch! {
 }
 
 crate::simd_dispatch! {
-    /// The gradient through GELU: `grad` times GELU's derivative at `x`, into `out`.
-    pub fn gelu_grad_chunk(out: &mut [MaybeUninit<f32>], x: &[f32], grad: &[f32]) {
+    fn gelu_grad_chunk_dispatched(out: &mut [MaybeUninit<f32>], x: &[f32], grad: &[f32]) {
         for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
             let cdf = 0.5 * (1.0 + erf_fast(v * std::f32::consts::FRAC_1_SQRT_2));
             let pdf = FRAC_1_SQRT_2PI * exp_fast(-0.5 * v * v);
@@ -63,5 +155,86 @@ pub fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
                 .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
                 .for_each(|(o, (x, g))| gelu_grad_chunk(o, x, g))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::simd::{tiers_to_check, with_level, Level};
+
+    fn inputs(len: usize) -> Vec<f32> {
+        (0..len).map(|i| ((i * 7919) % 1201) as f32 * 0.01 - 6.0).collect()
+    }
+
+    /// The chunk functions on this thread, capped at `tier` (rayon's threads are not capped):
+    /// GELU into fresh memory, GELU in place, and the gradient.
+    fn at_tier(tier: Level, x: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        with_level(tier, || {
+            let mut fresh = vec![MaybeUninit::uninit(); x.len()];
+            gelu_chunk(&mut fresh, x);
+            let mut in_place = x.to_vec();
+            gelu_in_place(&mut in_place);
+            let mut grad = vec![MaybeUninit::uninit(); x.len()];
+            gelu_grad_chunk(&mut grad, x, g);
+            // SAFETY: each chunk function wrote every value.
+            let done = |v: Vec<MaybeUninit<f32>>| v.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+            (done(fresh), in_place, done(grad))
+        })
+    }
+
+    /// Each tier's GELU and its gradient within float rounding of the portable code's, at
+    /// every length around the vector width (the masked last vector); in place and into fresh
+    /// memory the same, bit for bit.
+    #[test]
+    fn every_tier_matches_the_portable_code_at_every_length() {
+        for tier in tiers_to_check("gelu") {
+            for len in (0..50).chain([1000]) {
+                let x = inputs(len);
+                let g: Vec<f32> = x.iter().map(|v| 0.3 - v * 0.1).collect();
+                let (want, _, want_grad) = at_tier(Level::Portable, &x, &g);
+                let (got, in_place, got_grad) = at_tier(tier, &x, &g);
+                for i in 0..len {
+                    let tolerance = 2e-6 * (1.0 + x[i].abs());
+                    let at = format!("{tier:?}, length {len}, x = {}", x[i]);
+                    assert_eq!(
+                        got[i].to_bits(),
+                        in_place[i].to_bits(),
+                        "{at}: in place {} against {}",
+                        in_place[i],
+                        got[i]
+                    );
+                    assert!((got[i] - want[i]).abs() <= tolerance, "{at}: GELU {}, portable {}", got[i], want[i]);
+                    assert!(
+                        (got_grad[i] - want_grad[i]).abs() <= tolerance,
+                        "{at}: GELU' {}, portable {}",
+                        got_grad[i],
+                        want_grad[i]
+                    );
+                }
+            }
+        }
+    }
+
+    /// NaN, the infinities and the zeros come out as the portable code gives them.
+    #[test]
+    fn special_values_come_out_as_on_the_portable_code() {
+        let x = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e30, -1e30];
+        let g = [1.0; 7];
+        let (want, _, want_grad) = at_tier(Level::Portable, &x, &g);
+        for tier in tiers_to_check("gelu special values") {
+            let (got, _, got_grad) = at_tier(tier, &x, &g);
+            for i in 0..x.len() {
+                let same = |a: f32, b: f32| a == b || (a.is_nan() && b.is_nan());
+                assert!(same(got[i], want[i]), "{tier:?}: GELU({}) = {}, portable {}", x[i], got[i], want[i]);
+                assert!(
+                    same(got_grad[i], want_grad[i]),
+                    "{tier:?}: GELU'({}) = {}, portable {}",
+                    x[i],
+                    got_grad[i],
+                    want_grad[i]
+                );
+            }
+        }
     }
 }

@@ -48,8 +48,8 @@ pub fn layer_norm_backward(dx: &mut [f32], accumulate: bool, x: &[f32], g: &[f32
 #[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = lane_sum(x.len(), |i| x[i]) / n;
-    let var = lane_sum(x.len(), |i| (x[i] - mean) * (x[i] - mean)) / n;
+    let mean = lane_sum([x], |[v]| v) / n;
+    let var = lane_sum([x], |[v]| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -59,8 +59,8 @@ crate::simd_dispatch! {
         let n = w.len();
         for (o, x) in out.chunks_mut(n).zip(x.chunks(n)) {
             let (mean, rstd) = row_stats(x, eps);
-            for i in 0..n {
-                o[i] = (x[i] - mean) * rstd * w[i] + b[i];
+            for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                *o = (x - mean) * rstd * w + b;
             }
         }
     }
@@ -82,22 +82,25 @@ crate::simd_dispatch! {
         let n = w.len();
         for ((dx, x), g) in dx.chunks_mut(n).zip(x.chunks(n)).zip(g.chunks(n)) {
             let (mean, rstd) = row_stats(x, eps);
-            for i in 0..n {
-                xhat[i] = (x[i] - mean) * rstd;
+            // Zipped slices, not indices: the loops vectorise without a bounds check a value.
+            for (h, &x) in xhat.iter_mut().zip(x) {
+                *h = (x - mean) * rstd;
             }
-            let mean_gw = lane_sum(n, |i| g[i] * w[i]) / n as f32;
-            let mean_gw_xhat = lane_sum(n, |i| g[i] * w[i] * xhat[i]) / n as f32;
-            for i in 0..n {
-                acc[i] += g[i] * xhat[i];
-                acc[n + i] += g[i];
+            let mean_gw = lane_sum([g, w], |[g, w]| g * w) / n as f32;
+            let mean_gw_xhat = lane_sum([g, w, xhat], |[g, w, xhat]| g * w * xhat) / n as f32;
+            let (dw, db) = acc.split_at_mut(n);
+            for (((dw, db), &g), &h) in dw.iter_mut().zip(db.iter_mut()).zip(g).zip(xhat.iter()) {
+                *dw += g * h;
+                *db += g;
             }
+            let terms = dx.iter_mut().zip(g).zip(w).zip(xhat.iter());
             if accumulate {
-                for i in 0..n {
-                    dx[i] += rstd * (g[i] * w[i] - mean_gw - xhat[i] * mean_gw_xhat);
+                for (((dx, &g), &w), &h) in terms {
+                    *dx += rstd * (g * w - mean_gw - h * mean_gw_xhat);
                 }
             } else {
-                for i in 0..n {
-                    dx[i] = rstd * (g[i] * w[i] - mean_gw - xhat[i] * mean_gw_xhat);
+                for (((dx, &g), &w), &h) in terms {
+                    *dx = rstd * (g * w - mean_gw - h * mean_gw_xhat);
                 }
             }
         }

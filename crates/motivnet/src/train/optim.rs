@@ -238,10 +238,7 @@ fn sum_of_squares(g: &Tensor) -> Result<f64> {
         let (storage, layout) = g.storage_and_layout();
         let candle_core::Storage::Cpu(cpu) = &*storage else { unreachable!("checked: a CPU tensor") };
         let values = f32_slice(cpu, layout, "sum of squares")?;
-        return Ok(values
-            .par_chunks(CHUNK)
-            .map(|c| crate::kernels::math::lane_sum(c.len(), |i| c[i] * c[i]) as f64)
-            .sum());
+        return Ok(values.par_chunks(CHUNK).map(|c| crate::kernels::math::lane_sum([c], |[v]| v * v) as f64).sum());
     }
     Ok(g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
