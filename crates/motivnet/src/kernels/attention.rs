@@ -76,8 +76,12 @@ impl Geometry {
 /// slower; at this size it runs as fast as whole pairs did, on a third of their scratch.
 const F32_SCORES_BYTES: usize = 12288 << 10;
 
-/// Query rows a task of the bf16 attention takes (four of the AMX kernel's row panels).
-const BF16_QUERY_ROWS: usize = 128;
+/// Query rows a task of the bf16 attention takes: one of the AMX kernel's row panels. Its
+/// scores (32 x 3072 in f32 at sapiens' tokens, 384 KB) stay in the second-level cache beside
+/// the pair's packed keys and values (768 KB); with 128 rows (1.5 MB of scores) they did not,
+/// and the attention alone at sapiens-0.3b's shape took 150-188 ms a call against 124-139.
+/// At small's and tiny's shapes the two were level.
+const BF16_QUERY_ROWS: usize = 32;
 
 thread_local! {
     /// Per-thread N x N buffers (scores, then their gradient), reused across calls.
