@@ -257,16 +257,6 @@ unsafe fn exponentiate_row(row: &mut [f32], valid: usize, maximum: f32) -> f32 {
     super::softmax::exp_shifted_avx512(scores, maximum)
 }
 
-/// The mask of the first `n` of 16 lanes.
-#[cfg(target_arch = "x86_64")]
-fn lanes_below(n: usize) -> __mmask16 {
-    if n >= 16 {
-        0xffff
-    } else {
-        ((1u32 << n) - 1) as __mmask16
-    }
-}
-
 /// One step of a register tile's sums: acc[r][t] += column(r) * row[t], `row` the ROWS-wide
 /// tile's VECS x 16 values at `row`, `column(r)` broadcast across row r (both tiles' inner loop).
 ///
@@ -320,7 +310,7 @@ unsafe fn score_tile<const VECS: usize>(
         let mut both = lowest;
         for t in 0..PANEL_VECS {
             _mm512_storeu_ps(scores.add(r * KEY_BLOCK + t * 16), acc[r][t]);
-            let mask = lanes_below(keys.saturating_sub(t * 16));
+            let mask = super::simd::lanes_below(keys.saturating_sub(t * 16));
             both = _mm512_max_ps(_mm512_mask_mov_ps(lowest, mask, acc[r][t]), both);
         }
         let m = _mm512_reduce_max_ps(both);

@@ -72,7 +72,7 @@ unsafe fn gelu_avx512(out: *mut f32, x: *const f32, len: usize) {
         i += 16;
     }
     if i < len {
-        let mask: __mmask16 = (1u16 << (len - i)) - 1;
+        let mask = super::simd::lanes_below(len - i);
         _mm512_mask_storeu_ps(out.add(i), mask, gelu16(_mm512_maskz_loadu_ps(mask, x.add(i))));
     }
 }
@@ -102,7 +102,7 @@ unsafe fn gelu_grad_avx512(out: *mut f32, x: *const f32, grad: *const f32, len: 
         i += 16;
     }
     if i < len {
-        let mask: __mmask16 = (1u16 << (len - i)) - 1;
+        let mask = super::simd::lanes_below(len - i);
         let (v, g) = (_mm512_maskz_loadu_ps(mask, x.add(i)), _mm512_maskz_loadu_ps(mask, grad.add(i)));
         _mm512_mask_storeu_ps(out.add(i), mask, grad16(v, g));
     }

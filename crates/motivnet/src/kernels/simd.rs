@@ -65,6 +65,17 @@ pub fn level() -> Level {
     level
 }
 
+/// The mask of the first `n` of an AVX-512 register's 16 float lanes (all of them from 16 on):
+/// for the loads and stores of a slice's last, partial vector.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn lanes_below(n: usize) -> std::arch::x86_64::__mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as std::arch::x86_64::__mmask16
+    }
+}
+
 /// The tiers above the portable code that this CPU can run, for tests that compare each with
 /// the portable code. A tier the CPU lacks is named on the test's output: its code was not
 /// checked on this machine.
