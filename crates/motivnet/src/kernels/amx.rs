@@ -18,11 +18,12 @@
 
 use std::arch::asm;
 use std::cell::{Cell, RefCell};
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::gelu::gelu_in_place;
+use super::gelu::{gelu_chunk, gelu_in_place};
 
 /// Rows and columns of a block of C (two tiles each way).
 const BLOCK: usize = 32;
@@ -380,8 +381,8 @@ crate::simd_dispatch! {
 
 /// Column `c` of a packed column block from one row of `k` values (B's column, e.g. one
 /// token's key): pair-row p gets the pair (row[2p], row[2p+1]), which lie side by side in the
-/// row, so 32 values are rounded at once (`vcvtne2ps2bf16`) and their 16 pairs written as
-/// 32-bit words down the column; the tail as [`to_bf16`] does.
+/// row, so 32 values are rounded at once (`vcvtne2ps2bf16`) and their 16 pairs scattered as
+/// 32-bit words down the column in one instruction; the tail as [`to_bf16`] does.
 ///
 /// # Safety
 /// The CPU has AVX-512F and AVX512_BF16; `block` holds at least k.div_ceil(2) pair-rows of 64
@@ -391,18 +392,19 @@ crate::simd_dispatch! {
 unsafe fn pack_transposed_row_avx512(block: &mut [u16], c: usize, row: &[f32]) {
     use std::arch::x86_64::*;
     let whole = row.len() / 32;
-    let mut pairs = [0u32; 16];
+    assert!(block.len() >= whole * 16 * 2 * BLOCK && c < BLOCK, "pack_transposed_row: the block is too small");
+    // Pair-row p's word for column c lies BLOCK words after pair-row p - 1's.
+    let down_the_column = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(BLOCK as i32),
+    );
     for chunk in 0..whole {
         let at = row.as_ptr().add(chunk * 32);
+        // Little-endian: the pair's first value is the word's low half, as the tiles read it.
         let rounded: __m512i =
             std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(at.add(16)), _mm512_loadu_ps(at)));
-        _mm512_storeu_si512(pairs.as_mut_ptr().cast(), rounded);
-        for (i, &pair) in pairs.iter().enumerate() {
-            let p = chunk * 16 + i;
-            // Little-endian: the pair's first value is the word's low half, as the tiles read it.
-            block[p * 2 * BLOCK + 2 * c] = pair as u16;
-            block[p * 2 * BLOCK + 2 * c + 1] = (pair >> 16) as u16;
-        }
+        let column = block.as_mut_ptr().add(chunk * 16 * 2 * BLOCK + 2 * c);
+        _mm512_i32scatter_epi32::<4>(column.cast(), down_the_column, rounded);
     }
     for kk in whole * 32..row.len() {
         block[(kk / 2) * 2 * BLOCK + 2 * c + kk % 2] = to_bf16(row[kk]);
@@ -541,26 +543,69 @@ pub enum Start<'a> {
 }
 
 /// What is done to each block of C once its sums are done, while it is in cache.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Finish {
+#[derive(Clone, Copy)]
+pub enum Finish<'a> {
     None,
     /// GELU (exact, erf form) of each value: a Linear followed by GELU in one pass.
     Gelu,
+    /// Adds a matrix laid out as C (rows `c_stride` apart): a Linear that ends a residual
+    /// branch, with the residual added while the block is in cache instead of in a pass of
+    /// its own.
+    Add(&'a [f32]),
 }
 
-/// A pointer to C that may cross into rayon tasks; each task writes its own rows.
+/// Where the products land.
 #[derive(Clone, Copy)]
-struct SharedC(*mut f32);
-// SAFETY: the tasks write disjoint row ranges; see `gemm`.
-unsafe impl Send for SharedC {}
-unsafe impl Sync for SharedC {}
+enum Dest {
+    /// f32 rows `stride` floats apart.
+    F32 { c: Shared<f32>, stride: usize },
+    /// A [`Bf16Rows`]'s panels with `kp` = B's padded n: block (i, j) of C is k-step j of
+    /// panel i, so a block is rounded and stored as one piece, ready to be the next
+    /// product's left operand.
+    Bf16 { panels: Shared<u16>, kp: usize },
+}
 
-impl SharedC {
-    /// The element `offset` floats on.
+impl Dest {
+    /// Asks the cache for the lines of the block at rows r0.., columns j0.. (rows x cols), one
+    /// block ahead of the tiles that will store into them. Without it, tile stores into a
+    /// large output waited on memory: one 32 x 32 block at k = 384 took about 6.5 us against
+    /// 0.7-1.8 us into a buffer in the first-level cache, and 2.7 us with this prefetch; a
+    /// 1536 x 384 x 1536 product went from 7.2 to 2.4-2.7 ms.
+    #[inline(always)]
+    fn prefetch_block(self, r0: usize, j0: usize, rows: usize, cols: usize) {
+        match self {
+            Dest::F32 { c, stride } => {
+                for r in 0..rows {
+                    let row = c.0.wrapping_add((r0 + r) * stride + j0).cast::<u8>();
+                    // 32 floats touch three lines where C's rows do not start on one.
+                    for at in [0, 64, cols * 4 - 1] {
+                        prefetch(row.wrapping_add(at));
+                    }
+                }
+            }
+            Dest::Bf16 { panels, kp } => {
+                let step = panels.0.wrapping_add(r0 * kp + (j0 / BLOCK) * BLOCK * K_STEP).cast::<u8>();
+                for line in 0..BLOCK * K_STEP * 2 / 64 {
+                    prefetch(step.wrapping_add(line * 64));
+                }
+            }
+        }
+    }
+}
+
+/// A pointer to an output that may cross into rayon tasks; each task writes its own rows.
+#[derive(Clone, Copy)]
+struct Shared<T>(*mut T);
+// SAFETY: the tasks write disjoint row ranges; see `gemm`.
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// The element `offset` elements on.
     ///
     /// # Safety
     /// `offset` lies inside the buffer the pointer was taken from.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
+    unsafe fn at(self, offset: usize) -> *mut T {
         // SAFETY: the caller's promise.
         unsafe { self.0.add(offset) }
     }
@@ -574,6 +619,21 @@ impl SharedC {
 /// `c` addresses m rows of b.n floats `c_stride` apart, which nothing else reads or writes
 /// while this runs.
 pub unsafe fn gemm(a: Lhs, b: &PackedB, c: *mut f32, c_stride: usize, start: Start, finish: Finish, parallel: bool) {
+    assert!(c_stride >= b.n, "amx::gemm: C's rows overlap");
+    if let Finish::Add(addend) = finish {
+        let m = a.rows();
+        assert!(m == 0 || (m - 1) * c_stride + b.n <= addend.len(), "amx::gemm: the addend does not cover C");
+    }
+    // SAFETY: the caller's promise on C.
+    unsafe { gemm_into(a, b, Dest::F32 { c: Shared(c), stride: c_stride }, start, finish, parallel) }
+}
+
+/// [`gemm`] into `dest`.
+///
+/// # Safety
+/// As [`gemm`] for an f32 destination; a bf16 one holds A's rows rounded up to 32 in panels of
+/// kp = b.np.
+unsafe fn gemm_into(a: Lhs, b: &PackedB, dest: Dest, start: Start, finish: Finish, parallel: bool) {
     assert!(available(), "amx::gemm: this CPU or kernel offers no AMX");
     let (m, k, n, kp) = (a.rows(), b.k, b.n, b.kp);
     match a {
@@ -583,7 +643,6 @@ pub unsafe fn gemm(a: Lhs, b: &PackedB, c: *mut f32, c_stride: usize, start: Sta
         ),
         Lhs::Bf16(rows) => assert!(rows.k == k, "amx::gemm: A is {} wide, B {k} deep", rows.k),
     }
-    assert!(c_stride >= n, "amx::gemm: C's rows overlap");
     if let Start::Bias(bias) = start {
         assert_eq!(bias.len(), n, "amx::gemm: the bias is not n long");
     }
@@ -593,7 +652,6 @@ pub unsafe fn gemm(a: Lhs, b: &PackedB, c: *mut f32, c_stride: usize, start: Sta
         _ => Vec::new(),
     };
     let padded_bias = padded_bias.as_slice();
-    let c = SharedC(c);
     let rows_per_task = BLOCK * PANELS_PER_TASK;
     let task = |t: usize| {
         configure_tiles();
@@ -617,48 +675,84 @@ pub unsafe fn gemm(a: Lhs, b: &PackedB, c: *mut f32, c_stride: usize, start: Sta
             }
             Lhs::Bf16(rows) => rows.data[r_start * kp..].as_ptr(),
         };
-        let mut edge = [0f32; BLOCK * BLOCK];
+        // A block's sums when they are not stored straight into C: they stay in the first-level
+        // cache for the finish to read. Read back from C right after the tiles had stored them
+        // there, GELU spent most of its time waiting on those loads (on small's shapes GELU's
+        // share of a bf16 forward halved with this buffer).
+        let mut sums = [0f32; BLOCK * BLOCK];
         // Column blocks outside, panels inside: a column block is read from memory by the
         // first panel and from the caches by the others.
         for jb in 0..b.np / BLOCK {
             let (j0, b_block) = (jb * BLOCK, b.column_block(jb).as_ptr());
             let cols = BLOCK.min(n - j0);
+            let block_start = match start {
+                Start::Zero => BlockStart::Zero,
+                // SAFETY: the padded bias holds np values, j0 + 32 of them.
+                Start::Bias(_) => BlockStart::Bias(unsafe { padded_bias.as_ptr().add(j0) }),
+            };
             for panel in 0..panels {
                 let r0 = r_start + panel * BLOCK;
                 let rows = BLOCK.min(r_end - r0);
+                // The next block's destination, asked for now: see `Dest::prefetch_block`.
+                let (next_r0, next_j0) = if panel + 1 < panels { (r0 + BLOCK, j0) } else { (r_start, j0 + BLOCK) };
+                if next_j0 < n {
+                    dest.prefetch_block(next_r0, next_j0, BLOCK.min(r_end - next_r0), BLOCK.min(n - next_j0));
+                }
                 // SAFETY: the panels hold `panels` x 32 rows of kp (a Bf16Rows is padded to 32
-                // rows); the caller's promise on C, this task's rows r0..r0 + rows, and the
-                // block's columns j0..j0 + cols inside n.
+                // rows); the caller's promise on the destination, this task's rows r0..r0 + rows,
+                // and the block's columns j0..j0 + cols inside n.
                 unsafe {
                     let a_panel = a_panels.add(panel * BLOCK * kp);
-                    let c_block = c.at(r0 * c_stride + j0);
-                    if rows == BLOCK && cols == BLOCK {
-                        let block_start = match start {
-                            Start::Zero => BlockStart::Zero,
-                            Start::Bias(_) => BlockStart::Bias(padded_bias.as_ptr().add(j0)),
-                        };
-                        block(a_panel, kp, b_block, c_block, c_stride, block_start);
-                        if finish == Finish::Gelu {
+                    match dest {
+                        Dest::F32 { c, stride } => {
+                            let c_block = c.at(r0 * stride + j0);
+                            if rows == BLOCK && cols == BLOCK && matches!(finish, Finish::None) {
+                                block(a_panel, kp, b_block, c_block, stride, block_start);
+                                continue;
+                            }
+                            if let Finish::Add(addend) = finish {
+                                // The addend's rows are far apart, a stream the prefetchers do
+                                // not follow: asked for now, they arrive while the tiles work.
+                                for r in 0..rows {
+                                    let row = &addend[(r0 + r) * stride + j0..][..cols];
+                                    prefetch(row.as_ptr());
+                                    prefetch(row.as_ptr().wrapping_add(cols - 1));
+                                }
+                            }
+                            block(a_panel, kp, b_block, sums.as_mut_ptr(), BLOCK, block_start);
+                            for r in 0..rows {
+                                let dst = std::slice::from_raw_parts_mut(c_block.add(r * stride), cols);
+                                let src = &sums[r * BLOCK..r * BLOCK + cols];
+                                match finish {
+                                    Finish::None => dst.copy_from_slice(src),
+                                    Finish::Gelu => gelu_chunk(as_uninit(dst), src),
+                                    Finish::Add(addend) => {
+                                        add_into(dst, src, &addend[(r0 + r) * stride + j0..][..cols])
+                                    }
+                                }
+                            }
+                        }
+                        Dest::Bf16 { panels: out, kp: out_kp } => {
+                            block(a_panel, kp, b_block, sums.as_mut_ptr(), BLOCK, block_start);
+                            let step = std::slice::from_raw_parts_mut(
+                                out.at(r0 * out_kp + jb * BLOCK * K_STEP),
+                                BLOCK * K_STEP,
+                            );
                             for r in 0..BLOCK {
-                                gelu_in_place(std::slice::from_raw_parts_mut(c_block.add(r * c_stride), BLOCK));
+                                let row = &mut sums[r * BLOCK..r * BLOCK + cols];
+                                if r >= rows {
+                                    write_panel_row(step, r, &[], 0.0);
+                                    continue;
+                                }
+                                match finish {
+                                    Finish::None => {}
+                                    Finish::Gelu => gelu_in_place(row),
+                                    Finish::Add(_) => {
+                                        unreachable!("only linear_gelu_rows_to_bf16 writes bf16, with GELU")
+                                    }
+                                }
+                                write_panel_row(step, r, row, 1.0);
                             }
-                        }
-                        continue;
-                    }
-                    // An edge block: computed aside, then only its rows and columns in C.
-                    block(a_panel, kp, b_block, edge.as_mut_ptr(), BLOCK, BlockStart::Zero);
-                    for r in 0..rows {
-                        let dst = std::slice::from_raw_parts_mut(c_block.add(r * c_stride), cols);
-                        let src = &edge[r * BLOCK..r * BLOCK + cols];
-                        match start {
-                            Start::Zero => dst.copy_from_slice(src),
-                            Start::Bias(bias) => {
-                                let bias = &bias[j0..j0 + cols];
-                                dst.iter_mut().zip(src).zip(bias).for_each(|((d, v), b)| *d = b + v);
-                            }
-                        }
-                        if finish == Finish::Gelu {
-                            gelu_in_place(dst);
                         }
                     }
                 }
@@ -678,17 +772,39 @@ pub unsafe fn gemm(a: Lhs, b: &PackedB, c: *mut f32, c_stride: usize, start: Sta
     }
 }
 
-/// A Linear layer on the tiles: x (m x k, row-major f32) times B, plus the bias, then GELU
-/// when `finish` asks, in parallel; m x n, row-major. The output is written once, block by
-/// block: no pass fills it with the bias first, and GELU runs on each block while it is in
-/// cache.
+crate::simd_dispatch! {
+    /// dst = src + addend, value by value.
+    fn add_into(dst: &mut [f32], src: &[f32], addend: &[f32]) {
+        dst.iter_mut().zip(src).zip(addend).for_each(|((d, v), a)| *d = v + a);
+    }
+}
+
+/// Asks the cache for the line holding `at` (a hint: never faults, whatever the address).
+#[inline(always)]
+fn prefetch<T>(at: *const T) {
+    // SAFETY: a prefetch only hints; it reads nothing the program sees and cannot fault.
+    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast()) };
+}
+
+/// The same floats, seen as memory that may be overwritten without being read.
+fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: f32 and MaybeUninit<f32> share their layout; every f32 is a valid MaybeUninit.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
+}
+
+/// A Linear layer on the tiles: A (m x k: f32 rows, or rows already in bf16) times B, plus the
+/// bias, then `finish` (GELU, or a residual of m x n added), in parallel; m x n, row-major.
+/// The output is written once, block by block: no pass fills it with the bias first, and the
+/// finish runs on each block while it is in cache.
 ///
 /// Panics where `available()` does not hold, or when the lengths do not fit.
-pub fn linear_rows_bf16(x: &[f32], b: &PackedB, bias: &[f32], finish: Finish) -> Vec<f32> {
-    let m = x.len() / b.k.max(1);
-    assert!(x.len() == m * b.k && bias.len() == b.n, "amx::linear_rows_bf16: x, B and the bias do not fit");
+pub fn linear_rows_bf16(a: Lhs, b: &PackedB, bias: &[f32], finish: Finish) -> Vec<f32> {
+    let m = a.rows();
+    assert_eq!(bias.len(), b.n, "amx::linear_rows_bf16: the bias is not n long");
+    if let Finish::Add(addend) = finish {
+        assert_eq!(addend.len(), m * b.n, "amx::linear_rows_bf16: the addend is not m x n");
+    }
     let mut y: Vec<f32> = Vec::with_capacity(m * b.n);
-    let a = Lhs::F32 { rows: Rows::contiguous(x, b.k), scale: 1.0 };
     // SAFETY: y has room for m x n, row-major, and is this function's own.
     unsafe {
         gemm(a, b, y.as_mut_ptr(), b.n, Start::Bias(bias), finish, true);
@@ -696,6 +812,24 @@ pub fn linear_rows_bf16(x: &[f32], b: &PackedB, bias: &[f32], finish: Finish) ->
         y.set_len(m * b.n);
     }
     y
+}
+
+/// GELU(x B + bias) rounded to bf16 into `out`, laid out as the next product's left operand:
+/// the MLP's hidden layer, which then never exists in f32. The values are those
+/// [`linear_rows_bf16`] with [`Finish::Gelu`] gives, rounded as the next product would round
+/// them.
+///
+/// Panics where `available()` does not hold, or when the lengths do not fit.
+pub fn linear_gelu_rows_to_bf16(x: &[f32], b: &PackedB, bias: &[f32], out: &mut Bf16Rows) {
+    let m = x.len() / b.k.max(1);
+    assert!(x.len() == m * b.k && bias.len() == b.n, "amx::linear_gelu_rows_to_bf16: x, B and the bias do not fit");
+    out.reset(m, b.n);
+    debug_assert_eq!(out.kp, b.np);
+    let a = Lhs::F32 { rows: Rows::contiguous(x, b.k), scale: 1.0 };
+    let dest = Dest::Bf16 { panels: Shared(out.data.as_mut_ptr()), kp: out.kp };
+    // SAFETY: `out` holds m rows rounded up to 32 in panels of kp = b.np, and is borrowed
+    // mutably for the call.
+    unsafe { gemm_into(a, b, dest, Start::Bias(bias), Finish::Gelu, true) };
 }
 
 #[cfg(test)]
@@ -722,7 +856,8 @@ mod tests {
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 199) as f32 * 0.011 - 1.1).collect();
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5).collect();
             let packed = PackedB::from_weight(&w, n, k);
-            let c = linear_rows_bf16(&a, &packed, &bias, Finish::None);
+            let c =
+                linear_rows_bf16(Lhs::F32 { rows: Rows::contiguous(&a, k), scale: 1.0 }, &packed, &bias, Finish::None);
             let mut worst = 0f32;
             for i in 0..m {
                 for j in 0..n {
@@ -803,10 +938,86 @@ mod tests {
             let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 199) as f32 * 0.011 - 1.1).collect();
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.05 - 1.0).collect();
             let packed = PackedB::from_weight(&w, n, k);
-            let mut want = linear_rows_bf16(&a, &packed, &bias, Finish::None);
+            let mut want =
+                linear_rows_bf16(Lhs::F32 { rows: Rows::contiguous(&a, k), scale: 1.0 }, &packed, &bias, Finish::None);
             gelu_in_place(&mut want);
-            let got = linear_rows_bf16(&a, &packed, &bias, Finish::Gelu);
+            let got =
+                linear_rows_bf16(Lhs::F32 { rows: Rows::contiguous(&a, k), scale: 1.0 }, &packed, &bias, Finish::Gelu);
             assert_eq!(got, want, "{m} x {n} x {k}");
+        }
+    }
+
+    /// B packed from the rows of its transpose (keys, with whole and partial 32-value chunks
+    /// scattered down each column) holds the same bits as B packed from its own rows.
+    #[test]
+    fn transposed_rows_pack_as_the_rows_of_b() {
+        for (k, n) in [(100usize, 45usize), (64, 32), (33, 70), (7, 3)] {
+            let stride = k + 5;
+            let src: Vec<f32> = (0..n * stride).map(|i| ((i * 7919) % 211) as f32 * 0.013 - 1.3).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| src[(i % n) * stride + 2 + i / n]).collect();
+            let want = PackedB::from_rows(&b, 0, n, k, n, false);
+            for parallel in [false, true] {
+                let got = PackedB::from_transposed_rows(&src, 2, stride, n, k, parallel);
+                assert!(got.data == want.data, "k {k}, n {n}");
+            }
+        }
+    }
+
+    /// A residual added as each block finishes, full blocks and edge ones, is the same bits as
+    /// adding it after.
+    #[test]
+    fn added_rows_on_finished_blocks_match_adding_after() {
+        if !amx_here() {
+            return;
+        }
+        for (m, n, k) in [(70, 45, 100), (64, 64, 64), (33, 97, 40)] {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 211) as f32 * 0.013 - 1.3).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 199) as f32 * 0.011 - 1.1).collect();
+            let residual: Vec<f32> = (0..m * n).map(|i| ((i * 31) % 101) as f32 * 0.7 - 30.0).collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.05 - 1.0).collect();
+            let packed = PackedB::from_weight(&w, n, k);
+            let lhs = Lhs::F32 { rows: Rows::contiguous(&a, k), scale: 1.0 };
+            let mut want = linear_rows_bf16(lhs, &packed, &bias, Finish::None);
+            want.iter_mut().zip(&residual).for_each(|(w, r)| *w += r);
+            assert_eq!(linear_rows_bf16(lhs, &packed, &bias, Finish::Add(&residual)), want, "{m} x {n} x {k}");
+        }
+    }
+
+    /// The MLP's hidden layer written straight into bf16 panels is GELU of the f32 output
+    /// rounded as the next product rounds it: that product gives the same bits either way, and
+    /// the panels' padding (rows past m, columns past n) is zero.
+    #[test]
+    fn gelu_into_bf16_panels_feeds_the_next_product_as_f32_rows_would() {
+        if !amx_here() {
+            return;
+        }
+        for (m, hidden, k, n) in [(70, 45, 100, 20), (64, 64, 64, 64), (33, 97, 40, 35)] {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 211) as f32 * 0.013 - 1.3).collect();
+            let w1: Vec<f32> = (0..hidden * k).map(|i| ((i * 104729) % 199) as f32 * 0.011 - 1.1).collect();
+            let w2: Vec<f32> = (0..n * hidden).map(|i| ((i * 7907) % 193) as f32 * 0.009 - 0.9).collect();
+            let b1: Vec<f32> = (0..hidden).map(|j| j as f32 * 0.05 - 1.0).collect();
+            let b2: Vec<f32> = (0..n).map(|j| j as f32 * 0.1).collect();
+            let (p1, p2) = (PackedB::from_weight(&w1, hidden, k), PackedB::from_weight(&w2, n, hidden));
+            let x_rows = Lhs::F32 { rows: Rows::contiguous(&x, k), scale: 1.0 };
+            let h = linear_rows_bf16(x_rows, &p1, &b1, Finish::Gelu);
+            let want =
+                linear_rows_bf16(Lhs::F32 { rows: Rows::contiguous(&h, hidden), scale: 1.0 }, &p2, &b2, Finish::None);
+            let mut panels = Bf16Rows::default();
+            linear_gelu_rows_to_bf16(&x, &p1, &b1, &mut panels);
+            assert_eq!(
+                linear_rows_bf16(Lhs::Bf16(&panels), &p2, &b2, Finish::None),
+                want,
+                "{m} x {hidden} x {k} x {n}"
+            );
+            let at = |i: usize, j: usize| {
+                panels.data[(i / BLOCK) * BLOCK * panels.kp
+                    + (j / K_STEP) * BLOCK * K_STEP
+                    + (i % BLOCK) * K_STEP
+                    + j % K_STEP]
+            };
+            let padded_rows = m.div_ceil(BLOCK) * BLOCK;
+            assert!((0..padded_rows).all(|i| (hidden..panels.kp).all(|j| at(i, j) == 0)), "columns past n");
+            assert!((m..padded_rows).all(|i| (0..panels.kp).all(|j| at(i, j) == 0)), "rows past m");
         }
     }
 

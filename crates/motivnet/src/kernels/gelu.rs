@@ -16,7 +16,7 @@ fn gelu_value(v: f32) -> f32 {
 }
 
 /// GELU of each value of `x` into `out` (which may be fresh, unwritten memory).
-fn gelu_chunk(out: &mut [MaybeUninit<f32>], x: &[f32]) {
+pub fn gelu_chunk(out: &mut [MaybeUninit<f32>], x: &[f32]) {
     assert_eq!(out.len(), x.len(), "gelu_chunk: input and output lengths differ");
     #[cfg(target_arch = "x86_64")]
     if super::simd::level() == super::simd::Level::Avx512 {

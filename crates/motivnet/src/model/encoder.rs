@@ -12,7 +12,7 @@ use candle_core::{Module, Tensor};
 
 use crate::config::EncoderConfig;
 use crate::error::{input_err, Result};
-use crate::nn::layers::{cut_graph_unless, LayerNorm, Linear, Mode};
+use crate::nn::layers::{cut_graph_unless, mlp_plus_bf16, LayerNorm, Linear, Mode};
 use crate::nn::params::{torch_default_bound, Group, Init, InitScheme, ParamStore};
 
 const LN_EPS: f64 = 1e-6;
@@ -45,14 +45,16 @@ impl Attention {
         self.heads
     }
 
-    /// Takes the normalized tokens so that in eval they are freed before the attention runs.
-    fn forward(&self, x: Tensor, training: bool) -> Result<Tensor> {
+    /// `residual` + this attention of `x`: the block's first branch with its residual, which
+    /// the bf16 products add as the projection's blocks finish. Takes the normalized tokens so
+    /// that in eval they are freed before the attention runs.
+    fn forward_plus(&self, x: Tensor, residual: &Tensor, training: bool) -> Result<Tensor> {
         // The reference splits qkv as (B, N, 3, heads, hd); the fused op reads that layout.
         let qkv = cut_graph_unless(training, self.qkv.forward(&x)?);
         drop(x);
         let out = cut_graph_unless(training, crate::ops::attention::self_attention(&qkv, self.heads, training)?);
         drop(qkv);
-        Ok(cut_graph_unless(training, self.proj.forward(&out)?))
+        Ok(cut_graph_unless(training, self.proj.forward_plus(&out, residual, training)?))
     }
 }
 
@@ -116,14 +118,15 @@ impl Block {
     /// `training`: whether backward will follow (the fused ops then keep what it needs). The
     /// block takes `x` so that in eval it is freed once the attention's residual is added.
     fn forward(&self, x: Tensor, training: bool) -> Result<Tensor> {
-        let attended = self.attn.forward(cut_graph_unless(training, self.ln1.forward(&x)?), training)?;
-        let x = cut_graph_unless(training, (x + attended)?);
+        let x = self.attn.forward_plus(cut_graph_unless(training, self.ln1.forward(&x)?), &x, training)?;
+        let normed = cut_graph_unless(training, self.ln2.forward(&x)?);
+        if let Some(out) = mlp_plus_bf16(&self.fc1, &self.fc2, &normed, &x, training)? {
+            return Ok(out);
+        }
         // Exact (erf) GELU as PyTorch's nn.GELU() (candle's gelu() is the tanh approximation),
         // fused into fc1 on the CPU.
-        let hidden = cut_graph_unless(
-            training,
-            self.fc1.forward_gelu(&cut_graph_unless(training, self.ln2.forward(&x)?), training)?,
-        );
+        let hidden = cut_graph_unless(training, self.fc1.forward_gelu(&normed, training)?);
+        drop(normed);
         let h = cut_graph_unless(training, self.fc2.forward(&hidden)?);
         drop(hidden);
         Ok((x + h)?)

@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use super::params::{weights_generation, Init, ParamStore};
 use crate::error::Result;
 use crate::kernels::amx::PackedB;
+use crate::ops::linear::Bf16End;
 
 /// Train mode carries the RNG that draws dropout masks (candle's CPU RNG cannot be seeded).
 pub enum Mode<'a> {
@@ -164,9 +165,20 @@ impl Linear {
     /// `for_backward` as in [`crate::ops::linear::linear_gelu`].
     pub fn forward_gelu(&self, x: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
         if self.takes_bf16(x, for_backward) {
-            return crate::ops::linear::linear_bf16(x, &*self.packed.get(&self.weight)?, &self.bias, true);
+            return crate::ops::linear::linear_bf16(x, &*self.packed.get(&self.weight)?, &self.bias, Bf16End::Gelu);
         }
         crate::ops::linear::linear_gelu(x, &self.weight_matrix()?, &self.bias, for_backward)
+    }
+
+    /// `residual` plus this layer's output: the Linear that ends a residual branch. Under the
+    /// bf16 products the residual is added as each block of the product finishes (the same
+    /// bits as adding it after); elsewhere it is `residual + forward(x)`.
+    pub fn forward_plus(&self, x: &Tensor, residual: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
+        if self.takes_bf16(x, for_backward) && crate::ops::dispatch::fused(&[residual]) {
+            let packed = self.packed.get(&self.weight)?;
+            return crate::ops::linear::linear_bf16(x, &packed, &self.bias, Bf16End::Plus(residual));
+        }
+        residual + self.forward(x)?
     }
 
     /// Packs the weight for the bf16 product (if not already current) and makes that packing
@@ -218,10 +230,28 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // Inside `bf16_matmuls` no backward follows (its contract), whatever x records.
         if self.takes_bf16(x, false) {
-            return crate::ops::linear::linear_bf16(x, &*self.packed.get(&self.weight)?, &self.bias, false);
+            return crate::ops::linear::linear_bf16(x, &*self.packed.get(&self.weight)?, &self.bias, Bf16End::Plain);
         }
         crate::ops::linear::linear(x, &self.weight_matrix()?, &self.bias)
     }
+}
+
+/// `residual` + fc2(GELU(fc1(x))), a transformer block's MLP branch and its residual, with
+/// both products in bf16 and the hidden activations kept in bf16 between them
+/// ([`crate::ops::linear::mlp_bf16`]); `None` where the products do not run in bf16 (f32,
+/// training, another device), for the caller to compose.
+pub fn mlp_plus_bf16(
+    fc1: &Linear,
+    fc2: &Linear,
+    x: &Tensor,
+    residual: &Tensor,
+    for_backward: bool,
+) -> candle_core::Result<Option<Tensor>> {
+    if !fc1.takes_bf16(x, for_backward) || !crate::ops::dispatch::fused(&[residual]) {
+        return Ok(None);
+    }
+    let (p1, p2) = (fc1.packed.get(&fc1.weight)?, fc2.packed.get(&fc2.weight)?);
+    crate::ops::linear::mlp_bf16(x, (&p1, &fc1.bias), (&p2, &fc2.bias), residual).map(Some)
 }
 
 /// `nn.LayerNorm` over the last dimension with the biased variance, as PyTorch.

@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::f32_slice;
-use crate::kernels::amx::{Finish, PackedB};
+use crate::kernels::amx::{self, Bf16Rows, Finish, Lhs, PackedB, Rows};
 use crate::kernels::gelu::{gelu_backward, gelu_forward, gelu_in_place};
 use crate::kernels::linear::{linear_grads, linear_rows};
 use crate::kernels::CHUNK;
@@ -52,11 +52,79 @@ pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, for_backward: boo
     super::gelu::gelu_erf(&linear(x, weight, bias)?)
 }
 
-/// x (..., in) W^T + b with the product on AMX bf16 tiles from W packed as `packed`, GELU
-/// applied when `gelu`: the Linear layers under `precision: 'bf16'` on the CPU. x is f32 and
-/// rounded to bf16 as it is read; the sums, the bias and the result are f32. Inference only:
-/// the result records no graph.
-pub fn linear_bf16(x: &Tensor, packed: &PackedB, bias: &Tensor, gelu: bool) -> candle_core::Result<Tensor> {
+/// What a Linear on the tiles does to its output before it is stored.
+pub enum Bf16End<'a> {
+    /// Nothing: x W^T + b.
+    Plain,
+    /// GELU (exact, erf form) of x W^T + b.
+    Gelu,
+    /// x W^T + b plus this tensor of the output's shape: a branch that ends a residual
+    /// connection, added while each block of the product is in cache.
+    Plus(&'a Tensor),
+}
+
+/// x (..., in) W^T + b with the product on AMX bf16 tiles from W packed as `packed`, then
+/// `end`: the Linear layers under `precision: 'bf16'` on the CPU. x is f32 and rounded to bf16
+/// as it is read; the sums, the bias and the result are f32. Inference only: the result
+/// records no graph.
+pub fn linear_bf16(x: &Tensor, packed: &PackedB, bias: &Tensor, end: Bf16End) -> candle_core::Result<Tensor> {
+    let out_dims = packed_output_dims(x, packed, bias)?;
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let x_values = cpu_f32(&storage, layout, "linear_bf16")?;
+    let lhs = Lhs::F32 { rows: Rows::contiguous(x_values, packed.k), scale: 1.0 };
+    let b = bias.to_vec1::<f32>()?;
+    let y = match end {
+        Bf16End::Plain => amx::linear_rows_bf16(lhs, packed, &b, Finish::None),
+        Bf16End::Gelu => amx::linear_rows_bf16(lhs, packed, &b, Finish::Gelu),
+        Bf16End::Plus(residual) => {
+            let residual = checked_residual(residual, &out_dims)?;
+            let (res_storage, res_layout) = residual.storage_and_layout();
+            let addend = cpu_f32(&res_storage, res_layout, "linear_bf16")?;
+            amx::linear_rows_bf16(lhs, packed, &b, Finish::Add(addend))
+        }
+    };
+    Tensor::from_vec(y, out_dims, x.device())
+}
+
+/// fc2(GELU(fc1(x))) + residual with both products on the tiles: the MLP of a block under
+/// `precision: 'bf16'` on the CPU. fc1's blocks go through GELU and are rounded to bf16 into
+/// the panels fc2 reads, so the hidden activations (four times x's width) are never stored
+/// in f32, read back and rounded in a pass of their own. The result is the same bits as
+/// [`linear_bf16`] with GELU, then with the residual. Inference only.
+pub fn mlp_bf16(
+    x: &Tensor,
+    (fc1, b1): (&PackedB, &Tensor),
+    (fc2, b2): (&PackedB, &Tensor),
+    residual: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let hidden_dims = packed_output_dims(x, fc1, b1)?;
+    if fc2.k != fc1.n {
+        candle_core::bail!("mlp: fc1 gives {} values a row, fc2 takes {}", fc1.n, fc2.k);
+    }
+    let out_dims = {
+        let mut dims = hidden_dims;
+        *dims.last_mut().unwrap() = fc2.n;
+        dims
+    };
+    if b2.dims1()? != fc2.n {
+        candle_core::bail!("mlp: fc2's bias {:?} does not fit its {} outputs", b2.dims(), fc2.n);
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let x_values = cpu_f32(&storage, layout, "mlp_bf16")?;
+    let mut hidden = Bf16Rows::default();
+    amx::linear_gelu_rows_to_bf16(x_values, fc1, &b1.to_vec1::<f32>()?, &mut hidden);
+    let residual = checked_residual(residual, &out_dims)?;
+    let (res_storage, res_layout) = residual.storage_and_layout();
+    let addend = cpu_f32(&res_storage, res_layout, "mlp_bf16")?;
+    let y = amx::linear_rows_bf16(Lhs::Bf16(&hidden), fc2, &b2.to_vec1::<f32>()?, Finish::Add(addend));
+    Tensor::from_vec(y, out_dims, x.device())
+}
+
+/// The output dims of x times a packed weight (n x k) with its bias, or an error naming the
+/// shapes that do not fit.
+fn packed_output_dims(x: &Tensor, packed: &PackedB, bias: &Tensor) -> candle_core::Result<Vec<usize>> {
     let dims = x.dims();
     let in_dim = dims.last().copied().unwrap_or(0);
     let out_dim = bias.dims1()?;
@@ -68,16 +136,28 @@ pub fn linear_bf16(x: &Tensor, packed: &PackedB, bias: &Tensor, gelu: bool) -> c
             packed.k
         );
     }
-    let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let candle_core::Storage::Cpu(storage) = &*storage else { candle_core::bail!("linear_bf16: x is not on the CPU") };
-    let x_values = f32_slice(storage, layout, "linear_bf16")?;
-    let b = bias.to_vec1::<f32>()?;
-    let finish = if gelu { Finish::Gelu } else { Finish::None };
-    let y = crate::kernels::amx::linear_rows_bf16(x_values, packed, &b, finish);
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().unwrap() = out_dim;
-    Tensor::from_vec(y, out_dims, x.device())
+    Ok(out_dims)
+}
+
+/// The residual of a Linear on the tiles, contiguous, or an error when its shape is not the
+/// output's.
+fn checked_residual(residual: &Tensor, out_dims: &[usize]) -> candle_core::Result<Tensor> {
+    if residual.dims() != out_dims || residual.dtype() != candle_core::DType::F32 {
+        candle_core::bail!(
+            "linear: a residual {:?} of {:?} does not fit the f32 output {out_dims:?}",
+            residual.dims(),
+            residual.dtype()
+        );
+    }
+    residual.contiguous()
+}
+
+/// The f32 values of a contiguous CPU tensor's storage.
+fn cpu_f32<'a>(storage: &'a candle_core::Storage, layout: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    let candle_core::Storage::Cpu(storage) = storage else { candle_core::bail!("{op}: the input is not on the CPU") };
+    f32_slice(storage, layout, op)
 }
 
 /// The output dims of x W^T, or an error naming the shapes that do not fit.
