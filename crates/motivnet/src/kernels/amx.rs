@@ -467,7 +467,6 @@ fn round_into(dst: &mut [u16], src: &[f32], scale: f32) {
 /// the packed layout, and 32 x 32 floats at `c` with that stride writable by this thread.
 #[inline(never)]
 unsafe fn block(panel: *const u16, kp: usize, b_block: *const u16, c: *mut f32, c_stride: usize, start: BlockStart) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     let (c_bytes, a_bytes, b_bytes) = (c_stride * 4, K_STEP * 2, 2 * BLOCK * 2);
     let (c00, c01, c10, c11) = (c, c.add(16), c.add(16 * c_stride), c.add(16 * c_stride + 16));
     // A bias starts the sums: each tile reads the same row of it 16 times (a row stride of
@@ -495,9 +494,9 @@ unsafe fn block(panel: *const u16, kp: usize, b_block: *const u16, c: *mut f32, 
         // do not run ahead of tile loads far enough to hide the second-level cache. A prefetch
         // past the end of B is only a hint and cannot fault (its address is formed with
         // wrapping arithmetic, never dereferenced).
-        let next = (b0 as *const i8).wrapping_add(B_STEP_BYTES);
+        let next = b0.cast::<u8>().wrapping_add(B_STEP_BYTES);
         for line in 0..B_STEP_LINES {
-            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(line * 64));
+            prefetch(next.wrapping_add(line * 64));
         }
         asm!(
             "tileloadd tmm4, [{a0} + {sa}*1]",

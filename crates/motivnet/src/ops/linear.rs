@@ -77,12 +77,9 @@ pub fn linear_bf16(x: &Tensor, packed: &PackedB, bias: &Tensor, end: Bf16End) ->
     let y = match end {
         Bf16End::Plain => amx::linear_rows_bf16(lhs, packed, &b, Finish::None),
         Bf16End::Gelu => amx::linear_rows_bf16(lhs, packed, &b, Finish::Gelu),
-        Bf16End::Plus(residual) => {
-            let residual = checked_residual(residual, &out_dims)?;
-            let (res_storage, res_layout) = residual.storage_and_layout();
-            let addend = cpu_f32(&res_storage, res_layout, "linear_bf16")?;
+        Bf16End::Plus(residual) => with_residual_values(residual, &out_dims, |addend| {
             amx::linear_rows_bf16(lhs, packed, &b, Finish::Add(addend))
-        }
+        })?,
     };
     Tensor::from_vec(y, out_dims, x.device())
 }
@@ -115,10 +112,10 @@ pub fn mlp_bf16(
     let x_values = cpu_f32(&storage, layout, "mlp_bf16")?;
     let mut hidden = Bf16Rows::default();
     amx::linear_gelu_rows_to_bf16(x_values, fc1, &b1.to_vec1::<f32>()?, &mut hidden);
-    let residual = checked_residual(residual, &out_dims)?;
-    let (res_storage, res_layout) = residual.storage_and_layout();
-    let addend = cpu_f32(&res_storage, res_layout, "mlp_bf16")?;
-    let y = amx::linear_rows_bf16(Lhs::Bf16(&hidden), fc2, &b2.to_vec1::<f32>()?, Finish::Add(addend));
+    let b2 = b2.to_vec1::<f32>()?;
+    let y = with_residual_values(residual, &out_dims, |addend| {
+        amx::linear_rows_bf16(Lhs::Bf16(&hidden), fc2, &b2, Finish::Add(addend))
+    })?;
     Tensor::from_vec(y, out_dims, x.device())
 }
 
@@ -141,9 +138,13 @@ fn packed_output_dims(x: &Tensor, packed: &PackedB, bias: &Tensor) -> candle_cor
     Ok(out_dims)
 }
 
-/// The residual of a Linear on the tiles, contiguous, or an error when its shape is not the
-/// output's.
-fn checked_residual(residual: &Tensor, out_dims: &[usize]) -> candle_core::Result<Tensor> {
+/// `product` given the f32 values of a Linear's residual, or an error when the residual is not
+/// an f32 CPU tensor of the output's shape.
+fn with_residual_values<R>(
+    residual: &Tensor,
+    out_dims: &[usize],
+    product: impl FnOnce(&[f32]) -> R,
+) -> candle_core::Result<R> {
     if residual.dims() != out_dims || residual.dtype() != candle_core::DType::F32 {
         candle_core::bail!(
             "linear: a residual {:?} of {:?} does not fit the f32 output {out_dims:?}",
@@ -151,7 +152,9 @@ fn checked_residual(residual: &Tensor, out_dims: &[usize]) -> candle_core::Resul
             residual.dtype()
         );
     }
-    residual.contiguous()
+    let residual = residual.contiguous()?;
+    let (storage, layout) = residual.storage_and_layout();
+    Ok(product(cpu_f32(&storage, layout, "linear: the residual")?))
 }
 
 /// The f32 values of a contiguous CPU tensor's storage.
