@@ -48,13 +48,20 @@ export interface LoadOptions {
   device?: string;
   /**
    * `f32` (default), or `bf16`: on CUDA, compute in bf16 with the weights and optimizer in f32;
-   * on a CPU with AMX tiles ({@link cpuBf16Available}), run the products of inference in bf16
-   * and keep each Linear weight only in bf16, packed for the tiles (the f32 copy is freed, about
-   * half the weights' memory). Training, `save`, `saveState` and `loadState` on such a model
-   * are refused with the reason: load it with `f32` for those. Elsewhere bf16 is refused when
-   * the model loads.
+   * on a CPU with AMX tiles ({@link cpuBf16Available}), run the Linear layers' products in bf16
+   * on the tiles. Loaded for inference there, each Linear weight is kept only in bf16, packed
+   * for the tiles (the f32 copy is freed, about half the weights' memory), and training,
+   * `save`, `saveState` and `loadState` are refused with the reason; load with `forTraining`
+   * to train in bf16 (the encoder's products, forward and backward, with f32 weights, optimizer
+   * and everything else; its accuracy cost is in docs/BENCHMARKS.md). Elsewhere bf16 is
+   * refused when the model loads.
    */
   precision?: Precision;
+  /**
+   * The model will be trained: under bf16 on a CPU with AMX, its Linear weights stay f32 (the
+   * train step rounds them for each product). Default false.
+   */
+  forTraining?: boolean;
   /** Seeds the initial weights and dropout. Default 0. */
   seed?: number;
   optimizer?: {

@@ -267,8 +267,9 @@ describe('MotivNet', () => {
     });
 
     // On a CPU with AMX, bf16 runs the products on its tiles: the logits follow f32's to bf16's
-    // precision, and training is refused with the reason. Elsewhere bf16 is refused with the reason.
-    it(`bf16 on the CPU: ${cpuBf16Available() ? 'runs, for inference only' : 'refused without AMX'}`, async () => {
+    // precision; loaded for inference, training is refused with the reason, and loaded for
+    // training it trains. Elsewhere bf16 is refused with the reason.
+    it(`bf16 on the CPU: ${cpuBf16Available() ? 'runs' : 'refused without AMX'}`, async () => {
       if (!cpuBf16Available()) {
         await expect(MotivNet.load({ ...fixtureModel, precision: 'bf16' })).rejects.toThrow(/needs a CUDA device or a CPU with AMX tiles/);
         return;
@@ -281,7 +282,7 @@ describe('MotivNet', () => {
       const top = (l: Float32Array, i: number) => Array.from(l.subarray(i * 8, i * 8 + 8)).indexOf(Math.max(...l.subarray(i * 8, i * 8 + 8)));
       for (let i = 0; i < 4; i++) expect(top(b.logits, i)).toBe(top(a.logits, i));
       await expect(bf16.trainStep({ tensor: x, batchSize: 4 }, labels, { encoderLr: 1e-3, decoderLr: 1e-3 })).rejects.toThrow(
-        /training on the CPU computes in f32/,
+        /cannot train: .* only in bf16.*load it with precision 'f32', or for training/,
       );
       // Its Linear weights are held only in bf16, packed for the tiles: saving them would write
       // rounded weights, so it is refused and no file is left behind.
@@ -290,6 +291,23 @@ describe('MotivNet', () => {
       expect(existsSync(refused)).toBe(false);
       f32.dispose();
       bf16.dispose();
+
+      // Loaded for training, bf16 trains with the encoder's products on the tiles: the first
+      // step's loss is f32's to bf16's precision (not the same value), the weights stay f32 and
+      // save, and after a few steps the two models still predict alike.
+      const [a32, a16] = [await MotivNet.load(fixtureModel), await MotivNet.load({ ...fixtureModel, precision: 'bf16', forTraining: true })];
+      const step = (m: MotivNet) => m.trainStep({ tensor: x, batchSize: 4 }, labels, { encoderLr: 1e-3, decoderLr: 1e-3 });
+      const [first32, first16] = [await step(a32), await step(a16)];
+      expect(Math.abs(first16.loss - first32.loss)).toBeLessThan(0.02 * Math.max(1, first32.loss));
+      expect(first16.loss).not.toBe(first32.loss);
+      for (let i = 0; i < 4; i++) await Promise.all([step(a32), step(a16)]);
+      const [p32, p16] = [await a32.predict({ tensor: x, batchSize: 4 }), await a16.predict({ tensor: x, batchSize: 4 })];
+      expect(maxAbsDiff(p32.logits, p16.logits)).toBeLessThan(0.05 * Math.max(1, ...Array.from(p32.logits, Math.abs)));
+      const saved = path.join(tmp, 'bf16-trained.safetensors');
+      await a16.save(saved);
+      expect(existsSync(saved)).toBe(true);
+      a32.dispose();
+      a16.dispose();
     });
 
     it('refuses use after dispose', async () => {

@@ -12,7 +12,7 @@ export const num = (what: string) => (v: string) => {
 };
 /** `--precision` of every command that loads a model; unset means the model's default, f32. */
 export const precisionOption = () =>
-  new Option('--precision <p>', 'compute dtype: f32 (default), or bf16 on CUDA (weights stay f32) or for inference on a CPU with AMX').choices(['f32', 'bf16']);
+  new Option('--precision <p>', 'compute dtype: f32 (default), or bf16 on CUDA or on a CPU with AMX tiles (weights stay f32 in training)').choices(['f32', 'bf16']);
 
 export const int = (what: string) => (v: string) => {
   const n = num(what)(v);

@@ -15,6 +15,7 @@ import { epochOrder, formatSampleReport } from '../data/sample.js';
 import { createRng } from '../data/random.js';
 import { emotionLabels } from '../emotions.js';
 import { MotivNetError } from '../errors.js';
+import { cpuBf16Available } from '../config.js';
 import { MotivNet } from '../model.js';
 import { batches } from '../preprocess/batcher.js';
 import { PreprocessPool } from '../preprocess/pool.js';
@@ -139,6 +140,10 @@ export async function resume(runDir: string, hooks: TrainHooks = {}): Promise<Tr
 
 async function execute(cfg: RunConfig, run: RunFolder, resumeFrom: string | null, hooks: TrainHooks): Promise<TrainResult> {
   const log = hooks.log ?? ((line: string) => console.log(line));
+  // Refused before any data is read (loading the model would refuse it too, after).
+  if (cfg.precision === 'bf16' && !cfg.device.startsWith('cuda') && !cpuBf16Available()) {
+    throw new Error("precision bf16 trains on a CUDA device or on a CPU with AMX tiles (Intel Xeon of the 4th generation or later); this CPU has none: pick f32 or --device cuda");
+  }
   const data = await loadDataset(cfg);
   // model.json records the exact model (its head may have come from the weights), so a resumed
   // run builds the same one before restoring its state.
@@ -152,6 +157,7 @@ async function execute(cfg: RunConfig, run: RunFolder, resumeFrom: string | null
     init: cfg.init,
     device: cfg.device,
     precision: cfg.precision,
+    forTraining: true,
     seed: cfg.seed,
     optimizer: {
       encoderWeightDecay: cfg.encoderWeightDecay,

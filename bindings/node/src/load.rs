@@ -31,6 +31,7 @@ pub fn load_model(env: &Env, options: LoadOptions) -> Result<Object<'_>> {
         request,
         device: options.device.unwrap_or_else(|| "cpu".into()),
         precision: motivnet::Precision::parse(options.precision.as_deref().unwrap_or("f32")).js()?,
+        for_training: options.for_training.unwrap_or(false),
         seed: options.seed.unwrap_or(0),
         optimizer,
         normalization,
@@ -98,6 +99,8 @@ pub struct LoadTask {
     pub init: motivnet::InitScheme,
     pub device: String,
     pub precision: motivnet::Precision,
+    /// Keep the f32 weights under bf16 on the CPU: the model will be trained.
+    pub for_training: bool,
     pub seed: u32,
     pub optimizer: AdamWConfig,
     pub normalization: Normalization,
@@ -134,9 +137,10 @@ impl LoadTask {
         };
         model.set_precision(self.precision).js()?;
         model.normalization = self.normalization;
-        // bf16 on the CPU is for inference: the f32 copies of the Linear weights would only
-        // take memory (training, saving and loading state are refused on such a model).
-        if model.can_keep_linear_weights_in_bf16_only() {
+        // A model loaded for inference under bf16 on the CPU keeps its Linear weights only as
+        // their bf16 packing: the f32 copies would only take memory (training, saving and
+        // loading state are refused on such a model). One loaded for training keeps them.
+        if !self.for_training && model.can_keep_linear_weights_in_bf16_only() {
             model.keep_linear_weights_in_bf16_only().js()?;
         }
         let config = motivnet::TrainerConfig { optimizer: self.optimizer.clone(), seed: self.seed as u64 };

@@ -32,8 +32,12 @@ pub struct LoadOptions {
     /// `cpu`, `cuda` or `cuda:N`. @default "cpu"
     pub device: Option<String>,
     /// `f32`, or `bf16`: on CUDA, compute in bf16 with f32 master weights; on a CPU with AMX,
-    /// inference products in bf16. @default "f32"
+    /// the Linear products in bf16 on its tiles. @default "f32"
     pub precision: Option<String>,
+    /// The model will be trained: under bf16 on a CPU with AMX its Linear weights stay f32 (the
+    /// train step rounds them for each product) instead of being kept only in bf16 for
+    /// inference. @default false
+    pub for_training: Option<bool>,
     /// Seeds the initial weights and the dropout masks. @default 0
     pub seed: Option<u32>,
     pub optimizer: Option<OptimizerOptions>,

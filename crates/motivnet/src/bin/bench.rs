@@ -18,7 +18,7 @@ struct Args {
     iters: usize,
     warmup: usize,
     device: String,
-    /// f32, or bf16 (CUDA, or a CPU with AMX: inference only there).
+    /// f32, or bf16 (CUDA, or a CPU with AMX).
     precision: String,
     skip_train: bool,
     skip_forward: bool,
@@ -226,8 +226,9 @@ fn run(args: &Args) -> motivnet::Result<String> {
     let mut model = MotivNet::new(&config, &device, 0)?;
     let precision = motivnet::Precision::parse(&args.precision)?;
     model.set_precision(precision)?;
-    // As the Node binding holds a model it loads for bf16 inference on the CPU.
-    if model.can_keep_linear_weights_in_bf16_only() {
+    // As the Node binding holds a model it loads for bf16 inference on the CPU (training needs
+    // the f32 weights).
+    if args.skip_train && model.can_keep_linear_weights_in_bf16_only() {
         model.keep_linear_weights_in_bf16_only()?;
     }
     let (total, trainable) = model.params.counts();
@@ -243,8 +244,7 @@ fn run(args: &Args) -> motivnet::Result<String> {
         })?)
     };
     let mut train_ms = None;
-    // The CPU's bf16 is for inference; its training computes in f32.
-    if !args.skip_train && !model.cpu_bf16_products() {
+    if !args.skip_train {
         let labels: Vec<u32> = (0..args.batch as u32).map(|i| i % config.head.num_classes as u32).collect();
         let mut trainer = Trainer::new(model, TrainerConfig::default());
         let lr = Groups { encoder: 1e-5, decoder: 1e-4 };

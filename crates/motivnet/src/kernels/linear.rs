@@ -76,6 +76,49 @@ pub fn column_sums(g: &[f32], cols: usize) -> Vec<f32> {
     sums
 }
 
+/// lhs (m x k) times rhs (k x n) into a new row-major m x n buffer.
+fn product(m: usize, n: usize, k: usize, lhs: View, rhs: View) -> Vec<f32> {
+    let fill = |dst: &mut [MaybeUninit<f32>]| {
+        if k == 0 {
+            dst.fill(MaybeUninit::new(0.0));
+            return;
+        }
+        // SAFETY: the callers' views cover m x k and k x n elements of live slices; the
+        // destination is this m x n buffer, which an overwriting product never reads.
+        unsafe {
+            matmul(
+                (m, n, k),
+                ViewMut::uninit_rows(dst, 0, n),
+                lhs,
+                rhs,
+                1.0,
+                Write::Overwrite,
+                threads_for_one_product(),
+            )
+        }
+    };
+    // SAFETY: the product (or the zero fill) writes all m x n elements.
+    unsafe { filled_vec(m * n, fill) }
+}
+
+/// dx = dy W (rows x in_dim) of y = x W^T + b from the output gradient dy (rows x out_dim).
+///
+/// Panics when the lengths do not fit: the product reads through raw pointers.
+pub fn input_grad(dy: &[f32], w: &[f32], (rows, in_dim, out_dim): (usize, usize, usize)) -> Vec<f32> {
+    assert!(dy.len() == rows * out_dim && w.len() == out_dim * in_dim, "linear::input_grad: dy and W do not fit");
+    product(rows, in_dim, out_dim, View::rows(dy, 0, out_dim), View::rows(w, 0, in_dim))
+}
+
+/// dW = dy^T x (out_dim x in_dim) and db = the column sums of dy (out_dim), from the layer's
+/// input x (rows x in_dim) and its output gradient dy (rows x out_dim).
+///
+/// Panics when the lengths do not fit: the product reads through raw pointers.
+pub fn param_grads(x: &[f32], dy: &[f32], (rows, in_dim, out_dim): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
+    assert!(x.len() == rows * in_dim && dy.len() == rows * out_dim, "linear::param_grads: x and dy do not fit");
+    let dw = product(out_dim, in_dim, rows, View::rows(dy, 0, out_dim).t(), View::rows(x, 0, in_dim));
+    (dw, column_sums(dy, out_dim))
+}
+
 /// dx (rows x in), dW (out x in) and db (out) of y = x W^T + b from the output gradient g
 /// (rows x out), back to back in one buffer.
 pub fn linear_grads(x: &[f32], w: &[f32], g: &[f32], (out_dim, in_dim): (usize, usize)) -> Vec<f32> {

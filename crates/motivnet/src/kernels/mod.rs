@@ -13,6 +13,7 @@ pub mod gelu;
 pub mod gemm;
 pub mod layer_norm;
 pub mod linear;
+pub mod linear_bf16;
 pub mod math;
 pub mod patches;
 pub mod resize;

@@ -16,8 +16,6 @@
 //! this pass to that path's. Parameters are read, and gradients returned, by the block's
 //! field names ([`BlockParams`]).
 
-use std::mem::MaybeUninit;
-
 use candle_core::{Device, StorageRef, Tensor, Var};
 use rayon::prelude::*;
 
@@ -25,9 +23,8 @@ use super::encoder::{Block, BlockParams, SapiensEncoder};
 use crate::error::{input_err, Error, Result};
 use crate::kernels::attention::{attention_backward, attention_forward};
 use crate::kernels::gelu::{gelu_backward, gelu_forward};
-use crate::kernels::gemm::{filled_vec, matmul, threads_for_one_product, View, ViewMut, Write};
 use crate::kernels::layer_norm::{layer_norm_backward, layer_norm_forward};
-use crate::kernels::linear::{column_sums, linear_rows};
+use crate::kernels::{linear, linear_bf16};
 use crate::ops::attention::KEEP_PROBABILITIES_BYTES;
 use crate::ops::f32_slice;
 
@@ -37,6 +34,51 @@ pub fn supported(encoder: &SapiensEncoder, images: &Tensor) -> bool {
     let params = EncoderParams::of(encoder);
     let all: Vec<&Tensor> = std::iter::once(images).chain(params.tensors()).collect();
     crate::ops::dispatch::fused(&all) && all.iter().all(|t| t.is_contiguous())
+}
+
+/// How the pass multiplies in its Linear layers (the patch embedding, qkv, the projections,
+/// the MLPs), forward and backward: f32 products (`gemm`), or operands rounded to bf16 with f32
+/// sums on the CPU's AMX tiles (`precision: 'bf16'`; see [`crate::kernels::linear_bf16`]). The
+/// attention, LayerNorm, GELU, the residuals and every gradient are f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Products {
+    F32,
+    Bf16,
+}
+
+impl Products {
+    /// x W^T + b [+ residual] over rows of in_dim values.
+    fn linear(self, x: &[f32], w: &[f32], b: &[f32], in_dim: usize, residual: Option<&[f32]>) -> Vec<f32> {
+        match self {
+            Products::F32 => linear::linear_rows(x, w, b, in_dim, residual),
+            Products::Bf16 => linear_bf16::linear_rows(x, w, b, in_dim, residual),
+        }
+    }
+
+    /// dW and db of a Linear (W: out x in) from its input x and output gradient dy, dims
+    /// (rows, in, out).
+    fn param_grads(self, x: &[f32], dy: &[f32], dims: (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
+        match self {
+            Products::F32 => linear::param_grads(x, dy, dims),
+            Products::Bf16 => linear_bf16::param_grads(x, dy, dims),
+        }
+    }
+
+    /// All three gradients of a Linear: dx (rows x in), dW and db.
+    fn linear_backward(
+        self,
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        dims: (usize, usize, usize),
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let dx = match self {
+            Products::F32 => linear::input_grad(dy, w, dims),
+            Products::Bf16 => linear_bf16::input_grad(dy, w, dims),
+        };
+        let (dw, db) = self.param_grads(x, dy, dims);
+        (dx, dw, db)
+    }
 }
 
 /// The encoder's parameters by role: the patch embedding, the position embedding, each
@@ -110,6 +152,7 @@ struct BlockTape {
 /// The record of one training forward, consumed by [`EncoderTape::backward`].
 pub struct EncoderTape {
     params: EncoderParams,
+    products: Products,
     heads: usize,
     eps: f32,
     /// (batch, tokens, embed dim, MLP hidden dim, patch row width 3 k k).
@@ -123,6 +166,7 @@ pub struct EncoderTape {
 /// One block's forward on the rows `x`; returns its output and its tape.
 fn block_forward(
     block: &Block,
+    products: Products,
     x: Vec<f32>,
     (b, n, d, hidden_dim): (usize, usize, usize, usize),
     eps: f32,
@@ -137,21 +181,22 @@ fn block_forward(
     let heads = block.attn.heads();
 
     let normed1 = layer_norm_forward(&x, ln1_w.values()?, ln1_b.values()?, eps);
-    let qkv = linear_rows(&normed1, qkv_w.values()?, qkv_b.values()?, d, None);
+    let qkv = products.linear(&normed1, qkv_w.values()?, qkv_b.values()?, d, None);
     let keep = b * heads * n * n * std::mem::size_of::<f32>() <= KEEP_PROBABILITIES_BYTES;
     let (attended, probabilities) = attention_forward(&qkv, (b, n, d), heads, keep).map_err(Error::Internal)?;
-    let x_mid = linear_rows(&attended, proj_w.values()?, proj_b.values()?, d, Some(&x));
+    let x_mid = products.linear(&attended, proj_w.values()?, proj_b.values()?, d, Some(&x));
     let normed2 = layer_norm_forward(&x_mid, ln2_w.values()?, ln2_b.values()?, eps);
-    let pre_gelu = linear_rows(&normed2, fc1_w.values()?, fc1_b.values()?, d, None);
+    let pre_gelu = products.linear(&normed2, fc1_w.values()?, fc1_b.values()?, d, None);
     let hidden = gelu_forward(&pre_gelu);
-    let x_out = linear_rows(&hidden, fc2_w.values()?, fc2_b.values()?, hidden_dim, Some(&x_mid));
+    let x_out = products.linear(&hidden, fc2_w.values()?, fc2_b.values()?, hidden_dim, Some(&x_mid));
     let tape = BlockTape { x_in: x, normed1, qkv, attended, probabilities, x_mid, normed2, pre_gelu, hidden };
     Ok((x_out, tape))
 }
 
 /// Normalized images (B, 3, H, W) -> tokens (B, N, D) as a leaf for the head, and the tape.
-/// The same arithmetic as [`SapiensEncoder::forward`] in train mode.
-pub fn forward(encoder: &SapiensEncoder, images: &Tensor) -> Result<(Var, EncoderTape)> {
+/// The same arithmetic as [`SapiensEncoder::forward`] in train mode, with `products` in the
+/// Linear layers.
+pub fn forward(encoder: &SapiensEncoder, images: &Tensor, products: Products) -> Result<(Var, EncoderTape)> {
     let cfg = encoder.config();
     let patches = encoder.patch_rows(images)?;
     let (b, d, n) = (images.dim(0)?, cfg.embed_dim, cfg.num_patches());
@@ -161,7 +206,7 @@ pub fn forward(encoder: &SapiensEncoder, images: &Tensor) -> Result<(Var, Encode
     let mut x = {
         let (rows, pe_w, pe_b) =
             (Read::new(&patches), Read::new(&encoder.projection.weight), Read::new(&encoder.projection.bias));
-        let mut x = linear_rows(rows.values()?, pe_w.values()?, pe_b.values()?, patch_width, None);
+        let mut x = products.linear(rows.values()?, pe_w.values()?, pe_b.values()?, patch_width, None);
         let pos = Read::new(&encoder.pos_embed);
         let pos = pos.values()?;
         if pos.len() != n * d {
@@ -172,7 +217,7 @@ pub fn forward(encoder: &SapiensEncoder, images: &Tensor) -> Result<(Var, Encode
     };
     let mut blocks = Vec::with_capacity(encoder.layers.len());
     for block in &encoder.layers {
-        let (out, tape) = block_forward(block, x, (b, n, d, cfg.mlp_hidden()), eps)?;
+        let (out, tape) = block_forward(block, products, x, (b, n, d, cfg.mlp_hidden()), eps)?;
         blocks.push(tape);
         x = out;
     }
@@ -184,6 +229,7 @@ pub fn forward(encoder: &SapiensEncoder, images: &Tensor) -> Result<(Var, Encode
     let heads = encoder.layers.first().map_or(1, |l| l.attn.heads());
     let tape = EncoderTape {
         params: EncoderParams::of(encoder),
+        products,
         heads,
         eps,
         dims: (b, n, d, cfg.mlp_hidden(), patch_width),
@@ -194,52 +240,12 @@ pub fn forward(encoder: &SapiensEncoder, images: &Tensor) -> Result<(Var, Encode
     Ok((tokens, tape))
 }
 
-/// lhs (m x k) times rhs (k x n) into a new row-major m x n buffer.
-fn product(m: usize, n: usize, k: usize, lhs: View, rhs: View) -> Vec<f32> {
-    let fill = |dst: &mut [MaybeUninit<f32>]| {
-        if k == 0 {
-            dst.fill(MaybeUninit::new(0.0));
-            return;
-        }
-        // SAFETY: the callers' views cover m x k and k x n elements of live slices; the
-        // destination is this m x n buffer, which an overwriting product never reads.
-        unsafe {
-            matmul(
-                (m, n, k),
-                ViewMut::uninit_rows(dst, 0, n),
-                lhs,
-                rhs,
-                1.0,
-                Write::Overwrite,
-                threads_for_one_product(),
-            )
-        }
-    };
-    // SAFETY: the product (or the zero fill) writes all m x n elements.
-    unsafe { filled_vec(m * n, fill) }
-}
-
-/// The parameter gradients of a Linear y = x W^T + b from dy (rows x out): dW (out x in) and
-/// db (out).
-fn linear_param_grads(x: &[f32], dy: &[f32], (rows, in_dim, out_dim): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
-    let dw = product(out_dim, in_dim, rows, View::rows(dy, 0, out_dim).t(), View::rows(x, 0, in_dim));
-    (dw, column_sums(dy, out_dim))
-}
-
-/// All three gradients of a Linear (W: out x in): dx (rows x in), dW and db.
-fn linear_backward(x: &[f32], w: &[f32], dy: &[f32], dims: (usize, usize, usize)) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (rows, in_dim, out_dim) = dims;
-    let dx = product(rows, in_dim, out_dim, View::rows(dy, 0, out_dim), View::rows(w, 0, in_dim));
-    let (dw, db) = linear_param_grads(x, dy, dims);
-    (dx, dw, db)
-}
-
 impl EncoderTape {
     /// From the gradient of the tokens (B, N, D), every encoder parameter's gradient, as
     /// (parameter, gradient) pairs.
     /// Each block's record is freed as soon as its backward is done.
     pub fn backward(self, d_tokens: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
-        let EncoderTape { params, heads, eps, dims, patches, blocks, x_last } = self;
+        let EncoderTape { params, products, heads, eps, dims, patches, blocks, x_last } = self;
         let (b, n, d, hidden_dim, patch_width) = dims;
         let rows = b * n;
         if d_tokens.dims() != [b, n, d] {
@@ -267,20 +273,21 @@ impl EncoderTape {
             );
 
             let (d_hidden, d_fc2_w, d_fc2_b) =
-                linear_backward(&tape.hidden, fc2_w.values()?, &dx, (rows, hidden_dim, d));
+                products.linear_backward(&tape.hidden, fc2_w.values()?, &dx, (rows, hidden_dim, d));
             let d_pre = gelu_backward(&tape.pre_gelu, &d_hidden);
             drop(d_hidden);
             let (d_normed2, d_fc1_w, d_fc1_b) =
-                linear_backward(&tape.normed2, fc1_w.values()?, &d_pre, (rows, d, hidden_dim));
+                products.linear_backward(&tape.normed2, fc1_w.values()?, &d_pre, (rows, d, hidden_dim));
             drop(d_pre);
             // The residual passes dx through; LN2's input gradient adds to it.
             let ln2 = layer_norm_backward(&mut dx, true, &tape.x_mid, &d_normed2, ln2_w.values()?, eps);
-            let (d_attended, d_proj_w, d_proj_b) = linear_backward(&tape.attended, proj_w.values()?, &dx, (rows, d, d));
+            let (d_attended, d_proj_w, d_proj_b) =
+                products.linear_backward(&tape.attended, proj_w.values()?, &dx, (rows, d, d));
             let kept = tape.probabilities.as_deref();
             let d_qkv = attention_backward(&tape.qkv, &tape.attended, &d_attended, (b, n, d), heads, kept)
                 .map_err(Error::Internal)?;
             let (d_normed1, d_qkv_w, d_qkv_b) =
-                linear_backward(&tape.normed1, qkv_w.values()?, &d_qkv, (rows, d, 3 * d));
+                products.linear_backward(&tape.normed1, qkv_w.values()?, &d_qkv, (rows, d, 3 * d));
             let ln1 = layer_norm_backward(&mut dx, true, &tape.x_in, &d_normed1, ln1_w.values()?, eps);
             let split = |both: Vec<f32>| (both[..d].to_vec(), both[d..].to_vec());
             block_grads.push(BlockParams {
@@ -296,7 +303,7 @@ impl EncoderTape {
 
         // Patch embedding and position embedding: dx is now the gradient of their sum.
         let patches = Read::new(&patches);
-        let (d_pe_w, d_pe_b) = linear_param_grads(patches.values()?, &dx, (rows, patch_width, d));
+        let (d_pe_w, d_pe_b) = products.param_grads(patches.values()?, &dx, (rows, patch_width, d));
         let mut d_pos = vec![0f32; n * d];
         for image in dx.chunks(n * d) {
             d_pos.par_chunks_mut(4096).zip(image.par_chunks(4096)).for_each(|(acc, g)| {
@@ -351,7 +358,7 @@ mod tests {
         assert!(supported(&model.encoder, &images));
         let mut rng = rand::SeedableRng::seed_from_u64(1);
         let composed = model.encoder.forward(&images, &mut Mode::Train(&mut rng)).unwrap();
-        let (tokens, tape) = forward(&model.encoder, &images).unwrap();
+        let (tokens, tape) = forward(&model.encoder, &images, Products::F32).unwrap();
         let diff = |a: &Tensor, b: &Tensor| {
             let scale = b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap().max(1e-6);
             let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
@@ -373,12 +380,48 @@ mod tests {
         }
     }
 
+    /// The pass with bf16 products against the f32 pass on the `tiny` preset: the tokens and
+    /// every encoder gradient within bf16's precision (its operands keep 8 bits of mantissa),
+    /// and not the same values (the products did run in bf16).
+    #[test]
+    fn bf16_products_follow_the_f32_pass_to_bf16_precision() {
+        if !crate::kernels::amx::available() {
+            eprintln!("this CPU or kernel offers no AMX: the bf16 training pass was not checked here");
+            return;
+        }
+        let dev = Device::Cpu;
+        let model = MotivNet::new(&ModelConfig::preset("tiny").unwrap(), &dev, 5).unwrap();
+        let images = Tensor::randn(0f32, 1.0, (2, 3, 256, 192), &dev).unwrap();
+        let (t32, tape32) = forward(&model.encoder, &images, Products::F32).unwrap();
+        let (t16, tape16) = forward(&model.encoder, &images, Products::Bf16).unwrap();
+        let relative = |a: &Tensor, b: &Tensor| {
+            let max = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            max(&(a - b).unwrap()) / max(b).max(1e-6)
+        };
+        let tokens = relative(t16.as_tensor(), t32.as_tensor());
+        assert!(tokens > 0.0 && tokens < 2e-2, "tokens differ by {tokens} of their largest value");
+
+        let up = Tensor::randn(0f32, 1.0, t32.as_tensor().shape(), &dev).unwrap();
+        let (g32, g16) = (tape32.backward(&up).unwrap(), tape16.backward(&up).unwrap());
+        let mut worst = (0f32, String::new());
+        for ((param, a), (_, b)) in g16.iter().zip(&g32) {
+            let name = model.params.iter().find(|p| p.var.as_tensor().id() == param.id()).unwrap().name.clone();
+            let d = relative(a, b);
+            assert!(d < 2e-2, "{name}: the bf16 gradient differs by {d} of the f32 one's largest value");
+            if d > worst.0 {
+                worst = (d, name);
+            }
+        }
+        assert!(worst.0 > 0.0, "every gradient is the f32 pass's: the products did not run in bf16");
+        eprintln!("largest gradient difference: {} ({})", worst.0, worst.1);
+    }
+
     #[test]
     fn a_token_gradient_of_the_wrong_shape_is_refused() {
         let dev = Device::Cpu;
         let model = MotivNet::new(&ModelConfig::preset("tiny").unwrap(), &dev, 5).unwrap();
         let images = Tensor::zeros((1, 3, 256, 192), candle_core::DType::F32, &dev).unwrap();
-        let (_, tape) = forward(&model.encoder, &images).unwrap();
+        let (_, tape) = forward(&model.encoder, &images, Products::F32).unwrap();
         let wrong = Tensor::zeros((1, 10, 192), candle_core::DType::F32, &dev).unwrap();
         let err = tape.backward(&wrong).unwrap_err().to_string();
         assert!(err.contains("token gradient [1, 10, 192]"), "{err}");

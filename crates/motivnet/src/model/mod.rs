@@ -150,7 +150,8 @@ impl MotivNet {
         }
     }
 
-    /// Whether the Linear products run on the CPU's AMX tiles in bf16 (inference only).
+    /// Whether the Linear products run on the CPU's AMX tiles in bf16 (in inference, and in the
+    /// encoder's training pass).
     pub fn cpu_bf16_products(&self) -> bool {
         self.precision.cpu_bf16_products(self.device()) && !self.bf16_tensors_on_cpu
     }
@@ -203,15 +204,29 @@ impl MotivNet {
     /// Train-mode logits (B, num_classes) of normalized images, and what [`MotivNet::backward`]
     /// needs beyond candle's graph. On the fused CPU path the encoder runs its hand-written
     /// training pass (`encoder_train`) and its tokens enter the head as a leaf; elsewhere the
-    /// whole model is candle's graph.
+    /// whole model is candle's graph. Under bf16 products on the CPU the encoder's Linear
+    /// layers multiply on the AMX tiles, forward and backward; the head stays f32.
     pub fn forward_train(&self, images: &Tensor, mode: &mut Mode) -> Result<(Tensor, TrainPass)> {
         if !mode.is_train() {
             return Err(Error::Internal("forward_train needs a train mode".into()));
         }
+        let bf16 = self.cpu_bf16_products();
+        if bf16 {
+            self.params.check_all_held("train")?;
+        }
         if encoder_train::supported(&self.encoder, images) {
-            let (tokens, tape) = encoder_train::forward(&self.encoder, images)?;
+            let products = if bf16 { encoder_train::Products::Bf16 } else { encoder_train::Products::F32 };
+            let (tokens, tape) = encoder_train::forward(&self.encoder, images, products)?;
             let logits = self.head.forward(tokens.as_tensor(), mode)?;
             return Ok((logits, TrainPass { encoder: Some((tokens, tape)) }));
+        }
+        if bf16 {
+            // The composed graph would multiply in f32 while the model says bf16.
+            return Err(Error::Config(
+                "precision 'bf16' trains on the CPU through the fused kernels only (they are forced off here, \
+                 or the input is not a contiguous f32 CPU tensor): train with precision 'f32'"
+                    .into(),
+            ));
         }
         Ok((self.forward(images, mode)?, TrainPass { encoder: None }))
     }

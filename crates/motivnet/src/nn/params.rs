@@ -236,7 +236,8 @@ impl ParamStore {
             None => Ok(()),
             Some((first, _)) => Err(crate::error::Error::Config(format!(
                 "cannot {to}: this model holds {} Linear weights ({first}, ...) only in bf16, for inference on \
-                 the CPU's AMX tiles (precision 'bf16'); load it with precision 'f32' to {to}",
+                 the CPU's AMX tiles (precision 'bf16'); load it with precision 'f32', or for training \
+                 (`forTraining`), to {to}",
                 self.released.len()
             ))),
         }

@@ -114,13 +114,6 @@ impl Trainer {
     ) -> Result<StepOutput> {
         // Checked before any work, so a bad call leaves the accumulated gradients intact.
         AdamW::check_learning_rates(lr)?;
-        if self.model.cpu_bf16_products() {
-            return Err(Error::Config(
-                "precision 'bf16' on the CPU is for inference (its AMX products record no gradients); \
-                 training on the CPU computes in f32: load the model with precision 'f32' to train"
-                    .into(),
-            ));
-        }
         let x = self.model.input_tensor(input)?;
         let mut mode = match replay {
             Some(masks) => Mode::Replay(masks),
