@@ -385,3 +385,105 @@ pub fn attention_backward(
     unsafe { grad.set_len(qkv.len()) };
     Ok(grad)
 }
+
+/// [`attention_backward`] with its products on AMX tiles, as a train step under bf16 runs it:
+/// each product rounds its operands to bf16 and sums in f32 (scores = scale q k^T,
+/// dP = do v^T, dq = scale dS k, dk = scale dS^T q, dv = P^T do); the softmax, its backward
+/// (dS = P (dP - delta)) and every gradient are f32. The probabilities are recomputed from q and
+/// k, never kept. Needs `amx::available()`.
+pub fn attention_backward_bf16(
+    qkv: &[f32],
+    out: &[f32],
+    grad_out: &[f32],
+    (batch, tokens, dim): (usize, usize, usize),
+    heads: usize,
+) -> KernelResult<Vec<f32>> {
+    const NAME: &str = "fused-self-attention-grad (bf16)";
+    let g = Geometry::of(qkv, (batch, tokens, dim), heads, NAME)?;
+    let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
+    if out.len() != g.batch * n * d || grad_out.len() != out.len() {
+        return Err(format!("{NAME}: output and its gradient must be {} x {n} x {d}", g.batch));
+    }
+    let mut grad: Vec<f32> = Vec::with_capacity(qkv.len());
+    let shared = SharedOut(grad.as_mut_ptr());
+    let row = 3 * d;
+    (0..g.pairs()).into_par_iter().for_each(|pair| {
+        let (q_at, k_at, v_at, merged) =
+            (g.qkv_offset(pair, 0), g.qkv_offset(pair, 1), g.qkv_offset(pair, 2), g.merged_offset(pair));
+        let mut transposed = BF16_PROBABILITIES.with(|cell| cell.take());
+        with_scratch(2 * n * n, |scratch| {
+            let (p, ds) = scratch.split_at_mut(n * n);
+            // SAFETY (each product below): its output is n rows of the scratch (n apart) or of
+            // this pair's block of `grad` (hd wide, 3D apart from the pair's offsets), written by
+            // this task alone.
+            unsafe {
+                let keys_t = PackedB::from_transposed_rows(qkv, k_at, row, n, hd, false);
+                let queries =
+                    amx::Lhs::F32 { rows: Rows { data: qkv, offset: q_at, stride: row, rows: n }, scale: g.scale() };
+                amx::gemm(queries, &keys_t, p.as_mut_ptr(), n, amx::Start::Zero, amx::Finish::None, false);
+                super::softmax::softmax_rows(p, n);
+                let values_t = PackedB::from_transposed_rows(qkv, v_at, row, n, hd, false);
+                let d_out =
+                    amx::Lhs::F32 { rows: Rows { data: grad_out, offset: merged, stride: d, rows: n }, scale: 1.0 };
+                amx::gemm(d_out, &values_t, ds.as_mut_ptr(), n, amx::Start::Zero, amx::Finish::None, false);
+            }
+            score_grad(ds, p, n, &grad_out[merged..], &out[merged..], d, hd);
+            // SAFETY: as above.
+            unsafe {
+                let keys = PackedB::from_rows(qkv, k_at, row, n, hd, false);
+                let ds_rows = amx::Lhs::F32 { rows: Rows::contiguous(ds, n), scale: g.scale() };
+                let dq = shared.rows(q_at, row).ptr;
+                amx::gemm(ds_rows, &keys, dq, row, amx::Start::Zero, amx::Finish::None, false);
+
+                transposed.set_transposed(ds, n, n, false);
+                let queries = PackedB::from_rows(qkv, q_at, row, n, hd, false);
+                let dk = shared.rows(k_at, row).ptr;
+                amx::gemm(amx::Lhs::Bf16(&transposed), &queries, dk, row, amx::Start::Zero, amx::Finish::None, false);
+                for i in 0..n {
+                    std::slice::from_raw_parts_mut(dk.add(i * row), hd).iter_mut().for_each(|v| *v *= g.scale());
+                }
+
+                transposed.set_transposed(p, n, n, false);
+                let d_out = PackedB::from_rows(grad_out, merged, d, n, hd, false);
+                let dv = shared.rows(v_at, row).ptr;
+                amx::gemm(amx::Lhs::Bf16(&transposed), &d_out, dv, row, amx::Start::Zero, amx::Finish::None, false);
+            }
+        });
+        BF16_PROBABILITIES.with(|cell| cell.replace(transposed));
+    });
+    // SAFETY: the pairs' dq, dk and dv blocks tile the (B, N, 3D) gradient.
+    unsafe { grad.set_len(qkv.len()) };
+    Ok(grad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bf16 backward against the f32 one on shapes that are not multiples of the tiles:
+    /// dq, dk and dv within bf16's precision (relative to each part's largest value), and not
+    /// the same values.
+    #[test]
+    fn bf16_backward_follows_the_f32_backward() {
+        if !amx::available() {
+            eprintln!("this CPU or kernel offers no AMX: the bf16 attention backward was not checked here");
+            return;
+        }
+        let (b, n, d, heads) = (2, 70, 48, 3);
+        let value = |seed: usize, i: usize| ((i * seed) % 199) as f32 * 0.01 - 1.0;
+        let qkv: Vec<f32> = (0..b * n * 3 * d).map(|i| value(7919, i)).collect();
+        let d_out: Vec<f32> = (0..b * n * d).map(|i| value(104_729, i)).collect();
+        let (out, _) = attention_forward(&qkv, (b, n, d), heads, false).unwrap();
+        let want = attention_backward(&qkv, &out, &d_out, (b, n, d), heads, None).unwrap();
+        let got = attention_backward_bf16(&qkv, &out, &d_out, (b, n, d), heads).unwrap();
+        for (part, name) in ["dq", "dk", "dv"].iter().enumerate() {
+            let pick = |g: &[f32]| -> Vec<f32> {
+                g.chunks(3 * d).flat_map(|row| row[part * d..(part + 1) * d].to_vec()).collect()
+            };
+            let (got, want) = (pick(&got), pick(&want));
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst > 0.0 && worst < 2e-2 * scale, "{name}: off by {worst} (largest value {scale})");
+        }
+    }
+}

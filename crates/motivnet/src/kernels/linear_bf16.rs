@@ -43,7 +43,7 @@ pub fn input_grad(dy: &[f32], w: &[f32], (rows, in_dim, out_dim): (usize, usize,
 pub fn param_grads(x: &[f32], dy: &[f32], (rows, in_dim, out_dim): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
     assert!(x.len() == rows * in_dim && dy.len() == rows * out_dim, "linear_bf16::param_grads: x and dy do not fit");
     let mut dy_t = Bf16Rows::default();
-    dy_t.set_transposed(dy, rows, out_dim);
+    dy_t.set_transposed(dy, rows, out_dim, true);
     let packed = PackedB::from_rows(x, 0, in_dim, rows, in_dim, true);
     (amx::product_rows_bf16(Lhs::Bf16(&dy_t), &packed), column_sums(dy, out_dim))
 }

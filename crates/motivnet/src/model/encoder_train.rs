@@ -21,7 +21,9 @@ use rayon::prelude::*;
 
 use super::encoder::{Block, BlockParams, SapiensEncoder};
 use crate::error::{input_err, Error, Result};
-use crate::kernels::attention::{attention_backward, attention_forward};
+use crate::kernels::attention::{
+    attention_backward, attention_backward_bf16, attention_forward, attention_forward_bf16,
+};
 use crate::kernels::gelu::{gelu_backward, gelu_forward};
 use crate::kernels::layer_norm::{layer_norm_backward, layer_norm_forward};
 use crate::kernels::{linear, linear_bf16};
@@ -37,9 +39,10 @@ pub fn supported(encoder: &SapiensEncoder, images: &Tensor) -> bool {
 }
 
 /// How the pass multiplies in its Linear layers (the patch embedding, qkv, the projections,
-/// the MLPs), forward and backward: f32 products (`gemm`), or operands rounded to bf16 with f32
-/// sums on the CPU's AMX tiles (`precision: 'bf16'`; see [`crate::kernels::linear_bf16`]). The
-/// attention, LayerNorm, GELU, the residuals and every gradient are f32 either way.
+/// the MLPs) and its attention, forward and backward: f32 products (`gemm`), or operands
+/// rounded to bf16 with f32 sums on the CPU's AMX tiles (`precision: 'bf16'`; see
+/// [`crate::kernels::linear_bf16`] and `attention_backward_bf16`). The softmax and its
+/// backward, LayerNorm, GELU, the residuals and every gradient are f32 either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Products {
     F32,
@@ -62,6 +65,38 @@ impl Products {
             Products::F32 => linear::param_grads(x, dy, dims),
             Products::Bf16 => linear_bf16::param_grads(x, dy, dims),
         }
+    }
+
+    /// The self-attention's output over the packed qkv, and its probabilities when `keep` asks
+    /// for them and the f32 products run (the bf16 backward recomputes its own).
+    fn attention(
+        self,
+        qkv: &[f32],
+        dims: (usize, usize, usize),
+        heads: usize,
+        keep: bool,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        match self {
+            Products::F32 => attention_forward(qkv, dims, heads, keep).map_err(Error::Internal),
+            Products::Bf16 => Ok((attention_forward_bf16(qkv, dims, heads).map_err(Error::Internal)?, None)),
+        }
+    }
+
+    /// The gradient of the packed qkv from the attention's output and its gradient.
+    fn attention_backward(
+        self,
+        qkv: &[f32],
+        out: &[f32],
+        d_out: &[f32],
+        dims: (usize, usize, usize),
+        heads: usize,
+        kept: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        match self {
+            Products::F32 => attention_backward(qkv, out, d_out, dims, heads, kept),
+            Products::Bf16 => attention_backward_bf16(qkv, out, d_out, dims, heads),
+        }
+        .map_err(Error::Internal)
     }
 
     /// All three gradients of a Linear: dx (rows x in), dW and db.
@@ -183,7 +218,7 @@ fn block_forward(
     let normed1 = layer_norm_forward(&x, ln1_w.values()?, ln1_b.values()?, eps);
     let qkv = products.linear(&normed1, qkv_w.values()?, qkv_b.values()?, d, None);
     let keep = b * heads * n * n * std::mem::size_of::<f32>() <= KEEP_PROBABILITIES_BYTES;
-    let (attended, probabilities) = attention_forward(&qkv, (b, n, d), heads, keep).map_err(Error::Internal)?;
+    let (attended, probabilities) = products.attention(&qkv, (b, n, d), heads, keep)?;
     let x_mid = products.linear(&attended, proj_w.values()?, proj_b.values()?, d, Some(&x));
     let normed2 = layer_norm_forward(&x_mid, ln2_w.values()?, ln2_b.values()?, eps);
     let pre_gelu = products.linear(&normed2, fc1_w.values()?, fc1_b.values()?, d, None);
@@ -284,8 +319,7 @@ impl EncoderTape {
             let (d_attended, d_proj_w, d_proj_b) =
                 products.linear_backward(&tape.attended, proj_w.values()?, &dx, (rows, d, d));
             let kept = tape.probabilities.as_deref();
-            let d_qkv = attention_backward(&tape.qkv, &tape.attended, &d_attended, (b, n, d), heads, kept)
-                .map_err(Error::Internal)?;
+            let d_qkv = products.attention_backward(&tape.qkv, &tape.attended, &d_attended, (b, n, d), heads, kept)?;
             let (d_normed1, d_qkv_w, d_qkv_b) =
                 products.linear_backward(&tape.normed1, qkv_w.values()?, &d_qkv, (rows, d, 3 * d));
             let ln1 = layer_norm_backward(&mut dx, true, &tape.x_in, &d_normed1, ln1_w.values()?, eps);

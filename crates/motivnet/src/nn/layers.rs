@@ -316,10 +316,10 @@ pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
     Ok(x.mul(&mask)?)
 }
 
-/// Splits (B, N, heads * hd) into (B, heads, N, hd), contiguous for the batched matmul.
+/// Splits (B, N, heads * hd) into (B, heads, N, hd), contiguous for the batched matmul
+/// (crate::ops::heads).
 pub fn split_heads(x: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
-    let (b, n, d) = x.dims3()?;
-    x.reshape((b, n, heads, d / heads))?.transpose(1, 2)?.contiguous()
+    crate::ops::heads::split_heads(x, heads)
 }
 
 /// The inverse of [`split_heads`].

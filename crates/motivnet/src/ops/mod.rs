@@ -6,6 +6,7 @@ pub mod attention;
 pub mod dispatch;
 pub mod elementwise;
 pub mod gelu;
+pub mod heads;
 pub mod layer_norm;
 pub mod linear;
 pub mod patches;
