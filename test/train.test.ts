@@ -135,6 +135,21 @@ describe('training runs', () => {
     expect(state).toMatchObject({ epoch: 0, position: 0 });
     m.dispose();
   }, 60_000);
+
+  // On a CPU with AMX, a run in bf16 trains (the encoder's products on the tiles) and writes f32
+  // checkpoints; elsewhere it is refused with the reason before any data is read.
+  it(`precision bf16 on the CPU: ${cpuBf16Available() ? 'trains, with f32 checkpoints' : 'refused without AMX'}`, async () => {
+    const out = path.join(base, 'bf16');
+    if (!cpuBf16Available()) {
+      await expect(train(config(out, { precision: 'bf16', data: path.join(base, 'no-such-folder') }), quiet)).rejects.toThrow(/precision bf16 trains on a CUDA device or on a CPU with AMX tiles/);
+      return;
+    }
+    const result = await train(config(out, { precision: 'bf16', epochs: 1 }), quiet);
+    expect(result.status).toBe('completed');
+    expect(Number.isFinite(result.test!.loss)).toBe(true);
+    const weights = readSafetensors(path.join(out, 'checkpoints/last.safetensors'));
+    expect(weights['pose_encoder.layers.0.attn.qkv.weight']!.dtype).toBe('F32');
+  }, 60_000);
 });
 
 describe('the motivnet CLI', () => {

@@ -11,7 +11,10 @@
 //! projections, the MLPs) run on AMX tiles with their operands rounded to bf16 and f32 sums,
 //! as `torch.autocast` on the CPU and OpenVINO's default precision do; everything else stays
 //! f32. candle's CPU backend has no bf16 product of its own (it widens to f32 and back), so
-//! without AMX bf16 would only be slower and is refused. Training on the CPU computes in f32.
+//! without AMX bf16 would only be slower and is refused. A train step under bf16 on the CPU
+//! runs the encoder's Linear products and attention on the tiles, forward and backward
+//! (`model::encoder_train::Products`), with f32 weights, gradients and optimizer; the head
+//! stays f32 (its ReLU gates flip under rounding: see docs/BENCHMARKS.md).
 
 use candle_core::Device;
 

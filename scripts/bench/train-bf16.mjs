@@ -1,0 +1,129 @@
+// `npm run bench:train-bf16`: what training in bf16 on the CPU (precision 'bf16' on a CPU with
+// AMX: the encoder's Linear products and attention on the tiles) costs in accuracy against f32.
+// The demo's recipe on the demo's data (`npm start`'s, drawn once into .cache/demo), for
+// seeds 0 and 1, once in each precision from the same initial weights and the same data order.
+// Per seed: each run's test metrics and time, and the two trained models side by side on the
+// test set as it is evaluated (face crops, both predicting in f32): top-1 agreement and the
+// largest logit and probability differences. Beside them, the same comparison between the two
+// f32 runs (seeds 0 and 1): how far two runs differ that only a seed tells apart. Results go to
+// docs/BENCHMARKS.md and docs/benchmarks/train-bf16.json. Where the CPU has no AMX the script
+// says so and stops.
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { machine, root, writeJson, writeSection } from './common.mjs';
+
+const { MotivNet, cpuBf16Available } = await import(path.join(root, 'dist/index.js'));
+const { train } = await import(path.join(root, 'dist/train/trainer.js'));
+const { synthesize } = await import(path.join(root, 'dist/synth/generate.js'));
+const { DEMO_DATA, DEMO_TRAINING } = await import(path.join(root, 'dist/demo-recipe.js'));
+const { PreprocessPool } = await import(path.join(root, 'dist/preprocess/index.js'));
+const { batches } = await import(path.join(root, 'dist/preprocess/batcher.js'));
+const { dataSource, readSet } = await import(path.join(root, 'dist/train/dataset.js'));
+
+if (!cpuBf16Available()) {
+  console.log('this CPU has no AMX tiles (or MOTIVNET_AMX=off): bf16 training does not run here, nothing to measure');
+  process.exit(0);
+}
+
+const SEEDS = [0, 1];
+
+async function demoData() {
+  const dir = path.join(root, '.cache', 'demo', `faces-seed${DEMO_DATA.seed}`);
+  const marker = path.join(dir, 'synth.json');
+  const wanted = JSON.stringify(DEMO_DATA);
+  if (!(existsSync(marker) && readFileSync(marker, 'utf8') === wanted)) {
+    console.log(`drawing the demo's faces into ${path.relative(root, dir)}`);
+    await synthesize({ ...DEMO_DATA, out: dir });
+    writeFileSync(marker, wanted);
+  }
+  return dir;
+}
+
+const data = await demoData();
+const settings = { data, format: 'affectnet', classes: 8, cropToFace: true };
+const testSet = (await readSet(dataSource(settings), 'test', settings)).samples;
+const work = mkdtempSync(path.join(os.tmpdir(), 'motivnet-train-bf16-'));
+const quiet = { log: () => {}, progressStream: { write: () => true, isTTY: false } };
+const pool = new PreprocessPool({ threads: 2 });
+
+/** The logits of every test image (face crops, as the test metrics see them), in f32. */
+async function logitsOf(weights) {
+  const model = await MotivNet.load({ model: DEMO_TRAINING.model, weights });
+  const { inputWidth: minWidth, inputHeight: minHeight } = model.config.encoder;
+  const rows = [];
+  for await (const batch of batches(testSet, { batchSize: 8, decode: (t) => pool.decode(t), minWidth, minHeight, maxPixels: 64 << 20 })) {
+    const r = await model.evaluate(batch, batch.labels);
+    for (let i = 0; i < batch.labels.length; i++) {
+      rows.push({ logits: r.logits.subarray(i * 8, i * 8 + 8), probabilities: r.probabilities.subarray(i * 8, i * 8 + 8) });
+    }
+  }
+  model.dispose();
+  return rows;
+}
+
+/** Top-1 agreement and the largest differences between two models' outputs on the test set. */
+function compare(a, b) {
+  const top = (v) => v.indexOf(Math.max(...v));
+  let agree = 0;
+  let logit = 0;
+  let probability = 0;
+  a.forEach((x, i) => {
+    const y = b[i];
+    if (top(x.logits) === top(y.logits)) agree++;
+    for (let c = 0; c < x.logits.length; c++) {
+      logit = Math.max(logit, Math.abs(x.logits[c] - y.logits[c]));
+      probability = Math.max(probability, Math.abs(x.probabilities[c] - y.probabilities[c]));
+    }
+  });
+  return { images: a.length, top1Agreement: agree, maxLogitDiff: logit, maxProbabilityDiff: probability };
+}
+
+const results = [];
+const f32Logits = [];
+try {
+  for (const seed of SEEDS) {
+    const runs = {};
+    for (const precision of ['f32', 'bf16']) {
+      const out = path.join(work, `seed${seed}-${precision}`);
+      const started = performance.now();
+      const r = await train({ ...DEMO_TRAINING, data, out, seed, precision, threads: 2 }, quiet);
+      const seconds = (performance.now() - started) / 1000;
+      runs[precision] = { test: r.test, seconds, logits: await logitsOf(path.join(out, 'checkpoints', 'best.safetensors')) };
+      console.log(`seed ${seed}, ${precision}: test accuracy ${(100 * r.test.accuracy).toFixed(2)}%, loss ${r.test.loss.toFixed(4)}, ${seconds.toFixed(0)} s`);
+    }
+    f32Logits.push(runs.f32.logits);
+    const pick = (m, seconds) => ({ accuracy: m.accuracy, auroc: m.auroc, f1: m.f1, loss: m.loss, seconds });
+    const side = compare(runs.f32.logits, runs.bf16.logits);
+    results.push({ seed, f32: pick(runs.f32.test, runs.f32.seconds), bf16: pick(runs.bf16.test, runs.bf16.seconds), ...side });
+    console.log(`seed ${seed}: top-1 agreement ${side.top1Agreement}/${side.images}, largest logit difference ${side.maxLogitDiff.toFixed(3)}`);
+  }
+} finally {
+  await pool.destroy();
+  rmSync(work, { recursive: true, force: true });
+}
+const seeds = compare(f32Logits[0], f32Logits[1]);
+
+const date = new Date().toISOString().slice(0, 10);
+const pct = (v) => `${(100 * v).toFixed(2)}%`;
+const row = (r) => `${r.top1Agreement} / ${r.images} | ${r.maxLogitDiff.toFixed(3)} | ${r.maxProbabilityDiff.toFixed(3)}`;
+writeSection(
+  'train-bf16',
+  `## Training in bf16 on the CPU: what it costs in accuracy
+
+\`npm run bench:train-bf16\` — ${date}, ${machine()}; 2 threads. The demo's recipe (\`npm start\`: configs/demo-model.json,
+${DEMO_TRAINING.epochs} epochs, batch ${DEMO_TRAINING.batchSize}, the ViT init, faces cropped) on the demo's synthetic faces, once in f32 and once with
+\`precision: 'bf16'\` (the encoder's Linear products and attention on the AMX tiles; weights, gradients, optimizer,
+softmax, LayerNorm, GELU and the head in f32), each seed from the same initial weights and data order. Test metrics of
+each run's best checkpoint; then the two trained models on the ${testSet.length} test images as the test metrics see them (face
+crops), both predicting in f32: top-1 agreement and the largest differences. The last row compares the two f32 runs
+(seeds 0 and 1): how far apart two runs are that differ only in their seed.
+
+| seed | f32: accuracy, AUROC, loss | bf16: accuracy, AUROC, loss | top-1 agreement | largest logit difference | largest probability difference | time f32 / bf16 |
+|---|---|---|---|---|---|---|
+${results.map((r) => `| ${r.seed} | ${pct(r.f32.accuracy)}, ${pct(r.f32.auroc)}, ${r.f32.loss.toFixed(4)} | ${pct(r.bf16.accuracy)}, ${pct(r.bf16.auroc)}, ${r.bf16.loss.toFixed(4)} | ${row(r)} | ${r.f32.seconds.toFixed(0)} / ${r.bf16.seconds.toFixed(0)} s |`).join('\n')}
+| f32 seed 0 against f32 seed 1 | | | ${row(seeds)} | |
+`,
+);
+writeJson('train-bf16', { date, machine: machine(), results, f32SeedToSeed: seeds });
