@@ -42,10 +42,19 @@ pub fn input_grad(dy: &[f32], w: &[f32], (rows, in_dim, out_dim): (usize, usize,
 /// Panics where the CPU has no AMX, or when the lengths do not fit.
 pub fn param_grads(x: &[f32], dy: &[f32], (rows, in_dim, out_dim): (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
     assert!(x.len() == rows * in_dim && dy.len() == rows * out_dim, "linear_bf16::param_grads: x and dy do not fit");
-    let mut dy_t = Bf16Rows::default();
+    // The calling thread's buffer for dy^T, reused from layer to layer and step to step: a
+    // fresh one is a zero-filled allocation of up to a few MB each call, which the transpose
+    // then overwrites.
+    let mut dy_t = TRANSPOSED.with(|cell| cell.take());
     dy_t.set_transposed(dy, rows, out_dim, true);
     let packed = PackedB::from_rows(x, 0, in_dim, rows, in_dim, true);
-    (amx::product_rows_bf16(Lhs::Bf16(&dy_t), &packed), column_sums(dy, out_dim))
+    let dw = amx::product_rows_bf16(Lhs::Bf16(&dy_t), &packed);
+    TRANSPOSED.with(|cell| cell.replace(dy_t));
+    (dw, column_sums(dy, out_dim))
+}
+
+thread_local! {
+    static TRANSPOSED: std::cell::RefCell<Bf16Rows> = std::cell::RefCell::new(Bf16Rows::default());
 }
 
 #[cfg(test)]
