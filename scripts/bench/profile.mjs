@@ -4,9 +4,10 @@
 // memory traffic, thread scheduling, candle's element-wise ops and the rest. Results go to
 // docs/BENCHMARKS.md and docs/benchmarks/profile.json. Needs `perf` (Linux).
 //
-//   BENCH_THREADS (default 2), BENCH_CASES (comma list of case ids)
+//   BENCH_THREADS (default 2), BENCH_CASES (comma list of case ids; the other columns are kept
+//   from the last run on this machine)
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -88,13 +89,28 @@ for (const c of selected.filter((c) => bf16Here || !c.args.includes('bf16'))) {
   console.log(`${c.name}: ${Object.entries(shares).filter(([, v]) => v >= 1).map(([k, v]) => `${k} ${v.toFixed(0)}%`).join(', ')}`);
 }
 const date = new Date().toISOString().slice(0, 10);
+for (const r of results) r.date = date;
+// A run of some cases (BENCH_CASES) keeps the last run's columns of the others, measured on
+// this same machine with as many threads, so the table stays whole; each column keeps its date.
+const lastFile = path.join(root, 'docs/benchmarks/profile.json');
+if (process.env.BENCH_CASES && existsSync(lastFile)) {
+  const last = JSON.parse(readFileSync(lastFile, 'utf8'));
+  if (last.machine === machine() && last.threads === threads) {
+    const measured = new Set(results.map((r) => r.name));
+    const kept = last.cases.filter((r) => !measured.has(r.name)).map((r) => ({ ...r, date: r.date ?? last.date }));
+    const order = (r) => CASES.findIndex((c) => c.name === r.name);
+    results.splice(0, results.length, ...[...kept, ...results].sort((a, b) => order(a) - order(b)));
+  }
+}
+const dates = [...new Set(results.map((r) => r.date))].sort();
+const when = dates.length > 1 ? `columns measured ${dates[0]} to ${dates.at(-1)}` : date;
 writeJson('profile', { date, machine: machine(), threads, cases: results });
 const kinds = [...KINDS.map(([k]) => k), 'other'];
 writeSection(
   'profile',
   `## Where our time goes
 
-\`npm run bench:profile\` — ${date}, ${machine()}; ${threads} threads. \`perf record\` (CPU-clock samples, both threads)
+\`npm run bench:profile\` — ${when}, ${machine()}; ${threads} threads. \`perf record\` (CPU-clock samples, both threads)
 of \`motivnet-bench\` on each case, sampling only its timed iterations (not building the model or the warm-up), each
 sample counted where it landed (its own symbol, not its callers), grouped by kind of work. Shares of all samples, in
 percent. The bf16 attention's softmax, which rounds straight into the tiles' layout, counts as softmax.

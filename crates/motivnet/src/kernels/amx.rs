@@ -500,14 +500,24 @@ unsafe fn interleave_pair_row_avx512(pair_row: &mut [u16], first: &[f32], second
     use std::arch::x86_64::*;
     assert!(pair_row.len() >= 2 * BLOCK && first.len() >= BLOCK && second.len() >= BLOCK);
     for half in 0..2 {
-        let (a, b) = (first.as_ptr().add(16 * half), second.as_ptr().add(16 * half));
-        let low =
-            _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(a))));
-        let high =
-            _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(b))));
-        let pairs = _mm512_or_si512(low, _mm512_slli_epi32::<16>(high));
+        let pairs = pair_words(first.as_ptr().add(16 * half), second.as_ptr().add(16 * half));
         _mm512_storeu_si512(pair_row.as_mut_ptr().add(32 * half).cast(), pairs);
     }
+}
+
+/// 16 32-bit words, word i holding (a[i], b[i]) rounded to bf16, a[i] in its low half as the
+/// tiles read a pair: what both the packing of B from rows and the transposing fill of A write.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512_BF16; a and b each address 16 readable floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+#[inline]
+unsafe fn pair_words(a: *const f32, b: *const f32) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let low = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(a))));
+    let high = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(b))));
+    _mm512_or_si512(low, _mm512_slli_epi32::<16>(high))
 }
 
 /// Rows t and t + 1 (t even) of a k-step of a [`Bf16Rows`] panel filled from two rows of the
@@ -529,12 +539,7 @@ unsafe fn transpose_pair_into_step_avx512(step: &mut [u16; BLOCK * K_STEP], t: u
         _mm512_set1_epi32((K_STEP / 2) as i32),
     );
     for half in 0..2 {
-        let (a, b) = (first.as_ptr().add(16 * half), second.as_ptr().add(16 * half));
-        let low =
-            _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(a))));
-        let high =
-            _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(b))));
-        let pairs = _mm512_or_si512(low, _mm512_slli_epi32::<16>(high));
+        let pairs = pair_words(first.as_ptr().add(16 * half), second.as_ptr().add(16 * half));
         let base = step.as_mut_ptr().add(16 * half * K_STEP + t);
         _mm512_i32scatter_epi32::<4>(base.cast(), down_the_rows, pairs);
     }
