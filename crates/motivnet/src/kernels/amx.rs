@@ -960,6 +960,16 @@ pub fn linear_rows_bf16(a: Lhs, b: &PackedB, bias: &[f32], finish: Finish) -> Ve
     y
 }
 
+/// For the tests of code on the tiles: whether it can be checked here, saying on the test's
+/// output what was not checked when the CPU or kernel offers no AMX.
+#[cfg(test)]
+pub(crate) fn checkable_here(what: &str) -> bool {
+    if !available() {
+        eprintln!("this CPU or kernel offers no AMX: {what} was not checked here");
+    }
+    available()
+}
+
 /// A B (m x n, row-major), nothing added: the products of a Linear's backward.
 ///
 /// Panics where `available()` does not hold, or when the lengths do not fit.
@@ -997,12 +1007,8 @@ pub fn linear_gelu_rows_to_bf16(x: &[f32], b: &PackedB, bias: &[f32], out: &mut 
 mod tests {
     use super::*;
 
-    /// Whether the AMX kernel can be checked here; says so on the test's output when not.
     fn amx_here() -> bool {
-        if !available() {
-            eprintln!("this CPU or kernel offers no AMX: the AMX kernel was not checked here");
-        }
-        available()
+        checkable_here("the AMX kernel")
     }
 
     /// The product against f32 sums of the same bf16-rounded operands, at sizes that are and

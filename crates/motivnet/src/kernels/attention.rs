@@ -54,6 +54,16 @@ impl Geometry {
         b * self.tokens * self.dim + h * self.head_dim()
     }
 
+    /// An error (named for `op`) unless the attention's output and its gradient are both
+    /// (B, N, D) for this geometry: what a backward reads beside the qkv.
+    fn check_output(&self, out: &[f32], grad_out: &[f32], op: &str) -> KernelResult<()> {
+        let (n, d) = (self.tokens, self.dim);
+        if out.len() != self.batch * n * d || grad_out.len() != out.len() {
+            return Err(format!("{op}: output and its gradient must be {} x {n} x {d}", self.batch));
+        }
+        Ok(())
+    }
+
     fn scale(&self) -> f32 {
         1.0 / (self.head_dim() as f32).sqrt()
     }
@@ -332,10 +342,8 @@ pub fn attention_backward(
 ) -> KernelResult<Vec<f32>> {
     const NAME: &str = "fused-self-attention-grad";
     let g = Geometry::of(qkv, (batch, tokens, dim), heads, NAME)?;
+    g.check_output(out, grad_out, NAME)?;
     let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
-    if out.len() != g.batch * n * d || grad_out.len() != out.len() {
-        return Err(format!("{NAME}: output and its gradient must be {} x {n} x {d}", g.batch));
-    }
     if let Some(kept) = kept {
         if kept.len() != g.pairs() * n * n {
             return Err(format!("{NAME}: kept probabilities do not fit the input"));
@@ -400,10 +408,8 @@ pub fn attention_backward_bf16(
 ) -> KernelResult<Vec<f32>> {
     const NAME: &str = "fused-self-attention-grad (bf16)";
     let g = Geometry::of(qkv, (batch, tokens, dim), heads, NAME)?;
+    g.check_output(out, grad_out, NAME)?;
     let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
-    if out.len() != g.batch * n * d || grad_out.len() != out.len() {
-        return Err(format!("{NAME}: output and its gradient must be {} x {n} x {d}", g.batch));
-    }
     let mut grad: Vec<f32> = Vec::with_capacity(qkv.len());
     let shared = SharedOut(grad.as_mut_ptr());
     let row = 3 * d;
@@ -465,8 +471,7 @@ mod tests {
     /// the same values.
     #[test]
     fn bf16_backward_follows_the_f32_backward() {
-        if !amx::available() {
-            eprintln!("this CPU or kernel offers no AMX: the bf16 attention backward was not checked here");
+        if !amx::checkable_here("the bf16 attention backward") {
             return;
         }
         let (b, n, d, heads) = (2, 70, 48, 3);

@@ -60,7 +60,7 @@ thread_local! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::amx::{available, from_bf16, to_bf16};
+    use crate::kernels::amx::{checkable_here, from_bf16, to_bf16};
 
     fn rounded(v: &[f32]) -> Vec<f32> {
         v.iter().map(|&x| from_bf16(to_bf16(x))).collect()
@@ -93,8 +93,7 @@ mod tests {
     /// the threads); the bias gradient is dy's column sums.
     #[test]
     fn forward_and_gradients_are_the_products_of_the_rounded_operands() {
-        if !available() {
-            eprintln!("this CPU or kernel offers no AMX: the bf16 Linear was not checked here");
+        if !checkable_here("the bf16 Linear") {
             return;
         }
         for (rows, in_dim, out_dim) in [(64, 32, 32), (70, 45, 100), (3, 7, 5), (300, 96, 40)] {

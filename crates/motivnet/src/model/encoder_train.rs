@@ -419,8 +419,7 @@ mod tests {
     /// and not the same values (the products did run in bf16).
     #[test]
     fn bf16_products_follow_the_f32_pass_to_bf16_precision() {
-        if !crate::kernels::amx::available() {
-            eprintln!("this CPU or kernel offers no AMX: the bf16 training pass was not checked here");
+        if !crate::kernels::amx::checkable_here("the bf16 training pass") {
             return;
         }
         let dev = Device::Cpu;

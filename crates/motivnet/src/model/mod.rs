@@ -205,7 +205,7 @@ impl MotivNet {
     /// needs beyond candle's graph. On the fused CPU path the encoder runs its hand-written
     /// training pass (`encoder_train`) and its tokens enter the head as a leaf; elsewhere the
     /// whole model is candle's graph. Under bf16 products on the CPU the encoder's Linear
-    /// layers multiply on the AMX tiles, forward and backward; the head stays f32.
+    /// layers and attention multiply on the AMX tiles, forward and backward; the head stays f32.
     pub fn forward_train(&self, images: &Tensor, mode: &mut Mode) -> Result<(Tensor, TrainPass)> {
         if !mode.is_train() {
             return Err(Error::Internal("forward_train needs a train mode".into()));

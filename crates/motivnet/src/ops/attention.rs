@@ -223,8 +223,7 @@ mod tests {
     /// sizes that do and do not fill the tiles, with pairs in parallel and products threaded.
     #[test]
     fn bf16_attention_tracks_f32() {
-        if !crate::kernels::amx::available() {
-            eprintln!("this CPU has no AMX: the bf16 attention was not checked here");
+        if !crate::kernels::amx::checkable_here("the bf16 attention") {
             return;
         }
         let dev = Device::Cpu;
