@@ -21,7 +21,7 @@
 //!   dropout, attention and the train/eval mode ([`nn::layers`]).
 //! - [`model`]: the Sapiens encoder, the ML-Decoder head, [`MotivNet`] with `forward`,
 //!   `forward_train` and `forward_explained` (the head's attention maps), and the encoder's
-//!   hand-written training pass.
+//!   and the head's hand-written training passes.
 //! - [`train`]: the [`Trainer`] (loss, backward, accumulation, training state) and AdamW.
 //!
 //! Beside them: [`config`] (configs, presets, what a spec leaves to the weights), [`io`]

@@ -77,15 +77,18 @@ fn a_bf16_train_step_tracks_the_reference_gradients() {
     let want_loss = expected["loss"].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
     assert!((out.loss - want_loss).abs() < 1e-2 * want_loss.abs().max(1.0), "loss {} against {want_loss}", out.loss);
     let grads: std::collections::HashMap<&String, &Tensor> = trainer.accumulated_gradients().collect();
-    let mut worst = 0f32;
+    let mut worst = (0f32, String::new());
     for p in trainer.model.params.trainable() {
         let (got, want) = (grads[&p.name], &expected[&format!("grad.{}", p.name)]);
         assert_eq!(got.dtype(), DType::F32, "gradient of {}", p.name);
         let diff = max_abs_diff(got, want) / max_abs(want).max(1e-6);
         assert!(diff < 2e-2, "grad of {}: {diff} of its largest value off the reference", p.name);
-        worst = worst.max(diff);
+        if diff > worst.0 {
+            worst = (diff, p.name.clone());
+        }
     }
-    assert!(worst > 0.0, "every gradient equals f32's: the products did not run in bf16");
+    assert!(worst.0 > 0.0, "every gradient equals f32's: the products did not run in bf16");
+    eprintln!("largest gradient difference from the reference: {} ({})", worst.0, worst.1);
     trainer.train_step(&ModelInput::Tensor(&x), &labels, lr, true).unwrap();
     assert!(trainer.model.params.iter().all(|p| p.var.dtype() == DType::F32), "a weight left f32");
 }

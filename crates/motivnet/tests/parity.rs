@@ -53,7 +53,8 @@ fn train_loss_and_every_gradient_match_reference() {
 
 #[test]
 fn the_trainers_gradients_match_reference() {
-    // The trainer runs the encoder's hand-written pass (encoder_train.rs), not candle's graph.
+    // The trainer runs the encoder's and the head's hand-written passes (encoder_train.rs,
+    // head_train.rs), not candle's graph.
     let (x, labels) = batch();
     let expected = read("expected.safetensors");
     let model = reference_model();
@@ -150,7 +151,7 @@ fn dropout_on_train_step_matches_reference_on_its_masks() {
             assert_close(&format!("grad of {}", p.name), got, &expected[&format!("grad.{}", p.name)], 1e-6, 1e-3);
         }
 
-        // The trainer (hand-written encoder pass, head on the graph) and one AdamW step.
+        // The trainer (the hand-written encoder and head passes) and one AdamW step.
         let optimizer = AdamWConfig {
             encoder: GroupConfig { weight_decay: 0.05 },
             decoder: GroupConfig { weight_decay: 0.01 },

@@ -1,6 +1,7 @@
 //! Slice math under the fused ops: plain f32 buffers in, f32 buffers out, no candle types.
 //! The ops (`crate::ops`) wrap these as candle custom ops with their own backward; the
-//! encoder's hand-written training pass (`crate::model::encoder_train`) calls them directly.
+//! hand-written training passes (`crate::model::encoder_train`, `crate::model::head_train`)
+//! call them directly.
 //!
 //! Loops are written so they vectorise (lanes of partial sums, branch-free exp and erf) and
 //! run as wide as the CPU allows ([`simd`]); products go through `gemm` on strided views
@@ -8,6 +9,7 @@
 
 pub mod amx;
 pub mod attention;
+pub mod cross_attention;
 pub mod flash_attention;
 pub mod gelu;
 pub mod gemm;

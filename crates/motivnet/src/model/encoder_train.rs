@@ -9,26 +9,30 @@
 //! residual stream's gradient is added to in place, and every parameter's gradient is
 //! written once.
 //!
-//! The head stays on candle's autograd: the tokens enter it as a leaf ([`Var`]), and the
+//! The tokens leave as a leaf ([`Var`]) for the head: the head's own hand-written pass
+//! (`head_train`) hands back their gradient, or, where the head runs on candle's graph, the
 //! gradient candle computes for that leaf starts [`EncoderTape::backward`]. Only
 //! `MotivNet::forward_train` uses this, on the CPU's fused path; `MotivNet::forward` and
 //! other devices run the encoder as candle ops, and a test holds every encoder gradient of
 //! this pass to that path's. Parameters are read, and gradients returned, by the block's
 //! field names ([`BlockParams`]).
 
-use candle_core::{Device, StorageRef, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use rayon::prelude::*;
 
 use super::encoder::{Block, BlockParams, SapiensEncoder};
-use crate::error::{input_err, Error, Result};
-use crate::kernels::attention::{
-    attention_backward, attention_backward_bf16, attention_forward, attention_forward_bf16,
-};
+use super::products::Products;
+use super::tape::{gradient_tensors, Read};
+use crate::error::{input_err, Result};
 use crate::kernels::gelu::{gelu_backward, gelu_forward};
 use crate::kernels::layer_norm::{layer_norm_backward, layer_norm_forward};
-use crate::kernels::{linear, linear_bf16};
 use crate::ops::attention::KEEP_PROBABILITIES_BYTES;
-use crate::ops::f32_slice;
+
+const PASS: &str = "encoder training pass";
+
+fn read(t: &Tensor) -> Read<'_> {
+    Read::new(t, PASS)
+}
 
 /// Whether the hand-written pass can run this encoder on these images: the fused path
 /// (CPU, f32) and contiguous tensors.
@@ -36,84 +40,6 @@ pub fn supported(encoder: &SapiensEncoder, images: &Tensor) -> bool {
     let params = EncoderParams::of(encoder);
     let all: Vec<&Tensor> = std::iter::once(images).chain(params.tensors()).collect();
     crate::ops::dispatch::fused(&all) && all.iter().all(|t| t.is_contiguous())
-}
-
-/// How the pass multiplies in its Linear layers (the patch embedding, qkv, the projections,
-/// the MLPs) and its attention, forward and backward: f32 products (`gemm`), or operands
-/// rounded to bf16 with f32 sums on the CPU's AMX tiles (`precision: 'bf16'`; see
-/// [`crate::kernels::linear_bf16`] and `attention_backward_bf16`). The softmax and its
-/// backward, LayerNorm, GELU, the residuals and every gradient are f32 either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Products {
-    F32,
-    Bf16,
-}
-
-impl Products {
-    /// x W^T + b [+ residual] over rows of in_dim values.
-    fn linear(self, x: &[f32], w: &[f32], b: &[f32], in_dim: usize, residual: Option<&[f32]>) -> Vec<f32> {
-        match self {
-            Products::F32 => linear::linear_rows(x, w, b, in_dim, residual),
-            Products::Bf16 => linear_bf16::linear_rows(x, w, b, in_dim, residual),
-        }
-    }
-
-    /// dW and db of a Linear (W: out x in) from its input x and output gradient dy, dims
-    /// (rows, in, out).
-    fn param_grads(self, x: &[f32], dy: &[f32], dims: (usize, usize, usize)) -> (Vec<f32>, Vec<f32>) {
-        match self {
-            Products::F32 => linear::param_grads(x, dy, dims),
-            Products::Bf16 => linear_bf16::param_grads(x, dy, dims),
-        }
-    }
-
-    /// The self-attention's output over the packed qkv, and its probabilities when `keep` asks
-    /// for them and the f32 products run (the bf16 backward recomputes its own).
-    fn attention(
-        self,
-        qkv: &[f32],
-        dims: (usize, usize, usize),
-        heads: usize,
-        keep: bool,
-    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-        match self {
-            Products::F32 => attention_forward(qkv, dims, heads, keep).map_err(Error::Internal),
-            Products::Bf16 => Ok((attention_forward_bf16(qkv, dims, heads).map_err(Error::Internal)?, None)),
-        }
-    }
-
-    /// The gradient of the packed qkv from the attention's output and its gradient.
-    fn attention_backward(
-        self,
-        qkv: &[f32],
-        out: &[f32],
-        d_out: &[f32],
-        dims: (usize, usize, usize),
-        heads: usize,
-        kept: Option<&[f32]>,
-    ) -> Result<Vec<f32>> {
-        match self {
-            Products::F32 => attention_backward(qkv, out, d_out, dims, heads, kept),
-            Products::Bf16 => attention_backward_bf16(qkv, out, d_out, dims, heads),
-        }
-        .map_err(Error::Internal)
-    }
-
-    /// All three gradients of a Linear: dx (rows x in), dW and db.
-    fn linear_backward(
-        self,
-        x: &[f32],
-        w: &[f32],
-        dy: &[f32],
-        dims: (usize, usize, usize),
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let dx = match self {
-            Products::F32 => linear::input_grad(dy, w, dims),
-            Products::Bf16 => linear_bf16::input_grad(dy, w, dims),
-        };
-        let (dw, db) = self.param_grads(x, dy, dims);
-        (dx, dw, db)
-    }
 }
 
 /// The encoder's parameters by role: the patch embedding, the position embedding, each
@@ -144,26 +70,6 @@ impl EncoderParams {
             .into_iter()
             .chain(pairs)
             .chain([&self.final_norm.0, &self.final_norm.1])
-    }
-}
-
-/// A tensor read-locked for the length of a pass, viewed as f32 values.
-struct Read<'a> {
-    storage: StorageRef<'a>,
-    layout: &'a candle_core::Layout,
-}
-
-impl<'a> Read<'a> {
-    fn new(t: &'a Tensor) -> Self {
-        let (storage, layout) = t.storage_and_layout();
-        Self { storage, layout }
-    }
-
-    fn values(&self) -> Result<&[f32]> {
-        match &*self.storage {
-            candle_core::Storage::Cpu(cpu) => Ok(f32_slice(cpu, self.layout, "encoder training pass")?),
-            _ => Err(Error::Internal("encoder training pass: expected a CPU tensor".into())),
-        }
     }
 }
 
@@ -206,7 +112,7 @@ fn block_forward(
     (b, n, d, hidden_dim): (usize, usize, usize, usize),
     eps: f32,
 ) -> Result<(Vec<f32>, BlockTape)> {
-    let w = Read::new;
+    let w = read;
     let (ln1_w, ln1_b, ln2_w, ln2_b) =
         (w(&block.ln1.weight), w(&block.ln1.bias), w(&block.ln2.weight), w(&block.ln2.bias));
     let (qkv_w, qkv_b, proj_w, proj_b) =
@@ -239,10 +145,9 @@ pub fn forward(encoder: &SapiensEncoder, images: &Tensor, products: Products) ->
     let eps = encoder.ln1.eps as f32;
 
     let mut x = {
-        let (rows, pe_w, pe_b) =
-            (Read::new(&patches), Read::new(&encoder.projection.weight), Read::new(&encoder.projection.bias));
+        let (rows, pe_w, pe_b) = (read(&patches), read(&encoder.projection.weight), read(&encoder.projection.bias));
         let mut x = products.linear(rows.values()?, pe_w.values()?, pe_b.values()?, patch_width, None);
-        let pos = Read::new(&encoder.pos_embed);
+        let pos = read(&encoder.pos_embed);
         let pos = pos.values()?;
         if pos.len() != n * d {
             return Err(input_err!("pos_embed holds {} values, expected {n} x {d}", pos.len()));
@@ -257,7 +162,7 @@ pub fn forward(encoder: &SapiensEncoder, images: &Tensor, products: Products) ->
         x = out;
     }
     let tokens = {
-        let (ln_w, ln_b) = (Read::new(&encoder.ln1.weight), Read::new(&encoder.ln1.bias));
+        let (ln_w, ln_b) = (read(&encoder.ln1.weight), read(&encoder.ln1.bias));
         layer_norm_forward(&x, ln_w.values()?, ln_b.values()?, eps)
     };
     let tokens = Var::from_tensor(&Tensor::from_vec(tokens, (b, n, d), &Device::Cpu)?)?;
@@ -290,7 +195,7 @@ impl EncoderTape {
 
         let mut dx = vec![0f32; rows * d];
         let final_norm = {
-            let (g, ln_w) = (Read::new(&d_tokens), Read::new(&params.final_norm.0));
+            let (g, ln_w) = (read(&d_tokens), read(&params.final_norm.0));
             layer_norm_backward(&mut dx, false, &x_last, g.values()?, ln_w.values()?, eps)
         };
         drop(x_last);
@@ -299,12 +204,12 @@ impl EncoderTape {
         let mut block_grads: Vec<BlockParams<Vec<f32>>> = Vec::with_capacity(blocks.len());
         for (tape, weights) in blocks.into_iter().zip(&params.blocks).rev() {
             let (ln1_w, qkv_w, proj_w, ln2_w, fc1_w, fc2_w) = (
-                Read::new(&weights.ln1.0),
-                Read::new(&weights.qkv.0),
-                Read::new(&weights.proj.0),
-                Read::new(&weights.ln2.0),
-                Read::new(&weights.fc1.0),
-                Read::new(&weights.fc2.0),
+                read(&weights.ln1.0),
+                read(&weights.qkv.0),
+                read(&weights.proj.0),
+                read(&weights.ln2.0),
+                read(&weights.fc1.0),
+                read(&weights.fc2.0),
             );
 
             let (d_hidden, d_fc2_w, d_fc2_b) =
@@ -336,7 +241,7 @@ impl EncoderTape {
         block_grads.reverse();
 
         // Patch embedding and position embedding: dx is now the gradient of their sum.
-        let patches = Read::new(&patches);
+        let patches = read(&patches);
         let (d_pe_w, d_pe_b) = products.param_grads(patches.values()?, &dx, (rows, patch_width, d));
         let mut d_pos = vec![0f32; n * d];
         for image in dx.chunks(n * d) {
@@ -358,20 +263,7 @@ impl EncoderTape {
                 pairs.extend([(w, dw), (b, db)]);
             }
         }
-        pairs
-            .into_iter()
-            .map(|(param, grad)| {
-                if grad.len() != param.elem_count() {
-                    return Err(Error::Internal(format!(
-                        "encoder backward: a gradient of {} values for a parameter of shape {:?}",
-                        grad.len(),
-                        param.dims()
-                    )));
-                }
-                let grad = Tensor::from_vec(grad, param.shape(), &Device::Cpu)?;
-                Ok((param, grad))
-            })
-            .collect()
+        gradient_tensors(pairs, PASS)
     }
 }
 

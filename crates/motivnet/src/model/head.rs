@@ -179,6 +179,10 @@ impl MlDecoder {
         Ok(Self { embed_standart, query_embed, layers, duplicate_pooling, duplicate_pooling_bias, cfg: cfg.clone() })
     }
 
+    pub fn config(&self) -> &HeadConfig {
+        &self.cfg
+    }
+
     /// Every Linear layer with a weight of its own: the embedding, then each decoder layer's
     /// (the cross-attention's in-projection is a plain parameter, sliced as it is used).
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {

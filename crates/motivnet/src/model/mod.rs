@@ -11,7 +11,10 @@ pub mod encoder;
 pub mod encoder_train;
 pub mod explain;
 pub mod head;
+pub mod head_train;
 pub mod inference;
+pub mod products;
+mod tape;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
@@ -28,6 +31,7 @@ use encoder::SapiensEncoder;
 use encoder_train::EncoderTape;
 pub use explain::AttentionMaps;
 use head::MlDecoder;
+use head_train::HeadTape;
 pub use inference::{ModelInput, Prediction};
 
 pub struct MotivNet {
@@ -202,8 +206,9 @@ impl MotivNet {
     }
 
     /// Train-mode logits (B, num_classes) of normalized images, and what [`MotivNet::backward`]
-    /// needs beyond candle's graph. On the fused CPU path the encoder runs its hand-written
-    /// training pass (`encoder_train`) and its tokens enter the head as a leaf; elsewhere the
+    /// needs beyond candle's graph. On the fused CPU path the encoder and the head run their
+    /// hand-written training passes (`encoder_train`, `head_train`): the tokens pass from one
+    /// to the other as plain values and the logits enter the loss as a leaf; elsewhere the
     /// whole model is candle's graph. Under bf16 products on the CPU the encoder's Linear
     /// layers and attention multiply on the AMX tiles, forward and backward; the head stays f32.
     pub fn forward_train(&self, images: &Tensor, mode: &mut Mode) -> Result<(Tensor, TrainPass)> {
@@ -215,10 +220,15 @@ impl MotivNet {
             self.params.check_all_held("train")?;
         }
         if encoder_train::supported(&self.encoder, images) {
-            let products = if bf16 { encoder_train::Products::Bf16 } else { encoder_train::Products::F32 };
-            let (tokens, tape) = encoder_train::forward(&self.encoder, images, products)?;
+            let products = if bf16 { products::Products::Bf16 } else { products::Products::F32 };
+            let (tokens, encoder_tape) = encoder_train::forward(&self.encoder, images, products)?;
+            if head_train::supported(&self.head, tokens.as_tensor()) {
+                let (logits, head_tape) = head_train::forward(&self.head, tokens.as_tensor(), mode, products)?;
+                let pass = TrainPass { encoder: Some((tokens, encoder_tape)), head: Some((logits.clone(), head_tape)) };
+                return Ok((logits.as_tensor().clone(), pass));
+            }
             let logits = self.head.forward(tokens.as_tensor(), mode)?;
-            return Ok((logits, TrainPass { encoder: Some((tokens, tape)) }));
+            return Ok((logits, TrainPass { encoder: Some((tokens, encoder_tape)), head: None }));
         }
         if bf16 {
             // The composed graph would multiply in f32 while the model says bf16.
@@ -228,17 +238,33 @@ impl MotivNet {
                     .into(),
             ));
         }
-        Ok((self.forward(images, mode)?, TrainPass { encoder: None }))
+        Ok((self.forward(images, mode)?, TrainPass { encoder: None, head: None }))
     }
 
     /// The gradients of `loss` (a scalar computed from [`MotivNet::forward_train`]'s logits)
     /// for every parameter, whichever path the forward took.
     pub fn backward(&self, loss: &Tensor, pass: TrainPass) -> Result<GradStore> {
         let mut grads = loss.backward()?;
+        // The head's pass hands the tokens' gradient straight to the encoder's; on candle's
+        // graph it is the gradient of the tokens' leaf.
+        let mut d_tokens = None;
+        if let Some((logits, tape)) = pass.head {
+            let d_logits = grads
+                .remove(logits.as_tensor())
+                .ok_or_else(|| Error::Internal("the logits received no gradient from the loss".into()))?;
+            let (pairs, d) = tape.backward(&d_logits)?;
+            for (param, grad) in pairs {
+                grads.insert(&param, grad);
+            }
+            d_tokens = Some(d);
+        }
         if let Some((tokens, tape)) = pass.encoder {
-            let d_tokens = grads
-                .remove(tokens.as_tensor())
-                .ok_or_else(|| Error::Internal("the encoder's tokens received no gradient from the head".into()))?;
+            let d_tokens = match d_tokens {
+                Some(d) => d,
+                None => grads
+                    .remove(tokens.as_tensor())
+                    .ok_or_else(|| Error::Internal("the encoder's tokens received no gradient from the head".into()))?,
+            };
             for (param, grad) in tape.backward(&d_tokens)? {
                 grads.insert(&param, grad);
             }
@@ -248,7 +274,8 @@ impl MotivNet {
 }
 
 /// What a training forward leaves for its backward besides candle's graph: the encoder's
-/// tokens and tape when it ran by hand.
+/// tokens and tape when it ran by hand, and the head's logits and tape when it did.
 pub struct TrainPass {
     encoder: Option<(Var, EncoderTape)>,
+    head: Option<(Var, HeadTape)>,
 }
