@@ -223,7 +223,7 @@ impl MotivNet {
             let products = if bf16 { products::Products::Bf16 } else { products::Products::F32 };
             let (tokens, encoder_tape) = encoder_train::forward(&self.encoder, images, products)?;
             if head_train::supported(&self.head, tokens.as_tensor()) {
-                let (logits, head_tape) = head_train::forward(&self.head, tokens.as_tensor(), mode, products)?;
+                let (logits, head_tape) = head_train::forward(&self.head, tokens.as_tensor(), mode)?;
                 let pass = TrainPass { encoder: Some((tokens, encoder_tape)), head: Some((logits.clone(), head_tape)) };
                 return Ok((logits.as_tensor().clone(), pass));
             }

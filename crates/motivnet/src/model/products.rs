@@ -1,5 +1,5 @@
-//! How the hand-written training passes multiply: f32 products, or bf16 operands with f32
-//! sums on the CPU's AMX tiles.
+//! How the encoder's hand-written training pass multiplies: f32 products, or bf16 operands
+//! with f32 sums on the CPU's AMX tiles. (The head's pass stays f32: see `head_train`.)
 
 use crate::error::{Error, Result};
 use crate::kernels::attention::{

@@ -13,9 +13,9 @@
 //! f32. candle's CPU backend has no bf16 product of its own (it widens to f32 and back), so
 //! without AMX bf16 would only be slower and is refused. A train step under bf16 on the CPU
 //! runs the encoder's Linear products and attention on the tiles, forward and backward
-//! (`model::products::Products`), and the head's keys-and-values projection, with f32
-//! weights, gradients and optimizer; the head's other Linear layers stay f32 (their ReLU
-//! gates flip under rounding: see `model::head_train` and docs/BENCHMARKS.md).
+//! (`model::products::Products`), with f32 weights, gradients and optimizer; the head stays
+//! f32 (its ReLU gates flip under rounding, which cost accuracy: see `model::head_train` and
+//! docs/BENCHMARKS.md).
 
 use candle_core::Device;
 
