@@ -31,7 +31,7 @@ use crate::error::{input_err, Error, Result};
 use crate::kernels::cross_attention::{cross_attention_backward, cross_attention_forward, CrossDims};
 use crate::kernels::layer_norm::{layer_norm_backward, layer_norm_forward};
 use crate::kernels::linear::{input_grad, linear_rows, param_grads};
-use crate::kernels::math::{relu_backward, relu_forward};
+use crate::kernels::math::{relu_backward_in_place, relu_in_place};
 use crate::nn::layers::{dropout_mask, Mode};
 
 const PASS: &str = "head training pass";
@@ -151,8 +151,10 @@ struct LayerTape {
     u2: Vec<f32>,
     m3: Option<Vec<f32>>,
     t2: Vec<f32>,
-    /// linear1 after ReLU (B K x feedforward), its mask, and what entered linear2.
-    relu: Vec<f32>,
+    /// What entered linear2: linear1's output after ReLU and dropout (B K x feedforward), and
+    /// the dropout's mask. It also gates ReLU's backward: where it is dropped the gradient is
+    /// zero whatever the gate, and where it is kept it is positive exactly where ReLU's input
+    /// was.
     m4: Option<Vec<f32>>,
     hidden: Vec<f32>,
     /// The third norm's input and its mask over the feed-forward branch.
@@ -237,15 +239,15 @@ fn layer_forward(
     let m3 = dropout_mask(&[b, k, e], p, mode)?;
     let u2 = residual_plus_dropped(&t1, &a, m3.as_deref());
     let t2 = norm(&params.norm2, &u2)?;
-    let relu = relu_forward(&linear_rows(&t2, w1.values()?, b1.values()?, e, None));
+    let mut hidden = linear_rows(&t2, w1.values()?, b1.values()?, e, None);
+    relu_in_place(&mut hidden);
     let m4 = dropout_mask(&[b, k, ff], p, mode)?;
-    let mut hidden = relu.clone();
     apply_mask(&mut hidden, m4.as_deref());
     let f = linear_rows(&hidden, w2.values()?, b2.values()?, ff, None);
     let m5 = dropout_mask(&[b, k, e], p, mode)?;
     let u3 = residual_plus_dropped(&t2, &f, m5.as_deref());
     let out = norm(&params.norm3, &u3)?;
-    let tape = LayerTape { u1, m1, t1, q, kv, probs, m2, attended, u2, m3, t2, relu, m4, hidden, u3, m5 };
+    let tape = LayerTape { u1, m1, t1, q, kv, probs, m2, attended, u2, m3, t2, m4, hidden, u3, m5 };
     Ok((out, tape))
 }
 
@@ -273,7 +275,9 @@ pub fn forward(head: &MlDecoder, tokens: &Tensor, mode: &mut Mode) -> Result<(Va
 
     let memory = {
         let (x, w, b) = (read(tokens), read(&params.embed.0), read(&params.embed.1));
-        relu_forward(&linear_rows(x.values()?, w.values()?, b.values()?, token_dim, None))
+        let mut memory = linear_rows(x.values()?, w.values()?, b.values()?, token_dim, None);
+        relu_in_place(&mut memory);
+        memory
     };
     let mut t = {
         let queries = read(&head.query_embed);
@@ -372,12 +376,12 @@ impl HeadTape {
             let mut d_hidden = input_grad(&d_f, w2.values()?, (rows, ff, e));
             let linear2 = param_grads(&tape.hidden, &d_f, (rows, ff, e));
             drop(d_f);
+            // Through dropout, then ReLU (gated by what entered linear2; see `LayerTape`).
             apply_mask(&mut d_hidden, tape.m4.as_deref());
-            let d_pre = relu_backward(&tape.relu, &d_hidden);
+            relu_backward_in_place(&tape.hidden, &mut d_hidden);
+            let mut d_t2 = input_grad(&d_hidden, w1.values()?, (rows, e, ff));
+            let linear1 = param_grads(&tape.t2, &d_hidden, (rows, e, ff));
             drop(d_hidden);
-            let mut d_t2 = input_grad(&d_pre, w1.values()?, (rows, e, ff));
-            let linear1 = param_grads(&tape.t2, &d_pre, (rows, e, ff));
-            drop(d_pre);
             add_into(&mut d_t2, &d_u3);
             drop(d_u3);
 
@@ -426,12 +430,12 @@ impl HeadTape {
 
         // The memory is ReLU(embed_standart(tokens)): its value is positive exactly where
         // the pre-activation was.
-        let d_pre = relu_backward(&memory, &d_memory);
-        drop(d_memory);
+        relu_backward_in_place(&memory, &mut d_memory);
+        drop(memory);
         let (d_tokens, embed) = {
             let (x, w) = (read(&tokens), read(&params.embed.0));
             let dims = (b * n, d, e);
-            (input_grad(&d_pre, w.values()?, dims), param_grads(x.values()?, &d_pre, dims))
+            (input_grad(&d_memory, w.values()?, dims), param_grads(x.values()?, &d_memory, dims))
         };
 
         let mut pairs: Vec<(Tensor, Vec<f32>)> = vec![(params.embed.0, embed.0), (params.embed.1, embed.1)];
