@@ -100,10 +100,80 @@ fn run_roofline(args: &Args) -> motivnet::Result<String> {
         Ok(())
     })?;
     let gflops = 2.0 * (N * N * N) as f64 / (ms * 1e6);
+    let fma = fma_peak_gflops().map_or("null".to_string(), |g| format!("{g:.1}"));
     Ok(format!(
-        "{{\"roofline\":\"matmul f32 {N}^3\",\"threads\":{},\"ms\":{ms:.3},\"gflops\":{gflops:.1}}}",
+        "{{\"roofline\":\"matmul f32 {N}^3\",\"threads\":{},\"ms\":{ms:.3},\"gflops\":{gflops:.1},\"fmaPeakGflops\":{fma}}}",
         rayon::current_num_threads()
     ))
+}
+
+/// The f32 multiply-add peak of the compute threads, in GFLOP/s: each thread runs independent
+/// AVX-512 multiply-adds (24 chains, more than the units' latency times their width) with no
+/// loads or stores, the best of three tries. No product can run faster in f32; the matmul roof
+/// shows how close a real one comes. `None` off x86-64 or without AVX-512F.
+fn fma_peak_gflops() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use rayon::prelude::*;
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return None;
+        }
+        const ROUNDS: usize = 20_000_000;
+        let threads = rayon::current_num_threads();
+        let best = (0..3)
+            .map(|_| {
+                let start = Instant::now();
+                // SAFETY: AVX-512F was detected above.
+                let sums: f32 = (0..threads).into_par_iter().map(|_| unsafe { fma_chains(ROUNDS) }).sum();
+                std::hint::black_box(sums);
+                start.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min);
+        // Each round: 24 multiply-adds of 16 lanes, two FLOPs a lane.
+        Some((threads * ROUNDS * 24 * 16 * 2) as f64 / best / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
+}
+
+/// `rounds` rounds of 24 independent AVX-512 multiply-add chains (zmm8-zmm31 += zmm0 x zmm1),
+/// written out in assembly so the compiler can neither fold nor spill them.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains(rounds: usize) -> f32 {
+    let sum: f32;
+    std::arch::asm!(
+        "vbroadcastss zmm0, {a:x}",
+        "vbroadcastss zmm1, {b:x}",
+        "vxorps zmm2, zmm2, zmm2",
+        ".irp r, 8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+        "vmovaps zmm\\r, zmm2",
+        ".endr",
+        "2:",
+        ".irp r, 8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+        "vfmadd231ps zmm\\r, zmm0, zmm1",
+        ".endr",
+        "dec {n}",
+        "jnz 2b",
+        ".irp r, 9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+        "vaddps zmm8, zmm8, zmm\\r",
+        ".endr",
+        "vmovaps {out:x}, xmm8",
+        a = in(xmm_reg) 1.0e-3f32,
+        b = in(xmm_reg) 0.999f32,
+        n = inout(reg) rounds.max(1) => _,
+        out = lateout(xmm_reg) sum,
+        out("zmm0") _, out("zmm1") _, out("zmm2") _,
+        out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _,
+        out("zmm14") _, out("zmm15") _, out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+        out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _, out("zmm24") _, out("zmm25") _,
+        out("zmm26") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+        options(nomem, nostack),
+    );
+    sum
 }
 
 /// GFLOP/s of a 2048 x 2048 x 2048 product on our AMX kernel (`precision bf16`): A rounded to
