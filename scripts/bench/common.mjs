@@ -9,7 +9,20 @@ export const python = path.join(root, 'scripts/reference/.venv/bin/python');
 
 export function machine() {
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
-  return `${os.availableParallelism()} cores (${cpu}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.type()} ${os.release()}, Node ${process.version}`;
+  const features = vectorFeatures();
+  return `${os.availableParallelism()} cores (${cpu}${features ? `; ${features}` : ''}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.type()} ${os.release()}, Node ${process.version}`;
+}
+
+/**
+ * The vector units that decide our kernels and the peers' (Linux): AVX-512, AVX512_BF16 and AMX.
+ * Two machines that share a CPU name may differ here (a virtual machine may hide AMX), and
+ * their numbers differ with them, so the name alone does not say which machine a row is from.
+ */
+function vectorFeatures() {
+  if (!existsSync('/proc/cpuinfo')) return '';
+  const flags = new Set((readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1] ?? '').trim().split(/\s+/));
+  const has = (flag, name) => (flags.has(flag) ? name : `no ${name}`);
+  return [has('avx512f', 'AVX-512'), has('avx512_bf16', 'AVX512_BF16'), has('amx_bf16', 'AMX')].join(', ');
 }
 
 export function referenceMissing() {

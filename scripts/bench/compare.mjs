@@ -174,6 +174,8 @@ const roof = {
   // What no f32 product can pass: the threads' multiply-adds alone (AVX-512).
   fmaPeakGflops: oursRoof.fmaPeakGflops ?? null,
 };
+// The f32 roof: the faster of the two matmuls (PyTorch's library or our `gemm`).
+const f32Roof = Math.max(roof.f32OursGflops, roof.f32TorchGflops);
 console.log(`roofline, ${threads} threads: f32 ${roof.f32OursGflops.toFixed(0)} GFLOP/s (ours), ${roof.f32TorchGflops.toFixed(0)} (PyTorch); bf16 ${roof.bf16TorchGflops.toFixed(0)} (PyTorch); multiply-add peak ${roof.fmaPeakGflops?.toFixed(0) ?? '-'}`);
 
 const rows = [];
@@ -243,8 +245,8 @@ for (const c of selected) {
       memoryMet: oursAbove <= peerAbove,
       oursGflops: gflops(o.median),
       referenceGflops: gflops(q.median),
-      oursRoofFraction: flops ? gflops(o.median) / (oursPrecision === 'bf16' ? roof.bf16TorchGflops : roof.f32OursGflops) : null,
-      referenceRoofFraction: flops ? gflops(q.median) / (precision === 'bf16' ? roof.bf16TorchGflops : roof.f32OursGflops) : null,
+      oursRoofFraction: flops ? gflops(o.median) / (oursPrecision === 'bf16' ? roof.bf16TorchGflops : f32Roof) : null,
+      referenceRoofFraction: flops ? gflops(q.median) / (precision === 'bf16' ? roof.bf16TorchGflops : f32Roof) : null,
       rounds,
       date: new Date().toISOString().slice(0, 10),
     });
@@ -311,8 +313,8 @@ column) where this CPU has AMX, else with our f32, which counts where it is fast
 f32 and our bf16 (the encoder's Linear products on the tiles, forward and backward; its accuracy cost is measured
 below). ONNX Runtime, which computes in f32 on x86 (its CPU provider's bf16 is for Arm64 only), is compared twice
 there too: with our f32 and with our bf16 (its accuracy cost is under "bf16 on the CPU" below). GFLOP/s from the model's FLOPs,
-with the fraction of this machine's roof: a 2048^3 matmul, ${f(roof.f32OursGflops, 0)} GFLOP/s in f32 (our kernels;
-PyTorch's: ${f(roof.f32TorchGflops, 0)}) and ${f(roof.bf16TorchGflops, 0)} in bf16 (PyTorch${roof.bf16OursGflops ? ', AMX' : ''}), the roof of bf16 rows${roof.bf16OursGflops ? ` (our AMX kernel's: ${f(roof.bf16OursGflops, 0)})` : ''}.${roof.fmaPeakGflops ? ` The threads' f32 multiply-adds alone, without a load or a store, reach ${f(roof.fmaPeakGflops, 0)} GFLOP/s: no f32 product passes that.` : ''}${trainLimit} Memory in MB:
+with the fraction of this machine's roof: a 2048^3 matmul, in f32 the faster of ours (${f(roof.f32OursGflops, 0)} GFLOP/s) and
+PyTorch's (${f(roof.f32TorchGflops, 0)}), and ${f(roof.bf16TorchGflops, 0)} in bf16 (PyTorch${roof.bf16OursGflops ? ', AMX' : ''}), the roof of bf16 rows${roof.bf16OursGflops ? ` (our AMX kernel's: ${f(roof.bf16OursGflops, 0)})` : ''}.${roof.fmaPeakGflops ? ` The threads' f32 multiply-adds alone, without a load or a store, reach ${f(roof.fmaPeakGflops, 0)} GFLOP/s: no f32 product passes that.` : ''}${trainLimit} Memory in MB:
 each process's peak minus its resident memory with its libraries loaded and before the model was built ("above
 baseline", ours / peer), and the absolute peak.
 

@@ -12,11 +12,20 @@
 //! 128 MiB per arena was no faster for `tiny` or `small`, and every thread's arena, sharp's
 //! included, would hold that much.)
 //!
+//! Each arena keeps its own freed memory, and glibc gives threads up to eight arenas per core.
+//! A Node host that trains runs the compute threads, a decoding worker per core with its
+//! libvips threads, and V8's own: at 32 MiB kept per arena, the end-to-end benchmark's peak
+//! above its baseline was 340 MB in most runs and 460-470 MB in a third of them, with the
+//! arenas glibc happened to make. With at most two arenas per core it was 310-320 MB in most
+//! runs, at the same batch time, and still about 440 MB in two runs of 26 (docs/BENCHMARKS.md).
+//! So the arenas are capped at two per core: one for each compute thread, one for each
+//! decoding worker.
+//!
 //! The settings are process-wide, so the core never applies them on its own: a program that
 //! owns its process opts in (the `motivnet` command line and the benchmark binary do; a Node
 //! host calls `tuneProcess()`). A process whose environment sets its own malloc tuning
-//! (`GLIBC_TUNABLES` naming malloc, or `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_`)
-//! keeps it even then.
+//! (`GLIBC_TUNABLES` naming malloc, or `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` /
+//! `MALLOC_ARENA_MAX`) keeps it even then.
 
 use std::sync::Once;
 
@@ -24,6 +33,13 @@ use std::sync::Once;
 pub const MMAP_THRESHOLD: usize = 32 << 20;
 /// Freed memory an arena keeps before returning it to the system.
 pub const TRIM_THRESHOLD: usize = 32 << 20;
+/// Arenas per core (see the module's notes).
+pub const ARENAS_PER_CORE: usize = 2;
+
+/// The arena cap for this machine.
+pub fn arena_max() -> usize {
+    ARENAS_PER_CORE * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 static TUNE: Once = Once::new();
 
@@ -33,6 +49,7 @@ fn user_tuned() -> bool {
     tunables.contains("glibc.malloc.")
         || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
         || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
+        || std::env::var_os("MALLOC_ARENA_MAX").is_some()
 }
 
 /// Applies the settings above once per process (glibc on Linux; elsewhere nothing). Returns
@@ -48,6 +65,8 @@ pub fn tune_for_model_temporaries() -> bool {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
             libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int);
+            // Arenas made before this call stay; it caps the ones threads make afterwards.
+            libc::mallopt(libc::M_ARENA_MAX, arena_max() as libc::c_int);
         }
     });
     cfg!(all(target_os = "linux", target_env = "gnu")) && !user_tuned()
@@ -88,5 +107,45 @@ mod tests {
             during == before
         });
         assert!(clean, "blocks of 24 to 28 MiB were mapped on their own every time");
+    }
+
+    /// The arenas glibc has made so far, counted in `malloc_info`'s report (one `<heap nr=`
+    /// element each).
+    fn arenas() -> usize {
+        let (mut buf, mut len) = (std::ptr::null_mut::<libc::c_char>(), 0usize);
+        // SAFETY: open_memstream writes the buffer's address and length as the stream is
+        // written and closed; the buffer is freed after it has been read.
+        unsafe {
+            let stream = libc::open_memstream(&mut buf, &mut len);
+            assert!(!stream.is_null(), "open_memstream failed");
+            libc::malloc_info(0, stream);
+            libc::fclose(stream);
+            let report = std::slice::from_raw_parts(buf.cast::<u8>(), len).to_vec();
+            libc::free(buf.cast());
+            String::from_utf8_lossy(&report).matches("<heap nr=").count()
+        }
+    }
+
+    #[test]
+    fn threads_beyond_the_cap_share_arenas() {
+        if !super::tune_for_model_temporaries() {
+            return; // this environment chose its own settings
+        }
+        let cap = super::arena_max();
+        let before = arenas();
+        // Threads alive at once, each allocating: glibc gives each a new arena until the cap.
+        let threads = 3 * cap + 2;
+        let barrier = std::sync::Barrier::new(threads);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    let held = std::hint::black_box(vec![1u8; 64 << 10]);
+                    barrier.wait();
+                    drop(held);
+                });
+            }
+        });
+        let after = arenas();
+        assert!(after <= before.max(cap), "{after} arenas after {threads} threads (cap {cap}, {before} before)");
     }
 }
