@@ -7,8 +7,10 @@
  * What each does, measured in docs/BENCHMARKS.md ("process settings"):
  * - `malloc`: glibc keeps blocks up to 32 MiB on the heap and up to 32 MiB of freed memory per
  *   arena, so a step's temporaries are reused rather than mapped and paged in afresh: steadier
- *   and faster train steps, at a resident size that stays near its peak. Linux with glibc only;
- *   a `GLIBC_TUNABLES` or `MALLOC_*_THRESHOLD_` setting of the environment wins.
+ *   and faster train steps, at a resident size that stays near its peak. Threads share at most
+ *   two arenas per core, so the decoding workers' and libvips' threads do not each keep their
+ *   own. Linux with glibc only; a `GLIBC_TUNABLES`, `MALLOC_*_THRESHOLD_` or `MALLOC_ARENA_MAX`
+ *   setting of the environment wins.
  * - `sharpThreads`: libvips threads per image operation. Our decoding pool already runs one
  *   image per core, so one thread each avoids oversubscribing the cores.
  * - `sharpCache`: libvips' operation cache; it holds recent results, which a pool decoding each

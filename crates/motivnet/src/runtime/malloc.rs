@@ -16,8 +16,8 @@
 //! A Node host that trains runs the compute threads, a decoding worker per core with its
 //! libvips threads, and V8's own: at 32 MiB kept per arena, the end-to-end benchmark's peak
 //! above its baseline was 340 MB in most runs and 460-470 MB in a third of them, with the
-//! arenas glibc happened to make. With at most two arenas per core it was 310-320 MB in most
-//! runs, at the same batch time, and still about 440 MB in two runs of 26 (docs/BENCHMARKS.md).
+//! arenas glibc happened to make. With at most two arenas per core it was 310-340 MB in 30 runs
+//! of 33, at the same batch time, and 430-450 MB in the other three (docs/BENCHMARKS.md).
 //! So the arenas are capped at two per core: one for each compute thread, one for each
 //! decoding worker.
 //!
