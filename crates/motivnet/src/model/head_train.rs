@@ -251,15 +251,12 @@ fn layer_forward(
     Ok((out, tape))
 }
 
-/// Tokens (B, N, D) -> train-mode logits (B, classes) as a leaf for the loss, and the tape.
-pub fn forward(head: &MlDecoder, tokens: &Tensor, mode: &mut Mode) -> Result<(Var, HeadTape)> {
-    if !mode.is_train() {
-        return Err(Error::Internal("the head's training pass needs a train mode".into()));
-    }
+/// The sizes of a pass of `head` over `tokens` (B, N, D).
+fn dims_of(head: &MlDecoder, tokens: &Tensor) -> Result<Dims> {
     let cfg = head.config();
     let (batch, n, token_dim) = tokens.dims3()?;
     let (queries, embed) = head.query_embed.dims2()?;
-    let dims = Dims {
+    Ok(Dims {
         batch,
         tokens: n,
         token_dim,
@@ -269,33 +266,105 @@ pub fn forward(head: &MlDecoder, tokens: &Tensor, mode: &mut Mode) -> Result<(Va
         heads: cfg.heads,
         classes: cfg.num_classes,
         factor: cfg.duplicate_factor(),
-    };
-    let params = HeadParams::of(head);
-    let eps = head.layers.first().map_or(1e-5, |l| l.norm1.eps as f32);
+    })
+}
 
-    let memory = {
-        let (x, w, b) = (read(tokens), read(&params.embed.0), read(&params.embed.1));
-        let mut memory = linear_rows(x.values()?, w.values()?, b.values()?, token_dim, None);
-        relu_in_place(&mut memory);
-        memory
-    };
-    let mut t = {
-        let queries = read(&head.query_embed);
-        queries.values()?.repeat(batch)
-    };
+/// The LayerNorms' epsilon (the layers share it).
+fn eps_of(head: &MlDecoder) -> f32 {
+    head.layers.first().map_or(1e-5, |l| l.norm1.eps as f32)
+}
+
+/// ReLU(embed_standart(tokens)): the memory every layer attends over (B N x E).
+fn memory_of(params: &HeadParams, tokens: &Tensor, dims: Dims) -> Result<Vec<f32>> {
+    let (x, w, b) = (read(tokens), read(&params.embed.0), read(&params.embed.1));
+    let mut memory = linear_rows(x.values()?, w.values()?, b.values()?, dims.token_dim, None);
+    relu_in_place(&mut memory);
+    Ok(memory)
+}
+
+/// The query embeddings repeated for each image: the first layer's input (B K x E).
+fn first_input(head: &MlDecoder, dims: Dims) -> Result<Vec<f32>> {
+    Ok(read(&head.query_embed).values()?.repeat(dims.batch))
+}
+
+/// The logits (B x classes) from the last layer's output.
+fn logits_of(params: &HeadParams, t: &[f32], dims: Dims) -> Result<Vec<f32>> {
+    let (w, b) = (read(&params.pooling.0), read(&params.pooling.1));
+    Ok(pool_forward(t, w.values()?, b.values()?, dims))
+}
+
+/// Tokens (B, N, D) -> train-mode logits (B, classes) as a leaf for the loss, and the tape.
+pub fn forward(head: &MlDecoder, tokens: &Tensor, mode: &mut Mode) -> Result<(Var, HeadTape)> {
+    if !mode.is_train() {
+        return Err(Error::Internal("the head's training pass needs a train mode".into()));
+    }
+    let dims = dims_of(head, tokens)?;
+    let (params, eps, dropout) = (HeadParams::of(head), eps_of(head), head.config().dropout);
+    let memory = memory_of(&params, tokens, dims)?;
+    let mut t = first_input(head, dims)?;
     let mut layers = Vec::with_capacity(params.layers.len());
     for layer in &params.layers {
-        let (out, tape) = layer_forward(layer, &t, &memory, dims, (cfg.dropout, eps), mode)?;
+        let (out, tape) = layer_forward(layer, &t, &memory, dims, (dropout, eps), mode)?;
         layers.push(tape);
         t = out;
     }
-    let logits = {
-        let (w, b) = (read(&params.pooling.0), read(&params.pooling.1));
-        pool_forward(&t, w.values()?, b.values()?, dims)
-    };
-    let logits = Var::from_tensor(&Tensor::from_vec(logits, (batch, dims.classes), &Device::Cpu)?)?;
+    let logits = logits_of(&params, &t, dims)?;
+    let logits = Var::from_tensor(&Tensor::from_vec(logits, (dims.batch, dims.classes), &Device::Cpu)?)?;
     let tape = HeadTape { params, dims, eps, tokens: tokens.clone(), memory, layers, last: t };
     Ok((logits, tape))
+}
+
+/// Whether inference may take [`predict`] for this head on these tokens: [`supported`], and
+/// the Linear products not asked to run in bf16 (`precision: 'bf16'` keeps the head's products
+/// on the tiles, through candle's ops).
+pub fn predicts(head: &MlDecoder, tokens: &Tensor) -> bool {
+    supported(head, tokens) && !crate::ops::dispatch::bf16_matmuls_on()
+}
+
+/// Tokens (B, N, D) -> eval-mode logits (B, classes), and with `maps` the last layer's
+/// cross-attention weights averaged over its heads (B, K, N), as
+/// [`MlDecoder::forward_explained`] defines them. The training pass's forward without dropout
+/// and without its tape: each layer's record is dropped once the next layer has its input.
+/// On candle's ops the head took about a fifth of a `tiny` forward (docs/BENCHMARKS.md).
+pub fn predict(head: &MlDecoder, tokens: &Tensor, maps: bool) -> Result<(Tensor, Option<Tensor>)> {
+    let dims = dims_of(head, tokens)?;
+    let (params, eps) = (HeadParams::of(head), eps_of(head));
+    let memory = memory_of(&params, tokens, dims)?;
+    let mut t = first_input(head, dims)?;
+    let mut last_probs = None;
+    for (i, layer) in params.layers.iter().enumerate() {
+        let (out, tape) = layer_forward(layer, &t, &memory, dims, (0.0, eps), &mut Mode::Eval)?;
+        if maps && i + 1 == params.layers.len() {
+            last_probs = Some(tape.probs);
+        }
+        t = out;
+    }
+    let logits = Tensor::from_vec(logits_of(&params, &t, dims)?, (dims.batch, dims.classes), &Device::Cpu)?;
+    let maps = match last_probs {
+        Some(probs) => Some(Tensor::from_vec(
+            mean_over_heads(&probs, dims),
+            (dims.batch, dims.queries, dims.tokens),
+            &Device::Cpu,
+        )?),
+        None => None,
+    };
+    Ok((logits, maps))
+}
+
+/// Probabilities (B, heads, K, N) -> their mean over the heads (B, K, N).
+fn mean_over_heads(probs: &[f32], dims: Dims) -> Vec<f32> {
+    let Dims { queries: k, tokens: n, heads, .. } = dims;
+    let per_head = k * n;
+    let scale = 1.0 / heads as f32;
+    probs
+        .chunks(heads * per_head)
+        .flat_map(|image| {
+            let mut sums = vec![0f32; per_head];
+            image.chunks(per_head).for_each(|head| add_into(&mut sums, head));
+            sums.iter_mut().for_each(|v| *v *= scale);
+            sums
+        })
+        .collect()
 }
 
 /// The group fully-connected layer: logits[b, c] = t[b, c / f, :] . P[c / f, :, c % f] +
@@ -503,6 +572,37 @@ mod tests {
             let d = relative(&d_tokens, expected.get(tokens.as_tensor()).unwrap());
             assert!(d < 1e-4, "dropout {dropout}: the tokens' gradient differs by {d}");
         }
+    }
+
+    /// Inference's pass against candle's ops (the composed path) on the same head, dropout set
+    /// (eval must ignore it): the logits, the last layer's head-averaged attention maps, and
+    /// explaining leaving the logits exactly as the plain forward gives them.
+    #[test]
+    fn predicts_as_candles_ops_do_with_and_without_maps() {
+        let dev = Device::Cpu;
+        let mut config = ModelConfig::preset("tiny").unwrap();
+        config.head.num_classes = 7;
+        config.head.groups = Some(3);
+        config.head.embed_dim = 48;
+        config.head.heads = 4;
+        config.head.feedforward = 64;
+        config.head.dropout = 0.3;
+        let model = MotivNet::new(&config, &dev, 3).unwrap();
+        let tokens = Tensor::randn(0f32, 1.0, (3, 10, 192), &dev).unwrap();
+        assert!(predicts(&model.head, &tokens));
+        let composed = |f: &dyn Fn() -> Result<Tensor>| crate::ops::dispatch::composed(f).unwrap();
+        let want = composed(&|| model.head.forward(&tokens, &mut Mode::Eval));
+        let got = model.head.forward(&tokens, &mut Mode::Eval).unwrap();
+        let d = relative(&got, &want);
+        assert!(d < 1e-5, "logits differ by {d}");
+
+        let want_maps = composed(&|| Ok(model.head.forward_explained(&tokens)?.1));
+        let (explained, maps) = model.head.forward_explained(&tokens).unwrap();
+        assert_eq!(maps.dims(), want_maps.dims());
+        let d = relative(&maps, &want_maps);
+        assert!(d < 1e-5, "attention maps differ by {d}");
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(values(&explained), values(&got), "explaining changes the logits");
     }
 
     /// Replayed masks are taken in the composed head's order and shapes: a replay of masks
