@@ -536,15 +536,22 @@ mod tests {
     /// 2 layers with 7 classes in 3 groups (so the last group pools past the classes), with
     /// dropout drawn from one seed and without: the logits, every head gradient and the
     /// tokens' gradient.
-    #[test]
-    fn matches_the_candle_graph_in_logits_and_every_gradient() {
-        let dev = Device::Cpu;
+    /// `tiny` with a head of 2 layers, 7 classes in 3 groups (so the last group pools past the
+    /// classes), 4 heads of 12 values.
+    fn uneven_groups_config() -> ModelConfig {
         let mut config = ModelConfig::preset("tiny").unwrap();
         config.head.num_classes = 7;
         config.head.groups = Some(3);
         config.head.embed_dim = 48;
         config.head.heads = 4;
         config.head.feedforward = 64;
+        config
+    }
+
+    #[test]
+    fn matches_the_candle_graph_in_logits_and_every_gradient() {
+        let dev = Device::Cpu;
+        let mut config = uneven_groups_config();
         for dropout in [0.0, 0.3] {
             config.head.dropout = dropout;
             let model = MotivNet::new(&config, &dev, 3).unwrap();
@@ -580,12 +587,7 @@ mod tests {
     #[test]
     fn predicts_as_candles_ops_do_with_and_without_maps() {
         let dev = Device::Cpu;
-        let mut config = ModelConfig::preset("tiny").unwrap();
-        config.head.num_classes = 7;
-        config.head.groups = Some(3);
-        config.head.embed_dim = 48;
-        config.head.heads = 4;
-        config.head.feedforward = 64;
+        let mut config = uneven_groups_config();
         config.head.dropout = 0.3;
         let model = MotivNet::new(&config, &dev, 3).unwrap();
         let tokens = Tensor::randn(0f32, 1.0, (3, 10, 192), &dev).unwrap();
