@@ -190,12 +190,8 @@ impl MlDecoder {
         std::iter::once(&mut self.embed_standart).chain(layers).collect()
     }
 
-    /// Tokens (B, N, D) -> logits (B, num_classes). In eval on the fused CPU path, through
-    /// the hand-written pass on plain buffers (`head_train::predict`).
+    /// Tokens (B, N, D) -> logits (B, num_classes).
     pub fn forward(&self, tokens: &Tensor, mode: &mut Mode) -> Result<Tensor> {
-        if !mode.is_train() && super::head_train::predicts(self, tokens) {
-            return Ok(super::head_train::predict(self, tokens, false)?.0);
-        }
         Ok(self.run(tokens, mode, false)?.0)
     }
 
@@ -211,12 +207,7 @@ impl MlDecoder {
     /// group share a map. The last layer's, because its queries are the ones pooled into the
     /// logits. In f32 under bf16 compute (the softmax's own precision there).
     pub fn forward_explained(&self, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
-        // The same path as `forward` in eval takes, so that explaining leaves the logits as they are.
-        let (logits, weights) = if super::head_train::predicts(self, tokens) {
-            super::head_train::predict(self, tokens, true)?
-        } else {
-            self.run(tokens, &mut Mode::Eval, true)?
-        };
+        let (logits, weights) = self.run(tokens, &mut Mode::Eval, true)?;
         let weights = weights.ok_or_else(|| {
             Error::Config("the head has no decoder layers (head.layers is 0): no cross-attention to explain".into())
         })?;
@@ -238,7 +229,14 @@ impl MlDecoder {
     /// The logits, and with `weights` the last layer's head-averaged cross-attention
     /// weights (B, K, N) (None when there are no layers). Only that layer computes them, so
     /// the plain forward pays nothing for the maps.
+    ///
+    /// In eval on the fused CPU path the head runs as the hand-written pass on plain buffers
+    /// (`head_train::predict`), with or without the maps, so explaining leaves the logits as
+    /// they are.
     fn run(&self, tokens: &Tensor, mode: &mut Mode, weights: bool) -> Result<(Tensor, Option<Tensor>)> {
+        if !mode.is_train() && super::head_train::predicts(self, tokens) {
+            return super::head_train::predict(self, tokens, weights);
+        }
         let b = tokens.dim(0)?;
         let memory = relu(&self.embed_standart.forward(tokens)?)?;
         let (k, e) = self.query_embed.dims2()?;

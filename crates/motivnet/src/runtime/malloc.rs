@@ -37,7 +37,7 @@ pub const TRIM_THRESHOLD: usize = 32 << 20;
 pub const ARENAS_PER_CORE: usize = 2;
 
 /// The arena cap for this machine.
-pub fn arena_max() -> usize {
+fn arena_max() -> usize {
     ARENAS_PER_CORE * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
