@@ -9,8 +9,10 @@
  *   arena, so a step's temporaries are reused rather than mapped and paged in afresh: steadier
  *   and faster train steps, at a resident size that stays near its peak. Threads share at most
  *   two arenas per core, so the decoding workers' and libvips' threads do not each keep their
- *   own. Linux with glibc only; a `GLIBC_TUNABLES`, `MALLOC_*_THRESHOLD_` or `MALLOC_ARENA_MAX`
- *   setting of the environment wins.
+ *   own; glibc only honours that cap while the process has made at most eight arenas, so call
+ *   this before starting worker pools (`mallocArenaCap` says whether it took). Linux with glibc
+ *   only; a `GLIBC_TUNABLES`, `MALLOC_*_THRESHOLD_` or `MALLOC_ARENA_MAX` setting of the
+ *   environment wins.
  * - `sharpThreads`: libvips threads per image operation. Our decoding pool already runs one
  *   image per core, so one thread each avoids oversubscribing the cores.
  * - `sharpCache`: libvips' operation cache; it holds recent results, which a pool decoding each
@@ -36,19 +38,25 @@ export interface ProcessTuning {
 }
 
 export interface ProcessTuningApplied {
-  /** Whether the malloc settings are in effect (false off glibc, or where the environment set its own). */
+  /** Whether the malloc thresholds are in effect (false off glibc, or where the environment set its own). */
   malloc: boolean;
+  /**
+   * The arenas the process's threads share from now on; null where the cap is not in effect:
+   * `malloc` false, or more than eight arenas made before the call (threads started earlier),
+   * after which glibc keeps its own limit of eight per core.
+   */
+  mallocArenaCap: number | null;
   sharpThreads: number;
   sharpCache: boolean;
 }
 
 /** Applies the process-wide settings above; call once, at the start of a process you own. */
 export function tuneProcess(options: ProcessTuning = {}): ProcessTuningApplied {
-  const malloc = options.malloc === false ? false : native.tuneProcessMalloc();
+  const malloc = options.malloc === false ? { thresholds: false, arenaCap: null } : native.tuneProcessMalloc();
   const sharpThreads = options.sharpThreads ?? (availableParallelism() > 1 ? 1 : 0);
   if (!Number.isInteger(sharpThreads) || sharpThreads < 0) throw new RangeError(`sharpThreads must be a whole number (0: libvips' default), got ${sharpThreads}`);
   sharp.concurrency(sharpThreads);
   const sharpCache = options.sharpCache ?? false;
   sharp.cache(sharpCache);
-  return { malloc, sharpThreads: sharp.concurrency(), sharpCache };
+  return { malloc: malloc.thresholds, mallocArenaCap: malloc.arenaCap ?? null, sharpThreads: sharp.concurrency(), sharpCache };
 }

@@ -47,10 +47,23 @@ pub fn cpu_bf16_available() -> bool {
     motivnet::runtime::precision::cpu_bf16_available()
 }
 
+/// What `tuneProcessMalloc` put in effect.
+#[napi(object)]
+pub struct MallocTuning {
+    /// Whether the mmap and trim thresholds are ours (false off glibc, or where the
+    /// environment chose its own malloc settings).
+    pub thresholds: bool,
+    /// The arenas threads share from now on; null where the cap could not take effect (the
+    /// environment's own settings, or more than eight arenas made before the call, after
+    /// which glibc keeps its own limit of eight per core).
+    pub arena_cap: Option<u32>,
+}
+
 /// Applies the core's glibc malloc settings to this whole process (see
 /// `motivnet::runtime::malloc`): faster, steadier train steps, at a resident size that stays
-/// near its peak. Process-wide, so only on request; returns whether they are in effect.
+/// near its peak. Process-wide, so only on request; says which are in effect.
 #[napi]
-pub fn tune_process_malloc() -> bool {
-    motivnet::runtime::malloc::tune_for_model_temporaries()
+pub fn tune_process_malloc() -> MallocTuning {
+    let tuning = motivnet::runtime::malloc::tune_for_model_temporaries();
+    MallocTuning { thresholds: tuning.thresholds, arena_cap: tuning.arena_cap.map(|n| n as u32) }
 }

@@ -27,7 +27,7 @@
 //! (`GLIBC_TUNABLES` naming malloc, or `MALLOC_MMAP_THRESHOLD_` / `MALLOC_TRIM_THRESHOLD_` /
 //! `MALLOC_ARENA_MAX`) keeps it even then.
 
-use std::sync::Once;
+use std::sync::OnceLock;
 
 /// Blocks up to this size come from the heap (glibc refuses higher values for thread arenas).
 pub const MMAP_THRESHOLD: usize = 32 << 20;
@@ -35,13 +35,31 @@ pub const MMAP_THRESHOLD: usize = 32 << 20;
 pub const TRIM_THRESHOLD: usize = 32 << 20;
 /// Arenas per core (see the module's notes).
 pub const ARENAS_PER_CORE: usize = 2;
+/// glibc's `arena_test` on 64-bit targets: the first time a thread wants a new arena while the
+/// process has more than this many, glibc fixes its arena limit for good (see
+/// [`MallocTuning::arena_cap`]).
+const GLIBC_ARENA_TEST: usize = 8;
 
 /// The arena cap for this machine.
 fn arena_max() -> usize {
     ARENAS_PER_CORE * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-static TUNE: Once = Once::new();
+/// What [`tune_for_model_temporaries`] put in effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MallocTuning {
+    /// Whether the mmap and trim thresholds are ours: false where the environment chose its
+    /// own malloc settings or the C library is not glibc.
+    pub thresholds: bool,
+    /// The arenas threads share from now on, where the cap took effect. glibc reads its
+    /// arena limit once, the first time a thread wants a new arena while the process has more
+    /// than eight (its `arena_test`); from then on it keeps eight per core, whatever is set
+    /// later. A host with many threads already running when it tunes gets `None` here: it
+    /// should tune before it starts its worker pools (the command line does, first thing).
+    pub arena_cap: Option<usize>,
+}
+
+static TUNING: OnceLock<MallocTuning> = OnceLock::new();
 
 /// Whether the environment already chose malloc settings.
 fn user_tuned() -> bool {
@@ -52,24 +70,52 @@ fn user_tuned() -> bool {
         || std::env::var_os("MALLOC_ARENA_MAX").is_some()
 }
 
-/// Applies the settings above once per process (glibc on Linux; elsewhere nothing). Returns
-/// whether they are in effect: false where the environment chose its own or the C library is
-/// not glibc.
-pub fn tune_for_model_temporaries() -> bool {
-    TUNE.call_once(|| {
+/// Applies the settings above once per process (glibc on Linux; elsewhere nothing) and says
+/// which are in effect; later calls return the first call's answer.
+pub fn tune_for_model_temporaries() -> MallocTuning {
+    *TUNING.get_or_init(|| {
+        let untouched = MallocTuning { thresholds: false, arena_cap: None };
         if user_tuned() {
-            return;
+            return untouched;
         }
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int);
-            // Arenas made before this call stay; it caps the ones threads make afterwards.
-            libc::mallopt(libc::M_ARENA_MAX, arena_max() as libc::c_int);
+        {
+            // Counted before the cap is set: arenas made so far stay, and with more than
+            // `GLIBC_ARENA_TEST` of them glibc may have fixed its own limit already.
+            let arenas_so_far = arenas();
+            let cap = arena_max();
+            // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int);
+                libc::mallopt(libc::M_ARENA_MAX, cap as libc::c_int);
+            }
+            let arena_cap = (arenas_so_far <= GLIBC_ARENA_TEST).then_some(cap.max(arenas_so_far));
+            MallocTuning { thresholds: true, arena_cap }
         }
-    });
-    cfg!(all(target_os = "linux", target_env = "gnu")) && !user_tuned()
+        #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+        untouched
+    })
+}
+
+/// The arenas glibc has made so far, counted in `malloc_info`'s report (one `<heap nr=`
+/// element each; the main arena is one).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn arenas() -> usize {
+    let (mut buf, mut len) = (std::ptr::null_mut::<libc::c_char>(), 0usize);
+    // SAFETY: open_memstream writes the buffer's address and length as the stream is written
+    // and closed; the buffer is freed after it has been read.
+    unsafe {
+        let stream = libc::open_memstream(&mut buf, &mut len);
+        if stream.is_null() {
+            return 0;
+        }
+        libc::malloc_info(0, stream);
+        libc::fclose(stream);
+        let report = std::slice::from_raw_parts(buf.cast::<u8>(), len).to_vec();
+        libc::free(buf.cast());
+        String::from_utf8_lossy(&report).matches("<heap nr=").count()
+    }
 }
 
 /// Hands freed memory back to the system now (glibc's `malloc_trim`; elsewhere nothing), after
@@ -88,9 +134,11 @@ pub fn return_free_memory() {
 
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
+    use super::{arena_max, arenas, tune_for_model_temporaries};
+
     #[test]
     fn a_model_sized_temporary_comes_from_the_heap_not_a_fresh_mapping() {
-        if !super::tune_for_model_temporaries() {
+        if !tune_for_model_temporaries().thresholds {
             return; // this environment chose its own settings
         }
         // SAFETY: mallinfo only reads the allocator's counters (the older call, in every glibc).
@@ -109,35 +157,11 @@ mod tests {
         assert!(clean, "blocks of 24 to 28 MiB were mapped on their own every time");
     }
 
-    /// The arenas glibc has made so far, counted in `malloc_info`'s report (one `<heap nr=`
-    /// element each).
-    fn arenas() -> usize {
-        let (mut buf, mut len) = (std::ptr::null_mut::<libc::c_char>(), 0usize);
-        // SAFETY: open_memstream writes the buffer's address and length as the stream is
-        // written and closed; the buffer is freed after it has been read.
-        unsafe {
-            let stream = libc::open_memstream(&mut buf, &mut len);
-            assert!(!stream.is_null(), "open_memstream failed");
-            libc::malloc_info(0, stream);
-            libc::fclose(stream);
-            let report = std::slice::from_raw_parts(buf.cast::<u8>(), len).to_vec();
-            libc::free(buf.cast());
-            String::from_utf8_lossy(&report).matches("<heap nr=").count()
-        }
-    }
-
-    #[test]
-    fn threads_beyond_the_cap_share_arenas() {
-        if !super::tune_for_model_temporaries() {
-            return; // this environment chose its own settings
-        }
-        let cap = super::arena_max();
-        let before = arenas();
-        // Threads alive at once, each allocating: glibc gives each a new arena until the cap.
-        let threads = 3 * cap + 2;
-        let barrier = std::sync::Barrier::new(threads);
+    /// Starts `count` threads alive at once, each allocating, so that each wants an arena.
+    fn threads_allocating_at_once(count: usize) {
+        let barrier = std::sync::Barrier::new(count);
         std::thread::scope(|scope| {
-            for _ in 0..threads {
+            for _ in 0..count {
                 scope.spawn(|| {
                     let held = std::hint::black_box(vec![1u8; 64 << 10]);
                     barrier.wait();
@@ -145,7 +169,65 @@ mod tests {
                 });
             }
         });
+    }
+
+    /// Runs the named test of this module alone in a fresh process of this test binary, where
+    /// no other test's threads have made arenas yet, and returns whether it passed there.
+    /// Inside that process (`MOTIVNET_MALLOC_TEST_ALONE` set) it returns `None`: run the test.
+    fn alone_in_a_fresh_process(test: &str) -> Option<()> {
+        if std::env::var_os("MOTIVNET_MALLOC_TEST_ALONE").is_some() {
+            return None;
+        }
+        let module = module_path!().split_once("::").map_or(module_path!(), |(_, rest)| rest);
+        let name = format!("{module}::{test}");
+        let out = std::process::Command::new(std::env::current_exe().expect("the test binary's path"))
+            .args([name.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+            .env("MOTIVNET_MALLOC_TEST_ALONE", "1")
+            .output()
+            .expect("starting the test binary again");
+        let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{name} failed in a process of its own:\n{printed}");
+        assert!(printed.contains("1 passed"), "{name} did not run in the process of its own:\n{printed}");
+        Some(())
+    }
+
+    #[test]
+    fn threads_beyond_the_cap_share_arenas() {
+        if alone_in_a_fresh_process("threads_beyond_the_cap_share_arenas").is_some() {
+            return;
+        }
+        let tuning = tune_for_model_temporaries();
+        if !tuning.thresholds {
+            return; // this environment chose its own settings
+        }
+        let cap = tuning.arena_cap.expect("a fresh process tunes before glibc fixes its arena limit");
+        threads_allocating_at_once(3 * cap + 2);
         let after = arenas();
-        assert!(after <= before.max(cap), "{after} arenas after {threads} threads (cap {cap}, {before} before)");
+        assert!(after <= cap, "{after} arenas after {} threads at once (cap {cap})", 3 * cap + 2);
+    }
+
+    #[test]
+    fn a_cap_set_after_glibc_fixed_its_limit_is_not_reported() {
+        if alone_in_a_fresh_process("a_cap_set_after_glibc_fixed_its_limit_is_not_reported").is_some() {
+            return;
+        }
+        if super::user_tuned() {
+            return; // this environment chose its own settings
+        }
+        // Eleven threads at once want eleven arenas: glibc makes nine at least, and fixes its
+        // limit (eight per core) when one more is wanted.
+        threads_allocating_at_once(11);
+        let made = arenas();
+        assert!(made > super::GLIBC_ARENA_TEST, "11 threads at once made only {made} arenas");
+        let tuning = tune_for_model_temporaries();
+        assert!(tuning.thresholds);
+        assert_eq!(tuning.arena_cap, None, "a cap reported where glibc may ignore it ({made} arenas made before)");
+        // And glibc does ignore it: below its own limit, threads beyond the arenas made so far
+        // get arenas of their own.
+        let glibc_limit = 8 * std::thread::available_parallelism().map_or(1, |n| n.get());
+        if glibc_limit > made + 1 {
+            threads_allocating_at_once(made + 3);
+            assert!(arenas() > made.max(arena_max()), "glibc kept to a cap set after its limit was fixed");
+        }
     }
 }
