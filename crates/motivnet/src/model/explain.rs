@@ -50,11 +50,10 @@ impl MotivNet {
     /// (B, num_classes, grid_h, grid_w), always f32.
     pub fn predict_explained(&self, input: &ModelInput) -> Result<(Tensor, Tensor)> {
         let x = self.input_tensor(input)?;
-        let (logits, maps) = if self.cpu_bf16_products() {
-            crate::ops::dispatch::bf16_matmuls(|| self.forward_explained(&x))?
-        } else {
-            self.forward_explained(&x)?
-        };
+        let forward =
+            || self.eval_in_parts(&x, |part| self.forward_explained(part).map(|(logits, maps)| [logits, maps]));
+        let [logits, maps] =
+            if self.cpu_bf16_products() { crate::ops::dispatch::bf16_matmuls(forward)? } else { forward()? };
         Ok((logits, maps.to_dtype(DType::F32)?))
     }
 

@@ -76,10 +76,12 @@ impl MotivNet {
     /// Eval-mode logits (B, num_classes).
     pub fn predict(&self, input: &ModelInput) -> Result<Tensor> {
         let x = self.input_tensor(input)?;
+        let forward =
+            || self.eval_in_parts(&x, |part| Ok([self.forward(part, &mut Mode::Eval)?])).map(|[logits]| logits);
         if self.cpu_bf16_products() {
-            return crate::ops::dispatch::bf16_matmuls(|| self.forward(&x, &mut Mode::Eval));
+            return crate::ops::dispatch::bf16_matmuls(forward);
         }
-        self.forward(&x, &mut Mode::Eval)
+        forward()
     }
 
     /// Eval-mode logits and softmax probabilities, copied off the device.

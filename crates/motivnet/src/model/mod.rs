@@ -7,6 +7,7 @@
 //! is the one place the model is assembled for a training step; [`MotivNet::forward_explained`]
 //! adds the head's attention maps to the logits ([`explain`]).
 
+mod batch_parts;
 pub mod encoder;
 pub mod encoder_train;
 pub mod explain;

@@ -51,15 +51,39 @@ pub fn composed<R>(f: impl FnOnce() -> R) -> R {
     with_flag(&FORCED_HERE, f)
 }
 
+/// This thread's choices of path ([`composed`], [`bf16_matmuls`]), to carry onto another
+/// thread with [`with_choices`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathChoices {
+    composed: bool,
+    bf16_matmuls: bool,
+}
+
+/// The path choices in effect on this thread.
+pub fn choices_here() -> PathChoices {
+    PathChoices { composed: FORCED_HERE.with(Cell::get), bf16_matmuls: BF16_MATMULS_HERE.with(Cell::get) }
+}
+
+/// Runs `f` with `choices` in effect on this thread (work handed to another thread, which
+/// would otherwise run with that thread's own), restoring what was there after.
+pub fn with_choices<R>(choices: PathChoices, f: impl FnOnce() -> R) -> R {
+    set_flag_for(&FORCED_HERE, choices.composed, || set_flag_for(&BF16_MATMULS_HERE, choices.bf16_matmuls, f))
+}
+
 /// Runs `f` with a thread-local flag set, restoring what it was after (also on a panic).
 fn with_flag<R>(flag: &'static std::thread::LocalKey<Cell<bool>>, f: impl FnOnce() -> R) -> R {
+    set_flag_for(flag, true, f)
+}
+
+/// Runs `f` with a thread-local flag at `value`, restoring what it was after (also on a panic).
+fn set_flag_for<R>(flag: &'static std::thread::LocalKey<Cell<bool>>, value: bool, f: impl FnOnce() -> R) -> R {
     struct Restore(&'static std::thread::LocalKey<Cell<bool>>, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
             self.0.with(|c| c.set(self.1));
         }
     }
-    let _restore = Restore(flag, flag.with(|c| c.replace(true)));
+    let _restore = Restore(flag, flag.with(|c| c.replace(value)));
     f()
 }
 

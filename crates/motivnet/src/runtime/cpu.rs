@@ -72,6 +72,55 @@ pub fn run_on_compute_threads<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     pool.install(work)
 }
 
+/// One single-thread pool per compute thread, for [`run_in_serial_parts`].
+static PART_POOLS: OnceLock<Vec<rayon::ThreadPool>> = OnceLock::new();
+
+/// The compute threads' count (the calling pool's where they have not started).
+fn compute_threads() -> usize {
+    COMPUTE_POOL.get().map_or_else(rayon::current_num_threads, |pool| pool.current_num_threads())
+}
+
+fn part_pools() -> &'static [rayon::ThreadPool] {
+    PART_POOLS.get_or_init(|| {
+        // Two at least, so that a one-core machine runs (and tests) parts as any other.
+        (0..compute_threads().max(2))
+            .map(|i| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(move |_| format!("motivnet-part-{i}"))
+                    .start_handler(|_| flush_subnormals_on_this_thread())
+                    .build()
+                    .expect("motivnet: cannot start the compute threads")
+            })
+            .collect()
+    })
+}
+
+/// How many parts are worth running at once: one per compute thread.
+pub fn serial_parts_available() -> usize {
+    compute_threads()
+}
+
+/// Runs `work(0)`, ..., `work(parts - 1)` at once, each on a thread of its own on which rayon's
+/// parallel loops and the products run serially, and returns the results in order.
+///
+/// Why: a small model's ops are short (the `tiny` preset's products take a fraction of a
+/// millisecond each), and threading each one costs a hand-off and a wait per op, with the
+/// second core idle meanwhile; on the 2-core benchmark machine a `tiny` batch of 8 ran 1.5
+/// times as fast on two threads as on one. Independent parts of the work, one per thread, keep
+/// every core busy without a hand-off (docs/BENCHMARKS.md, "A batch in parts").
+///
+/// Panics when `parts` exceeds the part threads (the compute threads, and two at least).
+pub fn run_in_serial_parts<T: Send>(parts: usize, work: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    use rayon::prelude::*;
+    let pools = part_pools();
+    assert!(parts <= pools.len(), "{parts} parts for {} part threads", pools.len());
+    // Each item waits on its own pool; a thread of the calling pool that waits for one may
+    // start the next meanwhile, so the parts run at once even where the caller's pool has one
+    // free thread.
+    (0..parts).into_par_iter().map(|i| pools[i].install(|| work(i))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -96,5 +145,26 @@ mod tests {
         assert_eq!(threads, rayon::ThreadPoolBuilder::new().build().unwrap().current_num_threads());
         let sum: u64 = super::run_on_compute_threads(|| (0..1000u64).into_par_iter().sum());
         assert_eq!(sum, 499_500);
+    }
+
+    #[test]
+    fn serial_parts_run_at_once_on_threads_of_their_own_with_serial_loops() {
+        use std::sync::Barrier;
+        let parts = super::run_on_compute_threads(super::serial_parts_available).max(2);
+        // Every part waits for all the others: this returns only if they run at once.
+        let all_started = Barrier::new(parts);
+        let seen = super::run_on_compute_threads(|| {
+            super::run_in_serial_parts(parts, |i| {
+                all_started.wait();
+                let flushed = std::hint::black_box(f32::MIN_POSITIVE) / std::hint::black_box(4.0f32) == 0.0;
+                (i, std::thread::current().name().map(String::from), rayon::current_num_threads(), flushed)
+            })
+        });
+        for (i, (part, name, threads, flushed)) in seen.into_iter().enumerate() {
+            assert_eq!(part, i, "results come back in order");
+            assert_eq!(name.as_deref(), Some(format!("motivnet-part-{i}").as_str()));
+            assert_eq!(threads, 1, "a part's parallel loops run serially");
+            assert!(flushed);
+        }
     }
 }

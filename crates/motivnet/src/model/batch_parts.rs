@@ -1,0 +1,152 @@
+//! An eval forward of a batch in parts, one per compute thread, each part's ops serial.
+//!
+//! Every op of a forward is threaded across the cores, and each costs a hand-off and a wait
+//! for the slowest thread. For a small model those are a large share: a `tiny` batch of 8 ran
+//! only 1.5 times as fast on two threads as on one, while two halves of the batch, one per
+//! core with serial ops, ran each in the time of one core's half (docs/BENCHMARKS.md, "A batch
+//! in parts"). Images are independent in eval mode (no batch statistics, no dropout), and every
+//! op computes an image's values in the same order whatever the batch, so a part's results are
+//! the whole batch's rows. A large model's products keep both cores busy anyway, so parts are
+//! only worth it below [`MAX_PART_WORK`].
+
+use candle_core::Tensor;
+
+use super::MotivNet;
+use crate::error::Result;
+use crate::ops::dispatch;
+use crate::runtime::cpu;
+
+/// The largest encoder (tokens x width of a layer, per image) whose batches run in parts:
+/// four times `tiny`'s 192 tokens of 192, whose batch of 8 ran a fifth faster in parts. The
+/// `small` preset's 768 tokens of 384 (eight times that) ran about as fast either way, with a
+/// wider spread, so it and everything larger run threaded (docs/BENCHMARKS.md).
+pub const MAX_PART_WORK: usize = 4 * 192 * 192;
+
+impl MotivNet {
+    /// How many parts an eval forward of `images` (B, 3, H, W) runs in: one per compute thread
+    /// and at most one per image, on the CPU, for an encoder of at most [`MAX_PART_WORK`];
+    /// otherwise 1 (one threaded pass).
+    pub fn eval_parts(&self, images: &Tensor) -> usize {
+        let (grid_h, grid_w) = self.config.encoder.grid();
+        let work = grid_h * grid_w * self.config.encoder.embed_dim;
+        let batch = images.dims().first().copied().unwrap_or(0);
+        if !images.device().is_cpu() || work > MAX_PART_WORK || batch < 2 {
+            return 1;
+        }
+        cpu::serial_parts_available().min(batch)
+    }
+
+    /// `forward`'s outputs for `images`, computed in [`MotivNet::eval_parts`] parts along the
+    /// batch at once and joined along it (each output's first dim is the batch). `forward` must
+    /// be an eval pass: nothing here carries a graph across the parts.
+    pub(super) fn eval_in_parts<const N: usize>(
+        &self,
+        images: &Tensor,
+        forward: impl Fn(&Tensor) -> Result<[Tensor; N]> + Sync,
+    ) -> Result<[Tensor; N]> {
+        self.eval_in_these_parts(self.eval_parts(images), images, forward)
+    }
+
+    /// [`MotivNet::eval_in_parts`] in `parts` parts (at most the part threads'), whatever the
+    /// model and machine.
+    fn eval_in_these_parts<const N: usize>(
+        &self,
+        parts: usize,
+        images: &Tensor,
+        forward: impl Fn(&Tensor) -> Result<[Tensor; N]> + Sync,
+    ) -> Result<[Tensor; N]> {
+        if parts < 2 {
+            return forward(images);
+        }
+        let chunks = images.chunk(parts, 0)?;
+        // The part threads start with their own path choices; the caller's hold for its parts.
+        let choices = dispatch::choices_here();
+        let outputs =
+            cpu::run_in_serial_parts(chunks.len(), |i| dispatch::with_choices(choices, || forward(&chunks[i])));
+        let outputs = outputs.into_iter().collect::<Result<Vec<[Tensor; N]>>>()?;
+        let mut joined = Vec::with_capacity(N);
+        for k in 0..N {
+            let pieces: Vec<&Tensor> = outputs.iter().map(|o| &o[k]).collect();
+            joined.push(Tensor::cat(&pieces, 0)?);
+        }
+        Ok(joined.try_into().unwrap_or_else(|_| unreachable!("one joined tensor per output")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use crate::config::ModelConfig;
+    use crate::model::{Mode, MotivNet};
+    use crate::ops::dispatch;
+    use crate::runtime::cpu::run_on_compute_threads;
+
+    fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn a_batch_in_parts_gives_the_whole_batchs_logits_and_maps() {
+        let config = ModelConfig::preset("tiny").unwrap();
+        let model = MotivNet::new(&config, &Device::Cpu, 7).unwrap();
+        let enc = &config.encoder;
+        // An odd batch: parts of 3 and 2 images.
+        let images = Tensor::randn(0f32, 1.0, (5, 3, enc.input_height, enc.input_width), &Device::Cpu).unwrap();
+        run_on_compute_threads(|| {
+            let logits = |parts| {
+                let [l] =
+                    model.eval_in_these_parts(parts, &images, |p| Ok([model.forward(p, &mut Mode::Eval)?])).unwrap();
+                l
+            };
+            let (whole, split) = (logits(1), logits(2));
+            assert_eq!(split.dims(), whole.dims());
+            let diff = largest_difference(&whole, &split);
+            assert!(diff <= 1e-5, "logits in parts differ by {diff}");
+            let explained = |parts| {
+                model.eval_in_these_parts(parts, &images, |p| model.forward_explained(p).map(|(l, m)| [l, m])).unwrap()
+            };
+            let ([whole_logits, whole_maps], [split_logits, split_maps]) = (explained(1), explained(2));
+            assert_eq!(split_maps.dims(), whole_maps.dims());
+            assert!(largest_difference(&whole_logits, &split_logits) <= 1e-5);
+            assert!(largest_difference(&whole_maps, &split_maps) <= 1e-5);
+        });
+    }
+
+    #[test]
+    fn each_part_runs_with_the_callers_path_choices() {
+        let config = ModelConfig::preset("tiny").unwrap();
+        let model = MotivNet::new(&config, &Device::Cpu, 7).unwrap();
+        let images = Tensor::zeros((4, 1), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let record = |p: &Tensor| {
+            seen.lock().unwrap().push(dispatch::choices_here());
+            Ok([p.clone()])
+        };
+        run_on_compute_threads(|| {
+            let plain = dispatch::choices_here();
+            let composed = dispatch::composed(|| {
+                let [out] = model.eval_in_these_parts(2, &images, record).unwrap();
+                assert_eq!(out.dims(), &[4, 1]);
+                dispatch::choices_here()
+            });
+            assert_ne!(composed, plain);
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), 2);
+            assert!(seen.iter().all(|c| *c == composed), "a part ran with its thread's own choices: {seen:?}");
+        });
+    }
+
+    #[test]
+    fn only_small_encoders_on_the_cpu_with_a_batch_split() {
+        let tiny = MotivNet::new(&ModelConfig::preset("tiny").unwrap(), &Device::Cpu, 7).unwrap();
+        let small = MotivNet::new(&ModelConfig::preset("small").unwrap(), &Device::Cpu, 7).unwrap();
+        let batch = |b| Tensor::zeros((b, 1), candle_core::DType::F32, &Device::Cpu).unwrap();
+        run_on_compute_threads(|| {
+            let threads = crate::runtime::cpu::serial_parts_available();
+            assert_eq!(tiny.eval_parts(&batch(8)), threads.min(8));
+            assert_eq!(tiny.eval_parts(&batch(1)), 1);
+            assert_eq!(small.eval_parts(&batch(8)), 1);
+        });
+    }
+}
