@@ -1,4 +1,6 @@
-//! An eval forward of a batch in parts, one per compute thread, each part's ops serial.
+//! A small model's batch in parts, one per compute thread, each part's ops serial: the eval
+//! forward, and the encoder's training pass (forward and backward; the head, cheap and the one
+//! user of dropout, runs on the whole batch, so its masks are drawn as before).
 //!
 //! Every op of a forward is threaded across the cores, and each costs a hand-off and a wait
 //! for the slowest thread. For a small model those are a large share: a `tiny` batch of 8 ran
@@ -6,13 +8,18 @@
 //! core with serial ops, ran each in the time of one core's half (docs/BENCHMARKS.md, "A batch
 //! in parts"). Images are independent in eval mode (no batch statistics, no dropout), and every
 //! op computes an image's values in the same order whatever the batch, so a part's results are
-//! the whole batch's rows. A large model's products keep both cores busy anyway, so parts are
-//! only worth it below [`MAX_PART_WORK`].
+//! the whole batch's rows; in training each part's parameter gradients are summed, which
+//! changes only the order of the sums. A large model's products keep both cores busy anyway, so
+//! parts are only worth it below [`MAX_PART_WORK`].
 
-use candle_core::Tensor;
+use std::sync::Mutex;
 
+use candle_core::{Tensor, Var};
+
+use super::encoder_train::{self, EncoderTape};
+use super::products::Products;
 use super::MotivNet;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::dispatch;
 use crate::runtime::cpu;
 
@@ -23,10 +30,10 @@ use crate::runtime::cpu;
 pub const MAX_PART_WORK: usize = 4 * 192 * 192;
 
 impl MotivNet {
-    /// How many parts an eval forward of `images` (B, 3, H, W) runs in: one per compute thread
-    /// and at most one per image, on the CPU, for an encoder of at most [`MAX_PART_WORK`];
-    /// otherwise 1 (one threaded pass).
-    pub fn eval_parts(&self, images: &Tensor) -> usize {
+    /// How many parts a pass over `images` (B, 3, H, W) runs in: one per compute thread and at
+    /// most one per image, on the CPU, for an encoder of at most [`MAX_PART_WORK`]; otherwise 1
+    /// (one threaded pass).
+    pub fn batch_parts(&self, images: &Tensor) -> usize {
         let (grid_h, grid_w) = self.config.encoder.grid();
         let work = grid_h * grid_w * self.config.encoder.embed_dim;
         let batch = images.dims().first().copied().unwrap_or(0);
@@ -36,7 +43,7 @@ impl MotivNet {
         cpu::serial_parts_available().min(batch)
     }
 
-    /// `forward`'s outputs for `images`, computed in [`MotivNet::eval_parts`] parts along the
+    /// `forward`'s outputs for `images`, computed in [`MotivNet::batch_parts`] parts along the
     /// batch at once and joined along it (each output's first dim is the batch). `forward` must
     /// be an eval pass: nothing here carries a graph across the parts.
     pub(super) fn eval_in_parts<const N: usize>(
@@ -44,7 +51,7 @@ impl MotivNet {
         images: &Tensor,
         forward: impl Fn(&Tensor) -> Result<[Tensor; N]> + Sync,
     ) -> Result<[Tensor; N]> {
-        self.eval_in_these_parts(self.eval_parts(images), images, forward)
+        self.eval_in_these_parts(self.batch_parts(images), images, forward)
     }
 
     /// [`MotivNet::eval_in_parts`] in `parts` parts (at most the part threads'), whatever the
@@ -70,6 +77,83 @@ impl MotivNet {
             joined.push(Tensor::cat(&pieces, 0)?);
         }
         Ok(joined.try_into().unwrap_or_else(|_| unreachable!("one joined tensor per output")))
+    }
+}
+
+/// The encoder's training pass over a batch in parts: each part's tape with its image count,
+/// in batch order.
+pub struct EncoderTapes(Vec<(usize, EncoderTape)>);
+
+impl MotivNet {
+    /// The encoder's training forward ([`encoder_train::forward`]) of `images` in
+    /// [`MotivNet::batch_parts`] parts: the whole batch's tokens as one leaf, and the parts' tapes.
+    pub(super) fn encoder_train_in_parts(&self, images: &Tensor, products: Products) -> Result<(Var, EncoderTapes)> {
+        self.encoder_train_in_these_parts(self.batch_parts(images), images, products)
+    }
+
+    fn encoder_train_in_these_parts(
+        &self,
+        parts: usize,
+        images: &Tensor,
+        products: Products,
+    ) -> Result<(Var, EncoderTapes)> {
+        if parts < 2 {
+            let (tokens, tape) = encoder_train::forward(&self.encoder, images, products)?;
+            return Ok((tokens, EncoderTapes(vec![(images.dim(0)?, tape)])));
+        }
+        let chunks = images.chunk(parts, 0)?;
+        let choices = dispatch::choices_here();
+        let passes = cpu::run_in_serial_parts(chunks.len(), |i| {
+            dispatch::with_choices(choices, || encoder_train::forward(&self.encoder, &chunks[i], products))
+        });
+        let (mut tokens, mut tapes) = (Vec::with_capacity(parts), Vec::with_capacity(parts));
+        for (chunk, pass) in chunks.iter().zip(passes) {
+            let (part_tokens, tape) = pass?;
+            tokens.push(part_tokens.as_tensor().clone());
+            tapes.push((chunk.dim(0)?, tape));
+        }
+        let tokens: Vec<&Tensor> = tokens.iter().collect();
+        Ok((Var::from_tensor(&Tensor::cat(&tokens, 0)?)?, EncoderTapes(tapes)))
+    }
+}
+
+impl EncoderTapes {
+    /// Every encoder parameter's gradient (as [`EncoderTape::backward`]) for the tokens'
+    /// gradient `d_tokens` (B, N, D): each part's backward on its own thread, on its images'
+    /// rows, and the parts' gradients summed.
+    pub fn backward(self, d_tokens: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
+        let mut parts = self.0;
+        if parts.len() == 1 {
+            let (_, tape) = parts.pop().expect("one part");
+            return tape.backward(d_tokens);
+        }
+        let mut start = 0;
+        let mut work = Vec::with_capacity(parts.len());
+        for (images, tape) in parts {
+            work.push((d_tokens.narrow(0, start, images)?, Mutex::new(Some(tape))));
+            start += images;
+        }
+        if start != d_tokens.dim(0)? {
+            return Err(Error::Internal(format!("encoder backward: token gradient for {} images, the parts hold {start}", d_tokens.dim(0)?)));
+        }
+        let choices = dispatch::choices_here();
+        let grads = cpu::run_in_serial_parts(work.len(), |i| {
+            let (d_part, tape) = &work[i];
+            let tape = tape.lock().map_err(|_| Error::Internal("a part's tape was poisoned".into()))?.take();
+            let tape = tape.ok_or_else(|| Error::Internal("a part's tape ran twice".into()))?;
+            dispatch::with_choices(choices, || tape.backward(d_part))
+        });
+        let mut grads = grads.into_iter();
+        let mut total = grads.next().expect("two parts at least")?;
+        for part in grads {
+            for ((param, sum), (other, grad)) in total.iter_mut().zip(part?) {
+                if param.id() != other.id() {
+                    return Err(Error::Internal("the parts' gradients come in different orders".into()));
+                }
+                *sum = (&*sum + &grad)?;
+            }
+        }
+        Ok(total)
     }
 }
 
@@ -144,9 +228,34 @@ mod tests {
         let batch = |b| Tensor::zeros((b, 1), candle_core::DType::F32, &Device::Cpu).unwrap();
         run_on_compute_threads(|| {
             let threads = crate::runtime::cpu::serial_parts_available();
-            assert_eq!(tiny.eval_parts(&batch(8)), threads.min(8));
-            assert_eq!(tiny.eval_parts(&batch(1)), 1);
-            assert_eq!(small.eval_parts(&batch(8)), 1);
+            assert_eq!(tiny.batch_parts(&batch(8)), threads.min(8));
+            assert_eq!(tiny.batch_parts(&batch(1)), 1);
+            assert_eq!(small.batch_parts(&batch(8)), 1);
+        });
+    }
+
+    #[test]
+    fn the_encoders_training_pass_in_parts_gives_the_whole_batchs_tokens_and_summed_gradients() {
+        let model = MotivNet::new(&ModelConfig::preset("tiny").unwrap(), &Device::Cpu, 5).unwrap();
+        let images = Tensor::randn(0f32, 1.0, (3, 3, 256, 192), &Device::Cpu).unwrap();
+        run_on_compute_threads(|| {
+            let (whole_tokens, whole_tapes) = model.encoder_train_in_these_parts(1, &images, super::Products::F32).unwrap();
+            let (split_tokens, split_tapes) = model.encoder_train_in_these_parts(2, &images, super::Products::F32).unwrap();
+            assert_eq!(split_tapes.0.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [2, 1]);
+            let relative = |a: &Tensor, b: &Tensor| {
+                let max = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                largest_difference(a, b) / max(b).max(1e-6)
+            };
+            assert!(relative(split_tokens.as_tensor(), whole_tokens.as_tensor()) < 1e-5);
+            let up = Tensor::randn(0f32, 1.0, whole_tokens.as_tensor().shape(), &Device::Cpu).unwrap();
+            let (whole, split) = (whole_tapes.backward(&up).unwrap(), split_tapes.backward(&up).unwrap());
+            assert_eq!(whole.len(), split.len());
+            for ((p, want), (q, got)) in whole.iter().zip(&split) {
+                assert_eq!(p.id(), q.id());
+                let name = model.params.iter().find(|x| x.var.as_tensor().id() == p.id()).unwrap().name.clone();
+                let diff = relative(got, want);
+                assert!(diff < 1e-5, "{name}: the parts' summed gradient differs by {diff} of its largest value");
+            }
         });
     }
 }

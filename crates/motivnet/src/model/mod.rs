@@ -29,7 +29,7 @@ use crate::nn::params::{InitScheme, ParamStore};
 use crate::ops::pixels::Normalization;
 use crate::runtime::precision::Precision;
 use encoder::SapiensEncoder;
-use encoder_train::EncoderTape;
+use batch_parts::EncoderTapes;
 pub use explain::AttentionMaps;
 use head::MlDecoder;
 use head_train::HeadTape;
@@ -222,7 +222,7 @@ impl MotivNet {
         }
         if encoder_train::supported(&self.encoder, images) {
             let products = if bf16 { products::Products::Bf16 } else { products::Products::F32 };
-            let (tokens, encoder_tape) = encoder_train::forward(&self.encoder, images, products)?;
+            let (tokens, encoder_tape) = self.encoder_train_in_parts(images, products)?;
             if head_train::supported(&self.head, tokens.as_tensor()) {
                 let (logits, head_tape) = head_train::forward(&self.head, tokens.as_tensor(), mode)?;
                 let pass = TrainPass { encoder: Some((tokens, encoder_tape)), head: Some((logits.clone(), head_tape)) };
@@ -277,6 +277,6 @@ impl MotivNet {
 /// What a training forward leaves for its backward besides candle's graph: the encoder's
 /// tokens and tape when it ran by hand, and the head's logits and tape when it did.
 pub struct TrainPass {
-    encoder: Option<(Var, EncoderTape)>,
+    encoder: Option<(Var, EncoderTapes)>,
     head: Option<(Var, HeadTape)>,
 }
