@@ -134,7 +134,10 @@ impl EncoderTapes {
             start += images;
         }
         if start != d_tokens.dim(0)? {
-            return Err(Error::Internal(format!("encoder backward: token gradient for {} images, the parts hold {start}", d_tokens.dim(0)?)));
+            return Err(Error::Internal(format!(
+                "encoder backward: token gradient for {} images, the parts hold {start}",
+                d_tokens.dim(0)?
+            )));
         }
         let choices = dispatch::choices_here();
         let grads = cpu::run_in_serial_parts(work.len(), |i| {
@@ -239,11 +242,14 @@ mod tests {
         let model = MotivNet::new(&ModelConfig::preset("tiny").unwrap(), &Device::Cpu, 5).unwrap();
         let images = Tensor::randn(0f32, 1.0, (3, 3, 256, 192), &Device::Cpu).unwrap();
         run_on_compute_threads(|| {
-            let (whole_tokens, whole_tapes) = model.encoder_train_in_these_parts(1, &images, super::Products::F32).unwrap();
-            let (split_tokens, split_tapes) = model.encoder_train_in_these_parts(2, &images, super::Products::F32).unwrap();
+            let (whole_tokens, whole_tapes) =
+                model.encoder_train_in_these_parts(1, &images, super::Products::F32).unwrap();
+            let (split_tokens, split_tapes) =
+                model.encoder_train_in_these_parts(2, &images, super::Products::F32).unwrap();
             assert_eq!(split_tapes.0.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [2, 1]);
             let relative = |a: &Tensor, b: &Tensor| {
-                let max = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                let max =
+                    |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
                 largest_difference(a, b) / max(b).max(1e-6)
             };
             assert!(relative(split_tokens.as_tensor(), whole_tokens.as_tensor()) < 1e-5);
