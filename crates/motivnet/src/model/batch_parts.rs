@@ -149,7 +149,15 @@ impl EncoderTapes {
         let mut grads = grads.into_iter();
         let mut total = grads.next().expect("two parts at least")?;
         for part in grads {
-            for ((param, sum), (other, grad)) in total.iter_mut().zip(part?) {
+            let part = part?;
+            if part.len() != total.len() {
+                return Err(Error::Internal(format!(
+                    "the parts' gradients differ in number: {} and {}",
+                    total.len(),
+                    part.len()
+                )));
+            }
+            for ((param, sum), (other, grad)) in total.iter_mut().zip(part) {
                 if param.id() != other.id() {
                     return Err(Error::Internal("the parts' gradients come in different orders".into()));
                 }

@@ -96,9 +96,10 @@ fn part_pools() -> &'static [rayon::ThreadPool] {
     })
 }
 
-/// How many parts are worth running at once: one per compute thread.
+/// How many parts are worth running at once: one per compute thread (and no more than the part
+/// threads, which were counted when first needed).
 pub fn serial_parts_available() -> usize {
-    compute_threads()
+    compute_threads().min(part_pools().len())
 }
 
 /// Runs `work(0)`, ..., `work(parts - 1)` at once, each on a thread of its own on which rayon's
@@ -149,13 +150,21 @@ mod tests {
 
     #[test]
     fn serial_parts_run_at_once_on_threads_of_their_own_with_serial_loops() {
-        use std::sync::Barrier;
+        use std::sync::{Condvar, Mutex};
+        use std::time::Duration;
         let parts = super::run_on_compute_threads(super::serial_parts_available).max(2);
-        // Every part waits for all the others: this returns only if they run at once.
-        let all_started = Barrier::new(parts);
+        // Every part waits (up to a minute) for all the others to start: all see each other
+        // only if they run at once.
+        let started = (Mutex::new(0usize), Condvar::new());
         let seen = super::run_on_compute_threads(|| {
             super::run_in_serial_parts(parts, |i| {
-                all_started.wait();
+                let (count, changed) = &started;
+                let mut count = count.lock().unwrap();
+                *count += 1;
+                changed.notify_all();
+                let (count, _) = changed.wait_timeout_while(count, Duration::from_secs(60), |n| *n < parts).unwrap();
+                assert_eq!(*count, parts, "part {i} ran while the others had not started");
+                drop(count);
                 let flushed = std::hint::black_box(f32::MIN_POSITIVE) / std::hint::black_box(4.0f32) == 0.0;
                 (i, std::thread::current().name().map(String::from), rayon::current_num_threads(), flushed)
             })

@@ -35,10 +35,10 @@ pub const MMAP_THRESHOLD: usize = 32 << 20;
 pub const TRIM_THRESHOLD: usize = 32 << 20;
 /// Arenas per core (see the module's notes).
 pub const ARENAS_PER_CORE: usize = 2;
-/// glibc's `arena_test` on 64-bit targets: the first time a thread wants a new arena while the
-/// process has more than this many, glibc fixes its arena limit for good (see
-/// [`MallocTuning::arena_cap`]).
-const GLIBC_ARENA_TEST: usize = 8;
+/// glibc's `arena_test` (8 on 64-bit targets, 2 on 32-bit ones): the first time a thread wants
+/// a new arena while the process has more than this many, glibc fixes its arena limit for good
+/// (see [`MallocTuning::arena_cap`]).
+const GLIBC_ARENA_TEST: usize = if cfg!(target_pointer_width = "64") { 8 } else { 2 };
 
 /// The arena cap for this machine.
 fn arena_max() -> usize {
@@ -68,6 +68,7 @@ fn user_tuned() -> bool {
         || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
         || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
         || std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || std::env::var_os("MALLOC_ARENA_TEST").is_some()
 }
 
 /// Applies the settings above once per process (glibc on Linux; elsewhere nothing) and says
@@ -80,9 +81,6 @@ pub fn tune_for_model_temporaries() -> MallocTuning {
         }
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         {
-            // Counted before the cap is set: arenas made so far stay, and with more than
-            // `GLIBC_ARENA_TEST` of them glibc may have fixed its own limit already.
-            let arenas_so_far = arenas();
             let cap = arena_max();
             // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
             unsafe {
@@ -90,6 +88,11 @@ pub fn tune_for_model_temporaries() -> MallocTuning {
                 libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD as libc::c_int);
                 libc::mallopt(libc::M_ARENA_MAX, cap as libc::c_int);
             }
+            // Counted after the cap is set, as threads may make arenas meanwhile: arenas made
+            // so far stay, and with more than `GLIBC_ARENA_TEST` of them glibc may have fixed its
+            // own limit before the cap. The count never falls, so at most that many now means
+            // glibc read the cap.
+            let arenas_so_far = arenas();
             let arena_cap = (arenas_so_far <= GLIBC_ARENA_TEST).then_some(cap.max(arenas_so_far));
             MallocTuning { thresholds: true, arena_cap }
         }
