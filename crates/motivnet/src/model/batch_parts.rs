@@ -12,8 +12,6 @@
 //! changes only the order of the sums. A large model's products keep both cores busy anyway, so
 //! parts are only worth it below [`MAX_PART_WORK`].
 
-use std::sync::Mutex;
-
 use candle_core::{Tensor, Var};
 
 use super::encoder_train::{self, EncoderTape};
@@ -65,11 +63,7 @@ impl MotivNet {
         if parts < 2 {
             return forward(images);
         }
-        let chunks = images.chunk(parts, 0)?;
-        // The part threads start with their own path choices; the caller's hold for its parts.
-        let choices = dispatch::choices_here();
-        let outputs =
-            cpu::run_in_serial_parts(chunks.len(), |i| dispatch::with_choices(choices, || forward(&chunks[i])));
+        let outputs = in_parts(images.chunk(parts, 0)?, |chunk| forward(&chunk));
         let outputs = outputs.into_iter().collect::<Result<Vec<[Tensor; N]>>>()?;
         let mut joined = Vec::with_capacity(N);
         for k in 0..N {
@@ -101,16 +95,15 @@ impl MotivNet {
             let (tokens, tape) = encoder_train::forward(&self.encoder, images, products)?;
             return Ok((tokens, EncoderTapes(vec![(images.dim(0)?, tape)])));
         }
-        let chunks = images.chunk(parts, 0)?;
-        let choices = dispatch::choices_here();
-        let passes = cpu::run_in_serial_parts(chunks.len(), |i| {
-            dispatch::with_choices(choices, || encoder_train::forward(&self.encoder, &chunks[i], products))
+        let passes = in_parts(images.chunk(parts, 0)?, |chunk| -> Result<_> {
+            let (tokens, tape) = encoder_train::forward(&self.encoder, &chunk, products)?;
+            Ok((tokens, chunk.dim(0)?, tape))
         });
         let (mut tokens, mut tapes) = (Vec::with_capacity(parts), Vec::with_capacity(parts));
-        for (chunk, pass) in chunks.iter().zip(passes) {
-            let (part_tokens, tape) = pass?;
+        for pass in passes {
+            let (part_tokens, images, tape) = pass?;
             tokens.push(part_tokens.as_tensor().clone());
-            tapes.push((chunk.dim(0)?, tape));
+            tapes.push((images, tape));
         }
         let tokens: Vec<&Tensor> = tokens.iter().collect();
         Ok((Var::from_tensor(&Tensor::cat(&tokens, 0)?)?, EncoderTapes(tapes)))
@@ -130,7 +123,7 @@ impl EncoderTapes {
         let mut start = 0;
         let mut work = Vec::with_capacity(parts.len());
         for (images, tape) in parts {
-            work.push((d_tokens.narrow(0, start, images)?, Mutex::new(Some(tape))));
+            work.push((d_tokens.narrow(0, start, images)?, tape));
             start += images;
         }
         if start != d_tokens.dim(0)? {
@@ -139,14 +132,7 @@ impl EncoderTapes {
                 d_tokens.dim(0)?
             )));
         }
-        let choices = dispatch::choices_here();
-        let grads = cpu::run_in_serial_parts(work.len(), |i| {
-            let (d_part, tape) = &work[i];
-            let tape = tape.lock().map_err(|_| Error::Internal("a part's tape was poisoned".into()))?.take();
-            let tape = tape.ok_or_else(|| Error::Internal("a part's tape ran twice".into()))?;
-            dispatch::with_choices(choices, || tape.backward(d_part))
-        });
-        let mut grads = grads.into_iter();
+        let mut grads = in_parts(work, |(d_part, tape)| tape.backward(&d_part)).into_iter();
         let mut total = grads.next().expect("two parts at least")?;
         for part in grads {
             let part = part?;
@@ -166,6 +152,13 @@ impl EncoderTapes {
         }
         Ok(total)
     }
+}
+
+/// [`cpu::run_in_serial_parts`] with the caller's path choices in effect on every part's thread
+/// (the part threads would otherwise run with their own).
+fn in_parts<P: Send, T: Send>(parts: Vec<P>, work: impl Fn(P) -> T + Sync) -> Vec<T> {
+    let choices = dispatch::choices_here();
+    cpu::run_in_serial_parts(parts, |part| dispatch::with_choices(choices, || work(part)))
 }
 
 #[cfg(test)]

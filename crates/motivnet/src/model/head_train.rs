@@ -532,10 +532,6 @@ mod tests {
         max(&(a - b).unwrap()) / max(b).max(1e-6)
     }
 
-    /// The hand-written pass against candle's graph of [`MlDecoder::forward`] on a head of
-    /// 2 layers with 7 classes in 3 groups (so the last group pools past the classes), with
-    /// dropout drawn from one seed and without: the logits, every head gradient and the
-    /// tokens' gradient.
     /// `tiny` with a head of 2 layers, 7 classes in 3 groups (so the last group pools past the
     /// classes), 4 heads of 12 values.
     fn uneven_groups_config() -> ModelConfig {
@@ -548,6 +544,9 @@ mod tests {
         config
     }
 
+    /// The hand-written pass against candle's graph of [`MlDecoder::forward`] on the head of
+    /// [`uneven_groups_config`], with dropout drawn from one seed and without: the logits, every
+    /// head gradient and the tokens' gradient.
     #[test]
     fn matches_the_candle_graph_in_logits_and_every_gradient() {
         let dev = Device::Cpu;

@@ -102,8 +102,8 @@ pub fn serial_parts_available() -> usize {
     compute_threads().min(part_pools().len())
 }
 
-/// Runs `work(0)`, ..., `work(parts - 1)` at once, each on a thread of its own on which rayon's
-/// parallel loops and the products run serially, and returns the results in order.
+/// Runs `work` on each of `parts` at once, each on a thread of its own on which rayon's parallel
+/// loops and the products run serially, and returns the results in order.
 ///
 /// Why: a small model's ops are short (the `tiny` preset's products take a fraction of a
 /// millisecond each), and threading each one costs a hand-off and a wait per op, with the
@@ -111,15 +111,15 @@ pub fn serial_parts_available() -> usize {
 /// times as fast on two threads as on one. Independent parts of the work, one per thread, keep
 /// every core busy without a hand-off (docs/BENCHMARKS.md, "A batch in parts").
 ///
-/// Panics when `parts` exceeds the part threads (the compute threads, and two at least).
-pub fn run_in_serial_parts<T: Send>(parts: usize, work: impl Fn(usize) -> T + Sync) -> Vec<T> {
+/// Panics when there are more parts than part threads (the compute threads, and two at least).
+pub fn run_in_serial_parts<P: Send, T: Send>(parts: Vec<P>, work: impl Fn(P) -> T + Sync) -> Vec<T> {
     use rayon::prelude::*;
     let pools = part_pools();
-    assert!(parts <= pools.len(), "{parts} parts for {} part threads", pools.len());
-    // Each item waits on its own pool; a thread of the calling pool that waits for one may
+    assert!(parts.len() <= pools.len(), "{} parts for {} part threads", parts.len(), pools.len());
+    // Each part waits on its own pool; a thread of the calling pool that waits for one may
     // start the next meanwhile, so the parts run at once even where the caller's pool has one
     // free thread.
-    (0..parts).into_par_iter().map(|i| pools[i].install(|| work(i))).collect()
+    parts.into_par_iter().zip(pools).map(|(part, pool)| pool.install(|| work(part))).collect()
 }
 
 #[cfg(test)]
@@ -157,7 +157,7 @@ mod tests {
         // only if they run at once.
         let started = (Mutex::new(0usize), Condvar::new());
         let seen = super::run_on_compute_threads(|| {
-            super::run_in_serial_parts(parts, |i| {
+            super::run_in_serial_parts((0..parts).collect(), |i| {
                 let (count, changed) = &started;
                 let mut count = count.lock().unwrap();
                 *count += 1;

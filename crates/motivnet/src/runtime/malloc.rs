@@ -104,7 +104,7 @@ pub fn tune_for_model_temporaries() -> MallocTuning {
 /// The arenas glibc has made so far, counted in `malloc_info`'s report (one `<heap nr=`
 /// element each; the main arena is one).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn arenas() -> usize {
+fn arenas() -> usize {
     let (mut buf, mut len) = (std::ptr::null_mut::<libc::c_char>(), 0usize);
     // SAFETY: open_memstream writes the buffer's address and length as the stream is written
     // and closed; the buffer is freed after it has been read.
@@ -175,11 +175,12 @@ mod tests {
     }
 
     /// Runs the named test of this module alone in a fresh process of this test binary, where
-    /// no other test's threads have made arenas yet, and returns whether it passed there.
-    /// Inside that process (`MOTIVNET_MALLOC_TEST_ALONE` set) it returns `None`: run the test.
-    fn alone_in_a_fresh_process(test: &str) -> Option<()> {
+    /// no other test's threads have made arenas yet, and asserts that it passed there; true
+    /// once it has. Inside that process (`MOTIVNET_MALLOC_TEST_ALONE` set) it returns false:
+    /// the caller runs the test's body.
+    fn ran_in_a_fresh_process(test: &str) -> bool {
         if std::env::var_os("MOTIVNET_MALLOC_TEST_ALONE").is_some() {
-            return None;
+            return false;
         }
         let module = module_path!().split_once("::").map_or(module_path!(), |(_, rest)| rest);
         let name = format!("{module}::{test}");
@@ -191,12 +192,12 @@ mod tests {
         let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{name} failed in a process of its own:\n{printed}");
         assert!(printed.contains("1 passed"), "{name} did not run in the process of its own:\n{printed}");
-        Some(())
+        true
     }
 
     #[test]
     fn threads_beyond_the_cap_share_arenas() {
-        if alone_in_a_fresh_process("threads_beyond_the_cap_share_arenas").is_some() {
+        if ran_in_a_fresh_process("threads_beyond_the_cap_share_arenas") {
             return;
         }
         let tuning = tune_for_model_temporaries();
@@ -211,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_cap_set_after_glibc_fixed_its_limit_is_not_reported() {
-        if alone_in_a_fresh_process("a_cap_set_after_glibc_fixed_its_limit_is_not_reported").is_some() {
+        if ran_in_a_fresh_process("a_cap_set_after_glibc_fixed_its_limit_is_not_reported") {
             return;
         }
         if super::user_tuned() {
