@@ -13,6 +13,7 @@ pub mod cross_attention;
 pub mod flash_attention;
 pub mod gelu;
 pub mod gemm;
+pub mod int8;
 pub mod layer_norm;
 pub mod linear;
 pub mod linear_bf16;
