@@ -47,6 +47,12 @@ pub fn cpu_bf16_available() -> bool {
     motivnet::runtime::precision::cpu_bf16_available()
 }
 
+/// Whether `precision: 'int8'` runs on this CPU (AVX512-VNNI).
+#[napi]
+pub fn cpu_int8_available() -> bool {
+    motivnet::runtime::precision::cpu_int8_available()
+}
+
 /// What `tuneProcessMalloc` put in effect.
 #[napi(object)]
 pub struct MallocTuning {

@@ -127,6 +127,9 @@ impl LoadTask {
         let device = motivnet::parse_device(&self.device).js()?;
         // Refused before a file is read (bf16 on a CPU without AMX, say).
         self.precision.check_device(&device).js()?;
+        if self.for_training {
+            self.precision.check_trainable().js()?;
+        }
         let seed = self.seed as u64;
         let mut model = match &self.request.weights {
             Some(path) => {
@@ -137,11 +140,11 @@ impl LoadTask {
         };
         model.set_precision(self.precision).js()?;
         model.normalization = self.normalization;
-        // A model loaded for inference under bf16 on the CPU keeps its Linear weights only as
-        // their bf16 packing: the f32 copies would only take memory (training, saving and
+        // A model loaded for inference under bf16 or int8 on the CPU keeps its (encoder's, in
+        // int8) Linear weights only as their packing: the f32 copies would only take memory (training, saving and
         // loading state are refused on such a model). One loaded for training keeps them.
-        if !self.for_training && model.can_keep_linear_weights_in_bf16_only() {
-            model.keep_linear_weights_in_bf16_only().js()?;
+        if !self.for_training && model.can_keep_linear_weights_packed_only() {
+            model.keep_linear_weights_packed_only().js()?;
         }
         let config = motivnet::TrainerConfig { optimizer: self.optimizer.clone(), seed: self.seed as u64 };
         Ok(Trainer::new(model, config))

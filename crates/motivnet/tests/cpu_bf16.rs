@@ -99,7 +99,7 @@ fn a_bf16_train_step_tracks_the_reference_gradients() {
 #[test]
 fn keeping_linear_weights_in_bf16_only_changes_no_logit_and_refuses_what_needs_f32() {
     let mut f32_model = reference_model();
-    let err = f32_model.keep_linear_weights_in_bf16_only().unwrap_err();
+    let err = f32_model.keep_linear_weights_packed_only().unwrap_err();
     assert!(err.to_string().contains("computes in f32"), "an f32 model let its weights go: {err}");
     let Some(mut model) = bf16_model() else { return };
     let (x, labels) = batch();
@@ -107,7 +107,7 @@ fn keeping_linear_weights_in_bf16_only_changes_no_logit_and_refuses_what_needs_f
     let (logits, maps) = model.predict_explained(&input).unwrap();
     let (counts, held) = (model.params.counts(), model.params.len());
 
-    let released = model.keep_linear_weights_in_bf16_only().unwrap();
+    let released = model.keep_linear_weights_packed_only().unwrap();
     let cfg = &model.config;
     // The patch embedding, four a block (qkv, proj, fc1, fc2), the head's embedding and three
     // a decoder layer (out_proj, linear1, linear2).
@@ -116,7 +116,7 @@ fn keeping_linear_weights_in_bf16_only_changes_no_logit_and_refuses_what_needs_f
     assert!(model.params.get("pose_encoder.layers.0.ffn.layers.0.0.weight").is_none());
     assert!(model.params.get("pose_encoder.layers.0.ln1.weight").is_some(), "a norm was let go");
     assert_eq!(model.params.counts(), counts, "the parameter counts changed");
-    assert_eq!(model.keep_linear_weights_in_bf16_only().unwrap(), 0, "a second call let more go");
+    assert_eq!(model.keep_linear_weights_packed_only().unwrap(), 0, "a second call let more go");
     let (after, maps_after) = model.predict_explained(&input).unwrap();
     assert_eq!(max_abs_diff(&logits, &after), 0.0, "the logits changed");
     assert_eq!(max_abs_diff(&maps, &maps_after), 0.0, "the maps changed");

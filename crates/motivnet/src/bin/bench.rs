@@ -32,7 +32,7 @@ struct Args {
     detect: bool,
 }
 
-const USAGE: &str = "usage: motivnet-bench [--model PRESET|FILE] [--batch B] [--iters N] [--warmup N] [--device cpu|cuda:N] [--precision f32|bf16] [--skip-train] [--skip-forward] [--preprocess] [--roofline] [--detect]";
+const USAGE: &str = "usage: motivnet-bench [--model PRESET|FILE] [--batch B] [--iters N] [--warmup N] [--device cpu|cuda:N] [--precision f32|bf16|int8] [--skip-train] [--skip-forward] [--preprocess] [--roofline] [--detect]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -176,20 +176,33 @@ unsafe fn fma_chains(rounds: usize) -> f32 {
     sum
 }
 
-/// GFLOP/s of a 2048 x 2048 x 2048 product on our AMX kernel (`precision bf16`): A rounded to
-/// bf16 as the model's Linear layers round their input, B packed once, on the compute
-/// threads. The roof our bf16 rows are measured against, beside PyTorch's bf16 matmul.
-fn run_roofline_bf16(args: &Args) -> motivnet::Result<String> {
+/// GFLOP/s (GOP/s in int8) of a 2048 x 2048 x 2048 product on the kernel our Linear layers
+/// run on in `precision` bf16 (AMX) or int8 (VNNI): A rounded or quantized as the layers do
+/// their input, B packed once, on the compute threads. The roof our bf16 rows are measured
+/// against beside PyTorch's bf16 matmul, and the roof of our int8 rows.
+fn run_roofline_packed(args: &Args, precision: motivnet::Precision) -> motivnet::Result<String> {
+    use motivnet::runtime::precision::{amx_square_product, int8_square_product};
     const N: usize = 2048;
-    let mut product = motivnet::runtime::precision::amx_square_product(N)
-        .ok_or_else(|| motivnet::Error::Input("--roofline --precision bf16 needs a CPU with AMX".into()))?;
+    let (mut product, kernel): (Box<dyn FnMut()>, _) = match precision {
+        motivnet::Precision::Bf16 => match amx_square_product(N) {
+            Some(product) => (Box::new(product), "bf16 (AMX)"),
+            None => return Err(motivnet::Error::Input("--roofline --precision bf16 needs a CPU with AMX".into())),
+        },
+        motivnet::Precision::Int8 => match int8_square_product(N) {
+            Some(product) => (Box::new(product), "int8 (VNNI)"),
+            None => {
+                return Err(motivnet::Error::Input("--roofline --precision int8 needs a CPU with AVX512-VNNI".into()))
+            }
+        },
+        motivnet::Precision::F32 => return run_roofline(args),
+    };
     let ms = time(args.warmup.max(1), args.iters, || {
         product();
         Ok(())
     })?;
     let gflops = 2.0 * (N * N * N) as f64 / (ms * 1e6);
     Ok(format!(
-        "{{\"roofline\":\"matmul bf16 (AMX) {N}^3\",\"threads\":{},\"ms\":{ms:.3},\"gflops\":{gflops:.1}}}",
+        "{{\"roofline\":\"matmul {kernel} {N}^3\",\"threads\":{},\"ms\":{ms:.3},\"gflops\":{gflops:.1}}}",
         rayon::current_num_threads()
     ))
 }
@@ -275,8 +288,8 @@ fn run_preprocess(args: &Args, config: &ModelConfig) -> motivnet::Result<String>
 }
 
 fn run(args: &Args) -> motivnet::Result<String> {
-    if args.roofline && args.precision == "bf16" {
-        return run_roofline_bf16(args);
+    if args.roofline && args.precision != "f32" {
+        return run_roofline_packed(args, motivnet::Precision::parse(&args.precision)?);
     }
     if args.roofline {
         return run_roofline(args);
@@ -296,10 +309,10 @@ fn run(args: &Args) -> motivnet::Result<String> {
     let mut model = MotivNet::new(&config, &device, 0)?;
     let precision = motivnet::Precision::parse(&args.precision)?;
     model.set_precision(precision)?;
-    // As the Node binding holds a model it loads for bf16 inference on the CPU (training needs
-    // the f32 weights).
-    if args.skip_train && model.can_keep_linear_weights_in_bf16_only() {
-        model.keep_linear_weights_in_bf16_only()?;
+    // As the Node binding holds a model it loads for bf16 or int8 inference on the CPU
+    // (training needs the f32 weights).
+    if args.skip_train && model.can_keep_linear_weights_packed_only() {
+        model.keep_linear_weights_packed_only()?;
     }
     let (total, trainable) = model.params.counts();
     let x =

@@ -214,9 +214,11 @@ mod tests {
         run_on_compute_threads(|| {
             let plain = dispatch::choices_here();
             let composed = dispatch::composed(|| {
-                let [out] = model.eval_in_these_parts(2, &images, record).unwrap();
-                assert_eq!(out.dims(), &[4, 1]);
-                dispatch::choices_here()
+                dispatch::int8_matmuls(|| {
+                    let [out] = model.eval_in_these_parts(2, &images, record).unwrap();
+                    assert_eq!(out.dims(), &[4, 1]);
+                    dispatch::choices_here()
+                })
             });
             assert_ne!(composed, plain);
             let seen = seen.lock().unwrap();

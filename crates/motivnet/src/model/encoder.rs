@@ -12,7 +12,7 @@ use candle_core::{Module, Tensor};
 
 use crate::config::EncoderConfig;
 use crate::error::{input_err, Result};
-use crate::nn::layers::{cut_graph_unless, mlp_plus_bf16, LayerNorm, Linear, Mode};
+use crate::nn::layers::{cut_graph_unless, mlp_plus_packed, LayerNorm, Linear, Mode};
 use crate::nn::params::{torch_default_bound, Group, Init, InitScheme, ParamStore};
 
 const LN_EPS: f64 = 1e-6;
@@ -120,7 +120,7 @@ impl Block {
     fn forward(&self, x: Tensor, training: bool) -> Result<Tensor> {
         let x = self.attn.forward_plus(cut_graph_unless(training, self.ln1.forward(&x)?), &x, training)?;
         let normed = cut_graph_unless(training, self.ln2.forward(&x)?);
-        if let Some(out) = mlp_plus_bf16(&self.fc1, &self.fc2, &normed, &x, training)? {
+        if let Some(out) = mlp_plus_packed(&self.fc1, &self.fc2, &normed, &x, training)? {
             return Ok(out);
         }
         // Exact (erf) GELU as PyTorch's nn.GELU() (candle's gelu() is the tanh approximation),

@@ -52,8 +52,7 @@ impl MotivNet {
         let x = self.input_tensor(input)?;
         let forward =
             || self.eval_in_parts(&x, |part| self.forward_explained(part).map(|(logits, maps)| [logits, maps]));
-        let [logits, maps] =
-            if self.cpu_bf16_products() { crate::ops::dispatch::bf16_matmuls(forward)? } else { forward()? };
+        let [logits, maps] = self.with_packed_products(forward)?;
         Ok((logits, maps.to_dtype(DType::F32)?))
     }
 

@@ -316,7 +316,8 @@ pub fn forward(head: &MlDecoder, tokens: &Tensor, mode: &mut Mode) -> Result<(Va
 
 /// Whether inference may take [`predict`] for this head on these tokens: [`supported`], and
 /// the Linear products not asked to run in bf16 (`precision: 'bf16'` keeps the head's products
-/// on the tiles, through candle's ops).
+/// on the tiles, through candle's ops). Under int8 the head takes this f32 pass: its weights
+/// stay f32 (`MotivNet::keep_linear_weights_packed_only` keeps them).
 pub fn predicts(head: &MlDecoder, tokens: &Tensor) -> bool {
     supported(head, tokens) && !crate::ops::dispatch::bf16_matmuls_on()
 }

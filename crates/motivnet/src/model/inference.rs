@@ -78,10 +78,7 @@ impl MotivNet {
         let x = self.input_tensor(input)?;
         let forward =
             || self.eval_in_parts(&x, |part| Ok([self.forward(part, &mut Mode::Eval)?])).map(|[logits]| logits);
-        if self.cpu_bf16_products() {
-            return crate::ops::dispatch::bf16_matmuls(forward);
-        }
-        forward()
+        self.with_packed_products(forward)
     }
 
     /// Eval-mode logits and softmax probabilities, copied off the device.

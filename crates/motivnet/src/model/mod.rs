@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::io::weights::{self, LoadOptions, LoadReport};
 use crate::keys::{DECODER as DECODER_PREFIX, ENCODER as ENCODER_PREFIX};
 pub use crate::nn::layers::Mode;
+use crate::nn::layers::PackedKind;
 use crate::nn::params::{InitScheme, ParamStore};
 use crate::ops::pixels::Normalization;
 use crate::runtime::precision::Precision;
@@ -161,39 +162,74 @@ impl MotivNet {
         self.precision.cpu_bf16_products(self.device()) && !self.bf16_tensors_on_cpu
     }
 
-    /// Whether [`MotivNet::keep_linear_weights_in_bf16_only`] applies: the Linear products run
-    /// in bf16 on the CPU's AMX tiles, and the composed kernels (which multiply in f32) are not
-    /// forced on this thread or process.
-    pub fn can_keep_linear_weights_in_bf16_only(&self) -> bool {
-        self.cpu_bf16_products() && !crate::ops::dispatch::composed_forced()
+    /// Whether the Linear products run on the CPU's VNNI in int8 (inference only).
+    pub fn cpu_int8_products(&self) -> bool {
+        self.precision.cpu_int8_products(self.device())
     }
 
-    /// For a model that only infers with bf16 products on the CPU: keeps each Linear weight
-    /// only as its bf16 packing, freeing the f32 values layer by layer as each is packed. The
-    /// Linear weights then take 2 bytes a value instead of 6 (the f32 parameter and its
-    /// packing): sapiens-0.3b's 1.2 GB of them become 0.6 GB. The logits do not change (the
-    /// products read the same packing); what needs the f32 values is refused from then on with
-    /// the reason: saving or loading weights or a training state, training, another precision.
-    /// Returns how many weights were let go (0 when called again).
-    pub fn keep_linear_weights_in_bf16_only(&mut self) -> Result<usize> {
-        if !self.can_keep_linear_weights_in_bf16_only() {
-            return Err(Error::Config(format!(
-                "Linear weights are kept in bf16 only under precision 'bf16' on a CPU with AMX, on the fused \
-                 kernels; this model computes in {} on {:?}{}",
-                self.precision.name(),
-                self.device(),
-                if crate::ops::dispatch::composed_forced() { " with the composed kernels forced" } else { "" }
-            )));
+    /// The packed precision this model's Linear products run in on the CPU, if any.
+    pub fn packed_products(&self) -> Option<PackedKind> {
+        if self.cpu_int8_products() {
+            Some(PackedKind::Int8)
+        } else if self.cpu_bf16_products() {
+            Some(PackedKind::Bf16)
+        } else {
+            None
         }
+    }
+
+    /// Runs `f`, an inference pass, with the Linear products in this model's precision on the
+    /// CPU (bf16 on AMX tiles, int8 on VNNI), or as it is elsewhere.
+    pub(crate) fn with_packed_products<R>(&self, f: impl FnOnce() -> R) -> R {
+        match self.packed_products() {
+            Some(PackedKind::Bf16) => crate::ops::dispatch::bf16_matmuls(f),
+            Some(PackedKind::Int8) => crate::ops::dispatch::int8_matmuls(f),
+            None => f(),
+        }
+    }
+
+    /// Whether [`MotivNet::keep_linear_weights_packed_only`] applies: the Linear products run
+    /// in bf16 on the CPU's AMX tiles or in int8 on its VNNI, and the composed kernels (which
+    /// multiply in f32) are not forced on this thread or process.
+    pub fn can_keep_linear_weights_packed_only(&self) -> bool {
+        self.packed_products().is_some() && !crate::ops::dispatch::composed_forced()
+    }
+
+    /// For a model that only infers with bf16 or int8 products on the CPU: keeps each Linear
+    /// weight (in int8, the encoder's) only as its packing, freeing the f32 values layer by layer as each is packed. The
+    /// Linear weights then take 2 bytes a value in bf16 and 1 in int8, instead of 4 (plus the
+    /// packing's): sapiens-0.3b's 1.2 GB of them become 0.6 or 0.3 GB. The logits do not change
+    /// (the products read the same packing); what needs the f32 values is refused from then on
+    /// with the reason: saving or loading weights or a training state, training, another
+    /// precision. Returns how many weights were let go (0 when called again).
+    pub fn keep_linear_weights_packed_only(&mut self) -> Result<usize> {
+        let kind = match self.packed_products() {
+            Some(kind) if !crate::ops::dispatch::composed_forced() => kind,
+            _ => {
+                return Err(Error::Config(format!(
+                    "Linear weights are kept packed only under precision 'bf16' on a CPU with AMX or 'int8' on a \
+                     CPU with VNNI, on the fused kernels; this model computes in {} on {:?}{}",
+                    self.precision.name(),
+                    self.device(),
+                    if crate::ops::dispatch::composed_forced() { " with the composed kernels forced" } else { "" }
+                )))
+            }
+        };
+        // Under int8 the head keeps its f32 weights: inference takes its f32 pass
+        // (`head_train::predicts`), which reads them, and they are a few MB beside the encoder's.
+        let head = match kind {
+            PackedKind::Bf16 => self.head.linears_mut(),
+            PackedKind::Int8 => Vec::new(),
+        };
         let mut released = 0;
-        for linear in self.encoder.linears_mut().into_iter().chain(self.head.linears_mut()) {
-            if linear.holds_bf16_only() {
+        for linear in self.encoder.linears_mut().into_iter().chain(head) {
+            if linear.packing_held_only().is_some() {
                 continue;
             }
             let weight = linear.weight.clone();
-            linear.keep_bf16_packing_only()?;
+            linear.keep_packing_only(kind)?;
             // The store's handle was the last one besides `weight`: the values go with it.
-            self.params.release(&weight)?;
+            self.params.release(&weight, kind.name())?;
             released += 1;
         }
         crate::runtime::malloc::return_free_memory();
@@ -216,6 +252,7 @@ impl MotivNet {
         if !mode.is_train() {
             return Err(Error::Internal("forward_train needs a train mode".into()));
         }
+        self.precision.check_trainable()?;
         let bf16 = self.cpu_bf16_products();
         if bf16 {
             self.params.check_all_held("train")?;

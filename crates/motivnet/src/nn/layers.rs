@@ -14,7 +14,8 @@ use rand_chacha::ChaCha8Rng;
 use super::params::{weights_generation, Init, ParamStore};
 use crate::error::Result;
 use crate::kernels::amx::PackedB;
-use crate::ops::linear::Bf16End;
+use crate::kernels::int8::PackedI8;
+use crate::ops::linear::{Packed, PackedEnd};
 
 /// Train mode carries the RNG that draws dropout masks (candle's CPU RNG cannot be seeded).
 pub enum Mode<'a> {
@@ -88,32 +89,74 @@ pub fn cut_graph_unless(training: bool, x: Tensor) -> Tensor {
 /// `nn.Linear`: y = x W^T + b over the last dimension, any leading dimensions.
 ///
 /// Inside [`crate::ops::dispatch::bf16_matmuls`] on a CPU with AMX, the product runs on bf16
-/// tiles from a packed copy of the weight, made on first use and remade after any parameter
-/// changes (a load, an optimizer step). A model that only infers in bf16 keeps that copy alone
-/// ([`Linear::keep_bf16_packing_only`]): half the weight's memory, and no f32 product left.
+/// tiles from a packed copy of the weight; inside [`crate::ops::dispatch::int8_matmuls`] on a
+/// CPU with AVX512-VNNI, on int8 from a quantized copy. Each copy is made on first use and
+/// remade after any parameter changes (a load, an optimizer step). A model that only infers in
+/// one of them keeps that copy alone ([`Linear::keep_packing_only`]): half the weight's memory
+/// in bf16, a quarter in int8, and no f32 product left.
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Tensor,
-    packed: PackedWeight,
+    bf16: PackedWeight<PackedB>,
+    int8: PackedWeight<PackedI8>,
 }
 
-/// The weight packed for the AMX product.
-#[derive(Default)]
-struct PackedWeight(Mutex<Packing>);
+/// The lower precisions a Linear's product can run in on the CPU, from a packed copy of its
+/// weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackedKind {
+    /// bf16 operands on AMX tiles, f32 sums.
+    Bf16,
+    /// u8 inputs by i8 weights on VNNI, exact sums.
+    Int8,
+}
 
-#[derive(Default)]
-enum Packing {
-    #[default]
+impl PackedKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
+        }
+    }
+}
+
+/// A weight packing that a Linear can make from its f32 weight (out x in).
+trait PackFrom: Sized {
+    fn pack(values: &[f32], out_dim: usize, in_dim: usize) -> Self;
+}
+
+impl PackFrom for PackedB {
+    fn pack(values: &[f32], out_dim: usize, in_dim: usize) -> Self {
+        PackedB::from_weight(values, out_dim, in_dim)
+    }
+}
+
+impl PackFrom for PackedI8 {
+    fn pack(values: &[f32], out_dim: usize, in_dim: usize) -> Self {
+        PackedI8::from_weight(values, out_dim, in_dim)
+    }
+}
+
+/// The weight packed for one lower-precision product.
+struct PackedWeight<P>(Mutex<Packing<P>>);
+
+impl<P> Default for PackedWeight<P> {
+    fn default() -> Self {
+        Self(Mutex::new(Packing::None))
+    }
+}
+
+enum Packing<P> {
     None,
     /// Packed from the f32 weight at this weights generation: stale once it moves on.
-    At(u64, Arc<PackedB>),
+    At(u64, Arc<P>),
     /// The weight's only copy: the f32 values were freed, so no generation makes it stale.
-    Only(Arc<PackedB>),
+    Only(Arc<P>),
 }
 
-impl PackedWeight {
+impl<P: PackFrom> PackedWeight<P> {
     /// The packing of `weight` (out x everything else) current at this weights generation.
-    fn get(&self, weight: &Tensor) -> candle_core::Result<Arc<PackedB>> {
+    fn get(&self, weight: &Tensor) -> candle_core::Result<Arc<P>> {
         let generation = weights_generation();
         let mut slot = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match &*slot {
@@ -123,7 +166,7 @@ impl PackedWeight {
         }
         let out_dim = weight.dim(0)?;
         let values = weight.flatten_all()?.to_vec1::<f32>()?;
-        let packed = Arc::new(PackedB::from_weight(&values, out_dim, values.len() / out_dim.max(1)));
+        let packed = Arc::new(P::pack(&values, out_dim, values.len() / out_dim.max(1)));
         *slot = Packing::At(generation, packed.clone());
         Ok(packed)
     }
@@ -137,6 +180,21 @@ impl PackedWeight {
         let packed = self.get(weight)?;
         *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Packing::Only(packed);
         Ok(())
+    }
+}
+
+/// A Linear's packed weight for this call's product.
+enum Lowered {
+    Bf16(Arc<PackedB>),
+    Int8(Arc<PackedI8>),
+}
+
+impl Lowered {
+    fn as_packed(&self) -> Packed<'_> {
+        match self {
+            Self::Bf16(packed) => Packed::Bf16(packed),
+            Self::Int8(packed) => Packed::Int8(packed),
+        }
     }
 }
 
@@ -158,64 +216,107 @@ impl Linear {
     /// A layer over these parameters; a weight of more than two dimensions (a convolution's
     /// kernel) multiplies as (out, everything else).
     pub fn from_parts(weight: Tensor, bias: Tensor) -> Self {
-        Self { weight, bias, packed: PackedWeight::default() }
+        Self { weight, bias, bf16: PackedWeight::default(), int8: PackedWeight::default() }
     }
 
     /// GELU (exact, erf form, as PyTorch's `nn.GELU()`) of this layer's output, as one op;
     /// `for_backward` as in [`crate::ops::linear::linear_gelu`].
     pub fn forward_gelu(&self, x: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
-        if self.takes_bf16(x, for_backward) {
-            return crate::ops::linear::linear_bf16(x, &*self.packed.get(&self.weight)?, &self.bias, Bf16End::Gelu);
+        if let Some(lowered) = self.lowered(x, for_backward)? {
+            return crate::ops::linear::linear_packed(x, lowered.as_packed(), &self.bias, PackedEnd::Gelu);
         }
         crate::ops::linear::linear_gelu(x, &self.weight_matrix()?, &self.bias, for_backward)
     }
 
     /// `residual` plus this layer's output: the Linear that ends a residual branch. Under the
-    /// bf16 products the residual is added as each block of the product finishes (the same
+    /// packed products the residual is added as each block of the product finishes (the same
     /// bits as adding it after); elsewhere it is `residual + forward(x)`.
     pub fn forward_plus(&self, x: &Tensor, residual: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
-        if self.takes_bf16(x, for_backward) && crate::ops::dispatch::fused(&[residual]) {
-            let packed = self.packed.get(&self.weight)?;
-            return crate::ops::linear::linear_bf16(x, &packed, &self.bias, Bf16End::Plus(residual));
+        if crate::ops::dispatch::fused(&[residual]) {
+            if let Some(lowered) = self.lowered(x, for_backward)? {
+                return crate::ops::linear::linear_packed(
+                    x,
+                    lowered.as_packed(),
+                    &self.bias,
+                    PackedEnd::Plus(residual),
+                );
+            }
         }
         residual + self.forward(x)?
     }
 
-    /// Packs the weight for the bf16 product (if not already current) and makes that packing
-    /// its only copy: `self.weight` becomes a stand-in of the same shape that holds one value,
-    /// so once the parameter store lets go of it too (see
-    /// [`crate::model::MotivNet::keep_linear_weights_in_bf16_only`]) the f32 values are freed.
-    /// From then on the layer computes only inside `bf16_matmuls`; anywhere else it is an error.
-    pub fn keep_bf16_packing_only(&mut self) -> candle_core::Result<()> {
-        if self.packed.is_only_copy() {
+    /// Packs the weight for the `kind` product (if not already current) and makes that
+    /// packing its only copy: `self.weight` becomes a stand-in of the same shape that holds one
+    /// value, so once the parameter store lets go of it too (see
+    /// [`crate::model::MotivNet::keep_linear_weights_packed_only`]) the f32 values are freed.
+    /// From then on the layer computes only inside that precision's scope (`bf16_matmuls`,
+    /// `int8_matmuls`); anywhere else it is an error.
+    pub fn keep_packing_only(&mut self, kind: PackedKind) -> candle_core::Result<()> {
+        if let Some(held) = self.packing_held_only() {
+            if held != kind {
+                candle_core::bail!("this Linear's weight is held only in {}, not {}", held.name(), kind.name());
+            }
             return Ok(());
         }
-        self.packed.pin(&self.weight)?;
+        match kind {
+            PackedKind::Bf16 => self.bf16.pin(&self.weight)?,
+            PackedKind::Int8 => self.int8.pin(&self.weight)?,
+        }
         let stand_in = Tensor::zeros(1, self.weight.dtype(), self.weight.device())?;
         let shape = self.weight.shape().clone();
         self.weight = stand_in.broadcast_as(shape)?;
         Ok(())
     }
 
-    /// Whether the weight lives only as its bf16 packing.
-    pub fn holds_bf16_only(&self) -> bool {
-        self.packed.is_only_copy()
+    /// The packing the weight lives in alone, if its f32 values were let go.
+    pub fn packing_held_only(&self) -> Option<PackedKind> {
+        if self.bf16.is_only_copy() {
+            Some(PackedKind::Bf16)
+        } else if self.int8.is_only_copy() {
+            Some(PackedKind::Int8)
+        } else {
+            None
+        }
     }
 
-    /// Whether this call's product runs in bf16: asked for, an f32 input on the CPU, and no
-    /// backward to follow (the bf16 product records no graph).
-    fn takes_bf16(&self, x: &Tensor, for_backward: bool) -> bool {
-        !for_backward && crate::ops::dispatch::bf16_matmuls_on() && crate::ops::dispatch::fused(&[x])
+    /// The packed weight this call's product runs on: a lower precision asked for (int8 before
+    /// bf16), an f32 input on the CPU, and no backward to follow (the packed products record no
+    /// graph); None for the f32 product.
+    fn lowered(&self, x: &Tensor, for_backward: bool) -> candle_core::Result<Option<Lowered>> {
+        use crate::ops::dispatch;
+        if for_backward || !dispatch::fused(&[x]) {
+            return Ok(None);
+        }
+        let kind = if dispatch::int8_matmuls_on() {
+            PackedKind::Int8
+        } else if dispatch::bf16_matmuls_on() {
+            PackedKind::Bf16
+        } else {
+            return Ok(None);
+        };
+        if let Some(held) = self.packing_held_only().filter(|held| *held != kind) {
+            // The stand-in holds no values to pack from.
+            candle_core::bail!(
+                "this model holds its Linear weights only in {}: an {} product needs the model loaded with that precision",
+                held.name(),
+                kind.name()
+            );
+        }
+        Ok(Some(match kind {
+            PackedKind::Bf16 => Lowered::Bf16(self.bf16.get(&self.weight)?),
+            PackedKind::Int8 => Lowered::Int8(self.int8.get(&self.weight)?),
+        }))
     }
 
     /// The weight as the (out, in) matrix it multiplies by (a convolution kernel flattened;
     /// a matrix as it is, adding no node to the graph). An error once the weight lives only
-    /// as its bf16 packing: the stand-in left in its place holds no values.
+    /// as a packing: the stand-in left in its place holds no values.
     fn weight_matrix(&self) -> candle_core::Result<Tensor> {
-        if self.holds_bf16_only() {
+        if let Some(held) = self.packing_held_only() {
+            let precision = held.name();
             candle_core::bail!(
-                "this model holds its Linear weights only in bf16, for inference on the CPU's AMX tiles \
-                 (precision 'bf16'): an f32 or differentiable product needs the model loaded with precision 'f32'"
+                "this model holds its Linear weights only in {precision}, for inference on the CPU (precision \
+                 '{precision}'): an f32 or differentiable product needs the model loaded with precision 'f32'"
             );
         }
         if self.weight.rank() == 2 {
@@ -228,30 +329,41 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // Inside `bf16_matmuls` no backward follows (its contract), whatever x records.
-        if self.takes_bf16(x, false) {
-            return crate::ops::linear::linear_bf16(x, &*self.packed.get(&self.weight)?, &self.bias, Bf16End::Plain);
+        // Inside the packed precisions' scopes no backward follows (their contract), whatever
+        // x records.
+        if let Some(lowered) = self.lowered(x, false)? {
+            return crate::ops::linear::linear_packed(x, lowered.as_packed(), &self.bias, PackedEnd::Plain);
         }
         crate::ops::linear::linear(x, &self.weight_matrix()?, &self.bias)
     }
 }
 
 /// `residual` + fc2(GELU(fc1(x))), a transformer block's MLP branch and its residual, with
-/// both products in bf16 and the hidden activations kept in bf16 between them
-/// ([`crate::ops::linear::mlp_bf16`]); `None` where the products do not run in bf16 (f32,
-/// training, another device), for the caller to compose.
-pub fn mlp_plus_bf16(
+/// both products packed: in bf16 the hidden activations stay bf16 between them
+/// ([`crate::ops::linear::mlp_bf16`]); in int8 fc1 ends in GELU and fc2 adds the residual as
+/// its blocks finish. `None` where the products are f32 (f32, training, another device), for
+/// the caller to compose.
+pub fn mlp_plus_packed(
     fc1: &Linear,
     fc2: &Linear,
     x: &Tensor,
     residual: &Tensor,
     for_backward: bool,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !fc1.takes_bf16(x, for_backward) || !crate::ops::dispatch::fused(&[residual]) {
+    if !crate::ops::dispatch::fused(&[residual]) {
         return Ok(None);
     }
-    let (p1, p2) = (fc1.packed.get(&fc1.weight)?, fc2.packed.get(&fc2.weight)?);
-    crate::ops::linear::mlp_bf16(x, (&p1, &fc1.bias), (&p2, &fc2.bias), residual).map(Some)
+    match fc1.lowered(x, for_backward)? {
+        None => Ok(None),
+        Some(Lowered::Bf16(p1)) => {
+            let p2 = fc2.bf16.get(&fc2.weight)?;
+            crate::ops::linear::mlp_bf16(x, (&p1, &fc1.bias), (&p2, &fc2.bias), residual).map(Some)
+        }
+        Some(Lowered::Int8(p1)) => {
+            let hidden = crate::ops::linear::linear_packed(x, Packed::Int8(&p1), &fc1.bias, PackedEnd::Gelu)?;
+            fc2.forward_plus(&hidden, residual, for_backward).map(Some)
+        }
+    }
 }
 
 /// `nn.LayerNorm` over the last dimension with the biased variance, as PyTorch.

@@ -91,6 +91,8 @@ pub struct ParamStore {
     /// Parameters whose f32 values were let go (the model keeps them in another form), with
     /// their shapes: still counted, never saved, loaded or trained.
     released: Vec<(String, Vec<usize>)>,
+    /// The precision the released parameters are held in instead ("bf16", "int8").
+    released_as: &'static str,
     /// Whether every parameter is about to be set from a file: created as zeros then, without
     /// drawing from the RNG (sapiens-0.3b's init takes 3 of the 4 seconds a load takes).
     values_from_file: bool,
@@ -105,6 +107,7 @@ impl ParamStore {
             rng: ChaCha8Rng::seed_from_u64(seed),
             placement: (Group::Decoder, None),
             released: Vec::new(),
+            released_as: "",
             values_from_file: false,
         }
     }
@@ -213,14 +216,16 @@ impl ParamStore {
     /// Lets go of the parameter that `tensor` is (the same storage, as the model holds it):
     /// the store keeps its name and shape only, so once the model drops its own handle the f32
     /// values are freed. For a model that keeps the values in another form (a Linear's bf16
-    /// packing) and will never save, load or train them. Returns the parameter's name.
-    pub fn release(&mut self, tensor: &Tensor) -> Result<String> {
+    /// or int8 packing, named by `held_as`) and will never save, load or train them. Returns the
+    /// parameter's name.
+    pub fn release(&mut self, tensor: &Tensor, held_as: &'static str) -> Result<String> {
         let at = self.params.iter().position(|p| p.var.as_tensor().id() == tensor.id()).ok_or_else(|| {
             crate::error::Error::Internal(format!("release: a tensor of shape {:?} is no parameter", tensor.dims()))
         })?;
         let param = self.params.remove(at);
         self.index = self.params.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
         self.released.push((param.name.clone(), param.var.dims().to_vec()));
+        self.released_as = held_as;
         Ok(param.name)
     }
 
@@ -234,12 +239,18 @@ impl ParamStore {
     pub fn check_all_held(&self, to: &str) -> Result<()> {
         match self.released.first() {
             None => Ok(()),
-            Some((first, _)) => Err(crate::error::Error::Config(format!(
-                "cannot {to}: this model holds {} Linear weights ({first}, ...) only in bf16, for inference on \
-                 the CPU's AMX tiles (precision 'bf16'); load it with precision 'f32', or for training \
-                 (`forTraining`), to {to}",
-                self.released.len()
-            ))),
+            Some((first, _)) => {
+                let (count, held_as) = (self.released.len(), self.released_as);
+                let (kernel, or_for_training) = match held_as {
+                    "int8" => ("VNNI", ""),
+                    _ => ("AMX tiles", ", or for training (`forTraining`),"),
+                };
+                Err(crate::error::Error::Config(format!(
+                    "cannot {to}: this model holds {count} Linear weights ({first}, ...) only in {held_as}, for \
+                     inference on the CPU's {kernel} (precision '{held_as}'); load it with precision 'f32'{or_for_training} \
+                     to {to}"
+                )))
+            }
         }
     }
 

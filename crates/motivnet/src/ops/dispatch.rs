@@ -14,6 +14,7 @@ use candle_core::{DType, Tensor};
 thread_local! {
     static FORCED_HERE: Cell<bool> = const { Cell::new(false) };
     static BF16_MATMULS_HERE: Cell<bool> = const { Cell::new(false) };
+    static INT8_MATMULS_HERE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether the process runs on the composed path everywhere (`MOTIVNET_KERNELS=composed`).
@@ -46,28 +47,50 @@ pub fn bf16_matmuls_on() -> bool {
     BF16_MATMULS_HERE.with(Cell::get) && !composed_forced() && crate::kernels::amx::available()
 }
 
+/// Runs `f` with the Linear layers' products in int8 (VNNI, exact i32 sums) for the calls this
+/// thread makes: what `precision: 'int8'` means on the CPU. For inference only, as
+/// [`bf16_matmuls`].
+pub fn int8_matmuls<R>(f: impl FnOnce() -> R) -> R {
+    with_flag(&INT8_MATMULS_HERE, f)
+}
+
+/// Whether this thread's Linear products run in int8 (inside [`int8_matmuls`], on a CPU with
+/// AVX512-VNNI, on the fused path).
+pub fn int8_matmuls_on() -> bool {
+    INT8_MATMULS_HERE.with(Cell::get) && !composed_forced() && crate::kernels::int8::available()
+}
+
 /// Runs `f` with the composed path forced for the calls this thread makes.
 pub fn composed<R>(f: impl FnOnce() -> R) -> R {
     with_flag(&FORCED_HERE, f)
 }
 
-/// This thread's choices of path ([`composed`], [`bf16_matmuls`]), to carry onto another
+/// This thread's choices of path ([`composed`], [`bf16_matmuls`], [`int8_matmuls`]), to carry onto another
 /// thread with [`with_choices`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PathChoices {
     composed: bool,
     bf16_matmuls: bool,
+    int8_matmuls: bool,
 }
 
 /// The path choices in effect on this thread.
 pub fn choices_here() -> PathChoices {
-    PathChoices { composed: FORCED_HERE.with(Cell::get), bf16_matmuls: BF16_MATMULS_HERE.with(Cell::get) }
+    PathChoices {
+        composed: FORCED_HERE.with(Cell::get),
+        bf16_matmuls: BF16_MATMULS_HERE.with(Cell::get),
+        int8_matmuls: INT8_MATMULS_HERE.with(Cell::get),
+    }
 }
 
 /// Runs `f` with `choices` in effect on this thread (work handed to another thread, which
 /// would otherwise run with that thread's own), restoring what was there after.
 pub fn with_choices<R>(choices: PathChoices, f: impl FnOnce() -> R) -> R {
-    set_flag_for(&FORCED_HERE, choices.composed, || set_flag_for(&BF16_MATMULS_HERE, choices.bf16_matmuls, f))
+    set_flag_for(&FORCED_HERE, choices.composed, || {
+        set_flag_for(&BF16_MATMULS_HERE, choices.bf16_matmuls, || {
+            set_flag_for(&INT8_MATMULS_HERE, choices.int8_matmuls, f)
+        })
+    })
 }
 
 /// Runs `f` with a thread-local flag set, restoring what it was after (also on a panic).

@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use super::f32_slice;
 use crate::kernels::amx::{self, Bf16Rows, Finish, Lhs, PackedB, Rows};
 use crate::kernels::gelu::{gelu_backward, gelu_forward, gelu_in_place};
+use crate::kernels::int8::{self, PackedI8};
 use crate::kernels::linear::{linear_grads, linear_rows};
 use crate::kernels::CHUNK;
 
@@ -52,8 +53,8 @@ pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, for_backward: boo
     super::gelu::gelu_erf(&linear(x, weight, bias)?)
 }
 
-/// What a Linear on the tiles does to its output before it is stored.
-pub enum Bf16End<'a> {
+/// What a packed Linear product does to its output before it is stored.
+pub enum PackedEnd<'a> {
     /// Nothing: x W^T + b.
     Plain,
     /// GELU (exact, erf form) of x W^T + b.
@@ -63,23 +64,45 @@ pub enum Bf16End<'a> {
     Plus(&'a Tensor),
 }
 
-/// x (..., in) W^T + b with the product on AMX bf16 tiles from W packed as `packed`, then
-/// `end`: the Linear layers under `precision: 'bf16'` on the CPU. x is f32 and rounded to bf16
-/// as it is read; the sums, the bias and the result are f32. Inference only: the result
-/// records no graph.
-pub fn linear_bf16(x: &Tensor, packed: &PackedB, bias: &Tensor, end: Bf16End) -> candle_core::Result<Tensor> {
-    let out_dims = packed_output_dims(x, packed, bias)?;
+/// A Linear's weight packed for a lower-precision product on the CPU.
+#[derive(Clone, Copy)]
+pub enum Packed<'a> {
+    /// For AMX's bf16 tiles.
+    Bf16(&'a PackedB),
+    /// Quantized to int8 for VNNI.
+    Int8(&'a PackedI8),
+}
+
+impl Packed<'_> {
+    /// (k, n): the weight's inputs and outputs.
+    fn shape(self) -> (usize, usize) {
+        match self {
+            Self::Bf16(p) => (p.k, p.n),
+            Self::Int8(p) => (p.k, p.n),
+        }
+    }
+}
+
+/// x (..., in) W^T + b with the product packed as `packed`, then `end`: the Linear layers
+/// under `precision: 'bf16'` (x rounded to bf16 as it is read, f32 sums) or `'int8'` (x's rows
+/// quantized to u8, exact sums) on the CPU. The bias and the result are f32. Inference only:
+/// the result records no graph.
+pub fn linear_packed(x: &Tensor, packed: Packed, bias: &Tensor, end: PackedEnd) -> candle_core::Result<Tensor> {
+    let out_dims = packed_output_dims(x, packed.shape(), bias)?;
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
-    let x_values = cpu_f32(&storage, layout, "linear_bf16")?;
-    let lhs = Lhs::F32 { rows: Rows::contiguous(x_values, packed.k), scale: 1.0 };
+    let x_values = cpu_f32(&storage, layout, "linear_packed")?;
     let b = bias.to_vec1::<f32>()?;
+    let product = |finish: Finish| match packed {
+        Packed::Bf16(p) => {
+            amx::linear_rows_bf16(Lhs::F32 { rows: Rows::contiguous(x_values, p.k), scale: 1.0 }, p, &b, finish)
+        }
+        Packed::Int8(p) => int8::linear_rows(x_values, p, &b, finish),
+    };
     let y = match end {
-        Bf16End::Plain => amx::linear_rows_bf16(lhs, packed, &b, Finish::None),
-        Bf16End::Gelu => amx::linear_rows_bf16(lhs, packed, &b, Finish::Gelu),
-        Bf16End::Plus(residual) => with_residual_values(residual, &out_dims, |addend| {
-            amx::linear_rows_bf16(lhs, packed, &b, Finish::Add(addend))
-        })?,
+        PackedEnd::Plain => product(Finish::None),
+        PackedEnd::Gelu => product(Finish::Gelu),
+        PackedEnd::Plus(residual) => with_residual_values(residual, &out_dims, |addend| product(Finish::Add(addend)))?,
     };
     Tensor::from_vec(y, out_dims, x.device())
 }
@@ -88,14 +111,14 @@ pub fn linear_bf16(x: &Tensor, packed: &PackedB, bias: &Tensor, end: Bf16End) ->
 /// `precision: 'bf16'` on the CPU. fc1's blocks go through GELU and are rounded to bf16 into
 /// the panels fc2 reads, so the hidden activations (four times x's width) are never stored
 /// in f32, read back and rounded in a pass of their own. The result is the same bits as
-/// [`linear_bf16`] with GELU, then with the residual. Inference only.
+/// [`linear_packed`] with GELU, then with the residual. Inference only.
 pub fn mlp_bf16(
     x: &Tensor,
     (fc1, b1): (&PackedB, &Tensor),
     (fc2, b2): (&PackedB, &Tensor),
     residual: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let hidden_dims = packed_output_dims(x, fc1, b1)?;
+    let hidden_dims = packed_output_dims(x, (fc1.k, fc1.n), b1)?;
     if fc2.k != fc1.n {
         candle_core::bail!("mlp: fc1 gives {} values a row, fc2 takes {}", fc1.n, fc2.k);
     }
@@ -121,17 +144,12 @@ pub fn mlp_bf16(
 
 /// The output dims of x times a packed weight (n x k) with its bias, or an error naming the
 /// shapes that do not fit.
-fn packed_output_dims(x: &Tensor, packed: &PackedB, bias: &Tensor) -> candle_core::Result<Vec<usize>> {
+fn packed_output_dims(x: &Tensor, (k, n): (usize, usize), bias: &Tensor) -> candle_core::Result<Vec<usize>> {
     let dims = x.dims();
     let in_dim = dims.last().copied().unwrap_or(0);
     let out_dim = bias.dims1()?;
-    if dims.is_empty() || in_dim != packed.k || out_dim != packed.n {
-        candle_core::bail!(
-            "linear: input {:?} and a packed weight of {} x {} with bias ({out_dim}) do not fit",
-            dims,
-            packed.n,
-            packed.k
-        );
+    if dims.is_empty() || in_dim != k || out_dim != n {
+        candle_core::bail!("linear: input {dims:?} and a packed weight of {n} x {k} with bias ({out_dim}) do not fit");
     }
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().unwrap() = out_dim;

@@ -1,5 +1,6 @@
 //! The dtype the model computes in: f32 everywhere, or bf16 on CUDA with f32 master weights,
-//! or bf16 products on a CPU with AMX tiles (inference).
+//! or bf16 products on a CPU with AMX tiles, or int8 products on a CPU with AVX512-VNNI
+//! (inference only).
 //!
 //! On CUDA, in bf16 the input batch is cast to bf16 and each layer follows its input's dtype:
 //! Linear and matmul weights are cast from the f32 parameters as they are used, while LayerNorm, the
@@ -16,6 +17,12 @@
 //! (`model::products::Products`), with f32 weights, gradients and optimizer; the head stays
 //! f32 (its ReLU gates flip under rounding, which cost accuracy: see `model::head_train` and
 //! docs/BENCHMARKS.md).
+//!
+//! int8 means the Linear layers' products run on VNNI with dynamic quantization, as ONNX
+//! Runtime's and PyTorch's dynamic int8 Linear: each weight row to i8 with its own scale (once),
+//! each input row to u8 with its own scale and zero point (each call), exact i32 sums
+//! (`kernels::int8`). Attention, LayerNorm, GELU and the softmaxes stay f32. It is for
+//! inference on the CPU only: a train step, a GPU, or a CPU without VNNI is refused.
 
 use candle_core::Device;
 
@@ -27,20 +34,28 @@ pub fn cpu_bf16_available() -> bool {
     crate::kernels::amx::available()
 }
 
+/// Whether `precision: 'int8'` can run on this CPU: it has AVX512-VNNI (and `MOTIVNET_INT8=off`
+/// is not set).
+pub fn cpu_int8_available() -> bool {
+    crate::kernels::int8::available()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     #[default]
     F32,
     Bf16,
+    Int8,
 }
 
 impl Precision {
-    /// `f32` or `bf16`.
+    /// `f32`, `bf16` or `int8`.
     pub fn parse(name: &str) -> Result<Self> {
         match name.trim() {
             "f32" | "fp32" | "float32" => Ok(Self::F32),
             "bf16" | "bfloat16" => Ok(Self::Bf16),
-            other => Err(Error::Config(format!("precision '{other}' is not valid: expected f32 or bf16"))),
+            "int8" => Ok(Self::Int8),
+            other => Err(Error::Config(format!("precision '{other}' is not valid: expected f32, bf16 or int8"))),
         }
     }
 
@@ -48,12 +63,33 @@ impl Precision {
         match self {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
         }
     }
 
     /// Refuses bf16 on a CPU without AMX: candle's CPU backend has no bf16 product of its own
-    /// (it widens to f32 and back), so bf16 there would only be slower and less exact.
+    /// (it widens to f32 and back), so bf16 there would only be slower and less exact. Refuses
+    /// int8 anywhere but on a CPU with AVX512-VNNI.
     pub fn check_device(self, device: &Device) -> Result<()> {
+        if self == Self::Int8 {
+            if device.is_cuda() {
+                return Err(Error::Device(
+                    "precision 'int8' runs on the CPU only (its products are AVX512-VNNI's): pick bf16 or f32 on CUDA"
+                        .into(),
+                ));
+            }
+            if !crate::kernels::int8::available() {
+                return Err(Error::Device(format!(
+                    "precision 'int8' needs a CPU with AVX512-VNNI (Intel Xeon of the 2nd generation or later, AMD \
+                     Zen 4 or later){}; this one has none: pick f32",
+                    if std::env::var("MOTIVNET_INT8").is_ok_and(|v| v.trim() == "off") {
+                        ", and MOTIVNET_INT8=off turns it off"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
         if self == Self::Bf16 && !device.is_cuda() && !crate::kernels::amx::available() {
             return Err(Error::Device(format!(
                 "precision 'bf16' needs a CUDA device or a CPU with AMX tiles (Intel Xeon of the 4th \
@@ -68,10 +104,28 @@ impl Precision {
         Ok(())
     }
 
+    /// Refuses a precision that cannot train: int8, whose products have no backward.
+    pub fn check_trainable(self) -> Result<()> {
+        if self == Self::Int8 {
+            return Err(Error::Config(
+                "precision 'int8' is for inference only (its products have no backward): train with precision \
+                 'f32' (or 'bf16'), then load the trained weights with 'int8' to serve them"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether this precision on `device` means bf16 products on the CPU's AMX tiles, with
     /// f32 tensors around them (see the module's notes).
     pub fn cpu_bf16_products(self, device: &Device) -> bool {
         self == Self::Bf16 && device.is_cpu()
+    }
+
+    /// Whether this precision on `device` means int8 products on the CPU's VNNI, with f32
+    /// tensors around them.
+    pub fn cpu_int8_products(self, device: &Device) -> bool {
+        self == Self::Int8 && device.is_cpu()
     }
 }
 
@@ -94,22 +148,45 @@ pub fn amx_square_product(n: usize) -> Option<impl FnMut()> {
     })
 }
 
+/// An n x n x n product on the int8 kernel the int8 Linear layers run on (A quantized as they
+/// quantize their input, B quantized and packed beforehand, on the compute threads), as a
+/// closure a benchmark times: the roof of our int8 cases. None where the CPU has no VNNI.
+pub fn int8_square_product(n: usize) -> Option<impl FnMut()> {
+    use crate::kernels::{amx::Finish, int8};
+    if !int8::available() {
+        return None;
+    }
+    let values = |seed: usize| -> Vec<f32> { (0..n * n).map(|i| ((i * seed % 1000) as f32 - 500.0) / 500.0).collect() };
+    let (a, b, bias) = (values(7919), int8::PackedI8::from_weight(&values(104_729), n, n), vec![0f32; n]);
+    Some(move || {
+        std::hint::black_box(int8::linear_rows(&a, &b, &bias, Finish::None));
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn names_parse_and_bf16_needs_cuda_or_amx() {
+    fn names_parse_and_bf16_needs_cuda_or_amx_and_int8_vnni() {
         assert_eq!(Precision::parse("bf16").unwrap(), Precision::Bf16);
         assert_eq!(Precision::parse(" f32 ").unwrap(), Precision::F32);
+        assert_eq!(Precision::parse("int8").unwrap(), Precision::Int8);
         let err = Precision::parse("fp16").unwrap_err().to_string();
-        assert!(err.contains("'fp16'") && err.contains("f32 or bf16"), "{err}");
+        assert!(err.contains("'fp16'") && err.contains("f32, bf16 or int8"), "{err}");
         assert!(Precision::F32.check_device(&Device::Cpu).is_ok());
         match Precision::Bf16.check_device(&Device::Cpu) {
             Ok(()) => assert!(crate::kernels::amx::available(), "bf16 accepted on a CPU without AMX"),
             Err(err) => {
                 assert!(!crate::kernels::amx::available(), "bf16 refused on a CPU with AMX: {err}");
                 assert!(err.to_string().contains("CPU with AMX"), "{err}");
+            }
+        }
+        match Precision::Int8.check_device(&Device::Cpu) {
+            Ok(()) => assert!(crate::kernels::int8::available(), "int8 accepted on a CPU without VNNI"),
+            Err(err) => {
+                assert!(!crate::kernels::int8::available(), "int8 refused on a CPU with VNNI: {err}");
+                assert!(err.to_string().contains("AVX512-VNNI"), "{err}");
             }
         }
     }
