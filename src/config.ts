@@ -42,6 +42,14 @@ export function cpuBf16Available(): boolean {
   return native.cpuBf16Available();
 }
 
+/**
+ * Whether `precision: 'int8'` runs on this machine's CPU: it needs AVX512-VNNI (Intel Xeon of
+ * the 2nd generation or later, AMD Zen 4 or later). int8 runs nowhere else.
+ */
+export function cpuInt8Available(): boolean {
+  return native.cpuInt8Available();
+}
+
 export function presets(): string[] {
   return native.presets();
 }

@@ -7,7 +7,7 @@ export { detectFaces, type DetectedFace, type FaceBox, type FaceClassification, 
 export type { Geometry, Images, NormalizedBatch, PackedImages, RgbImage } from './images.js';
 export { EMOTIONS_7, EMOTIONS_8, emotionLabels } from './emotions.js';
 export type { Emotion } from './emotions.js';
-export { cpuBf16Available, cudaAvailable, presets, resolveModelConfig } from './config.js';
+export { cpuBf16Available, cpuInt8Available, cudaAvailable, presets, resolveModelConfig } from './config.js';
 export type { EncoderConfig, HeadConfig, ModelConfig } from './config.js';
 export { toInputTensor, type InputTensorOptions } from './pixels.js';
 export { tuneProcess, type ProcessTuning, type ProcessTuningApplied } from './tune-process.js';

@@ -14,7 +14,7 @@ import { nativeCall } from './errors.js';
 import type { AttentionMaps } from './explain.js';
 
 /** The dtype a model computes in. */
-export type Precision = 'f32' | 'bf16';
+export type Precision = 'f32' | 'bf16' | 'int8';
 
 /** How a fresh model is initialised (see `LoadOptions.init`). */
 export type InitScheme = 'upstream' | 'vit';
@@ -55,6 +55,15 @@ export interface LoadOptions {
    * to train in bf16 (the encoder's products, forward and backward, with f32 weights, optimizer
    * and everything else; its accuracy cost is in docs/BENCHMARKS.md). Elsewhere bf16 is
    * refused when the model loads.
+   *
+   * Or `int8`, for inference on a CPU with AVX512-VNNI ({@link cpuInt8Available}): the
+   * encoder's Linear products run on int8, each weight row quantized with its own scale and
+   * each input row with its own scale and zero point, the sums exact; attention, the norms and
+   * the head stay f32. The encoder's Linear weights are kept only quantized (a quarter of their
+   * f32 memory). Its accuracy cost (top-1 agreement with f32, largest logit difference) is in
+   * docs/BENCHMARKS.md. int8 cannot train: `forTraining` with it, `trainStep`, `save` and
+   * `saveState` are refused with the reason; on a GPU or a CPU without VNNI it is refused when
+   * the model loads.
    */
   precision?: Precision;
   /**

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { cpuBf16Available, EMOTIONS_7, EMOTIONS_8, MotivNet, toInputTensor, type LoadOptions, type PackedImages } from '../src/index.js';
+import { cpuBf16Available, cpuInt8Available, EMOTIONS_7, EMOTIONS_8, MotivNet, toInputTensor, type LoadOptions, type PackedImages } from '../src/index.js';
 import { maxAbsDiff, readSafetensors } from './helpers/safetensors.js';
 
 const fixtures = path.resolve(__dirname, '../crates/motivnet/tests/fixtures');
@@ -261,7 +261,7 @@ describe('MotivNet', () => {
 
     it('names an unknown precision', async () => {
       const bad = { ...fixtureModel, precision: 'fp8' } as unknown as Parameters<typeof MotivNet.load>[0];
-      await expect(MotivNet.load(bad)).rejects.toThrow(/precision 'fp8' is not valid: expected f32 or bf16/);
+      await expect(MotivNet.load(bad)).rejects.toThrow(/precision 'fp8' is not valid: expected f32, bf16 or int8/);
       const model = await MotivNet.load({ ...fixtureModel, precision: 'f32' });
       model.dispose();
     });
@@ -308,6 +308,37 @@ describe('MotivNet', () => {
       expect(existsSync(saved)).toBe(true);
       a32.dispose();
       a16.dispose();
+    });
+
+    // On a CPU with AVX512-VNNI, int8 runs the encoder's Linear products on it: the logits
+    // follow f32's closely with the same top-1 classes, the maps come along, and whatever needs
+    // the f32 weights (training, saving) is refused with the reason; so is loading int8 for
+    // training. Elsewhere int8 is refused with the reason.
+    it(`int8 on the CPU: ${cpuInt8Available() ? 'runs' : 'refused without VNNI'}`, async () => {
+      if (!cpuInt8Available()) {
+        await expect(MotivNet.load({ ...fixtureModel, precision: 'int8' })).rejects.toThrow(/needs a CPU with AVX512-VNNI/);
+        return;
+      }
+      await expect(MotivNet.load({ ...fixtureModel, precision: 'int8', forTraining: true })).rejects.toThrow(
+        /precision 'int8' is for inference only.*train with precision 'f32'/,
+      );
+      const [f32, int8] = [await MotivNet.load(fixtureModel), await MotivNet.load({ ...fixtureModel, precision: 'int8' })];
+      const [a, b] = [await f32.predict({ tensor: x, batchSize: 4 }), await int8.predict({ tensor: x, batchSize: 4 })];
+      const scale = Math.max(1, ...Array.from(a.logits, Math.abs));
+      expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(0.01 * scale);
+      expect(maxAbsDiff(a.logits, b.logits)).toBeGreaterThan(0);
+      const top = (l: Float32Array, i: number) => Array.from(l.subarray(i * 8, i * 8 + 8)).indexOf(Math.max(...l.subarray(i * 8, i * 8 + 8)));
+      for (let i = 0; i < 4; i++) expect(top(b.logits, i)).toBe(top(a.logits, i));
+      const explained = await int8.predict({ tensor: x, batchSize: 4 }, { explain: true });
+      expect(maxAbsDiff(explained.logits, b.logits)).toBe(0);
+      await expect(int8.trainStep({ tensor: x, batchSize: 4 }, labels, { encoderLr: 1e-3, decoderLr: 1e-3 })).rejects.toThrow(
+        /precision 'int8' is for inference only/,
+      );
+      const refused = path.join(tmp, 'int8.safetensors');
+      await expect(int8.save(refused)).rejects.toThrow(/cannot save the weights: .* only in int8.*load it with precision 'f32' to save/);
+      expect(existsSync(refused)).toBe(false);
+      f32.dispose();
+      int8.dispose();
     });
 
     it('refuses use after dispose', async () => {

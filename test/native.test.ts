@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { cpuBf16Available, cudaAvailable, MotivNet, presets, resolveModelConfig } from '../src/index.js';
+import { cpuBf16Available, cpuInt8Available, cudaAvailable, MotivNet, presets, resolveModelConfig } from '../src/index.js';
 
 describe('native core', () => {
   it('lists the presets and resolves them to the reference sizes', () => {
@@ -14,7 +14,7 @@ describe('native core', () => {
     expect(resolveModelConfig('tiny').encoder).toMatchObject({ embedDim: 192, depth: 4, heads: 3, inputHeight: 256, inputWidth: 192 });
   });
 
-  it('says what this build and CPU can do: CUDA as built, bf16 on the CPU as the CPU reports', async () => {
+  it('says what this build and CPU can do: CUDA as built, bf16 and int8 on the CPU as the CPU reports', async () => {
     if (!cudaAvailable()) {
       await expect(MotivNet.load({ model: 'tiny', device: 'cuda' })).rejects.toThrow(/has no CUDA support/);
     }
@@ -22,6 +22,9 @@ describe('native core', () => {
     const flags = readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1]?.split(/\s+/) ?? [];
     const cpuHasAmx = flags.includes('amx_tile') && flags.includes('amx_bf16');
     expect(cpuBf16Available()).toBe(cpuHasAmx && process.env.MOTIVNET_AMX !== 'off');
+    // int8 needs AVX-512 F and BW with VNNI (CPUID leaf 7: EBX bits 16 and 30, ECX bit 11).
+    const cpuHasVnni = ['avx512f', 'avx512bw', 'avx512_vnni'].every((f) => flags.includes(f));
+    expect(cpuInt8Available()).toBe(cpuHasVnni && process.env.MOTIVNET_INT8 !== 'off');
   });
 
   it('reads a config file and names what is wrong in a bad one', () => {

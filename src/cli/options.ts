@@ -10,9 +10,14 @@ export const num = (what: string) => (v: string) => {
   if (v.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError(`${what} must be a number, got '${v}'`);
   return n;
 };
-/** `--precision` of every command that loads a model; unset means the model's default, f32. */
-export const precisionOption = () =>
-  new Option('--precision <p>', 'compute dtype: f32 (default), or bf16 on CUDA or on a CPU with AMX tiles (weights stay f32 in training)').choices(['f32', 'bf16']);
+/**
+ * `--precision` of every command that loads a model; unset means the model's default, f32.
+ * `training`: for `train`, which cannot take int8 (inference only).
+ */
+export const precisionOption = ({ training = false } = {}) =>
+  training
+    ? new Option('--precision <p>', 'compute dtype: f32 (default), or bf16 on CUDA or on a CPU with AMX tiles (weights stay f32)').choices(['f32', 'bf16'])
+    : new Option('--precision <p>', 'compute dtype: f32 (default), bf16 on CUDA or on a CPU with AMX tiles, or int8 on a CPU with AVX512-VNNI (the encoder\'s products)').choices(['f32', 'bf16', 'int8']);
 
 export const int = (what: string) => (v: string) => {
   const n = num(what)(v);

@@ -55,7 +55,7 @@ export function trainCommand(program: Command): void {
     .option('--out <rundir>', 'run folder: config, metrics, plots, checkpoints')
     .option('--config <file>', 'a JSON or YAML file with any of these settings (flags win)')
     .option('--device <device>', 'cpu (default), cuda or cuda:N')
-    .addOption(precisionOption())
+    .addOption(precisionOption({ training: true }))
     .option('--seed <s>', 'seed of the sample, split, order, initial weights and dropout (default 0)', int('--seed'))
     .option('--threads <n>', 'preprocessing workers (default: the number of cores)', int('--threads'))
     .option('--prefetch <n>', 'batches decoded ahead (default 2)', int('--prefetch'))
