@@ -14,7 +14,8 @@ export function machine() {
 }
 
 /**
- * The vector units that decide our kernels and the peers' (Linux): AVX-512, AVX512_BF16 and AMX.
+ * The vector units that decide our kernels and the peers' (Linux): AVX-512, AVX512_VNNI, AVX512_BF16
+ * and AMX.
  * Two machines that share a CPU name may differ here (a virtual machine may hide AMX), and
  * their numbers differ with them, so the name alone does not say which machine a row is from.
  */
@@ -22,7 +23,7 @@ function vectorFeatures() {
   if (!existsSync('/proc/cpuinfo')) return '';
   const flags = new Set((readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1] ?? '').trim().split(/\s+/));
   const has = (flag, name) => (flags.has(flag) ? name : `no ${name}`);
-  return [has('avx512f', 'AVX-512'), has('avx512_bf16', 'AVX512_BF16'), has('amx_bf16', 'AMX')].join(', ');
+  return [has('avx512f', 'AVX-512'), has('avx512_vnni', 'AVX512_VNNI'), has('avx512_bf16', 'AVX512_BF16'), has('amx_bf16', 'AMX')].join(', ');
 }
 
 export function referenceMissing() {

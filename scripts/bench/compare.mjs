@@ -4,9 +4,9 @@
 // - PyTorch eager (the reference model as the upstream code builds it, attention through
 //   `scaled_dot_product_attention`, default AdamW) and `torch.compile` of it: inference and
 //   train steps;
-// - ONNX Runtime through onnxruntime-node, and OpenVINO in f32 and in its default precision
-//   (bf16 on CPUs with AVX512_BF16 or AMX), on the model exported with `torch.onnx.export`:
-//   inference;
+// - ONNX Runtime through onnxruntime-node, in f32 and with its dynamic int8 quantization, and
+//   OpenVINO in f32 and in its default precision (bf16 on CPUs with AVX512_BF16 or AMX), on the
+//   model exported with `torch.onnx.export`: inference;
 // - end to end from JPEG files: the reference's loader in its own process and as a
 //   DataLoader with one worker per core.
 //
@@ -15,8 +15,8 @@
 // of its iterations; rows give the median of the rounds with their min-max. Memory: each
 // process's peak resident memory, and that peak minus the process's resident memory with its
 // libraries loaded and before the model was built. The roofline: GFLOP/s of each side from
-// the model's FLOPs, against a 2048^3 matmul measured here in f32 (our kernels) and bf16
-// (PyTorch's). Results go to docs/BENCHMARKS.md and docs/benchmarks/compare.json.
+// the model's FLOPs, against a 2048^3 matmul measured here in f32 (our kernels), bf16
+// (PyTorch's) and int8 (our VNNI kernel). Results go to docs/BENCHMARKS.md and docs/benchmarks/compare.json.
 //
 //   BENCH_CASES (comma list of case ids), BENCH_THREADS (default 2), BENCH_ROUNDS (override)
 //   Needs scripts/reference/setup and scripts/bench/setup-peers (once).
@@ -33,7 +33,7 @@ const threads = Number(process.env.BENCH_THREADS ?? 2);
 const onnxDir = path.join(root, '.cache/bench/onnx');
 const { resolveModelConfig } = await import(path.join(root, 'dist/index.js'));
 
-const INFERENCE_PEERS = ['torch-eager', 'torch-compile', 'torch-eager-bf16', 'onnxruntime', 'openvino-f32', 'openvino-default'];
+const INFERENCE_PEERS = ['torch-eager', 'torch-compile', 'torch-eager-bf16', 'onnxruntime', 'onnxruntime-int8', 'openvino-f32', 'openvino-default'];
 const TRAIN_PEERS = ['torch-eager', 'torch-compile', 'torch-eager-bf16'];
 const CASES = [
   { id: 'forward-tiny', name: 'inference forward, tiny, batch 8', preset: 'tiny', batch: 8, kind: 'forward', iters: 10, rounds: 5, peers: INFERENCE_PEERS },
@@ -48,6 +48,7 @@ const PEER_NAMES = {
   'torch-compile': 'PyTorch torch.compile',
   'torch-eager-bf16': 'PyTorch eager, torch.autocast bf16',
   onnxruntime: 'ONNX Runtime (onnxruntime-node)',
+  'onnxruntime-int8': 'ONNX Runtime, dynamic int8 (onnxruntime-node)',
   'openvino-f32': 'OpenVINO f32',
   'openvino-default': 'OpenVINO default precision',
   'torch-loader-serial': 'PyTorch, loader in its process',
@@ -72,11 +73,14 @@ function runOurs(c, precision = 'f32') {
   return { ms: c.kind === 'forward' ? j.forwardMs : j.trainStepMs, peakMb: j.peakRssMb, baselineMb: j.baselineRssMb, precision: j.precision };
 }
 
-/** Whether our bf16 runs here (a CPU with AMX): asked of the binary, which refuses it otherwise. */
-function oursBf16Available() {
-  const r = spawnSync(oursBin, ['--model', 'tiny', '--batch', '1', '--iters', '1', '--warmup', '0', '--precision', 'bf16', '--skip-train'], { encoding: 'utf8', env: threadEnv });
+/**
+ * Whether our `precision` (bf16: a CPU with AMX; int8: a CPU with AVX512-VNNI) runs here: asked
+ * of the binary, which refuses it otherwise.
+ */
+function oursRuns(precision) {
+  const r = spawnSync(oursBin, ['--model', 'tiny', '--batch', '1', '--iters', '1', '--warmup', '0', '--precision', precision, '--skip-train'], { encoding: 'utf8', env: threadEnv });
   if (r.status === 0) return true;
-  console.log(`our bf16 does not run here (${(r.stderr || r.stdout).trim().split('\n').pop()}): bf16 peers are compared with our f32`);
+  console.log(`our ${precision} does not run here (${(r.stderr || r.stdout).trim().split('\n').pop()}): ${precision} peers are compared with our f32`);
   return false;
 }
 
@@ -86,6 +90,17 @@ function onnxFile(c) {
     console.log(`exporting ${path.relative(root, file)}`);
     const r = spawnSync(python, [path.join(root, 'scripts/reference/export_onnx.py'), '--preset', c.preset, '--batch', String(c.batch), '--out', file], { encoding: 'utf8', env: threadEnv });
     if (r.status !== 0) throw new Error(`ONNX export of ${c.preset} failed: ${r.stderr.trim().split('\n').slice(-3).join(' / ')}`);
+  }
+  return file;
+}
+
+/** The f32 export quantized as ONNX Runtime's users quantize it (dynamic int8). */
+function onnxInt8File(c) {
+  const file = path.join(onnxDir, `${c.preset}-b${c.batch}-int8.onnx`);
+  if (!existsSync(file)) {
+    console.log(`quantizing ${path.relative(root, file)}`);
+    const r = spawnSync(python, [path.join(root, 'scripts/reference/quantize_onnx.py'), '--onnx', onnxFile(c), '--out', file], { encoding: 'utf8', env: threadEnv });
+    if (r.status !== 0) throw new Error(`int8 quantization of ${c.preset} failed: ${r.stderr.trim().split('\n').slice(-3).join(' / ')}`);
   }
   return file;
 }
@@ -107,9 +122,11 @@ function runPeer(c, peer) {
       return torch(['--dir', jpegDir]);
     case 'torch-loader-workers':
       return torch(['--dir', jpegDir, '--workers', String(threads)]);
-    case 'onnxruntime': {
-      const j = json(spawnSync(process.execPath, [path.join(root, 'scripts/bench/peers/ort.mjs'), onnxFile(c), String(threads), String(c.iters), '1'], { encoding: 'utf8', env: threadEnv }), 'onnxruntime-node');
-      return { ms: j.ms, peakMb: j.peakRssMb, baselineMb: j.baselineRssMb, version: `onnxruntime-node ${j.version}`, precision: 'f32' };
+    case 'onnxruntime':
+    case 'onnxruntime-int8': {
+      const int8 = peer === 'onnxruntime-int8';
+      const j = json(spawnSync(process.execPath, [path.join(root, 'scripts/bench/peers/ort.mjs'), int8 ? onnxInt8File(c) : onnxFile(c), String(threads), String(c.iters), '1'], { encoding: 'utf8', env: threadEnv }), peer);
+      return { ms: j.ms, peakMb: j.peakRssMb, baselineMb: j.baselineRssMb, version: `onnxruntime-node ${j.version}`, precision: int8 ? 'int8' : 'f32' };
     }
     case 'openvino-f32':
     case 'openvino-default': {
@@ -164,28 +181,37 @@ const roofline = {
   torch: json(spawnSync(python, [path.join(root, 'scripts/reference/bench_model.py'), '--case', 'roofline', '--threads', String(threads), '--iters', '5'], { encoding: 'utf8', env: threadEnv }), 'roofline (PyTorch)'),
 };
 // Our own AMX kernel's product, where this CPU has one: not the roof (PyTorch's is higher), the
-// measure of how far our bf16 products are from it.
+// measure of how far our bf16 products are from it. Our int8 kernel's product, where the CPU
+// has VNNI: the roof of int8 rows.
 const oursBf16Roof = spawnSync(oursBin, ['--roofline', '--precision', 'bf16', '--iters', '5'], { encoding: 'utf8', env: threadEnv });
+const oursInt8Roof = spawnSync(oursBin, ['--roofline', '--precision', 'int8', '--iters', '5'], { encoding: 'utf8', env: threadEnv });
 const roof = {
   f32OursGflops: roofline.f32,
   f32TorchGflops: roofline.torch.f32Gflops,
   bf16TorchGflops: roofline.torch.bf16Gflops,
   bf16OursGflops: oursBf16Roof.status === 0 ? json(oursBf16Roof, 'roofline bf16 (ours)').gflops : null,
+  int8OursGops: oursInt8Roof.status === 0 ? json(oursInt8Roof, 'roofline int8 (ours)').gflops : null,
   // What no f32 product can pass: the threads' multiply-adds alone (AVX-512).
   fmaPeakGflops: oursRoof.fmaPeakGflops ?? null,
 };
 // The f32 roof: the faster of the two matmuls (PyTorch's library or our `gemm`).
 const f32Roof = Math.max(roof.f32OursGflops, roof.f32TorchGflops);
-console.log(`roofline, ${threads} threads: f32 ${roof.f32OursGflops.toFixed(0)} GFLOP/s (ours), ${roof.f32TorchGflops.toFixed(0)} (PyTorch); bf16 ${roof.bf16TorchGflops.toFixed(0)} (PyTorch); multiply-add peak ${roof.fmaPeakGflops?.toFixed(0) ?? '-'}`);
+console.log(`roofline, ${threads} threads: f32 ${roof.f32OursGflops.toFixed(0)} GFLOP/s (ours), ${roof.f32TorchGflops.toFixed(0)} (PyTorch); bf16 ${roof.bf16TorchGflops.toFixed(0)} (PyTorch); int8 ${roof.int8OursGops?.toFixed(0) ?? '-'} GOP/s (ours); multiply-add peak ${roof.fmaPeakGflops?.toFixed(0) ?? '-'}`);
+
+/** The roof of rows computed in `precision`: a large matmul's rate in it, here. */
+function roofOf(precision) {
+  return { f32: f32Roof, bf16: roof.bf16TorchGflops, int8: roof.int8OursGops ?? NaN }[precision];
+}
 
 const rows = [];
 const versions = new Set();
-const bf16Here = selected.some((c) => c.kind === 'forward' || c.kind === 'train') && oursBf16Available();
+const bf16Here = selected.some((c) => c.kind === 'forward' || c.kind === 'train') && oursRuns('bf16');
+const int8Here = selected.some((c) => c.kind === 'forward') && oursRuns('int8');
 for (const c of selected) {
   const rounds = Number(process.env.BENCH_ROUNDS ?? c.rounds);
   // Our bf16 runs beside our f32 where a bf16 peer is compared (inference and train steps on a
-  // CPU with AMX).
-  const oursPrecisions = c.kind !== 'e2e' && bf16Here ? ['f32', 'bf16'] : ['f32'];
+  // CPU with AMX), and our int8 where an int8 peer is (inference on a CPU with VNNI).
+  const oursPrecisions = ['f32', ...(c.kind !== 'e2e' && bf16Here ? ['bf16'] : []), ...(c.kind === 'forward' && int8Here ? ['int8'] : [])];
   const ours = Object.fromEntries(oursPrecisions.map((p) => [p, []]));
   const peers = Object.fromEntries(c.peers.map((p) => [p, []]));
   for (let r = 0; r < rounds; r++) {
@@ -201,7 +227,8 @@ for (const c of selected) {
   // ONNX Runtime's CPU provider has no bf16 on x86 (its bf16 fast math is for Arm64), so a
   // user who picks it runs f32: its forward meets our f32 and, as a second row, our bf16, whose
   // accuracy cost docs/BENCHMARKS.md states.
-  const pairs = c.peers.map((p) => [p, peers[p][0].precision === 'bf16' && ours.bf16 ? 'bf16' : 'f32']);
+  // An int8 peer (ONNX Runtime's dynamic quantization) meets our int8 where it runs.
+  const pairs = c.peers.map((p) => [p, peers[p][0].precision !== 'f32' && ours[peers[p][0].precision] ? peers[p][0].precision : 'f32']);
   if (c.kind === 'train' && ours.bf16) pairs.splice(1, 0, ['torch-eager', 'bf16']);
   if (c.kind === 'forward' && ours.bf16 && peers.onnxruntime) {
     pairs.splice(pairs.findIndex(([p]) => p === 'onnxruntime') + 1, 0, ['onnxruntime', 'bf16']);
@@ -217,11 +244,11 @@ for (const c of selected) {
     const ratio = o.median / q.median;
     // The targets of the comparison: train steps at half PyTorch eager's time or less,
     // inference ahead of OpenVINO at the same precision and at 0.7 of ONNX Runtime or less.
-    const target = c.kind === 'train' && p === 'torch-eager' ? 0.5 : c.kind === 'forward' && p === 'onnxruntime' ? 0.7 : c.kind === 'forward' && p.startsWith('openvino') ? 1.0 : null;
+    const target = c.kind === 'train' && p === 'torch-eager' ? 0.5 : c.kind === 'forward' && p.startsWith('onnxruntime') ? 0.7 : c.kind === 'forward' && p.startsWith('openvino') ? 1.0 : null;
     // A ratio counts for the target where ours computes at the peer's precision or a finer
     // one (our f32 against a bf16 peer, where our bf16 does not run), and where our bf16 is the
     // means the target allows: train steps, and ONNX Runtime, which has no bf16 here.
-    const precisionCounts = oursPrecision === 'f32' || oursPrecision === precision || c.kind === 'train' || p === 'onnxruntime';
+    const precisionCounts = oursPrecision === 'f32' || oursPrecision === precision || c.kind === 'train' || (p === 'onnxruntime' && oursPrecision === 'bf16');
     const peerAbove = Math.max(...runs.map((x) => x.peakMb - x.baselineMb));
     const gflops = (ms) => (flops ? flops / (ms * 1e6) : null);
     rows.push({
@@ -245,8 +272,8 @@ for (const c of selected) {
       memoryMet: oursAbove <= peerAbove,
       oursGflops: gflops(o.median),
       referenceGflops: gflops(q.median),
-      oursRoofFraction: flops ? gflops(o.median) / (oursPrecision === 'bf16' ? roof.bf16TorchGflops : f32Roof) : null,
-      referenceRoofFraction: flops ? gflops(q.median) / (precision === 'bf16' ? roof.bf16TorchGflops : f32Roof) : null,
+      oursRoofFraction: flops ? gflops(o.median) / roofOf(oursPrecision) : null,
+      referenceRoofFraction: flops ? gflops(q.median) / roofOf(precision) : null,
       rounds,
       date: new Date().toISOString().slice(0, 10),
     });
@@ -285,7 +312,7 @@ function report(rows, roof, versions, date, machineName) {
   const verdict = (r) => (r.target === null ? '-' : `${r.met ? 'yes' : '**no**'} (${f(r.target, 1)})`);
   const table = rows.map(
     (r) =>
-      `| ${r.name} | ${r.peer}${r.peerPrecision !== 'f32' ? ` (${r.peerPrecision})` : ''} | ${r.oursPrecision === 'bf16' ? '(bf16) ' : ''}${f(r.oursMs)} (${f(r.oursMinMs)}-${f(r.oursMaxMs)}) | ${f(r.referenceMs)} (${f(r.referenceMinMs)}-${f(r.referenceMaxMs)}) | ${f(r.ratio, 2)} | ${verdict(r)} | ${f(r.oursGflops, 0)} (${pct(r.oursRoofFraction)}) | ${f(r.referenceGflops, 0)} (${pct(r.referenceRoofFraction)}) | ${f(r.oursAboveBaselineMb, 0)} / ${f(r.referenceAboveBaselineMb, 0)}${r.memoryMet ? '' : ' **(more)**'} | ${f(r.oursPeakMb, 0)} / ${f(r.referencePeakMb, 0)} |`,
+      `| ${r.name} | ${r.peer}${r.peerPrecision !== 'f32' ? ` (${r.peerPrecision})` : ''} | ${r.oursPrecision !== 'f32' ? `(${r.oursPrecision}) ` : ''}${f(r.oursMs)} (${f(r.oursMinMs)}-${f(r.oursMaxMs)}) | ${f(r.referenceMs)} (${f(r.referenceMinMs)}-${f(r.referenceMaxMs)}) | ${f(r.ratio, 2)} | ${verdict(r)} | ${f(r.oursGflops, 0)} (${pct(r.oursRoofFraction)}) | ${f(r.referenceGflops, 0)} (${pct(r.referenceRoofFraction)}) | ${f(r.oursAboveBaselineMb, 0)} / ${f(r.referenceAboveBaselineMb, 0)}${r.memoryMet ? '' : ' **(more)**'} | ${f(r.oursPeakMb, 0)} / ${f(r.referencePeakMb, 0)} |`,
   );
   // The train target in f32 against the machine's limit: half PyTorch eager's step time needs
   // twice its GFLOP/s.
@@ -312,9 +339,12 @@ or less. A bf16 peer is compared with our \`precision: 'bf16'\` (products on AMX
 column) where this CPU has AMX, else with our f32, which counts where it is faster. Where our bf16 runs, train steps are compared with PyTorch eager twice, our
 f32 and our bf16 (the encoder's Linear products on the tiles, forward and backward; its accuracy cost is measured
 below). ONNX Runtime, which computes in f32 on x86 (its CPU provider's bf16 is for Arm64 only), is compared twice
-there too: with our f32 and with our bf16 (its accuracy cost is under "bf16 on the CPU" below). GFLOP/s from the model's FLOPs,
+there too: with our f32 and with our bf16 (its accuracy cost is under "bf16 on the CPU" below). ONNX Runtime's dynamic
+int8 (\`quantize_dynamic\` of the same export: int8 weights with a scale per output channel, uint8 activations quantized
+as it runs) is compared with our \`precision: 'int8'\` (the encoder's Linear products on VNNI, marked "(int8)"; its
+accuracy cost is under "int8 on the CPU" below) where this CPU has AVX512-VNNI, else with our f32. GFLOP/s from the model's FLOPs,
 with the fraction of this machine's roof: a 2048^3 matmul, in f32 the faster of ours (${f(roof.f32OursGflops, 0)} GFLOP/s) and
-PyTorch's (${f(roof.f32TorchGflops, 0)}), and ${f(roof.bf16TorchGflops, 0)} in bf16 (PyTorch${roof.bf16OursGflops ? ', AMX' : ''}), the roof of bf16 rows${roof.bf16OursGflops ? ` (our AMX kernel's: ${f(roof.bf16OursGflops, 0)})` : ''}.${roof.fmaPeakGflops ? ` The threads' f32 multiply-adds alone, without a load or a store, reach ${f(roof.fmaPeakGflops, 0)} GFLOP/s: no f32 product passes that.` : ''}${trainLimit} Memory in MB:
+PyTorch's (${f(roof.f32TorchGflops, 0)}), and ${f(roof.bf16TorchGflops, 0)} in bf16 (PyTorch${roof.bf16OursGflops ? ', AMX' : ''}), the roof of bf16 rows${roof.bf16OursGflops ? ` (our AMX kernel's: ${f(roof.bf16OursGflops, 0)})` : ''}${roof.int8OursGops ? `; int8 rows count GOP/s against our int8 kernel's ${f(roof.int8OursGops, 0)}` : ''}.${roof.fmaPeakGflops ? ` The threads' f32 multiply-adds alone, without a load or a store, reach ${f(roof.fmaPeakGflops, 0)} GFLOP/s: no f32 product passes that.` : ''}${trainLimit} Memory in MB:
 each process's peak minus its resident memory with its libraries loaded and before the model was built ("above
 baseline", ours / peer), and the absolute peak.
 

@@ -8,19 +8,17 @@
 // f32 runs (seeds 0 and 1): how far two runs differ that only a seed tells apart. Results go to
 // docs/BENCHMARKS.md and docs/benchmarks/train-bf16.json. Where the CPU has no AMX the script
 // says so and stops.
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import { machine, root, writeJson, writeSection } from './common.mjs';
+import { compare, demoData, demoTestSet, outputsOf } from './demo-test-set.mjs';
 
-const { MotivNet, cpuBf16Available } = await import(path.join(root, 'dist/index.js'));
+const { cpuBf16Available } = await import(path.join(root, 'dist/index.js'));
 const { train } = await import(path.join(root, 'dist/train/trainer.js'));
-const { synthesize } = await import(path.join(root, 'dist/synth/generate.js'));
-const { DEMO_DATA, DEMO_TRAINING } = await import(path.join(root, 'dist/demo-recipe.js'));
+const { DEMO_TRAINING } = await import(path.join(root, 'dist/demo-recipe.js'));
 const { PreprocessPool } = await import(path.join(root, 'dist/preprocess/index.js'));
-const { batches } = await import(path.join(root, 'dist/preprocess/batcher.js'));
-const { dataSource, readSet } = await import(path.join(root, 'dist/train/dataset.js'));
 
 if (!cpuBf16Available()) {
   console.log('this CPU has no AMX tiles (or MOTIVNET_AMX=off): bf16 training does not run here, nothing to measure');
@@ -29,56 +27,11 @@ if (!cpuBf16Available()) {
 
 const SEEDS = [0, 1];
 
-async function demoData() {
-  const dir = path.join(root, '.cache', 'demo', `faces-seed${DEMO_DATA.seed}`);
-  const marker = path.join(dir, 'synth.json');
-  const wanted = JSON.stringify(DEMO_DATA);
-  if (!(existsSync(marker) && readFileSync(marker, 'utf8') === wanted)) {
-    console.log(`drawing the demo's faces into ${path.relative(root, dir)}`);
-    await synthesize({ ...DEMO_DATA, out: dir });
-    writeFileSync(marker, wanted);
-  }
-  return dir;
-}
-
 const data = await demoData();
-const settings = { data, format: 'affectnet', classes: 8, cropToFace: true };
-const testSet = (await readSet(dataSource(settings), 'test', settings)).samples;
+const testSet = await demoTestSet(data);
 const work = mkdtempSync(path.join(os.tmpdir(), 'motivnet-train-bf16-'));
 const quiet = { log: () => {}, progressStream: { write: () => true, isTTY: false } };
 const pool = new PreprocessPool({ threads: 2 });
-
-/** The logits of every test image (face crops, as the test metrics see them), in f32. */
-async function logitsOf(weights) {
-  const model = await MotivNet.load({ model: DEMO_TRAINING.model, weights });
-  const { inputWidth: minWidth, inputHeight: minHeight } = model.config.encoder;
-  const rows = [];
-  for await (const batch of batches(testSet, { batchSize: 8, decode: (t) => pool.decode(t), minWidth, minHeight, maxPixels: 64 << 20 })) {
-    const r = await model.evaluate(batch, batch.labels);
-    for (let i = 0; i < batch.labels.length; i++) {
-      rows.push({ logits: r.logits.subarray(i * 8, i * 8 + 8), probabilities: r.probabilities.subarray(i * 8, i * 8 + 8) });
-    }
-  }
-  model.dispose();
-  return rows;
-}
-
-/** Top-1 agreement and the largest differences between two models' outputs on the test set. */
-function compare(a, b) {
-  const top = (v) => v.indexOf(Math.max(...v));
-  let agree = 0;
-  let logit = 0;
-  let probability = 0;
-  a.forEach((x, i) => {
-    const y = b[i];
-    if (top(x.logits) === top(y.logits)) agree++;
-    for (let c = 0; c < x.logits.length; c++) {
-      logit = Math.max(logit, Math.abs(x.logits[c] - y.logits[c]));
-      probability = Math.max(probability, Math.abs(x.probabilities[c] - y.probabilities[c]));
-    }
-  });
-  return { images: a.length, top1Agreement: agree, maxLogitDiff: logit, maxProbabilityDiff: probability };
-}
 
 const results = [];
 const f32Logits = [];
@@ -90,7 +43,7 @@ try {
       const started = performance.now();
       const r = await train({ ...DEMO_TRAINING, data, out, seed, precision, threads: 2 }, quiet);
       const seconds = (performance.now() - started) / 1000;
-      runs[precision] = { test: r.test, seconds, logits: await logitsOf(path.join(out, 'checkpoints', 'best.safetensors')) };
+      runs[precision] = { test: r.test, seconds, logits: await outputsOf(path.join(out, 'checkpoints', 'best.safetensors'), testSet, pool) };
       console.log(`seed ${seed}, ${precision}: test accuracy ${(100 * r.test.accuracy).toFixed(2)}%, loss ${r.test.loss.toFixed(4)}, ${seconds.toFixed(0)} s`);
     }
     f32Logits.push(runs.f32.logits);
