@@ -14,7 +14,7 @@
 //! sums are exact (at most 255 x 127 x 4 per lane and step, far from i32's range for any k a
 //! model here has); what int8 loses is the rounding of both operands to 8 bits.
 //!
-//! A tile is 6 rows by 64 columns (24 accumulators); a task takes 48 rows and sweeps every
+//! A tile is 6 rows by 64 columns (24 accumulators); a task takes 96 rows and sweeps every
 //! column panel of B across them, so a panel is read from memory once per task.
 
 use std::sync::OnceLock;
@@ -28,8 +28,8 @@ use super::gelu::gelu_in_place;
 pub const TILE_COLS: usize = 64;
 /// Input rows a tile computes.
 const TILE_ROWS: usize = 6;
-/// Rows one task multiplies against all of B (eight tiles).
-const ROWS_PER_TASK: usize = 48;
+/// Rows one task multiplies against all of B (sixteen tiles).
+const ROWS_PER_TASK: usize = 96;
 /// Values of k one `vpdpbusd` lane sums.
 const K_GROUP: usize = 4;
 
@@ -119,19 +119,29 @@ impl PackedI8 {
     }
 }
 
-/// Rows of f32 quantized to u8, each with its scale and zero point: x = scale (q - zero).
-struct QuantizedRows {
-    /// m rows of kp bytes (past k: the zero point, which the weight's zero padding ignores).
+/// Rows of f32 quantized to u8, each with its scale and zero point: x = scale (q - zero). A
+/// product's left operand, made from f32 rows ([`linear_rows`] does it) or by the product
+/// before it ([`linear_gelu_rows_quantized`]).
+#[derive(Default)]
+pub struct QuantizedRows {
+    /// Values per row.
+    k: usize,
+    /// Bytes per row: k rounded up to a group of four.
+    kp: usize,
+    /// The rows, kp bytes each (past k: the zero point, which the weight's zero padding
+    /// ignores).
     data: Vec<u8>,
     scales: Vec<f32>,
     zeros: Vec<i32>,
 }
 
 impl QuantizedRows {
-    /// Quantizes the m rows of `x` (k wide), padded to kp, over rayon's threads.
-    fn of(x: &[f32], k: usize, kp: usize) -> Self {
+    /// Quantizes the rows of `x` (k wide), over rayon's threads.
+    pub fn of(x: &[f32], k: usize) -> Self {
         let m = x.len() / k.max(1);
-        let mut out = Self { data: vec![0u8; m * kp], scales: vec![0f32; m], zeros: vec![0i32; m] };
+        assert_eq!(x.len(), m * k, "int8::QuantizedRows::of: x is not whole rows of {k}");
+        let mut out = Self::zeroed(m, k);
+        let kp = out.kp;
         out.data
             .par_chunks_mut(kp.max(1))
             .zip(out.scales.par_iter_mut())
@@ -140,6 +150,24 @@ impl QuantizedRows {
             .with_min_len(16)
             .for_each(|(r, ((q, scale), zero))| (*scale, *zero) = quantize_row(&x[r * k..][..k], q));
         out
+    }
+
+    /// m rows of k values, every byte, scale and zero point 0 until written.
+    fn zeroed(m: usize, k: usize) -> Self {
+        let kp = k.next_multiple_of(K_GROUP);
+        Self { k, kp, data: vec![0u8; m * kp], scales: vec![0f32; m], zeros: vec![0i32; m] }
+    }
+
+    /// How many rows.
+    pub fn rows(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// Row i as it is multiplied: scale (q - zero) for each of its k values.
+    #[cfg(test)]
+    fn dequantized_row(&self, i: usize) -> Vec<f32> {
+        let (scale, zero) = (self.scales[i], self.zeros[i] as f32);
+        self.data[i * self.kp..][..self.k].iter().map(|&q| scale * (f32::from(q) - zero)).collect()
     }
 }
 
@@ -179,22 +207,29 @@ fn scale_and_zero(low: f32, high: f32) -> (f32, f32) {
     (scale, (-low / scale).round_ties_even().clamp(0.0, 255.0))
 }
 
-/// A pointer to the output that rayon's tasks share; each writes its own rows and columns.
+/// A pointer into an output that rayon's tasks share; each writes its own rows and columns.
 #[derive(Clone, Copy)]
-struct Output(*mut f32);
-// SAFETY: the tasks write disjoint tiles; see `linear_rows`.
-unsafe impl Send for Output {}
-unsafe impl Sync for Output {}
+struct Shared<T>(*mut T);
+// SAFETY: the tasks write disjoint parts; see `multiply`.
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
 
-impl Output {
-    /// The float `offset` floats on.
+impl<T> Shared<T> {
+    /// The element `offset` elements on.
     ///
     /// # Safety
     /// `offset` lies inside the output.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
+    unsafe fn at(self, offset: usize) -> *mut T {
         // SAFETY: the caller's promise.
         unsafe { self.0.add(offset) }
     }
+}
+
+/// A product's left operand: f32 rows (quantized at the call), or rows already quantized.
+#[derive(Clone, Copy)]
+pub enum Input<'a> {
+    F32(&'a [f32]),
+    Quantized(&'a QuantizedRows),
 }
 
 /// x W^T + b, then `finish` (GELU, or a residual of m x n added), with x's rows quantized to
@@ -202,25 +237,97 @@ impl Output {
 /// (and, when there are few, B's panels) over rayon's threads.
 ///
 /// Panics where [`available`] does not hold, or when the lengths do not fit.
-pub fn linear_rows(x: &[f32], w: &PackedI8, bias: &[f32], finish: Finish) -> Vec<f32> {
-    assert!(available(), "int8::linear_rows: this CPU has no AVX512-VNNI");
-    let (k, n) = (w.k, w.n);
-    let m = x.len() / k.max(1);
-    assert!(x.len() == m * k && bias.len() == n, "int8::linear_rows: x, W and the bias do not fit");
+pub fn linear_rows(x: Input, w: &PackedI8, bias: &[f32], finish: Finish) -> Vec<f32> {
+    let quantized;
+    let a = match x {
+        Input::F32(values) => {
+            assert_eq!(values.len() % w.k.max(1), 0, "int8::linear_rows: x is not whole rows of {}", w.k);
+            quantized = QuantizedRows::of(values, w.k);
+            &quantized
+        }
+        Input::Quantized(rows) => rows,
+    };
+    let (m, n) = (a.rows(), w.n);
     if let Finish::Add(addend) = finish {
         assert_eq!(addend.len(), m * n, "int8::linear_rows: the addend is not m x n");
     }
-    let a = QuantizedRows::of(x, k, w.kp);
-    let padded_bias: Vec<f32> = bias.iter().copied().chain(std::iter::repeat(0.0)).take(w.np).collect();
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
-    let out = Output(y.as_mut_ptr());
+    multiply(a, w, bias, finish, Dest::F32(Shared(y.as_mut_ptr())));
+    // SAFETY: `multiply` wrote every value of the m x n output.
+    unsafe { y.set_len(m * n) };
+    y
+}
+
+/// GELU(x W^T + b) quantized row by row: the MLP's hidden layer made ready for fc2 without
+/// being stored in f32. Each task quantizes its rows once all their columns are done, while
+/// they are in its cache; the values equal [`QuantizedRows::of`] applied to [`linear_rows`]
+/// with GELU. (Where the rows are too few for every thread to hold whole rows, that is what
+/// runs.) At sapiens-0.3b's 3072 tokens the f32 hidden layer is 50 MB a block: written,
+/// faulted in page by page and read back once more to be quantized.
+///
+/// Panics where [`available`] does not hold, or when the lengths do not fit.
+pub fn linear_gelu_rows_quantized(x: &[f32], w: &PackedI8, bias: &[f32]) -> QuantizedRows {
+    assert_eq!(x.len() % w.k.max(1), 0, "int8::linear_gelu_rows_quantized: x is not whole rows of {}", w.k);
+    let a = QuantizedRows::of(x, w.k);
+    if a.rows().div_ceil(ROWS_PER_TASK) < rayon::current_num_threads() {
+        let y = linear_rows(Input::Quantized(&a), w, bias, Finish::Gelu);
+        return QuantizedRows::of(&y, w.n);
+    }
+    let mut out = QuantizedRows::zeroed(a.rows(), w.n);
+    let dest = Dest::Quantized {
+        data: Shared(out.data.as_mut_ptr()),
+        scales: Shared(out.scales.as_mut_ptr()),
+        zeros: Shared(out.zeros.as_mut_ptr()),
+        kp: out.kp,
+    };
+    multiply(&a, w, bias, Finish::Gelu, dest);
+    out
+}
+
+/// Where a product's values go.
+#[derive(Clone, Copy)]
+enum Dest {
+    /// f32 rows, m x n, row-major.
+    F32(Shared<f32>),
+    /// A [`QuantizedRows`] of m rows of n: each task finishes its rows' columns in a buffer of
+    /// its own, then quantizes them.
+    Quantized { data: Shared<u8>, scales: Shared<f32>, zeros: Shared<i32>, kp: usize },
+}
+
+/// The product of `a` and `w` plus the bias, then `finish`, into `dest`, on rayon's threads:
+/// tasks of [`ROWS_PER_TASK`] rows, and where those are fewer than the threads (never for a
+/// quantized destination) B's panels shared out too.
+fn multiply(a: &QuantizedRows, w: &PackedI8, bias: &[f32], finish: Finish, dest: Dest) {
+    assert!(available(), "int8: this CPU has no AVX512-VNNI");
+    assert!(
+        a.k == w.k && bias.len() == w.n,
+        "int8: x's rows ({}), W ({} x {}) and the bias ({}) do not fit",
+        a.k,
+        w.n,
+        w.k,
+        bias.len()
+    );
+    let (m, n) = (a.rows(), w.n);
+    let padded_bias: Vec<f32> = bias.iter().copied().chain(std::iter::repeat(0.0)).take(w.np).collect();
     let row_tasks = m.div_ceil(ROWS_PER_TASK);
     let column_panels = w.np / TILE_COLS;
-    let column_parts = rayon::current_num_threads().div_ceil(row_tasks.max(1)).clamp(1, column_panels);
+    let column_parts = match dest {
+        Dest::F32(_) => rayon::current_num_threads().div_ceil(row_tasks.max(1)).clamp(1, column_panels),
+        Dest::Quantized { .. } => 1,
+    };
     (0..row_tasks * column_parts).into_par_iter().for_each(|t| {
         let (task, part) = (t / column_parts, t % column_parts);
         let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(m);
         let panels = column_panels * part / column_parts..column_panels * (part + 1) / column_parts;
+        // Where this task's rows go before they are quantized: a buffer of the thread's own.
+        let mut staged = STAGED.with(|cell| cell.take());
+        let (c0, c_stride) = match dest {
+            Dest::F32(y) => (y.0.wrapping_add(rows.start * n), n),
+            Dest::Quantized { .. } => {
+                staged.resize(staged.len().max(rows.len() * n), 0.0);
+                (staged.as_mut_ptr(), n)
+            }
+        };
         for p in panels {
             let (j0, cols) = (p * TILE_COLS, TILE_COLS.min(n - (p * TILE_COLS).min(n)));
             if cols == 0 {
@@ -235,13 +342,14 @@ pub fn linear_rows(x: &[f32], w: &PackedI8, bias: &[f32], finish: Finish) -> Vec
             };
             for r0 in rows.clone().step_by(TILE_ROWS) {
                 let tile_rows = TILE_ROWS.min(rows.end - r0);
-                // SAFETY: this task alone writes rows `rows` x columns j0..j0 + cols of y,
-                // which has room for m x n; a's rows r0..r0 + tile_rows exist.
+                // SAFETY: this task alone writes rows `rows` x columns j0..j0 + cols of the
+                // destination (y with room for m x n, or its own buffer of rows.len() x n);
+                // a's rows r0..r0 + tile_rows exist.
                 unsafe {
-                    let c = out.at(r0 * n + j0);
-                    tile(&a, r0, tile_rows, w.kp, panel, &columns, c, n);
+                    let c = c0.add((r0 - rows.start) * c_stride + j0);
+                    tile(a, r0, tile_rows, w.kp, panel, &columns, c, c_stride);
                     for r in 0..tile_rows {
-                        let row = std::slice::from_raw_parts_mut(c.add(r * n), cols);
+                        let row = std::slice::from_raw_parts_mut(c.add(r * c_stride), cols);
                         match finish {
                             Finish::None => {}
                             Finish::Gelu => gelu_in_place(row),
@@ -254,10 +362,28 @@ pub fn linear_rows(x: &[f32], w: &PackedI8, bias: &[f32], finish: Finish) -> Vec
                 }
             }
         }
+        if let Dest::Quantized { data, scales, zeros, kp } = dest {
+            for (i, r) in rows.clone().enumerate() {
+                // SAFETY: row r of the destination is this task's alone (column_parts is 1),
+                // kp bytes of m rows.
+                unsafe {
+                    let q = std::slice::from_raw_parts_mut(data.at(r * kp), kp);
+                    let (scale, zero) = quantize_row(&staged[i * n..][..n], q);
+                    (*scales.at(r), *zeros.at(r)) = (scale, zero);
+                }
+            }
+        }
+        STAGED.with(|cell| {
+            if cell.borrow().len() < staged.len() {
+                cell.replace(staged);
+            }
+        });
     });
-    // SAFETY: the tasks wrote every tile of the m x n output.
-    unsafe { y.set_len(m * n) };
-    y
+}
+
+thread_local! {
+    /// A task's rows before they are quantized ([`Dest::Quantized`]), reused from call to call.
+    static STAGED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// What a tile needs of its 64 output columns: W's scales and sums, the bias (all padded to
@@ -468,16 +594,16 @@ mod tests {
             let (x, wv, bias) = (values(m * k, 1), values(n * k, 2), values(n, 3));
             let w = PackedI8::from_weight(&wv, n, k);
             let want = expected(&x, &w, &bias);
-            let plain = linear_rows(&x, &w, &bias, Finish::None);
+            let plain = linear_rows(Input::F32(&x), &w, &bias, Finish::None);
             for (i, (g, e)) in plain.iter().zip(&want).enumerate() {
                 assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "({m}, {k}, {n}) at {i}: {g} against {e}");
             }
-            let gelu = linear_rows(&x, &w, &bias, Finish::Gelu);
+            let gelu = linear_rows(Input::F32(&x), &w, &bias, Finish::Gelu);
             let mut want_gelu = plain.clone();
             gelu_in_place(&mut want_gelu);
             assert_eq!(gelu, want_gelu, "({m}, {k}, {n}): GELU on the tiles");
             let addend = values(m * n, 4);
-            let added = linear_rows(&x, &w, &bias, Finish::Add(&addend));
+            let added = linear_rows(Input::F32(&x), &w, &bias, Finish::Add(&addend));
             let want_added: Vec<f32> = plain.iter().zip(&addend).map(|(v, a)| v + a).collect();
             assert_eq!(added, want_added, "({m}, {k}, {n}): the residual added");
         }
@@ -498,6 +624,37 @@ mod tests {
                 assert_eq!(got, quantize_row_portable(&row, &mut plain), "len {len}, shift {shift}");
                 assert_eq!(fast, plain, "len {len}, shift {shift}");
             }
+        }
+    }
+
+    /// The MLP's hidden layer quantized as each task finishes its rows: the same bytes, scales
+    /// and zero points as quantizing [`linear_rows`]' GELU output, whether the rows are many
+    /// (quantized in the tasks) or too few for the threads (quantized after); and a product
+    /// from rows already quantized equals the one that quantizes them itself.
+    #[test]
+    fn the_hidden_layer_quantized_in_the_tasks_equals_quantizing_it_after() {
+        if !checkable_here("the int8 hidden layer") {
+            return;
+        }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for &(m, k, n) in &[(7, 20, 70), (300, 40, 130), (193, 64, 64)] {
+            let (x, wv, bias) = (values(m * k, 7), values(n * k, 8), values(n, 9));
+            let w = PackedI8::from_weight(&wv, n, k);
+            pool.install(|| {
+                let fused = linear_gelu_rows_quantized(&x, &w, &bias);
+                let after = QuantizedRows::of(&linear_rows(Input::F32(&x), &w, &bias, Finish::Gelu), n);
+                assert_eq!(fused.rows(), m);
+                assert_eq!(fused.data, after.data, "({m}, {k}, {n}): the bytes differ");
+                assert_eq!(fused.scales, after.scales, "({m}, {k}, {n}): the scales differ");
+                assert_eq!(fused.zeros, after.zeros, "({m}, {k}, {n}): the zero points differ");
+                let (w2, b2) = (PackedI8::from_weight(&values(5 * n, 10), 5, n), values(5, 11));
+                let from_rows = linear_rows(Input::Quantized(&fused), &w2, &b2, Finish::None);
+                let hidden: Vec<f32> = (0..m).flat_map(|i| after.dequantized_row(i)).collect();
+                let requantized = linear_rows(Input::F32(&hidden), &w2, &b2, Finish::None);
+                for (a, b) in from_rows.iter().zip(&requantized) {
+                    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "({m}, {k}, {n}): {a} against {b}");
+                }
+            });
         }
     }
 

@@ -339,9 +339,9 @@ impl Module for Linear {
 }
 
 /// `residual` + fc2(GELU(fc1(x))), a transformer block's MLP branch and its residual, with
-/// both products packed: in bf16 the hidden activations stay bf16 between them
-/// ([`crate::ops::linear::mlp_bf16`]); in int8 fc1 ends in GELU and fc2 adds the residual as
-/// its blocks finish. `None` where the products are f32 (f32, training, another device), for
+/// both products packed and the hidden activations never in f32: in bf16 they stay bf16
+/// between them ([`crate::ops::linear::mlp_bf16`]), in int8 they are quantized as fc1's tasks
+/// finish them ([`crate::ops::linear::mlp_int8`]). `None` where the products are f32 (f32, training, another device), for
 /// the caller to compose.
 pub fn mlp_plus_packed(
     fc1: &Linear,
@@ -360,8 +360,8 @@ pub fn mlp_plus_packed(
             crate::ops::linear::mlp_bf16(x, (&p1, &fc1.bias), (&p2, &fc2.bias), residual).map(Some)
         }
         Some(Lowered::Int8(p1)) => {
-            let hidden = crate::ops::linear::linear_packed(x, Packed::Int8(&p1), &fc1.bias, PackedEnd::Gelu)?;
-            fc2.forward_plus(&hidden, residual, for_backward).map(Some)
+            let p2 = fc2.int8.get(&fc2.weight)?;
+            crate::ops::linear::mlp_int8(x, (&p1, &fc1.bias), (&p2, &fc2.bias), residual).map(Some)
         }
     }
 }

@@ -97,7 +97,7 @@ pub fn linear_packed(x: &Tensor, packed: Packed, bias: &Tensor, end: PackedEnd) 
         Packed::Bf16(p) => {
             amx::linear_rows_bf16(Lhs::F32 { rows: Rows::contiguous(x_values, p.k), scale: 1.0 }, p, &b, finish)
         }
-        Packed::Int8(p) => int8::linear_rows(x_values, p, &b, finish),
+        Packed::Int8(p) => int8::linear_rows(int8::Input::F32(x_values), p, &b, finish),
     };
     let y = match end {
         PackedEnd::Plain => product(Finish::None),
@@ -138,6 +138,40 @@ pub fn mlp_bf16(
     let b2 = b2.to_vec1::<f32>()?;
     let y = with_residual_values(residual, &out_dims, |addend| {
         amx::linear_rows_bf16(Lhs::Bf16(&hidden), fc2, &b2, Finish::Add(addend))
+    })?;
+    Tensor::from_vec(y, out_dims, x.device())
+}
+
+/// fc2(GELU(fc1(x))) + residual with both products in int8: the MLP of a block under
+/// `precision: 'int8'` on the CPU. fc1's rows go through GELU and are quantized for fc2 as its
+/// tasks finish them ([`int8::linear_gelu_rows_quantized`]), so the hidden activations (four
+/// times x's width) are never stored in f32; fc2 adds the residual as its blocks finish.
+/// Inference only.
+pub fn mlp_int8(
+    x: &Tensor,
+    (fc1, b1): (&PackedI8, &Tensor),
+    (fc2, b2): (&PackedI8, &Tensor),
+    residual: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let hidden_dims = packed_output_dims(x, (fc1.k, fc1.n), b1)?;
+    let mut out_dims = hidden_dims.clone();
+    *out_dims.last_mut().unwrap() = fc2.n;
+    if fc2.k != fc1.n || b2.dims1()? != fc2.n {
+        candle_core::bail!(
+            "mlp: fc1 gives {} values a row, fc2 takes {} and gives {} with a bias of {:?}",
+            fc1.n,
+            fc2.k,
+            fc2.n,
+            b2.dims()
+        );
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let x_values = cpu_f32(&storage, layout, "mlp_int8")?;
+    let hidden = int8::linear_gelu_rows_quantized(x_values, fc1, &b1.to_vec1::<f32>()?);
+    let b2 = b2.to_vec1::<f32>()?;
+    let y = with_residual_values(residual, &out_dims, |addend| {
+        int8::linear_rows(int8::Input::Quantized(&hidden), fc2, &b2, Finish::Add(addend))
     })?;
     Tensor::from_vec(y, out_dims, x.device())
 }

@@ -159,7 +159,7 @@ pub fn int8_square_product(n: usize) -> Option<impl FnMut()> {
     let values = |seed: usize| -> Vec<f32> { (0..n * n).map(|i| ((i * seed % 1000) as f32 - 500.0) / 500.0).collect() };
     let (a, b, bias) = (values(7919), int8::PackedI8::from_weight(&values(104_729), n, n), vec![0f32; n]);
     Some(move || {
-        std::hint::black_box(int8::linear_rows(&a, &b, &bias, Finish::None));
+        std::hint::black_box(int8::linear_rows(int8::Input::F32(&a), &b, &bias, Finish::None));
     })
 }
 
