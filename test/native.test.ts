@@ -22,8 +22,8 @@ describe('native core', () => {
     const flags = readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1]?.split(/\s+/) ?? [];
     const cpuHasAmx = flags.includes('amx_tile') && flags.includes('amx_bf16');
     expect(cpuBf16Available()).toBe(cpuHasAmx && process.env.MOTIVNET_AMX !== 'off');
-    // int8 needs AVX-512 F and BW with VNNI (CPUID leaf 7: EBX bits 16 and 30, ECX bit 11).
-    const cpuHasVnni = ['avx512f', 'avx512bw', 'avx512_vnni'].every((f) => flags.includes(f));
+    // int8 needs AVX-512 F, BW and VL with VNNI (CPUID leaf 7: EBX bits 16, 30 and 31, ECX bit 11).
+    const cpuHasVnni = ['avx512f', 'avx512bw', 'avx512vl', 'avx512_vnni'].every((f) => flags.includes(f));
     expect(cpuInt8Available()).toBe(cpuHasVnni && process.env.MOTIVNET_INT8 !== 'off');
   });
 

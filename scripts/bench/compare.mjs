@@ -200,7 +200,7 @@ console.log(`roofline, ${threads} threads: f32 ${roof.f32OursGflops.toFixed(0)} 
 
 /** The roof of rows computed in `precision`: a large matmul's rate in it, here. */
 function roofOf(precision) {
-  return { f32: f32Roof, bf16: roof.bf16TorchGflops, int8: roof.int8OursGops ?? NaN }[precision];
+  return { f32: f32Roof, bf16: roof.bf16TorchGflops, int8: roof.int8OursGops ?? null }[precision] ?? null;
 }
 
 const rows = [];
@@ -272,8 +272,8 @@ for (const c of selected) {
       memoryMet: oursAbove <= peerAbove,
       oursGflops: gflops(o.median),
       referenceGflops: gflops(q.median),
-      oursRoofFraction: flops ? gflops(o.median) / roofOf(oursPrecision) : null,
-      referenceRoofFraction: flops ? gflops(q.median) / roofOf(precision) : null,
+      oursRoofFraction: flops && roofOf(oursPrecision) ? gflops(o.median) / roofOf(oursPrecision) : null,
+      referenceRoofFraction: flops && roofOf(precision) ? gflops(q.median) / roofOf(precision) : null,
       rounds,
       date: new Date().toISOString().slice(0, 10),
     });

@@ -33,7 +33,7 @@ const ROWS_PER_TASK: usize = 96;
 /// Values of k one `vpdpbusd` lane sums.
 const K_GROUP: usize = 4;
 
-/// Whether the int8 kernel can run here: the CPU has AVX-512 (F, BW) and VNNI.
+/// Whether the int8 kernel can run here: the CPU has AVX-512 (F, BW, VL) and VNNI.
 /// `MOTIVNET_INT8=off` says no, to compare or to rule the kernel out.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
@@ -45,6 +45,7 @@ pub fn available() -> bool {
         {
             is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512vnni")
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -178,7 +179,7 @@ fn quantize_row(x: &[f32], q: &mut [u8]) -> (f32, i32) {
     assert!(q.len() >= x.len(), "int8::quantize_row: q is shorter than x");
     #[cfg(target_arch = "x86_64")]
     if available() {
-        // SAFETY: `available` holds, so the CPU has AVX-512F and BW; q is at least x's length.
+        // SAFETY: `available` holds, so the CPU has AVX-512F, BW and VL; q is at least x's length.
         let (low, high) = unsafe { vnni::range(x) };
         let (scale, zero) = scale_and_zero(low, high);
         // SAFETY: as above.
@@ -202,8 +203,12 @@ fn quantize_row_portable(x: &[f32], q: &mut [u8]) -> (f32, i32) {
 }
 
 /// The step and zero point of u8 over [low, high] (low <= 0 <= high), zero a whole number.
+///
+/// A range too narrow for a normal step (which the compute threads would flush to zero), or
+/// not finite, takes a step of 1: every value then rounds to the zero point or near it.
 fn scale_and_zero(low: f32, high: f32) -> (f32, f32) {
-    let scale = if high > low && (high - low).is_finite() { (high - low) / 255.0 } else { 1.0 };
+    let step = (high - low) / 255.0;
+    let scale = if step.is_normal() { step } else { 1.0 };
     (scale, (-low / scale).round_ties_even().clamp(0.0, 255.0))
 }
 
@@ -298,7 +303,7 @@ enum Dest {
 /// tasks of [`ROWS_PER_TASK`] rows, and where those are fewer than the threads (never for a
 /// quantized destination) B's panels shared out too.
 fn multiply(a: &QuantizedRows, w: &PackedI8, bias: &[f32], finish: Finish, dest: Dest) {
-    assert!(available(), "int8: this CPU has no AVX512-VNNI");
+    assert!(available(), "int8: the int8 kernel is not available (no AVX512-VNNI, or MOTIVNET_INT8=off)");
     assert!(
         a.k == w.k && bias.len() == w.n,
         "int8: x's rows ({}), W ({} x {}) and the bias ({}) do not fit",
@@ -447,14 +452,11 @@ mod vnni {
     use std::arch::x86_64::*;
 
     use super::{Columns, TileRows, K_GROUP, TILE_COLS};
+    use crate::kernels::simd::lanes_below;
 
-    /// The mask of the first `count` (at most 16) lanes.
-    #[inline(always)]
-    fn first_lanes(count: usize) -> __mmask16 {
-        ((1u32 << count) - 1) as __mmask16
-    }
-
-    /// The smallest and largest of x and 0 (the lanes past x's end read as 0).
+    /// The smallest and largest of x and 0 (the lanes past x's end read as 0). A NaN is passed
+    /// over where it is the second operand, as `f32::min` would; finite rows are what the model
+    /// quantizes.
     ///
     /// # Safety
     /// The CPU has AVX-512F.
@@ -463,7 +465,7 @@ mod vnni {
         let (mut low, mut high) = (_mm512_setzero_ps(), _mm512_setzero_ps());
         for chunk in x.chunks(16) {
             // SAFETY: the mask reads the chunk's values only.
-            let v = unsafe { _mm512_maskz_loadu_ps(first_lanes(chunk.len()), chunk.as_ptr()) };
+            let v = unsafe { _mm512_maskz_loadu_ps(lanes_below(chunk.len()), chunk.as_ptr()) };
             (low, high) = (_mm512_min_ps(low, v), _mm512_max_ps(high, v));
         }
         (_mm512_reduce_min_ps(low), _mm512_reduce_max_ps(high))
@@ -472,13 +474,13 @@ mod vnni {
     /// q = clamp(round-to-even(x inverse + zero), 0, 255), one multiply-add rounding once.
     ///
     /// # Safety
-    /// The CPU has AVX-512F and BW; q is at least x's length.
+    /// The CPU has AVX-512F, BW and VL; q is at least x's length.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn quantize(x: &[f32], q: &mut [u8], inverse: f32, zero: f32) {
         let (inverse, zero) = (_mm512_set1_ps(inverse), _mm512_set1_ps(zero));
         let (lowest, highest) = (_mm512_setzero_si512(), _mm512_set1_epi32(255));
         for (chunk, out) in x.chunks(16).zip(q.chunks_mut(16)) {
-            let mask = first_lanes(chunk.len());
+            let mask = lanes_below(chunk.len());
             // SAFETY: the mask reads and writes the chunk's lanes only; out is as long.
             unsafe {
                 let v = _mm512_maskz_loadu_ps(mask, chunk.as_ptr());
@@ -525,7 +527,7 @@ mod vnni {
             if valid == 0 {
                 break;
             }
-            let mask = first_lanes(valid);
+            let mask = lanes_below(valid);
             // SAFETY: the column terms are 64 long; C's row r has `count` columns from c.
             unsafe {
                 let scale = _mm512_loadu_ps(columns.scales.as_ptr().add(v * 16));
@@ -583,7 +585,7 @@ mod tests {
         y
     }
 
-    /// Odd shapes (k not a multiple of 4, n not of 64, m not of 6 or 48), each finish, and
+    /// Odd shapes (k not a multiple of 4, n not of 64, m not of 6 or 96), each finish, and
     /// one call over many threads' tasks against the same product from the quantized values.
     #[test]
     fn the_kernel_multiplies_the_quantized_operands_exactly() {
@@ -616,8 +618,9 @@ mod tests {
         if !checkable_here("the vector quantizer") {
             return;
         }
+        // Shifts of 10 put every value on one side of 0, so the zero point sits at 0 or 255.
         for len in [1, 15, 16, 17, 100, 768] {
-            for shift in [-0.9f32, 0.0, 0.9] {
+            for shift in [-10.0f32, -0.9, 0.0, 0.9, 10.0] {
                 let row: Vec<f32> = values(len, len as u64).iter().map(|v| v * 4.0 + shift).collect();
                 let (mut fast, mut plain) = (vec![0u8; len + 3], vec![0u8; len + 3]);
                 let got = quantize_row(&row, &mut fast);

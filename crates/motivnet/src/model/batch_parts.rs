@@ -201,6 +201,30 @@ mod tests {
         });
     }
 
+    /// int8's products in parts give the whole batch's int8 logits (each row is quantized on
+    /// its own, wherever it runs), which are not f32's.
+    #[test]
+    fn a_batch_in_parts_gives_the_whole_batchs_int8_logits() {
+        if !crate::kernels::int8::checkable_here("int8 in parts") {
+            return;
+        }
+        let config = ModelConfig::preset("tiny").unwrap();
+        let model = MotivNet::new(&config, &Device::Cpu, 7).unwrap();
+        let enc = &config.encoder;
+        let images = Tensor::randn(0f32, 1.0, (5, 3, enc.input_height, enc.input_width), &Device::Cpu).unwrap();
+        run_on_compute_threads(|| {
+            let logits = |parts| {
+                let [l] =
+                    model.eval_in_these_parts(parts, &images, |p| Ok([model.forward(p, &mut Mode::Eval)?])).unwrap();
+                l
+            };
+            let (whole, split) = dispatch::int8_matmuls(|| (logits(1), logits(2)));
+            let diff = largest_difference(&whole, &split);
+            assert!(diff <= 1e-5, "int8 logits in parts differ by {diff}");
+            assert!(largest_difference(&whole, &logits(1)) > 0.0, "the int8 logits are f32's: int8 did not run");
+        });
+    }
+
     #[test]
     fn each_part_runs_with_the_callers_path_choices() {
         let config = ModelConfig::preset("tiny").unwrap();

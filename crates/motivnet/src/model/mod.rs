@@ -128,7 +128,8 @@ impl MotivNet {
         self.precision
     }
 
-    /// Computes in `precision` from now on; bf16 only on a CUDA device or a CPU with AMX.
+    /// Computes in `precision` from now on; bf16 only on a CUDA device or a CPU with AMX, int8
+    /// only on a CPU with AVX512-VNNI (inference).
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
         precision.check_device(self.device())?;
         if precision != self.precision {

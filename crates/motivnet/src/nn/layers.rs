@@ -294,18 +294,24 @@ impl Linear {
         } else {
             return Ok(None);
         };
+        self.packed(kind).map(Some)
+    }
+
+    /// The weight packed for a `kind` product: current, or made now from the f32 values; an
+    /// error where the weight lives only in the other packing (the stand-in holds no values to
+    /// pack from).
+    fn packed(&self, kind: PackedKind) -> candle_core::Result<Lowered> {
         if let Some(held) = self.packing_held_only().filter(|held| *held != kind) {
-            // The stand-in holds no values to pack from.
             candle_core::bail!(
-                "this model holds its Linear weights only in {}: an {} product needs the model loaded with that precision",
+                "this model holds its Linear weights only in {}: a product in {} needs the model loaded with that precision",
                 held.name(),
                 kind.name()
             );
         }
-        Ok(Some(match kind {
+        Ok(match kind {
             PackedKind::Bf16 => Lowered::Bf16(self.bf16.get(&self.weight)?),
             PackedKind::Int8 => Lowered::Int8(self.int8.get(&self.weight)?),
-        }))
+        })
     }
 
     /// The weight as the (out, in) matrix it multiplies by (a convolution kernel flattened;
@@ -339,9 +345,9 @@ impl Module for Linear {
 }
 
 /// `residual` + fc2(GELU(fc1(x))), a transformer block's MLP branch and its residual, with
-/// both products packed and the hidden activations never in f32: in bf16 they stay bf16
-/// between them ([`crate::ops::linear::mlp_bf16`]), in int8 they are quantized as fc1's tasks
-/// finish them ([`crate::ops::linear::mlp_int8`]). `None` where the products are f32 (f32, training, another device), for
+/// both products packed and the hidden activations never stored whole in f32: in bf16 they
+/// stay bf16 between them ([`crate::ops::linear::mlp_bf16`]), in int8 they are quantized as
+/// fc1's tasks finish them ([`crate::ops::linear::mlp_int8`]). `None` where the products are f32 (f32, training, another device), for
 /// the caller to compose.
 pub fn mlp_plus_packed(
     fc1: &Linear,
@@ -356,11 +362,11 @@ pub fn mlp_plus_packed(
     match fc1.lowered(x, for_backward)? {
         None => Ok(None),
         Some(Lowered::Bf16(p1)) => {
-            let p2 = fc2.bf16.get(&fc2.weight)?;
+            let Lowered::Bf16(p2) = fc2.packed(PackedKind::Bf16)? else { unreachable!("asked for bf16") };
             crate::ops::linear::mlp_bf16(x, (&p1, &fc1.bias), (&p2, &fc2.bias), residual).map(Some)
         }
         Some(Lowered::Int8(p1)) => {
-            let p2 = fc2.int8.get(&fc2.weight)?;
+            let Lowered::Int8(p2) = fc2.packed(PackedKind::Int8)? else { unreachable!("asked for int8") };
             crate::ops::linear::mlp_int8(x, (&p1, &fc1.bias), (&p2, &fc2.bias), residual).map(Some)
         }
     }

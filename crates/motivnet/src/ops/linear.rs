@@ -145,7 +145,8 @@ pub fn mlp_bf16(
 /// fc2(GELU(fc1(x))) + residual with both products in int8: the MLP of a block under
 /// `precision: 'int8'` on the CPU. fc1's rows go through GELU and are quantized for fc2 as its
 /// tasks finish them ([`int8::linear_gelu_rows_quantized`]), so the hidden activations (four
-/// times x's width) are never stored in f32; fc2 adds the residual as its blocks finish.
+/// times x's width) are stored in f32 only a task's rows at a time (whole only where the rows
+/// are too few to give every thread a task); fc2 adds the residual as its blocks finish.
 /// Inference only.
 pub fn mlp_int8(
     x: &Tensor,

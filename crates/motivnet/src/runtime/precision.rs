@@ -78,16 +78,24 @@ impl Precision {
                         .into(),
                 ));
             }
+            if std::env::var("MOTIVNET_INT8").is_ok_and(|v| v.trim() == "off") {
+                return Err(Error::Device(
+                    "precision 'int8' is turned off here (MOTIVNET_INT8=off): unset it, or pick f32".into(),
+                ));
+            }
             if !crate::kernels::int8::available() {
-                return Err(Error::Device(format!(
+                return Err(Error::Device(
                     "precision 'int8' needs a CPU with AVX512-VNNI (Intel Xeon of the 2nd generation or later, AMD \
-                     Zen 4 or later){}; this one has none: pick f32",
-                    if std::env::var("MOTIVNET_INT8").is_ok_and(|v| v.trim() == "off") {
-                        ", and MOTIVNET_INT8=off turns it off"
-                    } else {
-                        ""
-                    }
-                )));
+                     Zen 4 or later); this one has none: pick f32"
+                        .into(),
+                ));
+            }
+            if crate::ops::dispatch::composed_forced() {
+                return Err(Error::Device(
+                    "precision 'int8' runs on the fused CPU kernels, and the composed ones are forced here \
+                     (MOTIVNET_KERNELS=composed): unset it, or pick f32"
+                        .into(),
+                ));
             }
         }
         if self == Self::Bf16 && !device.is_cuda() && !crate::kernels::amx::available() {
@@ -184,9 +192,12 @@ mod tests {
         }
         match Precision::Int8.check_device(&Device::Cpu) {
             Ok(()) => assert!(crate::kernels::int8::available(), "int8 accepted on a CPU without VNNI"),
+            Err(err) if err.to_string().contains("needs a CPU with AVX512-VNNI") => {
+                assert!(!crate::kernels::int8::available(), "int8 refused on a CPU with VNNI: {err}")
+            }
             Err(err) => {
-                assert!(!crate::kernels::int8::available(), "int8 refused on a CPU with VNNI: {err}");
-                assert!(err.to_string().contains("AVX512-VNNI"), "{err}");
+                let why = ["MOTIVNET_INT8=off", "MOTIVNET_KERNELS=composed"];
+                assert!(why.iter().any(|w| err.to_string().contains(w)), "{err}");
             }
         }
     }
