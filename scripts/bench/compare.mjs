@@ -48,7 +48,7 @@ const PEER_NAMES = {
   'torch-compile': 'PyTorch torch.compile',
   'torch-eager-bf16': 'PyTorch eager, torch.autocast bf16',
   onnxruntime: 'ONNX Runtime (onnxruntime-node)',
-  'onnxruntime-int8': 'ONNX Runtime, dynamic int8 (onnxruntime-node)',
+  'onnxruntime-int8': 'ONNX Runtime, dynamic quantization (onnxruntime-node)',
   'openvino-f32': 'OpenVINO f32',
   'openvino-default': 'OpenVINO default precision',
   'torch-loader-serial': 'PyTorch, loader in its process',
