@@ -2,7 +2,8 @@
 // process, as a backend serving it would. Writes the model's weights once (random upstream
 // init, 1.27 GB of safetensors) under .cache/bench/weights, and the same state dict as a
 // `torch.save` file where the PyTorch reference is installed (the form released checkpoints
-// come in); then, in a fresh process for each file and precision (bf16 where this CPU runs it),
+// come in); then, in a fresh process for each file and precision (bf16 and int8 where this CPU
+// runs them),
 // loads them with MotivNet.load, predicts one image and reports the process's resident memory
 // before the load, after it, after the prediction, and its peak. Records the figures in
 // docs/BENCHMARKS.md and docs/benchmarks/load-memory.json.
@@ -46,7 +47,7 @@ if (process.argv[2] === '--load') {
   process.exit(0);
 }
 
-const { cpuBf16Available } = await import(library);
+const { cpuBf16Available, cpuInt8Available } = await import(library);
 const dir = path.join(root, '.cache/bench/weights');
 const file = path.join(dir, `${MODEL}.safetensors`);
 if (!existsSync(file)) {
@@ -73,7 +74,7 @@ if (existsSync(pth)) {
 const env = { ...process.env, RAYON_NUM_THREADS: process.env.RAYON_NUM_THREADS ?? '2' };
 const rows = [];
 for (const weights of files) {
-  for (const precision of cpuBf16Available() ? ['f32', 'bf16'] : ['f32']) {
+  for (const precision of ['f32', ...(cpuBf16Available() ? ['bf16'] : []), ...(cpuInt8Available() ? ['int8'] : [])]) {
     const run = spawnSync(process.execPath, [import.meta.filename, '--load', weights, precision], { encoding: 'utf8', env });
     if (run.status !== 0) throw new Error(`loading ${weights} in ${precision} failed:\n${run.stderr}`);
     const row = { format: path.extname(weights).slice(1), ...JSON.parse(run.stdout.trim().split('\n').at(-1)) };
