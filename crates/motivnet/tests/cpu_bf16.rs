@@ -11,20 +11,7 @@ use motivnet::{Mode, ModelInput, MotivNet, Precision, Trainer, TrainerConfig};
 
 /// The reference model in bf16, or None (after checking the refusal) where the CPU has no AMX.
 fn bf16_model() -> Option<MotivNet> {
-    let mut model = reference_model();
-    match model.set_precision(Precision::Bf16) {
-        Ok(()) => Some(model),
-        Err(err) => {
-            let message = err.to_string();
-            assert!(message.contains("CPU with AMX") && message.contains("f32"), "{message}");
-            eprintln!("this CPU has no AMX: bf16 is refused, as checked; the products were not run");
-            None
-        }
-    }
-}
-
-fn argmax_rows(t: &Tensor) -> Vec<u32> {
-    t.argmax(1).unwrap().to_vec1::<u32>().unwrap()
+    reference_model_in(Precision::Bf16, &["CPU with AMX"])
 }
 
 #[test]
@@ -44,23 +31,7 @@ fn bf16_logits_track_the_f32_reference() {
 #[test]
 fn a_weight_change_repacks_the_bf16_weights() {
     let Some(model) = bf16_model() else { return };
-    let (x, _) = batch();
-    let input = ModelInput::Tensor(&x);
-    let before = model.predict(&input).unwrap();
-    // Scale one qkv weight: a stale packed copy would give the old logits.
-    let name = "pose_encoder.layers.0.attn.qkv.weight";
-    let w = model.params.get(name).unwrap().var.as_tensor().clone();
-    model.params.set(name, &(w * 3.0).unwrap()).unwrap();
-    let after = model.predict(&input).unwrap();
-    assert!(max_abs_diff(&before, &after) > 1e-3, "the bf16 logits ignore the changed weight");
-
-    let mut f32_model = reference_model();
-    f32_model.set_precision(Precision::F32).unwrap();
-    let w = f32_model.params.get(name).unwrap().var.as_tensor().clone();
-    f32_model.params.set(name, &(w * 3.0).unwrap()).unwrap();
-    let f32_after = f32_model.predict(&input).unwrap();
-    let diff = max_abs_diff(&after, &f32_after);
-    assert!(diff < 0.03 * max_abs(&f32_after).max(1.0), "after the change, bf16 is {diff} off f32");
+    a_weight_change_reaches_the_packed_products(&model, 0.03);
 }
 
 /// A train step in the CPU's bf16 (the encoder's Linear products on the tiles, forward and

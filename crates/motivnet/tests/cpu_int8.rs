@@ -6,27 +6,14 @@
 
 mod common;
 
-use candle_core::{DType, Tensor};
+use candle_core::DType;
 use common::*;
 use motivnet::{Mode, ModelInput, MotivNet, Precision, Trainer, TrainerConfig};
 
-/// The reference model in int8, or None (after checking the refusal) where the CPU has no VNNI.
+/// The reference model in int8, or None (after checking the refusal) where int8 does not run:
+/// no VNNI, or the kernel or the fused path turned off.
 fn int8_model() -> Option<MotivNet> {
-    let mut model = reference_model();
-    match model.set_precision(Precision::Int8) {
-        Ok(()) => Some(model),
-        Err(err) => {
-            let message = err.to_string();
-            let why = ["AVX512-VNNI", "MOTIVNET_INT8=off", "MOTIVNET_KERNELS=composed"];
-            assert!(why.iter().any(|w| message.contains(w)) && message.contains("f32"), "{message}");
-            eprintln!("int8 does not run here ({message}): its refusal was checked; the products were not run");
-            None
-        }
-    }
-}
-
-fn argmax_rows(t: &Tensor) -> Vec<u32> {
-    t.argmax(1).unwrap().to_vec1::<u32>().unwrap()
+    reference_model_in(Precision::Int8, &["AVX512-VNNI", "MOTIVNET_INT8=off", "MOTIVNET_KERNELS=composed"])
 }
 
 /// The logits and the attention maps near f32's, with the same top-1 classes, and not equal
@@ -57,23 +44,7 @@ fn int8_logits_and_maps_track_the_f32_reference() {
 #[test]
 fn a_weight_change_requantizes_the_int8_weights() {
     let Some(model) = int8_model() else { return };
-    let (x, _) = batch();
-    let input = ModelInput::Tensor(&x);
-    let before = model.predict(&input).unwrap();
-    // Scale one qkv weight: a stale quantized copy would give the old logits.
-    let name = "pose_encoder.layers.0.attn.qkv.weight";
-    let w = model.params.get(name).unwrap().var.as_tensor().clone();
-    model.params.set(name, &(w * 3.0).unwrap()).unwrap();
-    let after = model.predict(&input).unwrap();
-    assert!(max_abs_diff(&before, &after) > 1e-3, "the int8 logits ignore the changed weight");
-
-    let mut f32_model = reference_model();
-    let w = f32_model.params.get(name).unwrap().var.as_tensor().clone();
-    f32_model.params.set(name, &(w * 3.0).unwrap()).unwrap();
-    f32_model.set_precision(Precision::F32).unwrap();
-    let f32_after = f32_model.predict(&input).unwrap();
-    let diff = max_abs_diff(&after, &f32_after);
-    assert!(diff < 0.05 * max_abs(&f32_after).max(1.0), "after the change, int8 is {diff} off f32");
+    a_weight_change_reaches_the_packed_products(&model, 0.05);
 }
 
 /// int8 has no backward: a train step is refused with what to do instead, and nothing moves.

@@ -24,6 +24,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::gelu::{gelu_chunk, gelu_in_place};
+use super::Shared;
 
 /// Rows and columns of a block of C (two tiles each way).
 const BLOCK: usize = 32;
@@ -724,25 +725,6 @@ impl Dest {
                 }
             }
         }
-    }
-}
-
-/// A pointer to an output that may cross into rayon tasks; each task writes its own blocks
-/// (its rows, and its share of the columns where B's column blocks are shared out).
-#[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
-// SAFETY: the tasks write disjoint blocks; see `gemm`.
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-
-impl<T> Shared<T> {
-    /// The element `offset` elements on.
-    ///
-    /// # Safety
-    /// `offset` lies inside the buffer the pointer was taken from.
-    unsafe fn at(self, offset: usize) -> *mut T {
-        // SAFETY: the caller's promise.
-        unsafe { self.0.add(offset) }
     }
 }
 

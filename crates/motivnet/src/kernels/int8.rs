@@ -23,6 +23,7 @@ use rayon::prelude::*;
 
 use super::amx::Finish;
 use super::gelu::gelu_in_place;
+use super::Shared;
 
 /// Output columns a tile computes: four vectors of 16 i32 lanes.
 pub const TILE_COLS: usize = 64;
@@ -210,24 +211,6 @@ fn scale_and_zero(low: f32, high: f32) -> (f32, f32) {
     let step = (high - low) / 255.0;
     let scale = if step.is_normal() { step } else { 1.0 };
     (scale, (-low / scale).round_ties_even().clamp(0.0, 255.0))
-}
-
-/// A pointer into an output that rayon's tasks share; each writes its own rows and columns.
-#[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
-// SAFETY: the tasks write disjoint parts; see `multiply`.
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-
-impl<T> Shared<T> {
-    /// The element `offset` elements on.
-    ///
-    /// # Safety
-    /// `offset` lies inside the output.
-    unsafe fn at(self, offset: usize) -> *mut T {
-        // SAFETY: the caller's promise.
-        unsafe { self.0.add(offset) }
-    }
 }
 
 /// A product's left operand: f32 rows (quantized at the call), or rows already quantized.

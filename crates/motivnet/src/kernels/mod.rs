@@ -27,6 +27,25 @@ pub mod softmax;
 /// Elements per rayon task: large enough to amortise scheduling, small enough to balance.
 pub const CHUNK: usize = 16 * 1024;
 
+/// A pointer to an output that rayon's tasks share, each writing its own part (its rows, or its
+/// blocks of rows and columns): what the products on AMX tiles and on VNNI write through.
+#[derive(Clone, Copy)]
+pub(crate) struct Shared<T>(pub(crate) *mut T);
+// SAFETY: the kernels that share one give each task a part of its own to write; see theirs.
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// The element `offset` elements on.
+    ///
+    /// # Safety
+    /// `offset` lies inside the buffer the pointer was taken from.
+    pub(crate) unsafe fn at(self, offset: usize) -> *mut T {
+        // SAFETY: the caller's promise.
+        unsafe { self.0.add(offset) }
+    }
+}
+
 /// What a kernel reports when its inputs do not fit together (the ops turn it into their
 /// error type).
 pub type KernelResult<T> = std::result::Result<T, String>;

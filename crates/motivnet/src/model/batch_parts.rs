@@ -170,23 +170,30 @@ mod tests {
     use crate::ops::dispatch;
     use crate::runtime::cpu::run_on_compute_threads;
 
+    /// The `tiny` preset (seed 7) and a batch of random images of its size.
+    fn tiny_model_and_images(batch: usize) -> (MotivNet, Tensor) {
+        let config = ModelConfig::preset("tiny").unwrap();
+        let enc = &config.encoder;
+        let images = Tensor::randn(0f32, 1.0, (batch, 3, enc.input_height, enc.input_width), &Device::Cpu).unwrap();
+        (MotivNet::new(&config, &Device::Cpu, 7).unwrap(), images)
+    }
+
+    /// The model's eval logits of `images` run in `parts` parts.
+    fn logits_in_parts(model: &MotivNet, images: &Tensor, parts: usize) -> Tensor {
+        let [logits] = model.eval_in_these_parts(parts, images, |p| Ok([model.forward(p, &mut Mode::Eval)?])).unwrap();
+        logits
+    }
+
     fn largest_difference(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
     }
 
     #[test]
     fn a_batch_in_parts_gives_the_whole_batchs_logits_and_maps() {
-        let config = ModelConfig::preset("tiny").unwrap();
-        let model = MotivNet::new(&config, &Device::Cpu, 7).unwrap();
-        let enc = &config.encoder;
         // An odd batch: parts of 3 and 2 images.
-        let images = Tensor::randn(0f32, 1.0, (5, 3, enc.input_height, enc.input_width), &Device::Cpu).unwrap();
+        let (model, images) = tiny_model_and_images(5);
         run_on_compute_threads(|| {
-            let logits = |parts| {
-                let [l] =
-                    model.eval_in_these_parts(parts, &images, |p| Ok([model.forward(p, &mut Mode::Eval)?])).unwrap();
-                l
-            };
+            let logits = |parts| logits_in_parts(&model, &images, parts);
             let (whole, split) = (logits(1), logits(2));
             assert_eq!(split.dims(), whole.dims());
             let diff = largest_difference(&whole, &split);
@@ -208,16 +215,9 @@ mod tests {
         if !crate::kernels::int8::checkable_here("int8 in parts") {
             return;
         }
-        let config = ModelConfig::preset("tiny").unwrap();
-        let model = MotivNet::new(&config, &Device::Cpu, 7).unwrap();
-        let enc = &config.encoder;
-        let images = Tensor::randn(0f32, 1.0, (5, 3, enc.input_height, enc.input_width), &Device::Cpu).unwrap();
+        let (model, images) = tiny_model_and_images(5);
         run_on_compute_threads(|| {
-            let logits = |parts| {
-                let [l] =
-                    model.eval_in_these_parts(parts, &images, |p| Ok([model.forward(p, &mut Mode::Eval)?])).unwrap();
-                l
-            };
+            let logits = |parts| logits_in_parts(&model, &images, parts);
             let (whole, split) = dispatch::int8_matmuls(|| (logits(1), logits(2)));
             let diff = largest_difference(&whole, &split);
             assert!(diff <= 1e-5, "int8 logits in parts differ by {diff}");

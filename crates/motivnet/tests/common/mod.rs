@@ -27,6 +27,53 @@ pub fn reference_model() -> MotivNet {
     model
 }
 
+/// The reference model set to compute in `precision`, or None where this machine refuses it:
+/// then the refusal is checked to name one of `reasons` and to point to f32, and what was not
+/// run is said on the test's output.
+pub fn reference_model_in(precision: motivnet::Precision, reasons: &[&str]) -> Option<MotivNet> {
+    let mut model = reference_model();
+    match model.set_precision(precision) {
+        Ok(()) => Some(model),
+        Err(err) => {
+            let message = err.to_string();
+            assert!(reasons.iter().any(|r| message.contains(r)) && message.contains("f32"), "{message}");
+            eprintln!(
+                "{} does not run here ({message}): its refusal was checked; the products were not run",
+                precision.name()
+            );
+            None
+        }
+    }
+}
+
+/// Scales one qkv weight of `model` (which computes in a lower precision from a packed copy of
+/// its weights) and of the f32 reference model: `model`'s logits move (a stale copy would give
+/// the old ones) and land within `tolerance` of the largest f32 logit of f32's.
+pub fn a_weight_change_reaches_the_packed_products(model: &MotivNet, tolerance: f32) {
+    let (x, _) = batch();
+    let input = motivnet::ModelInput::Tensor(&x);
+    let precision = model.precision().name();
+    let before = model.predict(&input).unwrap();
+    let name = "pose_encoder.layers.0.attn.qkv.weight";
+    let scale = |m: &MotivNet| {
+        let w = m.params.get(name).unwrap().var.as_tensor().clone();
+        m.params.set(name, &(w * 3.0).unwrap()).unwrap();
+    };
+    scale(model);
+    let after = model.predict(&input).unwrap();
+    assert!(max_abs_diff(&before, &after) > 1e-3, "the {precision} logits ignore the changed weight");
+    let f32_model = reference_model();
+    scale(&f32_model);
+    let f32_after = f32_model.predict(&input).unwrap();
+    let diff = max_abs_diff(&after, &f32_after);
+    assert!(diff < tolerance * max_abs(&f32_after).max(1.0), "after the change, {precision} is {diff} off f32");
+}
+
+/// The index of each row's largest value: the top-1 classes of (B, classes) logits.
+pub fn argmax_rows(t: &Tensor) -> Vec<u32> {
+    t.argmax(1).unwrap().to_vec1::<u32>().unwrap()
+}
+
 /// The fixture batch: (B, 3, 64, 48) normalized images and labels.
 pub fn batch() -> (Tensor, Vec<u32>) {
     let b = read("batch.safetensors");
