@@ -89,7 +89,10 @@ impl PackedI8 {
                 for c in 0..TILE_COLS.min(n.saturating_sub(p * TILE_COLS)) {
                     let row = &w[(p * TILE_COLS + c) * k..][..k];
                     let largest = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let scale = if largest > 0.0 && largest.is_finite() { largest / 127.0 } else { 1.0 };
+                    // As an input row's step (`scale_and_zero`): a zero, not finite or subnormal
+                    // step takes 1.
+                    let step = largest / 127.0;
+                    let scale = if step.is_normal() { step } else { 1.0 };
                     let mut sum = 0i32;
                     for (i, &v) in row.iter().enumerate() {
                         let q = (v / scale).round().clamp(-127.0, 127.0) as i8;
@@ -102,13 +105,9 @@ impl PackedI8 {
         Self { n, k, kp, np, panels, scales, sums }
     }
 
-    /// Bytes this packing holds (weights, scales and sums).
-    pub fn bytes(&self) -> usize {
-        self.panels.len() + 8 * self.np
-    }
-
     /// The weight as it is multiplied: each value its channel's scale times its byte (n x k).
-    pub fn dequantized(&self) -> Vec<f32> {
+    #[cfg(test)]
+    fn dequantized(&self) -> Vec<f32> {
         let mut w = vec![0f32; self.n * self.k];
         for (o, row) in w.chunks_mut(self.k.max(1)).enumerate() {
             let panel = &self.panels[(o / TILE_COLS) * TILE_COLS * self.kp..];

@@ -197,24 +197,22 @@ impl MotivNet {
     }
 
     /// For a model that only infers with bf16 or int8 products on the CPU: keeps each Linear
-    /// weight (in int8, the encoder's) only as its packing, freeing the f32 values layer by layer as each is packed. The
-    /// Linear weights then take 2 bytes a value in bf16 and 1 in int8, instead of 4 (plus the
-    /// packing's): sapiens-0.3b's 1.2 GB of them become 0.6 or 0.3 GB. The logits do not change
+    /// weight (in int8, the encoder's) only as its packing, freeing the f32 values layer by
+    /// layer as each is packed. The Linear weights then take 2 bytes a value in bf16 and 1 in
+    /// int8, instead of 4 (plus the packing's): sapiens-0.3b's 1.2 GB of them become 0.6 or
+    /// 0.3 GB. The logits do not change
     /// (the products read the same packing); what needs the f32 values is refused from then on
     /// with the reason: saving or loading weights or a training state, training, another
     /// precision. Returns how many weights were let go (0 when called again).
     pub fn keep_linear_weights_packed_only(&mut self) -> Result<usize> {
-        let kind = match self.packed_products() {
-            Some(kind) if !crate::ops::dispatch::composed_forced() => kind,
-            _ => {
-                return Err(Error::Config(format!(
-                    "Linear weights are kept packed only under precision 'bf16' on a CPU with AMX or 'int8' on a \
-                     CPU with VNNI, on the fused kernels; this model computes in {} on {:?}{}",
-                    self.precision.name(),
-                    self.device(),
-                    if crate::ops::dispatch::composed_forced() { " with the composed kernels forced" } else { "" }
-                )))
-            }
+        let Some(kind) = self.packed_products().filter(|_| self.can_keep_linear_weights_packed_only()) else {
+            return Err(Error::Config(format!(
+                "Linear weights are kept packed only under precision 'bf16' on a CPU with AMX or 'int8' on a CPU \
+                 with VNNI, on the fused kernels; this model computes in {} on {:?}{}",
+                self.precision.name(),
+                self.device(),
+                if crate::ops::dispatch::composed_forced() { " with the composed kernels forced" } else { "" }
+            )));
         };
         // Under int8 the head keeps its f32 weights: inference takes its f32 pass
         // (`head_train::predicts`), which reads them, and they are a few MB beside the encoder's.

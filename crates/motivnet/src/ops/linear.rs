@@ -118,18 +118,7 @@ pub fn mlp_bf16(
     (fc2, b2): (&PackedB, &Tensor),
     residual: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let hidden_dims = packed_output_dims(x, (fc1.k, fc1.n), b1)?;
-    if fc2.k != fc1.n {
-        candle_core::bail!("mlp: fc1 gives {} values a row, fc2 takes {}", fc1.n, fc2.k);
-    }
-    let out_dims = {
-        let mut dims = hidden_dims;
-        *dims.last_mut().unwrap() = fc2.n;
-        dims
-    };
-    if b2.dims1()? != fc2.n {
-        candle_core::bail!("mlp: fc2's bias {:?} does not fit its {} outputs", b2.dims(), fc2.n);
-    }
+    let out_dims = mlp_output_dims(x, ((fc1.k, fc1.n), b1), ((fc2.k, fc2.n), b2))?;
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
     let x_values = cpu_f32(&storage, layout, "mlp_bf16")?;
@@ -154,18 +143,7 @@ pub fn mlp_int8(
     (fc2, b2): (&PackedI8, &Tensor),
     residual: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let hidden_dims = packed_output_dims(x, (fc1.k, fc1.n), b1)?;
-    let mut out_dims = hidden_dims.clone();
-    *out_dims.last_mut().unwrap() = fc2.n;
-    if fc2.k != fc1.n || b2.dims1()? != fc2.n {
-        candle_core::bail!(
-            "mlp: fc1 gives {} values a row, fc2 takes {} and gives {} with a bias of {:?}",
-            fc1.n,
-            fc2.k,
-            fc2.n,
-            b2.dims()
-        );
-    }
+    let out_dims = mlp_output_dims(x, ((fc1.k, fc1.n), b1), ((fc2.k, fc2.n), b2))?;
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
     let x_values = cpu_f32(&storage, layout, "mlp_int8")?;
@@ -175,6 +153,24 @@ pub fn mlp_int8(
         int8::linear_rows(int8::Input::Quantized(&hidden), fc2, &b2, Finish::Add(addend))
     })?;
     Tensor::from_vec(y, out_dims, x.device())
+}
+
+/// The output dims of an MLP's two packed products ((k, n) each, with their biases) on x, or an
+/// error naming the shapes that do not fit.
+fn mlp_output_dims(
+    x: &Tensor,
+    (fc1, b1): ((usize, usize), &Tensor),
+    (fc2, b2): ((usize, usize), &Tensor),
+) -> candle_core::Result<Vec<usize>> {
+    let mut dims = packed_output_dims(x, fc1, b1)?;
+    if fc2.0 != fc1.1 {
+        candle_core::bail!("mlp: fc1 gives {} values a row, fc2 takes {}", fc1.1, fc2.0);
+    }
+    if b2.dims1()? != fc2.1 {
+        candle_core::bail!("mlp: fc2's bias {:?} does not fit its {} outputs", b2.dims(), fc2.1);
+    }
+    *dims.last_mut().unwrap() = fc2.1;
+    Ok(dims)
 }
 
 /// The output dims of x times a packed weight (n x k) with its bias, or an error naming the

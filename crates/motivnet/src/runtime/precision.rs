@@ -137,6 +137,12 @@ impl Precision {
     }
 }
 
+/// An n x n operand of the roofline products: a fixed spread of values in [-1, 1) set by
+/// `seed`, the same on every run.
+fn square_operand(n: usize, seed: usize) -> Vec<f32> {
+    (0..n * n).map(|i| ((i * seed % 1000) as f32 - 500.0) / 500.0).collect()
+}
+
 /// An n x n x n product on the AMX kernel the bf16 Linear layers run on (A rounded to bf16 as
 /// they round their input, B packed beforehand, on the compute threads), as a closure a
 /// benchmark times: the roof of our bf16 cases. None where the CPU has no AMX.
@@ -145,8 +151,7 @@ pub fn amx_square_product(n: usize) -> Option<impl FnMut()> {
     if !amx::available() {
         return None;
     }
-    let values = |seed: usize| -> Vec<f32> { (0..n * n).map(|i| ((i * seed % 1000) as f32 - 500.0) / 500.0).collect() };
-    let (a, b) = (values(7919), amx::PackedB::from_weight(&values(104_729), n, n));
+    let (a, b) = (square_operand(n, 7919), amx::PackedB::from_weight(&square_operand(n, 104_729), n, n));
     let mut c = vec![0f32; n * n];
     Some(move || {
         let lhs = amx::Lhs::F32 { rows: amx::Rows::contiguous(&a, n), scale: 1.0 };
@@ -164,8 +169,8 @@ pub fn int8_square_product(n: usize) -> Option<impl FnMut()> {
     if !int8::available() {
         return None;
     }
-    let values = |seed: usize| -> Vec<f32> { (0..n * n).map(|i| ((i * seed % 1000) as f32 - 500.0) / 500.0).collect() };
-    let (a, b, bias) = (values(7919), int8::PackedI8::from_weight(&values(104_729), n, n), vec![0f32; n]);
+    let (a, b) = (square_operand(n, 7919), int8::PackedI8::from_weight(&square_operand(n, 104_729), n, n));
+    let bias = vec![0f32; n];
     Some(move || {
         std::hint::black_box(int8::linear_rows(int8::Input::F32(&a), &b, &bias, Finish::None));
     })
