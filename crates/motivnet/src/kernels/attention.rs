@@ -8,7 +8,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::amx::{self, Bf16Rows, PackedB, Rows};
-use super::flash_attention;
+use super::{flash_attention, flash_attention_int8};
 use super::gemm::{matmul, threads_for_one_product, View, ViewMut, Write};
 use super::KernelResult;
 
@@ -224,8 +224,22 @@ pub fn attention_forward(
 ///
 /// Needs `flash_attention::supported(head size)`; writes every element of the output.
 fn attend_in_key_blocks(g: &Geometry, qkv: &[f32], out: SharedOut) {
+    assert!(flash_attention::supported(g.head_dim()), "blocked attention called for a head of {} values", g.head_dim());
+    // SAFETY: `supported` holds (asserted above).
+    unsafe { run_in_key_blocks(g, qkv, out, flash_attention::attend) }
+}
+
+/// The tasks of [`attend_in_key_blocks`] with `attend` for each: the f32 or the int8 kernel.
+///
+/// # Safety
+/// `attend` may be called for this geometry's head size (its kernel's `supported` holds).
+unsafe fn run_in_key_blocks(
+    g: &Geometry,
+    qkv: &[f32],
+    out: SharedOut,
+    attend: unsafe fn(flash_attention::PairView, std::ops::Range<usize>, f32, flash_attention::OutRows),
+) {
     let (n, hd, d) = (g.tokens, g.head_dim(), g.dim);
-    assert!(flash_attention::supported(hd), "blocked attention called for a head of {hd} values");
     let splits = (2 * rayon::current_num_threads()).div_ceil(g.pairs()).clamp(1, n.div_ceil(64).max(1));
     let rows_per_split = n.div_ceil(splits);
     (0..g.pairs() * splits).into_par_iter().for_each(|task| {
@@ -244,10 +258,33 @@ fn attend_in_key_blocks(g: &Geometry, qkv: &[f32], out: SharedOut) {
             head_dim: hd,
         };
         let dst = out.rows(g.merged_offset(pair) + rows.start * d, d).ptr;
-        // SAFETY: `supported` holds (asserted above); the pair lies inside `qkv` (offsets
-        // from `g`), and these output rows of the pair are written by this task alone.
-        unsafe { flash_attention::attend(view, rows, g.scale(), flash_attention::OutRows { ptr: dst, stride: d }) };
+        // SAFETY: `attend` takes this head size (the caller's promise); the pair lies inside
+        // `qkv` (offsets from `g`), and these output rows of the pair are written by this task
+        // alone.
+        unsafe { attend(view, rows, g.scale(), flash_attention::OutRows { ptr: dst, stride: d }) };
     });
+}
+
+/// The attention output (B, N, D) as [`attention_forward`] gives it, with q k^T and the
+/// weighted sum of v in integers on VNNI ([`flash_attention_int8`]), whatever the number of
+/// tokens. Inference only: nothing is kept for a backward. Needs
+/// `flash_attention_int8::supported(head size)`.
+pub fn attention_forward_int8(
+    qkv: &[f32],
+    (batch, tokens, dim): (usize, usize, usize),
+    heads: usize,
+) -> KernelResult<Vec<f32>> {
+    let g = Geometry::of(qkv, (batch, tokens, dim), heads, "self-attention")?;
+    if !flash_attention_int8::supported(g.head_dim()) {
+        return Err(format!("self-attention in int8: no kernel for a head of {} values on this CPU", g.head_dim()));
+    }
+    let len = g.batch * g.tokens * g.dim;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    // SAFETY: `supported` holds (checked above).
+    unsafe { run_in_key_blocks(&g, qkv, SharedOut(out.as_mut_ptr()), flash_attention_int8::attend) };
+    // SAFETY: the tasks wrote every element.
+    unsafe { out.set_len(len) };
+    Ok(out)
 }
 
 /// [`attention_forward`]'s output through [`flash_attention`] whatever the number of tokens,

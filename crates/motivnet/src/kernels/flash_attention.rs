@@ -99,10 +99,10 @@ pub unsafe fn attend(pair: PairView, rows: std::ops::Range<usize>, scale: f32, o
     SCRATCH.with(|cell| cell.replace(scratch));
 }
 
-/// Grows `buf` to `len` floats (contents unspecified) and returns them.
-fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+/// Grows `buf` to `len` elements (contents unspecified) and returns them.
+pub(super) fn sized<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     if buf.len() < len {
-        buf.resize(len, 0.0);
+        buf.resize(len, T::default());
     }
     &mut buf[..len]
 }
@@ -352,12 +352,12 @@ unsafe fn value_tile<const VECS: usize, const ROWS: usize>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::kernels::attention::{attention_forward, attention_forward_in_key_blocks};
     use crate::kernels::simd::{with_level, Level};
 
     /// softmax(q k^T / sqrt(hd)) v of every pair in f64, the heads merged: (B, N, D).
-    fn exact(qkv: &[f32], (b, n, d): (usize, usize, usize), heads: usize) -> Vec<f64> {
+    pub(crate) fn exact(qkv: &[f32], (b, n, d): (usize, usize, usize), heads: usize) -> Vec<f64> {
         let hd = d / heads;
         let scale = 1.0 / (hd as f64).sqrt();
         let at = |bi: usize, i: usize, part: usize, h: usize, c: usize| {
@@ -385,11 +385,11 @@ mod tests {
 
     /// Deterministic values in [-spread, spread): a wide spread makes the running maximum
     /// move from block to block, so the rescaling is exercised.
-    fn values(len: usize, spread: f32) -> Vec<f32> {
+    pub(crate) fn values(len: usize, spread: f32) -> Vec<f32> {
         (0..len).map(|i| (((i * 7919 + 13) % 1009) as f32 / 1009.0 * 2.0 - 1.0) * spread).collect()
     }
 
-    fn worst_relative_error(got: &[f32], want: &[f64]) -> f64 {
+    pub(crate) fn worst_relative_error(got: &[f32], want: &[f64]) -> f64 {
         let norm = want.iter().map(|w| w.abs()).fold(0.0, f64::max).max(1e-30);
         got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs() / norm).fold(0.0, f64::max)
     }

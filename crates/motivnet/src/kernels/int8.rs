@@ -89,10 +89,7 @@ impl PackedI8 {
                 for c in 0..TILE_COLS.min(n.saturating_sub(p * TILE_COLS)) {
                     let row = &w[(p * TILE_COLS + c) * k..][..k];
                     let largest = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    // As an input row's step (`scale_and_zero`): a zero, not finite or subnormal
-                    // step takes 1.
-                    let step = largest / 127.0;
-                    let scale = if step.is_normal() { step } else { 1.0 };
+                    let scale = symmetric_step(largest, 127.0);
                     let mut sum = 0i32;
                     for (i, &v) in row.iter().enumerate() {
                         let q = (v / scale).round().clamp(-127.0, 127.0) as i8;
@@ -207,9 +204,23 @@ fn quantize_row_portable(x: &[f32], q: &mut [u8]) -> (f32, i32) {
 /// A range too narrow for a normal step (which the compute threads would flush to zero), or
 /// not finite, takes a step of 1: every value then rounds to the zero point or near it.
 fn scale_and_zero(low: f32, high: f32) -> (f32, f32) {
-    let step = (high - low) / 255.0;
-    let scale = if step.is_normal() { step } else { 1.0 };
+    let scale = normal_or_one((high - low) / 255.0);
     (scale, (-low / scale).round_ties_even().clamp(0.0, 255.0))
+}
+
+/// The step of a symmetric quantization to [-levels, levels] of values whose largest magnitude
+/// is `largest`, by the rule of [`scale_and_zero`].
+pub(crate) fn symmetric_step(largest: f32, levels: f32) -> f32 {
+    normal_or_one(largest / levels)
+}
+
+/// `step` where it is a normal number, else 1.
+fn normal_or_one(step: f32) -> f32 {
+    if step.is_normal() {
+        step
+    } else {
+        1.0
+    }
 }
 
 /// A product's left operand: f32 rows (quantized at the call), or rows already quantized.

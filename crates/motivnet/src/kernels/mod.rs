@@ -11,6 +11,7 @@ pub mod amx;
 pub mod attention;
 pub mod cross_attention;
 pub mod flash_attention;
+pub mod flash_attention_int8;
 pub mod gelu;
 pub mod gemm;
 pub mod int8;

@@ -15,7 +15,8 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 
 use super::{f32_slice, kernel_err};
-use crate::kernels::attention::{attention_backward, attention_forward, attention_forward_bf16};
+use crate::kernels::attention::{attention_backward, attention_forward, attention_forward_bf16, attention_forward_int8};
+use crate::kernels::flash_attention_int8;
 
 /// The most memory one call keeps for backward as probabilities (all its heads' N x N
 /// matrices). Below it, backward skips recomputing q k^T and the softmax (a tenth of the
@@ -42,6 +43,10 @@ pub fn self_attention(qkv: &Tensor, heads: usize, for_backward: bool) -> candle_
         if super::dispatch::bf16_matmuls_on() {
             // Inside `bf16_matmuls` no backward follows (its contract).
             return qkv.contiguous()?.apply_op1_no_bwd(&SelfAttentionBf16 { heads });
+        }
+        if super::dispatch::int8_matmuls_on() && flash_attention_int8::supported(three_d / 3 / heads) {
+            // Inside `int8_matmuls` no backward follows either.
+            return qkv.contiguous()?.apply_op1_no_bwd(&SelfAttentionInt8 { heads });
         }
         return fused_self_attention(qkv, heads, for_backward && keeps_probabilities(qkv, heads)?);
     }
@@ -123,6 +128,24 @@ impl CustomOp1 for SelfAttentionBf16 {
         let qkv = f32_slice(storage, layout, self.name())?;
         let (batch, tokens, three_d) = layout.shape().dims3()?;
         let out = attention_forward_bf16(qkv, (batch, tokens, three_d / 3), self.heads).map_err(kernel_err)?;
+        Ok((CpuStorage::F32(out), Shape::from((batch, tokens, three_d / 3))))
+    }
+}
+
+/// The CPU op with its products in integers on VNNI (inference: no backward).
+struct SelfAttentionInt8 {
+    heads: usize,
+}
+
+impl CustomOp1 for SelfAttentionInt8 {
+    fn name(&self) -> &'static str {
+        "fused-self-attention-int8"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let qkv = f32_slice(storage, layout, self.name())?;
+        let (batch, tokens, three_d) = layout.shape().dims3()?;
+        let out = attention_forward_int8(qkv, (batch, tokens, three_d / 3), self.heads).map_err(kernel_err)?;
         Ok((CpuStorage::F32(out), Shape::from((batch, tokens, three_d / 3))))
     }
 }
@@ -236,6 +259,33 @@ mod tests {
             // Operands off by up to 2^-9 relative; outputs are averages of v (|v| ~ 1).
             assert!(diff < 0.03, "{batch} x {tokens} x {heads} x {head_dim}: bf16 differs by {diff}");
             assert!(diff > 0.0, "the bf16 path did not run");
+        }
+    }
+
+    /// Inside `int8_matmuls` on a CPU with VNNI: the int8 kernel runs for the head sizes it
+    /// takes, at token counts below and above the f32 key blocks' threshold, and tracks f32;
+    /// for other head sizes the f32 attention runs, and outside `int8_matmuls` too.
+    #[test]
+    fn int8_attention_runs_inside_int8_matmuls_only_and_tracks_f32() {
+        if !crate::kernels::int8::checkable_here("the int8 attention") {
+            return;
+        }
+        let dev = Device::Cpu;
+        for (batch, tokens, heads, head_dim) in [(2, 45, 3, 64), (1, 600, 2, 80), (2, 30, 2, 12), (1, 20, 1, 96)] {
+            let d = heads * head_dim;
+            let qkv = Tensor::randn(0f32, 1.0, (batch, tokens, 3 * d), &dev).unwrap();
+            let f32_out = self_attention(&qkv, heads, false).unwrap();
+            let composed = self_attention_composed(&qkv, heads, batch, tokens, d).unwrap();
+            assert!(max_diff(&f32_out, &composed) < 1e-5, "outside int8_matmuls the f32 attention runs");
+            let got = crate::ops::dispatch::int8_matmuls(|| self_attention(&qkv, heads, false)).unwrap();
+            let diff = max_diff(&got, &f32_out);
+            if crate::kernels::flash_attention_int8::supported(head_dim) {
+                // Outputs are averages of v (|v| up to about 4): a few hundredths at most.
+                assert!(diff < 0.05, "{batch} x {tokens} x {heads} x {head_dim}: int8 differs by {diff}");
+                assert!(diff > 0.0, "{batch} x {tokens} x {heads} x {head_dim}: the int8 path did not run");
+            } else {
+                assert!(diff < 1e-5, "a head of {head_dim} values keeps the f32 attention: differs by {diff}");
+            }
         }
     }
 
