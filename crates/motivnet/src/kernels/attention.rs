@@ -8,9 +8,9 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::amx::{self, Bf16Rows, PackedB, Rows};
-use super::{flash_attention, flash_attention_int8};
 use super::gemm::{matmul, threads_for_one_product, View, ViewMut, Write};
 use super::KernelResult;
+use super::{flash_attention, flash_attention_int8};
 
 /// Shapes of one call, and where a (batch, head) pair's blocks start.
 #[derive(Clone, Copy)]

@@ -497,7 +497,15 @@ mod tests {
         // every value a whole number of steps: quantizing them is exact, so what is left is
         // each weight's rounding to 1/32767 of its block's largest (and the exponentials').
         // Heads of 64 and 80 values (whole vectors), and of 16, 24 and 60 (a vector's lanes unused).
-        let shapes = [((2, 77, 128), 2), ((1, 300, 160), 2), ((1, 2, 64), 1), ((1, 515, 64), 1), ((2, 90, 48), 2), ((1, 200, 64), 4), ((1, 130, 120), 2)];
+        let shapes = [
+            ((2, 77, 128), 2),
+            ((1, 300, 160), 2),
+            ((1, 2, 64), 1),
+            ((1, 515, 64), 1),
+            ((2, 90, 48), 2),
+            ((1, 200, 64), 4),
+            ((1, 130, 120), 2),
+        ];
         for &((b, n, d), heads) in &shapes {
             let hd = d / heads;
             let mut qkv: Vec<f32> = values(b * n * 3 * d, 1.0).iter().map(|v| (v * 127.0).round()).collect();
@@ -529,7 +537,9 @@ mod tests {
         if !checkable_here() {
             return;
         }
-        for &((b, n, d), heads, spread) in &[((2, 77, 128), 2, 1.0), ((1, 300, 160), 2, 3.0), ((1, 700, 64), 1, 2.0), ((2, 90, 48), 2, 1.0)] {
+        for &((b, n, d), heads, spread) in
+            &[((2, 77, 128), 2, 1.0), ((1, 300, 160), 2, 3.0), ((1, 700, 64), 1, 2.0), ((2, 90, 48), 2, 1.0)]
+        {
             let qkv = values(b * n * 3 * d, spread);
             let want = exact(&qkv, (b, n, d), heads);
             let got = attention_forward_int8(&qkv, (b, n, d), heads).unwrap();

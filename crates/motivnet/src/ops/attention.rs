@@ -15,7 +15,9 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 
 use super::{f32_slice, kernel_err};
-use crate::kernels::attention::{attention_backward, attention_forward, attention_forward_bf16, attention_forward_int8};
+use crate::kernels::attention::{
+    attention_backward, attention_forward, attention_forward_bf16, attention_forward_int8,
+};
 use crate::kernels::flash_attention_int8;
 
 /// The most memory one call keeps for backward as probabilities (all its heads' N x N
