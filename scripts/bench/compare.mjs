@@ -341,7 +341,7 @@ f32 and our bf16 (the encoder's Linear products on the tiles, forward and backwa
 below). ONNX Runtime, which computes in f32 on x86 (its CPU provider's bf16 is for Arm64 only), is compared twice
 there too: with our f32 and with our bf16 (its accuracy cost is under "bf16 on the CPU" below). ONNX Runtime's dynamic
 int8 (\`quantize_dynamic\` of the same export: int8 weights with a scale per output channel, uint8 activations quantized
-as it runs) is compared with our \`precision: 'int8'\` (the encoder's Linear products on VNNI, marked "(int8)"; its
+as it runs; the attention's two products stay f32 \`MatMul\`s) is compared with our \`precision: 'int8'\` (the encoder's Linear products and attention products on VNNI, marked "(int8)"; its
 accuracy cost is under "int8 on the CPU" below) where this CPU has AVX512-VNNI, else with our f32. GFLOP/s from the model's FLOPs,
 with the fraction of this machine's roof: a 2048^3 matmul, in f32 the faster of ours (${f(roof.f32OursGflops, 0)} GFLOP/s) and
 PyTorch's (${f(roof.f32TorchGflops, 0)}), and ${f(roof.bf16TorchGflops, 0)} in bf16 (PyTorch${roof.bf16OursGflops ? ', AMX' : ''}), the roof of bf16 rows${roof.bf16OursGflops ? ` (our AMX kernel's: ${f(roof.bf16OursGflops, 0)})` : ''}${roof.int8OursGops ? `; int8 rows count GOP/s against our int8 kernel's ${f(roof.int8OursGops, 0)}` : ''}.${roof.fmaPeakGflops ? ` The threads' f32 multiply-adds alone, without a load or a store, reach ${f(roof.fmaPeakGflops, 0)} GFLOP/s: no f32 product passes that.` : ''}${trainLimit} Memory in MB:
