@@ -24,15 +24,15 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 /// Query rows a task holds at once: a multiple of both register tiles' heights (6, and 6 or 4).
-const QUERY_ROWS: usize = 48;
+pub(super) const QUERY_ROWS: usize = 48;
 /// Keys a panel of the transposed keys holds: four vectors of 16, the width of a score tile.
-const PANEL: usize = 64;
+pub(super) const PANEL: usize = 64;
 /// Vectors across a panel.
 const PANEL_VECS: usize = PANEL / 16;
 /// Keys whose scores a task holds at once (two panels).
-const KEY_BLOCK: usize = 128;
+pub(super) const KEY_BLOCK: usize = 128;
 /// Rows of a score tile (6 x 64 scores in 24 registers).
-const SCORE_TILE_ROWS: usize = 6;
+pub(super) const SCORE_TILE_ROWS: usize = 6;
 
 /// A pair's queries, keys and values in a packed (B, N, 3D) qkv buffer: where q, k and v of
 /// token 0 start, rows `row_stride` apart, `head_dim` values each.
@@ -233,7 +233,10 @@ fn pack_values(pair: PairView, values: &mut [f32]) {
 /// The CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn fold_maxima(maxima: &mut [f32; QUERY_ROWS], block_maxima: &[f32; QUERY_ROWS]) -> [f32; QUERY_ROWS] {
+pub(super) unsafe fn fold_maxima(
+    maxima: &mut [f32; QUERY_ROWS],
+    block_maxima: &[f32; QUERY_ROWS],
+) -> [f32; QUERY_ROWS] {
     let mut rescales = [0f32; QUERY_ROWS];
     for v in (0..QUERY_ROWS).step_by(16) {
         let old = _mm512_loadu_ps(maxima.as_ptr().add(v));

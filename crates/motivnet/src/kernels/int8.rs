@@ -32,7 +32,9 @@ const TILE_ROWS: usize = 6;
 /// Rows one task multiplies against all of B (sixteen tiles).
 const ROWS_PER_TASK: usize = 96;
 /// Values of k one `vpdpbusd` lane sums.
-const K_GROUP: usize = 4;
+pub(super) const K_GROUP: usize = 4;
+/// Levels of a weight on either side of zero (i8 without -128, so it is symmetric).
+pub(super) const WEIGHT_LEVELS: f32 = 127.0;
 
 /// Whether the int8 kernel can run here: the CPU has AVX-512 (F, BW, VL) and VNNI.
 /// `MOTIVNET_INT8=off` says no, to compare or to rule the kernel out.
@@ -89,10 +91,10 @@ impl PackedI8 {
                 for c in 0..TILE_COLS.min(n.saturating_sub(p * TILE_COLS)) {
                     let row = &w[(p * TILE_COLS + c) * k..][..k];
                     let largest = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let scale = symmetric_step(largest, 127.0);
+                    let scale = symmetric_step(largest, WEIGHT_LEVELS);
                     let mut sum = 0i32;
                     for (i, &v) in row.iter().enumerate() {
-                        let q = (v / scale).round().clamp(-127.0, 127.0) as i8;
+                        let q = (v / scale).round().clamp(-WEIGHT_LEVELS, WEIGHT_LEVELS) as i8;
                         panel[(i / K_GROUP) * TILE_COLS * K_GROUP + c * K_GROUP + i % K_GROUP] = q;
                         sum += i32::from(q);
                     }

@@ -47,14 +47,14 @@ pub fn bf16_matmuls_on() -> bool {
     BF16_MATMULS_HERE.with(Cell::get) && !composed_forced() && crate::kernels::amx::available()
 }
 
-/// Runs `f` with the Linear layers' products in int8 (VNNI, exact i32 sums) for the calls this
-/// thread makes: what `precision: 'int8'` means on the CPU. For inference only, as
+/// Runs `f` with the Linear layers' products, and the self-attention's, in int8 (VNNI, exact i32
+/// sums) for the calls this thread makes: what `precision: 'int8'` means on the CPU. For inference only, as
 /// [`bf16_matmuls`].
 pub fn int8_matmuls<R>(f: impl FnOnce() -> R) -> R {
     with_flag(&INT8_MATMULS_HERE, f)
 }
 
-/// Whether this thread's Linear products run in int8 (inside [`int8_matmuls`], on a CPU with
+/// Whether this thread's Linear and attention products run in int8 (inside [`int8_matmuls`], on a CPU with
 /// AVX512-VNNI, on the fused path).
 pub fn int8_matmuls_on() -> bool {
     INT8_MATMULS_HERE.with(Cell::get) && !composed_forced() && crate::kernels::int8::available()

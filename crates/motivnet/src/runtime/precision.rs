@@ -21,8 +21,10 @@
 //! int8 means the Linear layers' products run on VNNI with dynamic quantization, as ONNX
 //! Runtime's and PyTorch's dynamic int8 Linear: each weight row to i8 with its own scale (once),
 //! each input row to u8 with its own scale and zero point (each call), exact i32 sums
-//! (`kernels::int8`). Attention, LayerNorm, GELU and the softmaxes stay f32. It is for
-//! inference on the CPU only: a train step, a GPU, or a CPU without VNNI is refused.
+//! (`kernels::int8`). The encoder's self-attention runs its two products in integers too, its
+//! softmax in f32 (`kernels::flash_attention_int8`, heads of up to 80 values; a larger head
+//! keeps the f32 attention). LayerNorm, GELU and the head stay f32. It is for inference on the
+//! CPU only: a train step, a GPU, or a CPU without VNNI is refused.
 
 use candle_core::Device;
 
