@@ -59,7 +59,8 @@ export interface LoadOptions {
    * Or `int8`, for inference on a CPU with AVX512-VNNI ({@link cpuInt8Available}): the
    * encoder's Linear products run on int8, each weight row quantized with its own scale and
    * each input row with its own scale and zero point, the sums exact; the self-attention's two
-   * products run in integers too (its softmax in f32); the norms and the head stay f32. The
+   * products run in integers too (its softmax in f32; heads of up to 80 values, every
+   * preset's); the norms and the head stay f32. The
    * encoder's Linear weights are kept only quantized (a quarter of their
    * f32 memory). Its accuracy cost (top-1 agreement with f32, largest logit difference) is in
    * docs/BENCHMARKS.md. int8 cannot train: `forTraining` with it, `trainStep`, `save` and

@@ -58,18 +58,23 @@ function topOf(values) {
   return values.indexOf(Math.max(...values));
 }
 
-/** Top-1 agreement and the largest differences between two models' outputs on the same images. */
+/**
+ * Top-1 agreement and the largest differences between two models' outputs on the same images,
+ * with the largest logit of the first (the scale the differences are read against).
+ */
 export function compare(a, b) {
   let agree = 0;
   let logit = 0;
   let probability = 0;
+  let largestLogit = 0;
   a.forEach((x, i) => {
     const y = b[i];
     if (topOf(x.logits) === topOf(y.logits)) agree++;
     for (let c = 0; c < x.logits.length; c++) {
+      largestLogit = Math.max(largestLogit, Math.abs(x.logits[c]));
       logit = Math.max(logit, Math.abs(x.logits[c] - y.logits[c]));
       probability = Math.max(probability, Math.abs(x.probabilities[c] - y.probabilities[c]));
     }
   });
-  return { images: a.length, top1Agreement: agree, maxLogitDiff: logit, maxProbabilityDiff: probability };
+  return { images: a.length, top1Agreement: agree, maxLogitDiff: logit, maxProbabilityDiff: probability, largestLogit };
 }
