@@ -99,6 +99,26 @@ pub unsafe fn attend(pair: PairView, rows: std::ops::Range<usize>, scale: f32, o
     SCRATCH.with(|cell| cell.replace(scratch));
 }
 
+/// The finished rows of a query block, each output row (`hd` values, `stride` apart in
+/// `outputs`) divided by its weights' sum, written to rows `first ..` of `out`.
+///
+/// # Safety
+/// `out` addresses rows `first .. first + sums.len()` of `hd` floats that no other thread
+/// touches meanwhile.
+pub(super) unsafe fn write_rows(
+    out: OutRows,
+    first: usize,
+    (outputs, stride, hd): (&[f32], usize, usize),
+    sums: &[f32],
+) {
+    for (i, &sum) in sums.iter().enumerate() {
+        let inv = 1.0 / sum;
+        // SAFETY: the caller's promise.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.ptr.add((first + i) * out.stride), hd) };
+        dst.iter_mut().zip(&outputs[i * stride..][..hd]).for_each(|(d, o)| *d = o * inv);
+    }
+}
+
 /// Grows `buf` to `len` elements (contents unspecified) and returns them.
 pub(super) fn sized<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
     if buf.len() < len {
@@ -185,11 +205,7 @@ unsafe fn attend_avx512<const VECS: usize, const PV_ROWS: usize>(
                 );
             }
         }
-        for i in 0..block_rows {
-            let inv = 1.0 / sums[i];
-            let dst = std::slice::from_raw_parts_mut(out.ptr.add((r0 - rows.start + i) * out.stride), hd);
-            dst.iter_mut().zip(&outputs[i * hd..][..hd]).for_each(|(d, o)| *d = o * inv);
-        }
+        write_rows(out, r0 - rows.start, (outputs, hd, hd), &sums[..block_rows]);
     }
 }
 

@@ -32,7 +32,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 // The f32 kernel's blocking: its query rows, key panels, key blocks and score tiles.
-use super::flash_attention::{sized, OutRows, PairView, KEY_BLOCK, PANEL, QUERY_ROWS, SCORE_TILE_ROWS};
+use super::flash_attention::{sized, write_rows, OutRows, PairView, KEY_BLOCK, PANEL, QUERY_ROWS, SCORE_TILE_ROWS};
 use super::int8::{symmetric_step, K_GROUP, WEIGHT_LEVELS as QK_LEVELS};
 
 /// Keys one `vpdpwssd` lane sums.
@@ -196,11 +196,7 @@ unsafe fn attend_vnni<const VECS: usize, const PV_ROWS: usize>(
                 );
             }
         }
-        for i in 0..block_rows {
-            let inv = 1.0 / sums[i];
-            let dst = std::slice::from_raw_parts_mut(out.ptr.add((r0 - rows.start + i) * out.stride), hd);
-            dst.iter_mut().zip(&outputs[i * width..][..hd]).for_each(|(d, o)| *d = o * inv);
-        }
+        write_rows(out, r0 - rows.start, (outputs, width, hd), &sums[..block_rows]);
     }
 }
 
