@@ -251,33 +251,36 @@ unsafe fn quantize_query<const VECS: usize>(src: &[f32], dst: *mut u8) -> f32 {
 }
 
 /// The pair's keys quantized and packed for [`score_tile`] (see [`Scratch::keys`]); the
-/// padding keys past the last are zero, with scale and offset zero.
+/// padding keys past the last are zero, with scale and offset zero. Panics where the buffers
+/// are shorter than the padded keys need.
 ///
 /// # Safety
-/// The CPU has AVX-512 (F, BW); the buffers are as long as the padded keys need.
+/// The CPU has AVX-512 (F, BW).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn pack_keys<const VECS: usize>(pair: PairView, keys: &mut [i8], scales: &mut [f32], offsets: &mut [i32]) {
-    let (hd, width) = (pair.head_dim, VECS * 16);
-    keys.fill(0);
-    scales.fill(0.0);
-    offsets.fill(0);
-    for j in 0..pair.tokens {
+    let (hd, width, n) = (pair.head_dim, VECS * 16, pair.tokens);
+    assert!(keys.len() >= n.div_ceil(PANEL) * PANEL * width && scales.len() >= n && offsets.len() >= n);
+    // The padding keys: the rest of the last panel (its real keys are written below).
+    keys[(n / PANEL) * PANEL * width..].fill(0);
+    scales[n..].fill(0.0);
+    offsets[n..].fill(0);
+    for j in 0..n {
         let (row, largest) = load_row::<VECS>(&pair.qkv[pair.k + j * pair.row_stride..][..hd]);
         let step = symmetric_step(largest, QK_LEVELS);
         let inverse = _mm512_set1_ps(1.0 / step);
-        let panel = &mut keys[(j / PANEL) * PANEL * width..][..PANEL * width];
+        let key = keys.as_mut_ptr().add((j / PANEL) * PANEL * width + (j % PANEL) * K_GROUP);
         let mut sum = _mm512_setzero_si512();
         for (t, &v) in row.iter().enumerate() {
             let q = quantize16(v, inverse, QK_LEVELS as i32);
             sum = _mm512_add_epi32(sum, q);
-            let mut bytes = [0i8; 16];
-            _mm_storeu_si128(bytes.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(q));
-            // Values 16t .. 16t + 16 are groups 4t .. 4t + 4 of this key's four bytes.
-            for (e, four) in bytes.chunks_exact(K_GROUP).enumerate() {
-                let at = (4 * t + e) * PANEL * K_GROUP + (j % PANEL) * K_GROUP;
-                panel[at..at + K_GROUP].copy_from_slice(four);
-            }
+            // Values 16t .. 16t + 16 are groups 4t .. 4t + 4: four bytes into each.
+            let bytes = _mm512_cvtepi32_epi8(q);
+            let group = |e: usize| key.add((4 * t + e) * PANEL * K_GROUP).cast::<i32>();
+            group(0).write_unaligned(_mm_extract_epi32::<0>(bytes));
+            group(1).write_unaligned(_mm_extract_epi32::<1>(bytes));
+            group(2).write_unaligned(_mm_extract_epi32::<2>(bytes));
+            group(3).write_unaligned(_mm_extract_epi32::<3>(bytes));
         }
         scales[j] = step;
         offsets[j] = 128 * _mm512_reduce_add_epi32(sum);
@@ -288,9 +291,9 @@ unsafe fn pack_keys<const VECS: usize>(pair: PairView, keys: &mut [i8], scales: 
 /// [`Scratch::values`]); the padding keys' values are zero.
 ///
 /// # Safety
-/// The CPU has AVX-512 (F, BW); the buffers are as long as the padded keys and the head need.
+/// The CPU has AVX-512 (F, BW); `scales` is VECS x 16 long.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
 unsafe fn pack_values<const VECS: usize>(pair: PairView, values: &mut [i16], scales: &mut [f32]) {
     let (hd, width) = (pair.head_dim, VECS * 16);
     let row_at = |j: usize| load_row::<VECS>(&pair.qkv[pair.v + j * pair.row_stride..][..hd]).0;
@@ -310,18 +313,25 @@ unsafe fn pack_values<const VECS: usize>(pair: PairView, values: &mut [i16], sca
         }
         inverses[t] = _mm512_loadu_ps(channel.as_ptr());
     }
-    values.fill(0);
-    for j in 0..pair.tokens {
-        let pair_of_keys = &mut values[(j / KEY_PAIR) * KEY_PAIR * width..][..KEY_PAIR * width];
-        for (t, (&inverse, v)) in inverses.iter().zip(row_at(j)).enumerate() {
-            let q = quantize16(v, inverse, VALUE_LEVELS as i32);
-            let mut lanes = [0i16; 16];
-            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm512_cvtepi32_epi16(q));
-            for (c, &v) in lanes.iter().enumerate() {
-                pair_of_keys[(t * 16 + c) * KEY_PAIR + j % KEY_PAIR] = v;
-            }
+    let n = pair.tokens;
+    let pairs = n.div_ceil(KEY_PAIR);
+    assert!(values.len() >= pairs * KEY_PAIR * width);
+    for p in 0..pairs {
+        let first = row_at(KEY_PAIR * p);
+        // A last key without a partner is paired with zeros.
+        let second = if KEY_PAIR * p + 1 < n { row_at(KEY_PAIR * p + 1) } else { [_mm512_setzero_ps(); VECS] };
+        let dst = values.as_mut_ptr().add(p * KEY_PAIR * width);
+        for t in 0..VECS {
+            let a = _mm512_cvtepi32_epi16(quantize16(first[t], inverses[t], VALUE_LEVELS as i32));
+            let b = _mm512_cvtepi32_epi16(quantize16(second[t], inverses[t], VALUE_LEVELS as i32));
+            // Each channel's two values side by side: the unpacks interleave within halves
+            // (channels 0-3 with 8-11, then 4-7 with 12-15), the permutes put the halves in order.
+            let (low, high) = (_mm256_unpacklo_epi16(a, b), _mm256_unpackhi_epi16(a, b));
+            _mm256_storeu_si256(dst.add(t * 32).cast(), _mm256_permute2x128_si256::<0x20>(low, high));
+            _mm256_storeu_si256(dst.add(t * 32 + 16).cast(), _mm256_permute2x128_si256::<0x31>(low, high));
         }
     }
+    values[pairs * KEY_PAIR * width..].fill(0);
 }
 
 /// One panel of packed keys: its bytes, each key's scale and offset, and how many of its 64
