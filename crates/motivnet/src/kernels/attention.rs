@@ -278,13 +278,26 @@ pub fn attention_forward_int8(
     if !flash_attention_int8::supported(g.head_dim()) {
         return Err(format!("self-attention in int8: no kernel for a head of {} values on this CPU", g.head_dim()));
     }
+    // SAFETY: `supported` holds (checked above).
+    Ok(unsafe { output_in_key_blocks(&g, qkv, flash_attention_int8::attend) })
+}
+
+/// The (B, N, D) output of [`run_in_key_blocks`] with `attend`, in a buffer of its own.
+///
+/// # Safety
+/// As [`run_in_key_blocks`].
+unsafe fn output_in_key_blocks(
+    g: &Geometry,
+    qkv: &[f32],
+    attend: unsafe fn(flash_attention::PairView, std::ops::Range<usize>, f32, flash_attention::OutRows),
+) -> Vec<f32> {
     let len = g.batch * g.tokens * g.dim;
     let mut out: Vec<f32> = Vec::with_capacity(len);
-    // SAFETY: `supported` holds (checked above).
-    unsafe { run_in_key_blocks(&g, qkv, SharedOut(out.as_mut_ptr()), flash_attention_int8::attend) };
-    // SAFETY: the tasks wrote every element.
+    // SAFETY: the caller's promise.
+    unsafe { run_in_key_blocks(g, qkv, SharedOut(out.as_mut_ptr()), attend) };
+    // SAFETY: the tasks tile the output: every element was written.
     unsafe { out.set_len(len) };
-    Ok(out)
+    out
 }
 
 /// [`attention_forward`]'s output through [`flash_attention`] whatever the number of tokens,
@@ -296,12 +309,9 @@ pub(crate) fn attention_forward_in_key_blocks(
     heads: usize,
 ) -> Vec<f32> {
     let g = Geometry::of(qkv, (batch, tokens, dim), heads, "self-attention").unwrap();
-    let len = g.batch * g.tokens * g.dim;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
-    attend_in_key_blocks(&g, qkv, SharedOut(out.as_mut_ptr()));
-    // SAFETY: `attend_in_key_blocks` wrote every element.
-    unsafe { out.set_len(len) };
-    out
+    assert!(flash_attention::supported(g.head_dim()), "blocked attention called for a head of {} values", g.head_dim());
+    // SAFETY: `supported` holds (asserted above).
+    unsafe { output_in_key_blocks(&g, qkv, flash_attention::attend) }
 }
 
 /// The attention output (B, N, D) as [`attention_forward`] gives it, with q k^T and p v on

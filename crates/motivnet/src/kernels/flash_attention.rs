@@ -88,15 +88,28 @@ thread_local! {
 /// [`supported`] holds for `pair.head_dim`; the pair's rows lie inside `pair.qkv`; `out`
 /// addresses `rows.len()` rows of `head_dim` floats that no other thread touches meanwhile.
 pub unsafe fn attend(pair: PairView, rows: std::ops::Range<usize>, scale: f32, out: OutRows) {
-    let mut scratch = SCRATCH.with(|cell| cell.take());
-    #[cfg(target_arch = "x86_64")]
-    match pair.head_dim {
-        // SAFETY: `supported` checked AVX-512 and the head size.
-        64 => unsafe { attend_avx512::<4, 6>(pair, rows, scale, out, &mut scratch) },
-        80 => unsafe { attend_avx512::<5, 4>(pair, rows, scale, out, &mut scratch) },
-        other => unreachable!("flash attention called for a head of {other} values"),
-    }
-    SCRATCH.with(|cell| cell.replace(scratch));
+    with_thread_scratch(&SCRATCH, |scratch| {
+        #[cfg(target_arch = "x86_64")]
+        match pair.head_dim {
+            // SAFETY: `supported` checked AVX-512 and the head size.
+            64 => unsafe { attend_avx512::<4, 6>(pair, rows, scale, out, scratch) },
+            80 => unsafe { attend_avx512::<5, 4>(pair, rows, scale, out, scratch) },
+            other => unreachable!("flash attention called for a head of {other} values"),
+        }
+    })
+}
+
+/// Runs `f` with this thread's buffers in `key`, taken out of their cell meanwhile (a task that
+/// rayon runs on this thread inside `f` gets buffers of its own instead of finding these
+/// borrowed), and put back after.
+pub(super) fn with_thread_scratch<S: Default, R>(
+    key: &'static std::thread::LocalKey<RefCell<S>>,
+    f: impl FnOnce(&mut S) -> R,
+) -> R {
+    let mut scratch = key.with(|cell| cell.take());
+    let result = f(&mut scratch);
+    key.with(|cell| cell.replace(scratch));
+    result
 }
 
 /// The finished rows of a query block, each output row (`hd` values, `stride` apart in

@@ -32,7 +32,9 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 // The f32 kernel's blocking: its query rows, key panels, key blocks and score tiles.
-use super::flash_attention::{sized, write_rows, OutRows, PairView, KEY_BLOCK, PANEL, QUERY_ROWS, SCORE_TILE_ROWS};
+use super::flash_attention::{
+    sized, with_thread_scratch, write_rows, OutRows, PairView, KEY_BLOCK, PANEL, QUERY_ROWS, SCORE_TILE_ROWS,
+};
 use super::int8::{symmetric_step, K_GROUP, WEIGHT_LEVELS as QK_LEVELS};
 
 /// Keys one `vpdpwssd` lane sums.
@@ -94,18 +96,18 @@ thread_local! {
 /// [`supported`] holds for `pair.head_dim`; the pair's rows lie inside `pair.qkv`; `out`
 /// addresses `rows.len()` rows of `head_dim` floats that no other thread touches meanwhile.
 pub unsafe fn attend(pair: PairView, rows: std::ops::Range<usize>, scale: f32, out: OutRows) {
-    let mut scratch = SCRATCH.with(|cell| cell.take());
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY (each arm): `supported` checked AVX-512 with VNNI and the head size.
-    match pair.head_dim.div_ceil(16) {
-        1 => unsafe { attend_vnni::<1, 6>(pair, rows, scale, out, &mut scratch) },
-        2 => unsafe { attend_vnni::<2, 6>(pair, rows, scale, out, &mut scratch) },
-        3 => unsafe { attend_vnni::<3, 6>(pair, rows, scale, out, &mut scratch) },
-        4 => unsafe { attend_vnni::<4, 6>(pair, rows, scale, out, &mut scratch) },
-        5 => unsafe { attend_vnni::<5, 4>(pair, rows, scale, out, &mut scratch) },
-        _ => unreachable!("int8 flash attention called for a head of {} values", pair.head_dim),
-    }
-    SCRATCH.with(|cell| cell.replace(scratch));
+    with_thread_scratch(&SCRATCH, |scratch| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY (each arm): `supported` checked AVX-512 with VNNI and the head size.
+        match pair.head_dim.div_ceil(16) {
+            1 => unsafe { attend_vnni::<1, 6>(pair, rows, scale, out, scratch) },
+            2 => unsafe { attend_vnni::<2, 6>(pair, rows, scale, out, scratch) },
+            3 => unsafe { attend_vnni::<3, 6>(pair, rows, scale, out, scratch) },
+            4 => unsafe { attend_vnni::<4, 6>(pair, rows, scale, out, scratch) },
+            5 => unsafe { attend_vnni::<5, 4>(pair, rows, scale, out, scratch) },
+            _ => unreachable!("int8 flash attention called for a head of {} values", pair.head_dim),
+        }
+    })
 }
 
 /// [`attend`] for a head of up to `VECS` x 16 values, held in `VECS` x 16 (the lanes past the
