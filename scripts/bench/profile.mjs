@@ -5,7 +5,9 @@
 // docs/BENCHMARKS.md and docs/benchmarks/profile.json. Needs `perf` (Linux).
 //
 //   BENCH_THREADS (default 2), BENCH_CASES (comma list of case ids; the other columns are kept
-//   from the last run on this machine)
+//   from the last run on this machine). Columns of a precision this CPU cannot run (bf16
+//   without AMX, int8 without VNNI) are kept from the last run that measured them, with the
+//   machine they ran on named under the table.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -21,7 +23,12 @@ const CASES = [
   { id: 'forward-tiny', name: 'inference forward, tiny, batch 8', args: ['--model', 'tiny', '--batch', '8', '--iters', '60', '--skip-train'] },
   { id: 'train-tiny', name: 'train step, tiny, batch 8', args: ['--model', 'tiny', '--batch', '8', '--iters', '20', '--skip-forward'] },
   { id: 'forward-small', name: 'inference forward, small, batch 2', args: ['--model', 'small', '--batch', '2', '--iters', '20', '--skip-train'] },
+  { id: 'train-small', name: 'train step, small, batch 2', args: ['--model', 'small', '--batch', '2', '--iters', '10', '--skip-forward'] },
   { id: 'forward-0.3b', name: 'inference forward, sapiens-0.3b, batch 1', args: ['--model', 'sapiens-0.3b', '--batch', '1', '--iters', '1', '--warmup', '1', '--skip-train'] },
+  // int8 on the CPU (VNNI), where this CPU has it: as for bf16, the case is left out otherwise.
+  { id: 'forward-tiny-int8', name: 'inference forward, tiny, batch 8, int8', args: ['--model', 'tiny', '--batch', '8', '--iters', '60', '--skip-train', '--precision', 'int8'] },
+  { id: 'forward-small-int8', name: 'inference forward, small, batch 2, int8', args: ['--model', 'small', '--batch', '2', '--iters', '20', '--skip-train', '--precision', 'int8'] },
+  { id: 'forward-0.3b-int8', name: 'inference forward, sapiens-0.3b, batch 1, int8', args: ['--model', 'sapiens-0.3b', '--batch', '1', '--iters', '1', '--warmup', '1', '--skip-train', '--precision', 'int8'] },
   // bf16 on the CPU (AMX), where this CPU has it: the binary refuses it otherwise, and the case is left out.
   { id: 'forward-small-bf16', name: 'inference forward, small, batch 2, bf16', args: ['--model', 'small', '--batch', '2', '--iters', '20', '--skip-train', '--precision', 'bf16'] },
   { id: 'forward-0.3b-bf16', name: 'inference forward, sapiens-0.3b, batch 1, bf16', args: ['--model', 'sapiens-0.3b', '--batch', '1', '--iters', '1', '--warmup', '1', '--skip-train', '--precision', 'bf16'] },
@@ -32,12 +39,15 @@ const selected = process.env.BENCH_CASES ? CASES.filter((c) => process.env.BENCH
 /** Kinds of work, by the symbols their samples land in; the first match wins. */
 const KINDS = [
   ['matmul kernels (gemm)', /^gemm|gemm_f32|gemm_common|strided_gemm|kernels::gemm/],
-  // The f32 attention in key blocks runs its products and its softmax in one function.
+  // The attention in key blocks runs its products and its softmax in one function; the int8
+  // one (its module's name holds the f32 one's) is matched first.
+  ['int8 attention in key blocks (VNNI products and softmax)', /flash_attention_int8/],
   ['f32 attention in key blocks (products and softmax)', /flash_attention/],
   // The bf16 attention's softmax rounds its exponentials straight into the tiles' layout
   // (amx::exp_row_to_panel): counted as softmax, before the rest of the AMX code.
   ['softmax', /softmax|exp_row_to_panel/],
   ['bf16 products (AMX tiles, packing, rounding)', /kernels::amx/],
+  ['int8 products (VNNI tiles, quantizing rows)', /kernels::int8/],
   ['attention (scores, their gradient)', /kernels::attention/],
   ['LayerNorm', /layer_norm/],
   ['GELU', /gelu/],
@@ -80,28 +90,41 @@ function profile(c) {
 
 if (spawnSync('perf', ['--version']).status !== 0) throw new Error('perf is not installed: it comes with the linux-perf package');
 if (!existsSync(bin)) throw new Error(`${bin} is missing: run npm run bench:profile (it builds it)`);
-const bf16Here = spawnSync(bin, ['--model', 'tiny', '--batch', '1', '--iters', '1', '--warmup', '0', '--skip-train', '--precision', 'bf16']).status === 0;
-if (!bf16Here) console.log('this CPU has no AMX: the bf16 cases are left out');
+/** Whether this CPU runs a precision: the binary refuses bf16 without AMX and int8 without VNNI. */
+const runsHere = (precision) =>
+  spawnSync(bin, ['--model', 'tiny', '--batch', '1', '--iters', '1', '--warmup', '0', '--skip-train', '--precision', precision]).status === 0;
+const precisionOf = (c) => (c.args.includes('--precision') ? c.args[c.args.indexOf('--precision') + 1] : 'f32');
+const here = { f32: true, bf16: runsHere('bf16'), int8: runsHere('int8') };
+if (!here.bf16) console.log('this CPU has no AMX: the bf16 cases are left out');
+if (!here.int8) console.log('this CPU has no AVX512-VNNI: the int8 cases are left out');
 const results = [];
-for (const c of selected.filter((c) => bf16Here || !c.args.includes('bf16'))) {
+for (const c of selected.filter((c) => here[precisionOf(c)])) {
   const shares = profile(c);
   results.push({ name: c.name, shares });
   console.log(`${c.name}: ${Object.entries(shares).filter(([, v]) => v >= 1).map(([k, v]) => `${k} ${v.toFixed(0)}%`).join(', ')}`);
 }
 const date = new Date().toISOString().slice(0, 10);
-for (const r of results) r.date = date;
-// A run of some cases (BENCH_CASES) keeps the last run's columns of the others, measured on
-// this same machine with as many threads, so the table stays whole; each column keeps its date.
+for (const r of results) Object.assign(r, { date, machine: machine() });
+// The last run's columns that this run did not measure are kept, each with its date and
+// machine, so the table stays whole: from this same machine (at as many threads) when only
+// some cases ran (BENCH_CASES), and from any machine for a precision this CPU cannot run.
 const lastFile = path.join(root, 'docs/benchmarks/profile.json');
-if (process.env.BENCH_CASES && existsSync(lastFile)) {
+if (existsSync(lastFile)) {
   const last = JSON.parse(readFileSync(lastFile, 'utf8'));
-  if (last.machine === machine() && last.threads === threads) {
-    const measured = new Set(results.map((r) => r.name));
-    const kept = last.cases.filter((r) => !measured.has(r.name)).map((r) => ({ ...r, date: r.date ?? last.date }));
-    const order = (r) => CASES.findIndex((c) => c.name === r.name);
-    results.splice(0, results.length, ...[...kept, ...results].sort((a, b) => order(a) - order(b)));
-  }
+  const measured = new Set(results.map((r) => r.name));
+  const keep = (r) => {
+    const c = CASES.find((c) => c.name === r.name);
+    if (!c || measured.has(r.name) || last.threads !== threads) return false;
+    return !here[precisionOf(c)] || (process.env.BENCH_CASES && r.machine === machine());
+  };
+  const kept = last.cases.map((r) => ({ ...r, date: r.date ?? last.date, machine: r.machine ?? last.machine })).filter(keep);
+  const order = (r) => CASES.findIndex((c) => c.name === r.name);
+  results.splice(0, results.length, ...[...kept, ...results].sort((a, b) => order(a) - order(b)));
 }
+// Columns from another machine are marked and that machine named under the table.
+const elsewhere = [...new Set(results.filter((r) => r.machine !== machine()).map((r) => r.machine))];
+const mark = (r) => (r.machine === machine() ? '' : ` [${elsewhere.indexOf(r.machine) + 1}]`);
+const footnotes = elsewhere.map((m, i) => `[${i + 1}] measured on another machine: ${m}, ${results.find((r) => r.machine === m).date}.`);
 const dates = [...new Set(results.map((r) => r.date))].sort();
 const when = dates.length > 1 ? `columns measured ${dates[0]} to ${dates.at(-1)}` : date;
 writeJson('profile', { date, machine: machine(), threads, cases: results });
@@ -113,9 +136,11 @@ writeSection(
 \`npm run bench:profile\` — ${when}, ${machine()}; ${threads} threads. \`perf record\` (CPU-clock samples, both threads)
 of \`motivnet-bench\` on each case, sampling only its timed iterations (not building the model or the warm-up), each
 sample counted where it landed (its own symbol, not its callers), grouped by kind of work. Shares of all samples, in
-percent. The bf16 attention's softmax, which rounds straight into the tiles' layout, counts as softmax.
+percent. The bf16 attention's softmax, which rounds straight into the tiles' layout, counts as softmax; the attention in key
+blocks counts its softmax with its products.
 
-| kind of work | ${results.map((r) => r.name).join(' | ')} |
+| kind of work | ${results.map((r) => r.name + mark(r)).join(' | ')} |
 |---|${results.map(() => '---').join('|')}|
-${kinds.map((k) => `| ${k} | ${results.map((r) => r.shares[k].toFixed(1)).join(' | ')} |`).join('\n')}`,
+${kinds.map((k) => `| ${k} | ${results.map((r) => (r.shares[k] ?? 0).toFixed(1)).join(' | ')} |`).join('\n')}
+${footnotes.length ? '\n' + footnotes.join('\n') : ''}`,
 );
