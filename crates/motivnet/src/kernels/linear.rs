@@ -4,7 +4,9 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::gelu::gelu_in_place;
 use super::gemm::{filled_vec, matmul, threads_for_one_product, View, ViewMut, Write};
+use super::CHUNK;
 
 crate::simd_dispatch! {
     /// Adds each `acc.len()`-long row of `rows` to `acc`.
@@ -25,33 +27,108 @@ pub fn linear_rows(x: &[f32], w: &[f32], b: &[f32], in_dim: usize, residual: Opt
     let out_dim = b.len();
     assert!(x.len() == rows * in_dim && w.len() == out_dim * in_dim, "linear_rows: x, W and b do not fit");
     assert!(residual.is_none_or(|r| r.len() == rows * out_dim), "linear_rows: residual does not fit the output");
-    let width = out_dim.max(1);
     // SAFETY: every row receives the bias (plus its residual row): rows x out_dim values.
-    let mut y = unsafe {
-        filled_vec(rows * out_dim, |y| match residual {
-            None => y.par_chunks_mut(width * 64).for_each(|block| {
-                block.chunks_mut(width).for_each(|r| r.iter_mut().zip(b).for_each(|(o, &v)| _ = o.write(v)))
-            }),
-            Some(res) => y.par_chunks_mut(width * 64).zip(res.par_chunks(width * 64)).for_each(|(block, res)| {
-                block
-                    .chunks_mut(width)
-                    .zip(res.chunks(width))
-                    .for_each(|(r, res)| r.iter_mut().zip(b).zip(res).for_each(|((o, &v), &x)| _ = o.write(v + x)))
-            }),
-        })
-    };
-    if in_dim > 0 {
-        // SAFETY: the views cover exactly x (rows x in), W (out x in) and y (rows x out).
+    let mut y = unsafe { filled_vec(rows * out_dim, |y| start_from_bias(y, b, residual)) };
+    // SAFETY: y is rows x out_dim, initialised.
+    unsafe { accumulate_product(&mut y, x, w, in_dim) };
+    y
+}
+
+/// Writes the bias into every row of `y` (rows of `b.len()`), plus the matching row of
+/// `residual` when given: where a Linear's product starts.
+fn start_from_bias(y: &mut [MaybeUninit<f32>], b: &[f32], residual: Option<&[f32]>) {
+    let width = b.len().max(1);
+    match residual {
+        None => y.par_chunks_mut(width * 64).for_each(|block| {
+            block.chunks_mut(width).for_each(|r| r.iter_mut().zip(b).for_each(|(o, &v)| _ = o.write(v)))
+        }),
+        Some(res) => y.par_chunks_mut(width * 64).zip(res.par_chunks(width * 64)).for_each(|(block, res)| {
+            block
+                .chunks_mut(width)
+                .zip(res.chunks(width))
+                .for_each(|(r, res)| r.iter_mut().zip(b).zip(res).for_each(|((o, &v), &x)| _ = o.write(v + x)))
+        }),
+    }
+}
+
+/// y (rows x out) += x (rows x in_dim) W^T (W: out x in_dim), threaded.
+///
+/// # Safety
+/// The lengths fit: x is whole rows of `in_dim`, W is y's width x `in_dim`.
+unsafe fn accumulate_product(y: &mut [f32], x: &[f32], w: &[f32], in_dim: usize) {
+    let rows = x.len() / in_dim.max(1);
+    let out_dim = y.len() / rows.max(1);
+    debug_assert!(x.len() == rows * in_dim && w.len() == out_dim * in_dim && y.len() == rows * out_dim);
+    if in_dim == 0 || rows == 0 {
+        return;
+    }
+    // SAFETY: the views cover exactly x (rows x in), W (out x in) and y (rows x out).
+    unsafe {
+        matmul(
+            (rows, out_dim, in_dim),
+            ViewMut::rows(y, 0, out_dim),
+            View::rows(x, 0, in_dim),
+            View::rows(w, 0, in_dim).t(),
+            1.0,
+            Write::Accumulate,
+            threads_for_one_product(),
+        );
+    }
+}
+
+/// Bytes of hidden activations [`mlp_rows`] holds at once. sapiens-0.3b's hidden layer is
+/// 48 MiB for its 3072 tokens: whole, it is above glibc's mmap ceiling (32 MiB), so it was
+/// mapped afresh and paged in by the kernel in every block, and it set the forward's peak.
+/// In blocks of rows of at most this much, its products still multiply 1024 rows at a time;
+/// the presets below it (`small`: 9 MiB, `tiny`: 4.5 MiB) run in one block.
+pub const MLP_HIDDEN_BLOCK_BYTES: usize = 16 << 20;
+
+/// residual + fc2(GELU(fc1(x))) over row-major slices (x and the residual: rows x d; W1:
+/// hidden x d, b1: hidden; W2: d x hidden, b2: d), for inference: the hidden activations in
+/// blocks of rows of at most [`MLP_HIDDEN_BLOCK_BYTES`] in one reused buffer, each block's
+/// fc2 product accumulated into the output, which starts from b2 plus the residual (the
+/// composed layers add the residual last: the same terms, summed in another order).
+///
+/// Panics when the lengths do not fit.
+pub fn mlp_rows(x: &[f32], fc1: (&[f32], &[f32]), fc2: (&[f32], &[f32]), residual: &[f32]) -> Vec<f32> {
+    let block_rows = MLP_HIDDEN_BLOCK_BYTES / 4 / fc1.1.len().max(1);
+    mlp_rows_in_blocks(x, fc1, fc2, residual, block_rows)
+}
+
+/// [`mlp_rows`] with the hidden activations made `block_rows` rows at a time.
+fn mlp_rows_in_blocks(
+    x: &[f32],
+    (w1, b1): (&[f32], &[f32]),
+    (w2, b2): (&[f32], &[f32]),
+    residual: &[f32],
+    block_rows: usize,
+) -> Vec<f32> {
+    let (d, hidden) = (b2.len(), b1.len());
+    let rows = x.len() / d.max(1);
+    assert!(
+        x.len() == rows * d && w1.len() == hidden * d && w2.len() == d * hidden && residual.len() == rows * d,
+        "mlp_rows: x ({} values), W1 ({}), b1 ({hidden}), W2 ({}), b2 ({d}) and the residual ({}) do not fit",
+        x.len(),
+        w1.len(),
+        w2.len(),
+        residual.len()
+    );
+    let block_rows = block_rows.clamp(1, rows.max(1));
+    // SAFETY: every row receives b2 plus its residual row: rows x d values.
+    let mut y = unsafe { filled_vec(rows * d, |y| start_from_bias(y, b2, Some(residual))) };
+    let mut h: Vec<f32> = Vec::with_capacity(block_rows * hidden);
+    for r0 in (0..rows).step_by(block_rows) {
+        let n = block_rows.min(rows - r0);
+        h.clear();
+        start_from_bias(&mut h.spare_capacity_mut()[..n * hidden], b1, None);
+        // SAFETY: `start_from_bias` wrote all n x hidden values.
+        unsafe { h.set_len(n * hidden) };
+        // SAFETY: the slices are n rows of d (x), hidden x d (W1), n rows of hidden (h), and
+        // then n rows of hidden (h), d x hidden (W2), n rows of d (y).
         unsafe {
-            matmul(
-                (rows, out_dim, in_dim),
-                ViewMut::rows(&mut y, 0, out_dim),
-                View::rows(x, 0, in_dim),
-                View::rows(w, 0, in_dim).t(),
-                1.0,
-                Write::Accumulate,
-                threads_for_one_product(),
-            );
+            accumulate_product(&mut h, &x[r0 * d..][..n * d], w1, d);
+            h.par_chunks_mut(CHUNK).for_each(gelu_in_place);
+            accumulate_product(&mut y[r0 * d..][..n * d], &h, w2, hidden);
         }
     }
     y
@@ -163,4 +240,50 @@ pub fn linear_grads(x: &[f32], w: &[f32], g: &[f32], (out_dim, in_dim): (usize, 
     };
     // SAFETY: `fill` writes dx, dW and db whole (above).
     unsafe { filled_vec(total, fill) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32, spread: f32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                spread * ((state % 20_001) as f32 / 10_000.0 - 1.0)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_mlp_in_blocks_of_rows_matches_its_layers_one_after_the_other() {
+        let (rows, d, hidden) = (37, 24, 40);
+        let (x, residual) = (values(rows * d, 1, 1.0), values(rows * d, 2, 1.0));
+        let (w1, b1) = (values(hidden * d, 3, 0.4), values(hidden, 4, 0.4));
+        let (w2, b2) = (values(d * hidden, 5, 0.4), values(d, 6, 0.4));
+        let mut h = linear_rows(&x, &w1, &b1, d, None);
+        gelu_in_place(&mut h);
+        let y = linear_rows(&h, &w2, &b2, hidden, None);
+        let want: Vec<f32> = y.iter().zip(&residual).map(|(y, r)| y + r).collect();
+        // One row a block, blocks that do not divide the rows, one block, more room than rows.
+        for block_rows in [1, 5, 16, 37, 100] {
+            let got = mlp_rows_in_blocks(&x, (&w1, &b1), (&w2, &b2), &residual, block_rows);
+            assert_eq!(got.len(), want.len());
+            let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "blocks of {block_rows} rows: off by {worst}");
+        }
+        let whole = mlp_rows(&x, (&w1, &b1), (&w2, &b2), &residual);
+        assert!(whole.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-5));
+    }
+
+    #[test]
+    #[should_panic(expected = "do not fit")]
+    fn an_mlp_whose_shapes_do_not_fit_is_refused() {
+        let (x, r) = (values(10, 1, 1.0), values(10, 2, 1.0));
+        let (w1, b1, w2, b2) = (values(15, 3, 1.0), values(3, 4, 1.0), values(16, 5, 1.0), values(5, 6, 1.0));
+        mlp_rows(&x, (&w1, &b1), (&w2, &b2), &r);
+    }
 }

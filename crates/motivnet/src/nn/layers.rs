@@ -230,7 +230,9 @@ impl Linear {
 
     /// `residual` plus this layer's output: the Linear that ends a residual branch. Under the
     /// packed products the residual is added as each block of the product finishes (the same
-    /// bits as adding it after); elsewhere it is `residual + forward(x)`.
+    /// bits as adding it after); in f32 where no backward follows the product accumulates onto
+    /// the bias plus the residual (the same terms in another order, and no buffer for the sum);
+    /// elsewhere it is `residual + forward(x)`.
     pub fn forward_plus(&self, x: &Tensor, residual: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
         if crate::ops::dispatch::fused(&[residual]) {
             if let Some(lowered) = self.lowered(x, for_backward)? {
@@ -240,6 +242,9 @@ impl Linear {
                     &self.bias,
                     PackedEnd::Plus(residual),
                 );
+            }
+            if !for_backward && crate::ops::dispatch::fused(&[x]) {
+                return crate::ops::linear::linear_plus_f32(x, &self.weight_matrix()?, &self.bias, residual);
             }
         }
         residual + self.forward(x)?
@@ -344,12 +349,14 @@ impl Module for Linear {
     }
 }
 
-/// `residual` + fc2(GELU(fc1(x))), a transformer block's MLP branch and its residual, with
-/// both products packed and the hidden activations never stored whole in f32: in bf16 they
-/// stay bf16 between them ([`crate::ops::linear::mlp_bf16`]), in int8 they are quantized as
-/// fc1's tasks finish them ([`crate::ops::linear::mlp_int8`]). `None` where the products are f32 (f32, training, another device), for
+/// `residual` + fc2(GELU(fc1(x))), a transformer block's MLP branch and its residual, as one
+/// op where no backward follows. Packed, the hidden activations are never stored whole in f32:
+/// in bf16 they stay bf16 between the products ([`crate::ops::linear::mlp_bf16`]), in int8
+/// they are quantized as fc1's tasks finish them ([`crate::ops::linear::mlp_int8`]). In f32
+/// (inference on the CPU) they are made a block of rows at a time and fc2 adds onto the
+/// residual ([`crate::ops::linear::mlp_f32`]). `None` for training and on another device, for
 /// the caller to compose.
-pub fn mlp_plus_packed(
+pub fn mlp_plus_fused(
     fc1: &Linear,
     fc2: &Linear,
     x: &Tensor,
@@ -360,7 +367,11 @@ pub fn mlp_plus_packed(
         return Ok(None);
     }
     match fc1.lowered(x, for_backward)? {
-        None => Ok(None),
+        None if for_backward || !crate::ops::dispatch::fused(&[x]) => Ok(None),
+        None => {
+            let (w1, w2) = (fc1.weight_matrix()?, fc2.weight_matrix()?);
+            crate::ops::linear::mlp_f32(x, (&w1, &fc1.bias), (&w2, &fc2.bias), residual).map(Some)
+        }
         Some(Lowered::Bf16(p1)) => {
             let Lowered::Bf16(p2) = fc2.packed(PackedKind::Bf16)? else { unreachable!("asked for bf16") };
             crate::ops::linear::mlp_bf16(x, (&p1, &fc1.bias), (&p2, &fc2.bias), residual).map(Some)

@@ -20,7 +20,7 @@ use super::f32_slice;
 use crate::kernels::amx::{self, Bf16Rows, Finish, Lhs, PackedB, Rows};
 use crate::kernels::gelu::{gelu_backward, gelu_forward, gelu_in_place};
 use crate::kernels::int8::{self, PackedI8};
-use crate::kernels::linear::{linear_grads, linear_rows};
+use crate::kernels::linear::{linear_grads, linear_rows, mlp_rows};
 use crate::kernels::CHUNK;
 
 /// x (..., in) W^T (out, in) + b (out) -> (..., out).
@@ -104,6 +104,39 @@ pub fn linear_packed(x: &Tensor, packed: Packed, bias: &Tensor, end: PackedEnd) 
         PackedEnd::Gelu => product(Finish::Gelu),
         PackedEnd::Plus(residual) => with_residual_values(residual, &out_dims, |addend| product(Finish::Add(addend)))?,
     };
+    Tensor::from_vec(y, out_dims, x.device())
+}
+
+/// residual + x (..., in) W^T + b in f32, the product accumulated onto the bias plus the
+/// residual: a Linear that ends a residual branch, for inference. Composed, the sum is one
+/// more output-sized buffer and a pass over it. The result records no graph.
+pub fn linear_plus_f32(x: &Tensor, weight: &Tensor, bias: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+    let out_dims = check_shapes(x, weight, bias)?;
+    let in_dim = weight.dim(1)?;
+    let tensors = [x.contiguous()?, weight.contiguous()?, bias.contiguous()?];
+    let guards = tensors.each_ref().map(|t| t.storage_and_layout());
+    let values =
+        guards.iter().map(|(s, l)| cpu_f32(s, l, "linear_plus_f32")).collect::<candle_core::Result<Vec<_>>>()?;
+    let y =
+        with_residual_values(residual, &out_dims, |r| linear_rows(values[0], values[1], values[2], in_dim, Some(r)))?;
+    Tensor::from_vec(y, out_dims, x.device())
+}
+
+/// residual + fc2(GELU(fc1(x))) in f32 for inference: the hidden activations in blocks of rows
+/// ([`mlp_rows`]), fc2 accumulated onto its bias plus the residual. The result records no graph.
+pub fn mlp_f32(
+    x: &Tensor,
+    (w1, b1): (&Tensor, &Tensor),
+    (w2, b2): (&Tensor, &Tensor),
+    residual: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let out_dims = mlp_output_dims(x, ((w1.dim(1)?, w1.dim(0)?), b1), ((w2.dim(1)?, w2.dim(0)?), b2))?;
+    let tensors = [x.contiguous()?, w1.contiguous()?, b1.contiguous()?, w2.contiguous()?, b2.contiguous()?];
+    let guards = tensors.each_ref().map(|t| t.storage_and_layout());
+    let values = guards.iter().map(|(s, l)| cpu_f32(s, l, "mlp_f32")).collect::<candle_core::Result<Vec<_>>>()?;
+    let y = with_residual_values(residual, &out_dims, |addend| {
+        mlp_rows(values[0], (values[1], values[2]), (values[3], values[4]), addend)
+    })?;
     Tensor::from_vec(y, out_dims, x.device())
 }
 
@@ -461,6 +494,35 @@ mod tests {
         assert!(max_diff(&inference, &composed) < 1e-5);
         let err = (inference * &up).unwrap().sum_all().unwrap().backward().unwrap_err().to_string();
         assert!(err.contains("kept no pre-activation"), "{err}");
+    }
+
+    #[test]
+    fn inference_residual_linear_and_mlp_match_their_composed_layers() {
+        let dev = Device::Cpu;
+        let randn = |shape: &[usize], std: f32| Tensor::randn(0f32, std, shape, &dev).unwrap();
+        let (x, w, b, residual) =
+            (randn(&[2, 30, 12], 1.0), randn(&[20, 12], 0.3), randn(&[20], 0.3), randn(&[2, 30, 20], 1.0));
+        let fused = linear_plus_f32(&x, &w, &b, &residual).unwrap();
+        let composed = (&residual
+            + linear_composed(&x.reshape((60, 12)).unwrap(), &w, &b).unwrap().reshape((2, 30, 20)).unwrap())
+        .unwrap();
+        assert_eq!(fused.dims(), &[2, 30, 20]);
+        assert!(max_diff(&fused, &composed) < 1e-5, "linear plus residual differs by {}", max_diff(&fused, &composed));
+
+        let (w1, b1, w2, b2) = (randn(&[40, 12], 0.4), randn(&[40], 0.4), randn(&[12, 40], 0.4), randn(&[12], 0.4));
+        let mlp_residual = randn(&[2, 30, 12], 1.0);
+        let fused = mlp_f32(&x, (&w1, &b1), (&w2, &b2), &mlp_residual).unwrap();
+        let rows = x.reshape((60, 12)).unwrap();
+        let hidden = linear_composed(&rows, &w1, &b1).unwrap().gelu_erf().unwrap();
+        let composed =
+            (&mlp_residual + linear_composed(&hidden, &w2, &b2).unwrap().reshape((2, 30, 12)).unwrap()).unwrap();
+        assert!(max_diff(&fused, &composed) < 1e-5, "mlp differs by {}", max_diff(&fused, &composed));
+
+        // A residual of another shape, or an fc2 that does not take fc1's outputs, is named.
+        let err = linear_plus_f32(&x, &w, &b, &mlp_residual).unwrap_err().to_string();
+        assert!(err.contains("residual") && err.contains("[2, 30, 12]"), "{err}");
+        let err = mlp_f32(&x, (&w1, &b1), (&w, &b), &mlp_residual).unwrap_err().to_string();
+        assert!(err.contains("fc1 gives 40") && err.contains("fc2 takes 12"), "{err}");
     }
 
     #[test]
