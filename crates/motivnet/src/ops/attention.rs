@@ -18,7 +18,7 @@ use super::{f32_slice, kernel_err};
 use crate::kernels::attention::{
     attention_backward, attention_forward, attention_forward_bf16, attention_forward_int8,
 };
-use crate::kernels::flash_attention_int8;
+use crate::kernels::{flash_attention_int8, KernelResult};
 
 /// The most memory one call keeps for backward as probabilities (all its heads' N x N
 /// matrices). Below it, backward skips recomputing q k^T and the softmax (a tenth of the
@@ -44,11 +44,11 @@ pub fn self_attention(qkv: &Tensor, heads: usize, for_backward: bool) -> candle_
     if super::dispatch::fused(&[qkv]) {
         if super::dispatch::bf16_matmuls_on() {
             // Inside `bf16_matmuls` no backward follows (its contract).
-            return qkv.contiguous()?.apply_op1_no_bwd(&SelfAttentionBf16 { heads });
+            return qkv.contiguous()?.apply_op1_no_bwd(&SelfAttentionLowered::bf16(heads));
         }
         if super::dispatch::int8_matmuls_on() && flash_attention_int8::supported(three_d / 3 / heads) {
             // Inside `int8_matmuls` no backward follows either.
-            return qkv.contiguous()?.apply_op1_no_bwd(&SelfAttentionInt8 { heads });
+            return qkv.contiguous()?.apply_op1_no_bwd(&SelfAttentionLowered::int8(heads));
         }
         return fused_self_attention(qkv, heads, for_backward && keeps_probabilities(qkv, heads)?);
     }
@@ -116,38 +116,37 @@ impl CustomOp1 for SelfAttention {
     }
 }
 
-/// The CPU op with its products on AMX tiles in bf16 (inference: no backward).
-struct SelfAttentionBf16 {
+/// An inference-only attention kernel: a (B, N, 3D) qkv slice, (B, N, D) and the heads ->
+/// the (B, N, D) output.
+type AttentionKernel = fn(&[f32], (usize, usize, usize), usize) -> KernelResult<Vec<f32>>;
+
+/// The CPU op with its products in a lower precision (inference: no backward): on AMX tiles
+/// in bf16, or in integers on VNNI.
+struct SelfAttentionLowered {
     heads: usize,
+    name: &'static str,
+    kernel: AttentionKernel,
 }
 
-impl CustomOp1 for SelfAttentionBf16 {
+impl SelfAttentionLowered {
+    fn bf16(heads: usize) -> Self {
+        Self { heads, name: "fused-self-attention-bf16", kernel: attention_forward_bf16 }
+    }
+
+    fn int8(heads: usize) -> Self {
+        Self { heads, name: "fused-self-attention-int8", kernel: attention_forward_int8 }
+    }
+}
+
+impl CustomOp1 for SelfAttentionLowered {
     fn name(&self) -> &'static str {
-        "fused-self-attention-bf16"
+        self.name
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let qkv = f32_slice(storage, layout, self.name())?;
         let (batch, tokens, three_d) = layout.shape().dims3()?;
-        let out = attention_forward_bf16(qkv, (batch, tokens, three_d / 3), self.heads).map_err(kernel_err)?;
-        Ok((CpuStorage::F32(out), Shape::from((batch, tokens, three_d / 3))))
-    }
-}
-
-/// The CPU op with its products in integers on VNNI (inference: no backward).
-struct SelfAttentionInt8 {
-    heads: usize,
-}
-
-impl CustomOp1 for SelfAttentionInt8 {
-    fn name(&self) -> &'static str {
-        "fused-self-attention-int8"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let qkv = f32_slice(storage, layout, self.name())?;
-        let (batch, tokens, three_d) = layout.shape().dims3()?;
-        let out = attention_forward_int8(qkv, (batch, tokens, three_d / 3), self.heads).map_err(kernel_err)?;
+        let out = (self.kernel)(qkv, (batch, tokens, three_d / 3), self.heads).map_err(kernel_err)?;
         Ok((CpuStorage::F32(out), Shape::from((batch, tokens, three_d / 3))))
     }
 }

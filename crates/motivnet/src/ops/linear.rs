@@ -113,12 +113,9 @@ pub fn linear_packed(x: &Tensor, packed: Packed, bias: &Tensor, end: PackedEnd) 
 pub fn linear_plus_f32(x: &Tensor, weight: &Tensor, bias: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
     let out_dims = check_shapes(x, weight, bias)?;
     let in_dim = weight.dim(1)?;
-    let tensors = [x.contiguous()?, weight.contiguous()?, bias.contiguous()?];
-    let guards = tensors.each_ref().map(|t| t.storage_and_layout());
-    let values =
-        guards.iter().map(|(s, l)| cpu_f32(s, l, "linear_plus_f32")).collect::<candle_core::Result<Vec<_>>>()?;
-    let y =
-        with_residual_values(residual, &out_dims, |r| linear_rows(values[0], values[1], values[2], in_dim, Some(r)))?;
+    let y = with_f32_values([x, weight, bias], "linear_plus_f32", |[x, w, b]| {
+        with_residual_values(residual, &out_dims, |r| linear_rows(x, w, b, in_dim, Some(r)))
+    })??;
     Tensor::from_vec(y, out_dims, x.device())
 }
 
@@ -131,12 +128,9 @@ pub fn mlp_f32(
     residual: &Tensor,
 ) -> candle_core::Result<Tensor> {
     let out_dims = mlp_output_dims(x, ((w1.dim(1)?, w1.dim(0)?), b1), ((w2.dim(1)?, w2.dim(0)?), b2))?;
-    let tensors = [x.contiguous()?, w1.contiguous()?, b1.contiguous()?, w2.contiguous()?, b2.contiguous()?];
-    let guards = tensors.each_ref().map(|t| t.storage_and_layout());
-    let values = guards.iter().map(|(s, l)| cpu_f32(s, l, "mlp_f32")).collect::<candle_core::Result<Vec<_>>>()?;
-    let y = with_residual_values(residual, &out_dims, |addend| {
-        mlp_rows(values[0], (values[1], values[2]), (values[3], values[4]), addend)
-    })?;
+    let y = with_f32_values([x, w1, b1, w2, b2], "mlp_f32", |[x, w1, b1, w2, b2]| {
+        with_residual_values(residual, &out_dims, |addend| mlp_rows(x, (w1, b1), (w2, b2), addend))
+    })??;
     Tensor::from_vec(y, out_dims, x.device())
 }
 
@@ -237,6 +231,20 @@ fn with_residual_values<R>(
     let residual = residual.contiguous()?;
     let (storage, layout) = residual.storage_and_layout();
     Ok(product(cpu_f32(&storage, layout, "linear: the residual")?))
+}
+
+/// `f` given the f32 values of f32 CPU tensors (made contiguous first), or an error naming `op`
+/// when one is not.
+fn with_f32_values<const N: usize, R>(
+    tensors: [&Tensor; N],
+    op: &str,
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> candle_core::Result<R> {
+    let held = tensors.iter().map(|t| t.contiguous()).collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = held.iter().map(|t| t.storage_and_layout()).collect();
+    let values = guards.iter().map(|(s, l)| cpu_f32(s, l, op)).collect::<candle_core::Result<Vec<_>>>()?;
+    let values: [&[f32]; N] = values.try_into().unwrap_or_else(|_| unreachable!("one slice per tensor"));
+    Ok(f(values))
 }
 
 /// The f32 values of a contiguous CPU tensor's storage.
