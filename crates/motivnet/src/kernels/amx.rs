@@ -129,10 +129,18 @@ impl PackedB {
         Self::zeroed(k, n).fill_blocks(parallel, |j0, cols, block| {
             #[cfg(target_arch = "x86_64")]
             if avx512_bf16_available() {
-                for c in 0..cols {
-                    // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked above); the row lies
-                    // inside `src` (asserted above) and the block holds kp / 2 pair-rows.
-                    unsafe { pack_transposed_row_avx512(block, c, &src[offset + (j0 + c) * stride..][..k]) };
+                let row = |c: usize| &src[offset + (j0 + c) * stride..][..k];
+                let mut c = 0;
+                while c + 16 <= cols {
+                    // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked above); the rows lie
+                    // inside `src` (asserted above), the block holds kp / 2 pair-rows and c + 16
+                    // <= 32.
+                    unsafe { pack_transposed_rows16_avx512(block, c, std::array::from_fn(|i| row(c + i))) };
+                    c += 16;
+                }
+                for c in c..cols {
+                    // SAFETY: as above, one row.
+                    unsafe { pack_transposed_row_avx512(block, c, row(c)) };
                 }
                 return;
             }
@@ -266,6 +274,13 @@ impl Bf16Rows {
                 let step: &mut [u16; BLOCK * K_STEP] =
                     unsafe { &mut *data.at(p * BLOCK * kp + s * BLOCK * K_STEP).cast::<[u16; BLOCK * K_STEP]>() };
                 let mut t = 0;
+                #[cfg(target_arch = "x86_64")]
+                if width == BLOCK && depth == K_STEP && avx512_bf16_available() {
+                    // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked above); the step's 32
+                    // rows of `src` hold 32 values from c0 each.
+                    unsafe { transpose_step_avx512(step, |t| &src[(t0 + t) * cols + c0..][..BLOCK]) };
+                    t = depth;
+                }
                 #[cfg(target_arch = "x86_64")]
                 if width == BLOCK && avx512_bf16_available() {
                     while t + 1 < depth {
@@ -544,6 +559,114 @@ unsafe fn transpose_pair_into_step_avx512(step: &mut [u16; BLOCK * K_STEP], t: u
         let pairs = pair_words(first.as_ptr().add(16 * half), second.as_ptr().add(16 * half));
         let base = step.as_mut_ptr().add(16 * half * K_STEP + t);
         _mm512_i32scatter_epi32::<4>(base.cast(), down_the_rows, pairs);
+    }
+}
+
+/// 16 rows of 16 32-bit words transposed in registers: word j of row i becomes word i of row j.
+/// Four rounds of 16 shuffles (pairs of words, pairs of pairs, then the 128-bit lanes twice),
+/// where scattering each row down a column costs a store per word.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose_words_16x16(rows: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
+    use std::arch::x86_64::*;
+    // Within each 128-bit lane: words of rows 2i and 2i + 1 interleaved, then pairs of rows 4g ..
+    // 4g + 3, so that quads[4g + c] holds, in lane l, rows 4g .. 4g + 3 of column 4l + c.
+    let pairs: [__m512i; 16] = std::array::from_fn(|i| {
+        let (a, b) = (rows[i & !1], rows[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_epi32(a, b)
+        } else {
+            _mm512_unpackhi_epi32(a, b)
+        }
+    });
+    let quads: [__m512i; 16] = std::array::from_fn(|i| {
+        let (g, c) = (i / 4, i % 4);
+        let (a, b) = (pairs[4 * g + c / 2], pairs[4 * g + c / 2 + 2]);
+        if c % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    // Then the 4 x 4 lanes of each column group c transposed: column 4l + c gathers lane l of
+    // quads[c], quads[4 + c], quads[8 + c], quads[12 + c], in that order.
+    let mut out = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        let even01 = _mm512_shuffle_i32x4::<0x88>(quads[c], quads[4 + c]);
+        let odd01 = _mm512_shuffle_i32x4::<0xdd>(quads[c], quads[4 + c]);
+        let even23 = _mm512_shuffle_i32x4::<0x88>(quads[8 + c], quads[12 + c]);
+        let odd23 = _mm512_shuffle_i32x4::<0xdd>(quads[8 + c], quads[12 + c]);
+        out[c] = _mm512_shuffle_i32x4::<0x88>(even01, even23);
+        out[8 + c] = _mm512_shuffle_i32x4::<0xdd>(even01, even23);
+        out[4 + c] = _mm512_shuffle_i32x4::<0x88>(odd01, odd23);
+        out[12 + c] = _mm512_shuffle_i32x4::<0xdd>(odd01, odd23);
+    }
+    out
+}
+
+/// Columns `c0 .. c0 + 16` of a packed column block from 16 rows of `k` values (B's columns:
+/// a Linear's weight rows, one head's keys): each 32 values of a row rounded at once into 16
+/// pairs, the 16 rows' pairs transposed in registers ([`transpose_words_16x16`]) so that each
+/// pair-row's 16 words are one store; the tail as [`to_bf16`] does. The same bits as
+/// [`pack_transposed_row_avx512`] for each row, which scatters every pair on its own.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512_BF16; `block` holds at least k.div_ceil(2) pair-rows of 64
+/// values, every row holds k values and c0 + 16 <= 32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn pack_transposed_rows16_avx512(block: &mut [u16], c0: usize, rows: [&[f32]; 16]) {
+    use std::arch::x86_64::*;
+    let k = rows[0].len();
+    let whole = k / 32;
+    assert!(
+        block.len() >= k.div_ceil(2) * 2 * BLOCK && c0 + 16 <= BLOCK && rows.iter().all(|r| r.len() == k),
+        "pack_transposed_rows16: the block is too small or the rows differ"
+    );
+    for chunk in 0..whole {
+        let rounded: [__m512i; 16] = std::array::from_fn(|c| {
+            let at = rows[c].as_ptr().add(chunk * 32);
+            // Little-endian: the pair's first value is the word's low half, as the tiles read it.
+            std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(at.add(16)), _mm512_loadu_ps(at)))
+        });
+        for (i, words) in transpose_words_16x16(rounded).into_iter().enumerate() {
+            let pair_row = block.as_mut_ptr().add((chunk * 16 + i) * 2 * BLOCK + 2 * c0);
+            _mm512_storeu_si512(pair_row.cast(), words);
+        }
+    }
+    for (c, row) in rows.iter().enumerate() {
+        for kk in whole * 32..k {
+            block[(kk / 2) * 2 * BLOCK + 2 * (c0 + c) + kk % 2] = to_bf16(row[kk]);
+        }
+    }
+}
+
+/// A whole 32 x 32 k-step of a [`Bf16Rows`] panel from the 32 rows of the matrix it
+/// transposes (`row(t)`, 32 values each): panel row r gets (row(t)[r], row(t + 1)[r]) as the
+/// word at k t, t + 1. Pairs of rows are rounded into words ([`pair_words`]) and each half of
+/// the panel's rows transposed in registers ([`transpose_words_16x16`]), so that each panel
+/// row's 16 words are one store. The same bits as [`transpose_pair_into_step_avx512`] over
+/// the step's pairs of rows, which scatters every word on its own.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512_BF16; each `row(t)`, t < 32, holds 32 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn transpose_step_avx512<'a>(step: &mut [u16; BLOCK * K_STEP], row: impl Fn(usize) -> &'a [f32]) {
+    use std::arch::x86_64::*;
+    for half in 0..2 {
+        let words: [__m512i; 16] = std::array::from_fn(|q| {
+            let (first, second) = (row(2 * q), row(2 * q + 1));
+            assert!(first.len() >= BLOCK && second.len() >= BLOCK, "transpose_step: a row is short");
+            pair_words(first.as_ptr().add(16 * half), second.as_ptr().add(16 * half))
+        });
+        for (r, panel_row) in transpose_words_16x16(words).into_iter().enumerate() {
+            _mm512_storeu_si512(step.as_mut_ptr().add((16 * half + r) * K_STEP).cast(), panel_row);
+        }
     }
 }
 
@@ -1080,7 +1203,7 @@ mod tests {
     /// scattered down each column) holds the same bits as B packed from its own rows.
     #[test]
     fn transposed_rows_pack_as_the_rows_of_b() {
-        for (k, n) in [(100usize, 45usize), (64, 32), (33, 70), (7, 3)] {
+        for (k, n) in [(100usize, 45usize), (64, 32), (33, 70), (7, 3), (7, 40)] {
             let stride = k + 5;
             let src: Vec<f32> = (0..n * stride).map(|i| ((i * 7919) % 211) as f32 * 0.013 - 1.3).collect();
             let b: Vec<f32> = (0..k * n).map(|i| src[(i % n) * stride + 2 + i / n]).collect();
@@ -1088,6 +1211,48 @@ mod tests {
             for parallel in [false, true] {
                 let got = PackedB::from_transposed_rows(&src, 2, stride, n, k, parallel);
                 assert!(got.data == want.data, "k {k}, n {n}");
+            }
+        }
+    }
+
+    /// 16 rows of 16 words transposed in registers: word j of row i lands as word i of row j.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn words_transpose_in_registers() {
+        if !avx512_bf16_available() {
+            eprintln!("this CPU has no AVX512_BF16: the in-register transpose was not checked here");
+            return;
+        }
+        use std::arch::x86_64::*;
+        let words: Vec<u32> = (0..256).map(|i| i * 7 + 1).collect();
+        // SAFETY: the CPU has AVX-512F (checked above, with AVX512_BF16); each row is 16 words.
+        let out: Vec<u32> = unsafe {
+            let rows: [__m512i; 16] = std::array::from_fn(|i| _mm512_loadu_si512(words[16 * i..].as_ptr().cast()));
+            transpose_words_16x16(rows).iter().flat_map(|v| std::mem::transmute::<__m512i, [u32; 16]>(*v)).collect()
+        };
+        for i in 0..16 {
+            for j in 0..16 {
+                assert_eq!(out[16 * j + i], words[16 * i + j], "word {j} of row {i}");
+            }
+        }
+    }
+
+    /// A transpose filled 32 x 32 steps at a time (whole steps in registers, a short last step
+    /// and narrow panels word by word) holds the bits of the transposed rows set one by one.
+    #[test]
+    fn transposed_fill_matches_rows_set_one_by_one() {
+        for (rows, cols) in [(100usize, 45usize), (64, 64), (33, 70), (32, 32), (7, 40)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 211) as f32 * 0.013 - 1.3).collect();
+            let mut want = Bf16Rows::default();
+            want.reset(cols, rows);
+            for c in 0..cols {
+                let column: Vec<f32> = (0..rows).map(|t| src[t * cols + c]).collect();
+                want.set_row(c, &column, 1.0);
+            }
+            for parallel in [false, true] {
+                let mut got = Bf16Rows::default();
+                got.set_transposed(&src, rows, cols, parallel);
+                assert!(got.data == want.data, "{rows} x {cols}, parallel {parallel}");
             }
         }
     }
