@@ -33,6 +33,7 @@ const CASES = [
   { id: 'forward-small-bf16', name: 'inference forward, small, batch 2, bf16', args: ['--model', 'small', '--batch', '2', '--iters', '20', '--skip-train', '--precision', 'bf16'] },
   { id: 'forward-0.3b-bf16', name: 'inference forward, sapiens-0.3b, batch 1, bf16', args: ['--model', 'sapiens-0.3b', '--batch', '1', '--iters', '1', '--warmup', '1', '--skip-train', '--precision', 'bf16'] },
   { id: 'train-tiny-bf16', name: 'train step, tiny, batch 8, bf16', args: ['--model', 'tiny', '--batch', '8', '--iters', '20', '--skip-forward', '--precision', 'bf16'] },
+  { id: 'train-small-bf16', name: 'train step, small, batch 2, bf16', args: ['--model', 'small', '--batch', '2', '--iters', '10', '--skip-forward', '--precision', 'bf16'] },
 ];
 const selected = process.env.BENCH_CASES ? CASES.filter((c) => process.env.BENCH_CASES.split(',').includes(c.id)) : CASES;
 
