@@ -868,6 +868,18 @@ pub unsafe fn gemm(a: Lhs, b: &PackedB, c: *mut f32, c_stride: usize, start: Sta
     unsafe { gemm_into(a, b, Dest::F32 { c: Shared(c), stride: c_stride }, start, finish, parallel) }
 }
 
+/// Row panels a task of [`gemm_into`] takes: at most [`PANELS_PER_TASK`], in a number of tasks
+/// that `threads` share evenly. A weight's gradient has as many rows as its layer is wide: 12
+/// panels at `small`'s width 384 made a task of 8 and one of 4, so one thread worked while the
+/// other waited for a third of the product; now two tasks of 6.
+fn panels_per_task(panels: usize, threads: usize) -> usize {
+    if threads <= 1 {
+        return PANELS_PER_TASK;
+    }
+    let tasks = threads * panels.div_ceil(threads * PANELS_PER_TASK);
+    panels.div_ceil(tasks.max(1)).max(1)
+}
+
 /// [`gemm`] into `dest`.
 ///
 /// # Safety
@@ -892,16 +904,13 @@ unsafe fn gemm_into(a: Lhs, b: &PackedB, dest: Dest, start: Start, finish: Finis
         _ => Vec::new(),
     };
     let padded_bias = padded_bias.as_slice();
-    let rows_per_task = BLOCK * PANELS_PER_TASK;
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    let rows_per_task = BLOCK * panels_per_task(m.div_ceil(BLOCK), threads);
     let (row_tasks, column_blocks) = (m.div_ceil(rows_per_task), b.np / BLOCK);
     // Where A has too few rows to give every thread a task (a weight's gradient: m is a layer's
     // width, k the batch's tokens), B's column blocks are shared out too, each task rounding
     // its rows of A for itself.
-    let column_parts = if parallel {
-        rayon::current_num_threads().div_ceil(row_tasks.max(1)).clamp(1, column_blocks.max(1))
-    } else {
-        1
-    };
+    let column_parts = threads.div_ceil(row_tasks.max(1)).clamp(1, column_blocks.max(1));
     let task = |t: usize| {
         configure_tiles();
         let (t, part) = (t / column_parts, t % column_parts);
@@ -1211,6 +1220,30 @@ mod tests {
             for parallel in [false, true] {
                 let got = PackedB::from_transposed_rows(&src, 2, stride, n, k, parallel);
                 assert!(got.data == want.data, "k {k}, n {n}");
+            }
+        }
+    }
+
+    /// Tasks share the row panels between the threads at least as evenly as tasks of
+    /// PANELS_PER_TASK did (the most panels a thread can be left with, its tasks dealt out
+    /// whole), never more than PANELS_PER_TASK a task; one thread keeps tasks of PANELS_PER_TASK.
+    #[test]
+    fn row_panels_are_shared_evenly_between_threads() {
+        let most_a_thread = |panels: usize, threads: usize, each: usize| panels.div_ceil(each).div_ceil(threads) * each;
+        assert_eq!(panels_per_task(12, 2), 6); // `small`'s width: was a task of 8 and one of 4
+        assert_eq!(panels_per_task(36, 2), 6);
+        assert_eq!(panels_per_task(48, 2), 8);
+        assert_eq!(panels_per_task(12, 1), PANELS_PER_TASK);
+        assert_eq!(panels_per_task(1, 2), 1);
+        assert_eq!(panels_per_task(0, 2), 1);
+        for threads in 1..=8 {
+            for panels in 1..300 {
+                let each = panels_per_task(panels, threads);
+                assert!(each <= PANELS_PER_TASK, "{panels} panels, {threads} threads: {each} a task");
+                assert!(
+                    most_a_thread(panels, threads, each) <= most_a_thread(panels, threads, PANELS_PER_TASK),
+                    "{panels} panels, {threads} threads: {each} a task leaves a thread more than before"
+                );
             }
         }
     }
