@@ -10,9 +10,10 @@
 //! (rows 0-15 and 16-31 of a 32-row panel converted to bf16 once) and two of B (columns 0-15 and
 //! 16-31 of a column block, packed as the instruction wants: pairs of k interleaved per column,
 //! each block of 32 columns contiguous), and asks the cache for the next step's B while the
-//! products run. A task takes eight row panels and sweeps B's column blocks once for all eight,
-//! so each column block comes from memory once per task and from the core's caches for the seven
-//! panels after the first; tasks run on rayon's threads, each thread configuring its tiles once.
+//! products run. A task takes up to eight row panels (fewer where that shares them evenly
+//! between the threads) and sweeps B's column blocks once for all of them, so each column block
+//! comes from memory once per task and from the core's caches for the panels after the first;
+//! tasks run on rayon's threads, each thread configuring its tiles once.
 //! Written as inline assembly (AMX intrinsics are not in stable Rust); the kernel runs only
 //! where [`available`] says the CPU has AMX and the kernel lets this process use it.
 
@@ -257,8 +258,10 @@ impl Bf16Rows {
     /// dW = dy^T x, whose sums run over the batch's tokens, the rows of both dy and x. Each task
     /// takes 32 rows of `src` (one k-step of every panel), read in order, and writes each
     /// panel's 2 KB step from them. With a task per panel instead, each task read 128 bytes of
-    /// every row of `src`: 1536 x 768 took 0.8 ms against 0.42 now (1.1 ms when each value was
-    /// also written on its own, before pairs of rows were scattered as words).
+    /// every row of `src`: 1536 x 768 took 0.8 ms against 0.42 (1.1 ms when each value was
+    /// also written on its own, before pairs of rows were scattered as words). A whole 32 x 32
+    /// step is now transposed in registers ([`transpose_step_avx512`]); a short last step or a
+    /// narrow last panel scatters pairs of rows as words.
     /// `parallel`: the steps over rayon's threads, else on this one.
     pub fn set_transposed(&mut self, src: &[f32], rows: usize, cols: usize, parallel: bool) {
         assert_eq!(src.len(), rows * cols, "Bf16Rows::set_transposed: src is not rows x cols");
