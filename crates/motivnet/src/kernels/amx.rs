@@ -37,6 +37,9 @@ const PANELS_PER_TASK: usize = 8;
 const B_STEP_BYTES: usize = K_STEP * BLOCK * 2;
 /// Cache lines a k-step of B spans.
 const B_STEP_LINES: usize = B_STEP_BYTES / 64;
+/// A row of zeros for the transposes' padding rows.
+#[cfg(target_arch = "x86_64")]
+static ZEROS: [f32; BLOCK] = [0.0; BLOCK];
 
 /// Whether AMX with bf16 can run here: the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7) and
 /// Linux grants this process the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), asked once.
@@ -130,18 +133,13 @@ impl PackedB {
         Self::zeroed(k, n).fill_blocks(parallel, |j0, cols, block| {
             #[cfg(target_arch = "x86_64")]
             if avx512_bf16_available() {
-                let row = |c: usize| &src[offset + (j0 + c) * stride..][..k];
-                let mut c = 0;
-                while c + 16 <= cols {
+                let rows: [&[f32]; BLOCK] =
+                    std::array::from_fn(|c| if c < cols { &src[offset + (j0 + c) * stride..][..k] } else { &[] });
+                for c0 in (0..cols).step_by(16) {
                     // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked above); the rows lie
-                    // inside `src` (asserted above), the block holds kp / 2 pair-rows and c + 16
-                    // <= 32.
-                    unsafe { pack_transposed_rows16_avx512(block, c, std::array::from_fn(|i| row(c + i))) };
-                    c += 16;
-                }
-                for c in c..cols {
-                    // SAFETY: as above, one row.
-                    unsafe { pack_transposed_row_avx512(block, c, row(c)) };
+                    // inside `src` (asserted above), 1 to 16 of them from c0 < 32, and the block
+                    // holds kp / 2 pair-rows.
+                    unsafe { pack_transposed_rows16_avx512(block, c0, &rows[c0..cols.min(c0 + 16)]) };
                 }
                 return;
             }
@@ -259,9 +257,9 @@ impl Bf16Rows {
     /// takes 32 rows of `src` (one k-step of every panel), read in order, and writes each
     /// panel's 2 KB step from them. With a task per panel instead, each task read 128 bytes of
     /// every row of `src`: 1536 x 768 took 0.8 ms against 0.42 (1.1 ms when each value was
-    /// also written on its own, before pairs of rows were scattered as words). A whole 32 x 32
-    /// step is now transposed in registers ([`transpose_step_avx512`]); a short last step or a
-    /// narrow last panel scatters pairs of rows as words.
+    /// also written on its own). Each 32 x 32 step is now transposed in registers
+    /// ([`transpose_step_avx512`]), the rows past the last as zeros; a narrow last panel, or a
+    /// CPU without AVX512_BF16, is filled value by value.
     /// `parallel`: the steps over rayon's threads, else on this one.
     pub fn set_transposed(&mut self, src: &[f32], rows: usize, cols: usize, parallel: bool) {
         assert_eq!(src.len(), rows * cols, "Bf16Rows::set_transposed: src is not rows x cols");
@@ -276,26 +274,16 @@ impl Bf16Rows {
                 // only this task, the one of step s, writes it.
                 let step: &mut [u16; BLOCK * K_STEP] =
                     unsafe { &mut *data.at(p * BLOCK * kp + s * BLOCK * K_STEP).cast::<[u16; BLOCK * K_STEP]>() };
-                let mut t = 0;
-                #[cfg(target_arch = "x86_64")]
-                if width == BLOCK && depth == K_STEP && avx512_bf16_available() {
-                    // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked above); the step's 32
-                    // rows of `src` hold 32 values from c0 each.
-                    unsafe { transpose_step_avx512(step, |t| &src[(t0 + t) * cols + c0..][..BLOCK]) };
-                    t = depth;
-                }
                 #[cfg(target_arch = "x86_64")]
                 if width == BLOCK && avx512_bf16_available() {
-                    while t + 1 < depth {
-                        let (first, second) =
-                            (&src[(t0 + t) * cols + c0..][..BLOCK], &src[(t0 + t + 1) * cols + c0..][..BLOCK]);
-                        // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked above); t is even
-                        // and below 31, and both rows hold 32 values.
-                        unsafe { transpose_pair_into_step_avx512(step, t, first, second) };
-                        t += 2;
-                    }
+                    // Rows past the last are zeros: k's padding in the step the rows end in.
+                    let row = |t: usize| if t < depth { &src[(t0 + t) * cols + c0..][..BLOCK] } else { &ZEROS[..] };
+                    // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked above); every row
+                    // holds 32 values.
+                    unsafe { transpose_step_avx512(step, row) };
+                    continue;
                 }
-                for t in t..depth {
+                for t in 0..depth {
                     let row = &src[(t0 + t) * cols + c0..][..width];
                     for (r, &v) in row.iter().enumerate() {
                         step[r * K_STEP + t] = to_bf16(v);
@@ -475,38 +463,6 @@ crate::simd_dispatch! {
     }
 }
 
-/// Column `c` of a packed column block from one row of `k` values (B's column, e.g. one
-/// token's key): pair-row p gets the pair (row[2p], row[2p+1]), which lie side by side in the
-/// row, so 32 values are rounded at once (`vcvtne2ps2bf16`) and their 16 pairs scattered as
-/// 32-bit words down the column in one instruction; the tail as [`to_bf16`] does.
-///
-/// # Safety
-/// The CPU has AVX-512F and AVX512_BF16; `block` holds at least k.div_ceil(2) pair-rows of 64
-/// values and c < 32.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-unsafe fn pack_transposed_row_avx512(block: &mut [u16], c: usize, row: &[f32]) {
-    use std::arch::x86_64::*;
-    let whole = row.len() / 32;
-    assert!(block.len() >= whole * 16 * 2 * BLOCK && c < BLOCK, "pack_transposed_row: the block is too small");
-    // Pair-row p's word for column c lies BLOCK words after pair-row p - 1's.
-    let down_the_column = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(BLOCK as i32),
-    );
-    for chunk in 0..whole {
-        let at = row.as_ptr().add(chunk * 32);
-        // Little-endian: the pair's first value is the word's low half, as the tiles read it.
-        let rounded: __m512i =
-            std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(at.add(16)), _mm512_loadu_ps(at)));
-        let column = block.as_mut_ptr().add(chunk * 16 * 2 * BLOCK + 2 * c);
-        _mm512_i32scatter_epi32::<4>(column.cast(), down_the_column, rounded);
-    }
-    for kk in whole * 32..row.len() {
-        block[(kk / 2) * 2 * BLOCK + 2 * c + kk % 2] = to_bf16(row[kk]);
-    }
-}
-
 /// One pair-row of a packed column block from two rows of B, 32 columns each: word c holds
 /// (first[c], second[c]) rounded to bf16 (`vcvtneps2bf16`, as [`to_bf16`] for every normal
 /// value), the first in its low half as the tiles read it. Two stores of 64 bytes, where the
@@ -538,31 +494,6 @@ unsafe fn pair_words(a: *const f32, b: *const f32) -> std::arch::x86_64::__m512i
     let low = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(a))));
     let high = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(b))));
     _mm512_or_si512(low, _mm512_slli_epi32::<16>(high))
-}
-
-/// Rows t and t + 1 (t even) of a k-step of a [`Bf16Rows`] panel filled from two rows of the
-/// matrix it transposes, 32 values each: panel row r gets (first[r], second[r]) at k t, t + 1,
-/// one 32-bit word, so the 16 words of each half are scattered down the step in one
-/// instruction.
-///
-/// # Safety
-/// The CPU has AVX-512F and AVX512_BF16; `step` is one 32 x 32 k-step, t < 31 even, and each
-/// row holds 32 values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-unsafe fn transpose_pair_into_step_avx512(step: &mut [u16; BLOCK * K_STEP], t: usize, first: &[f32], second: &[f32]) {
-    use std::arch::x86_64::*;
-    assert!(t.is_multiple_of(2) && t < K_STEP && first.len() >= BLOCK && second.len() >= BLOCK);
-    // Word (r, t / 2) of the step, r = 0..16: K_STEP / 2 words apart.
-    let down_the_rows = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32((K_STEP / 2) as i32),
-    );
-    for half in 0..2 {
-        let pairs = pair_words(first.as_ptr().add(16 * half), second.as_ptr().add(16 * half));
-        let base = step.as_mut_ptr().add(16 * half * K_STEP + t);
-        _mm512_i32scatter_epi32::<4>(base.cast(), down_the_rows, pairs);
-    }
 }
 
 /// 16 rows of 16 32-bit words transposed in registers: word j of row i becomes word i of row j.
@@ -611,28 +542,33 @@ unsafe fn transpose_words_16x16(rows: [std::arch::x86_64::__m512i; 16]) -> [std:
     out
 }
 
-/// Columns `c0 .. c0 + 16` of a packed column block from 16 rows of `k` values (B's columns:
-/// a Linear's weight rows, one head's keys): each 32 values of a row rounded at once into 16
-/// pairs, the 16 rows' pairs transposed in registers ([`transpose_words_16x16`]) so that each
-/// pair-row's 16 words are one store; the tail as [`to_bf16`] does. The same bits as
-/// [`pack_transposed_row_avx512`] for each row, which scatters every pair on its own.
+/// Columns `c0 ..` of a packed column block from up to 16 rows of `k` values (B's columns: a
+/// Linear's weight rows, one head's keys): each 32 values of a row rounded at once into 16
+/// pairs, the rows' pairs transposed in registers ([`transpose_words_16x16`]) so that each
+/// pair-row's 16 words are one store (zeros in the columns past the rows, which are padding);
+/// the tail as [`to_bf16`] does. Scattering each pair down its column instead cost a store per
+/// word.
 ///
 /// # Safety
 /// The CPU has AVX-512F and AVX512_BF16; `block` holds at least k.div_ceil(2) pair-rows of 64
-/// values, every row holds k values and c0 + 16 <= 32.
+/// values, there are 1 to 16 rows, all k long, and c0 + 16 <= 32.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-unsafe fn pack_transposed_rows16_avx512(block: &mut [u16], c0: usize, rows: [&[f32]; 16]) {
+unsafe fn pack_transposed_rows16_avx512(block: &mut [u16], c0: usize, rows: &[&[f32]]) {
     use std::arch::x86_64::*;
     let k = rows[0].len();
     let whole = k / 32;
     assert!(
-        block.len() >= k.div_ceil(2) * 2 * BLOCK && c0 + 16 <= BLOCK && rows.iter().all(|r| r.len() == k),
+        block.len() >= k.div_ceil(2) * 2 * BLOCK
+            && c0 + 16 <= BLOCK
+            && rows.len() <= 16
+            && rows.iter().all(|r| r.len() == k),
         "pack_transposed_rows16: the block is too small or the rows differ"
     );
     for chunk in 0..whole {
         let rounded: [__m512i; 16] = std::array::from_fn(|c| {
-            let at = rows[c].as_ptr().add(chunk * 32);
+            let Some(row) = rows.get(c) else { return _mm512_setzero_si512() };
+            let at = row.as_ptr().add(chunk * 32);
             // Little-endian: the pair's first value is the word's low half, as the tiles read it.
             std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(at.add(16)), _mm512_loadu_ps(at)))
         });
@@ -652,19 +588,20 @@ unsafe fn pack_transposed_rows16_avx512(block: &mut [u16], c0: usize, rows: [&[f
 /// transposes (`row(t)`, 32 values each): panel row r gets (row(t)[r], row(t + 1)[r]) as the
 /// word at k t, t + 1. Pairs of rows are rounded into words ([`pair_words`]) and each half of
 /// the panel's rows transposed in registers ([`transpose_words_16x16`]), so that each panel
-/// row's 16 words are one store. The same bits as [`transpose_pair_into_step_avx512`] over
-/// the step's pairs of rows, which scatters every word on its own.
+/// row's 16 words are one store; scattering each word down the step instead cost a store per
+/// word.
 ///
 /// # Safety
-/// The CPU has AVX-512F and AVX512_BF16; each `row(t)`, t < 32, holds 32 values.
+/// The CPU has AVX-512F and AVX512_BF16.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
 unsafe fn transpose_step_avx512<'a>(step: &mut [u16; BLOCK * K_STEP], row: impl Fn(usize) -> &'a [f32]) {
     use std::arch::x86_64::*;
+    let rows: [&[f32]; K_STEP] = std::array::from_fn(&row);
+    assert!(rows.iter().all(|r| r.len() >= BLOCK), "transpose_step: a row is short");
     for half in 0..2 {
         let words: [__m512i; 16] = std::array::from_fn(|q| {
-            let (first, second) = (row(2 * q), row(2 * q + 1));
-            assert!(first.len() >= BLOCK && second.len() >= BLOCK, "transpose_step: a row is short");
+            let (first, second) = (rows[2 * q], rows[2 * q + 1]);
             pair_words(first.as_ptr().add(16 * half), second.as_ptr().add(16 * half))
         });
         for (r, panel_row) in transpose_words_16x16(words).into_iter().enumerate() {
@@ -1211,8 +1148,8 @@ mod tests {
         }
     }
 
-    /// B packed from the rows of its transpose (keys, with whole and partial 32-value chunks
-    /// scattered down each column) holds the same bits as B packed from its own rows.
+    /// B packed from the rows of its transpose (keys: whole and partial 32-value chunks, 16 or
+    /// fewer rows a group) holds the same bits as B packed from its own rows.
     #[test]
     fn transposed_rows_pack_as_the_rows_of_b() {
         for (k, n) in [(100usize, 45usize), (64, 32), (33, 70), (7, 3), (7, 40)] {
@@ -1273,8 +1210,9 @@ mod tests {
         }
     }
 
-    /// A transpose filled 32 x 32 steps at a time (whole steps in registers, a short last step
-    /// and narrow panels word by word) holds the bits of the transposed rows set one by one.
+    /// A transpose filled 32 x 32 steps at a time (in registers, a short last step padded with
+    /// zero rows; narrow panels value by value) holds the bits of the transposed rows set one
+    /// by one.
     #[test]
     fn transposed_fill_matches_rows_set_one_by_one() {
         for (rows, cols) in [(100usize, 45usize), (64, 64), (33, 70), (32, 32), (7, 40)] {
