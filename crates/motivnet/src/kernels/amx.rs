@@ -13,7 +13,9 @@
 //! products run. A task takes up to eight row panels (fewer where that shares them evenly
 //! between the threads) and sweeps B's column blocks once for all of them, so each column block
 //! comes from memory once per task and from the core's caches for the panels after the first;
-//! tasks run on rayon's threads, each thread configuring its tiles once.
+//! tasks run on rayon's threads, each thread configuring its tiles once. Panels, packed B and
+//! the block sums start on cache lines ([`super::aligned`]): a tile row that straddles two
+//! lines costs about twice as much to load.
 //! Written as inline assembly (AMX intrinsics are not in stable Rust); the kernel runs only
 //! where [`available`] says the CPU has AMX and the kernel lets this process use it.
 
@@ -24,6 +26,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::aligned::AlignedVec;
 use super::gelu::{gelu_chunk, gelu_in_place};
 use super::Shared;
 
@@ -98,14 +101,14 @@ pub struct PackedB {
     pub n: usize,
     kp: usize,
     np: usize,
-    data: Vec<u16>,
+    data: AlignedVec<u16>,
 }
 
 impl PackedB {
     /// Zeros for k x n, padded.
     fn zeroed(k: usize, n: usize) -> Self {
         let (kp, np) = (k.div_ceil(K_STEP) * K_STEP, n.div_ceil(BLOCK) * BLOCK);
-        Self { k, n, kp, np, data: vec![0u16; np * kp] }
+        Self { k, n, kp, np, data: AlignedVec::zeroed(np * kp) }
     }
 
     /// Fills each column block with `fill(jb, j0, cols, block)`, over rayon's threads or not.
@@ -233,7 +236,7 @@ pub struct Bf16Rows {
     rows: usize,
     k: usize,
     kp: usize,
-    data: Vec<u16>,
+    data: AlignedVec<u16>,
 }
 
 impl Bf16Rows {
@@ -242,7 +245,7 @@ impl Bf16Rows {
     pub fn reset(&mut self, rows: usize, k: usize) {
         let (padded, kp) = (rows.div_ceil(BLOCK) * BLOCK, k.div_ceil(K_STEP) * K_STEP);
         (self.rows, self.k, self.kp) = (rows, k, kp);
-        self.data.resize(padded * kp, 0);
+        self.data.resize(padded * kp);
         if rows < padded {
             let last = &mut self.data[(padded - BLOCK) * kp..];
             for row in rows % BLOCK..BLOCK {
@@ -415,7 +418,7 @@ struct TileConfig {
 thread_local! {
     static CONFIGURED: Cell<bool> = const { Cell::new(false) };
     /// This thread's bf16 row panels, reused across calls.
-    static PANELS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    static PANELS: RefCell<AlignedVec<u16>> = const { RefCell::new(AlignedVec::new()) };
 }
 
 /// Loads the tile configuration on this thread, once.
@@ -666,6 +669,8 @@ fn round_into(dst: &mut [u16], src: &[f32], scale: f32) {
 /// the packed layout, and 32 x 32 floats at `c` with that stride writable by this thread.
 #[inline(never)]
 unsafe fn block(panel: *const u16, kp: usize, b_block: *const u16, c: *mut f32, c_stride: usize, start: BlockStart) {
+    // Every panel and column block starts on a cache line (see [`AlignedVec`]).
+    debug_assert!((panel as usize).is_multiple_of(64) && (b_block as usize).is_multiple_of(64), "amx::block: operands off their lines");
     let (c_bytes, a_bytes, b_bytes) = (c_stride * 4, K_STEP * 2, 2 * BLOCK * 2);
     let (c00, c01, c10, c11) = (c, c.add(16), c.add(16 * c_stride), c.add(16 * c_stride + 16));
     // A bias starts the sums: each tile reads the same row of it 16 times (a row stride of
@@ -722,6 +727,10 @@ unsafe fn block(panel: *const u16, kp: usize, b_block: *const u16, c: *mut f32, 
         options(nostack)
     );
 }
+
+/// A block's sums, on cache lines as the tiles store them (see [`AlignedVec`]).
+#[repr(C, align(64))]
+struct BlockSums([f32; BLOCK * BLOCK]);
 
 /// Where a block's sums start.
 #[derive(Clone, Copy)]
@@ -839,11 +848,12 @@ unsafe fn gemm_into(a: Lhs, b: &PackedB, dest: Dest, start: Start, finish: Finis
         assert_eq!(bias.len(), n, "amx::gemm: the bias is not n long");
     }
     // The bias padded to whole column blocks, so a tile may read a block's 32 values.
-    let padded_bias: Vec<f32> = match start {
-        Start::Bias(bias) => bias.iter().copied().chain(std::iter::repeat(0.0)).take(b.np).collect(),
-        _ => Vec::new(),
-    };
-    let padded_bias = padded_bias.as_slice();
+    let mut padded_bias = AlignedVec::<f32>::new();
+    if let Start::Bias(bias) = start {
+        padded_bias.resize(b.np);
+        padded_bias[..n].copy_from_slice(bias);
+    }
+    let padded_bias = &padded_bias[..];
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
     let rows_per_task = BLOCK * panels_per_task(m.div_ceil(BLOCK), threads);
     let (row_tasks, column_blocks) = (m.div_ceil(rows_per_task), b.np / BLOCK);
@@ -861,7 +871,7 @@ unsafe fn gemm_into(a: Lhs, b: &PackedB, dest: Dest, start: Start, finish: Finis
         // This task's panels: converted into the thread's buffer, or read where they are.
         let a_panels = match a {
             Lhs::F32 { rows: a, scale } => {
-                buf.resize(buf.len().max(rows_per_task * kp), 0);
+                buf.resize(buf.len().max(rows_per_task * kp));
                 for r in 0..panels * BLOCK {
                     let panel = &mut buf[(r / BLOCK) * BLOCK * kp..][..BLOCK * kp];
                     if r_start + r < r_end {
@@ -879,7 +889,8 @@ unsafe fn gemm_into(a: Lhs, b: &PackedB, dest: Dest, start: Start, finish: Finis
         // cache for the finish to read. Read back from C right after the tiles had stored them
         // there, GELU spent most of its time waiting on those loads (on small's shapes GELU's
         // share of a bf16 forward halved with this buffer).
-        let mut sums = [0f32; BLOCK * BLOCK];
+        let mut sums = BlockSums([0f32; BLOCK * BLOCK]);
+        let sums = &mut sums.0;
         // Column blocks outside, panels inside: a column block is read from memory by the
         // first panel and from the caches by the others.
         for jb in blocks.clone() {
@@ -1348,3 +1359,4 @@ mod tests {
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
     }
 }
+

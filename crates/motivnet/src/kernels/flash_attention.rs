@@ -23,6 +23,8 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
+use super::aligned::{AlignedVec, Plain};
+
 /// Query rows a task holds at once: a multiple of both register tiles' heights (6, and 6 or 4).
 pub(super) const QUERY_ROWS: usize = 48;
 /// Keys a panel of the transposed keys holds: four vectors of 16, the width of a score tile.
@@ -70,11 +72,11 @@ pub fn supported(head_dim: usize) -> bool {
 /// block's scaled queries, scores and outputs.
 #[derive(Default)]
 struct Scratch {
-    keys: Vec<f32>,
-    values: Vec<f32>,
-    queries: Vec<f32>,
-    scores: Vec<f32>,
-    outputs: Vec<f32>,
+    keys: AlignedVec<f32>,
+    values: AlignedVec<f32>,
+    queries: AlignedVec<f32>,
+    scores: AlignedVec<f32>,
+    outputs: AlignedVec<f32>,
 }
 
 thread_local! {
@@ -133,9 +135,9 @@ pub(super) unsafe fn write_rows(
 }
 
 /// Grows `buf` to `len` elements (contents unspecified) and returns them.
-pub(super) fn sized<T: Copy + Default>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+pub(super) fn sized<T: Plain>(buf: &mut AlignedVec<T>, len: usize) -> &mut [T] {
     if buf.len() < len {
-        buf.resize(len, T::default());
+        buf.resize(len);
     }
     &mut buf[..len]
 }

@@ -31,6 +31,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
+use super::aligned::AlignedVec;
 // The f32 kernel's blocking: its query rows, key panels, key blocks and score tiles.
 use super::flash_attention::{
     sized, with_thread_scratch, write_rows, OutRows, PairView, KEY_BLOCK, PANEL, QUERY_ROWS, SCORE_TILE_ROWS,
@@ -65,24 +66,24 @@ pub fn supported(head_dim: usize) -> bool {
 struct Scratch {
     /// The pair's keys in panels of 64: for each group of four head values, the four bytes of
     /// every key of the panel side by side (what one `vpdpbusd` lane takes).
-    keys: Vec<i8>,
+    keys: AlignedVec<i8>,
     /// Each key's scale (zero for the padding keys).
-    key_scales: Vec<f32>,
+    key_scales: AlignedVec<f32>,
     /// 128 times each key's byte sum: the share of the queries' +128 in each score.
-    key_offsets: Vec<i32>,
+    key_offsets: AlignedVec<i32>,
     /// The pair's values by pairs of keys: for each pair, every channel's two values side by
     /// side (what one `vpdpwssd` lane takes).
-    values: Vec<i16>,
+    values: AlignedVec<i16>,
     /// Each channel's scale.
-    value_scales: Vec<f32>,
+    value_scales: AlignedVec<f32>,
     /// A query block's rows, plus 128.
-    queries: Vec<u8>,
+    queries: AlignedVec<u8>,
     /// A query block's scores for one key block.
-    scores: Vec<f32>,
+    scores: AlignedVec<f32>,
     /// Those scores' weights (see [`weigh_row`]).
-    weights: Vec<i16>,
+    weights: AlignedVec<i16>,
     /// A query block's weighted sums of v so far (before the division by the weights' sum).
-    outputs: Vec<f32>,
+    outputs: AlignedVec<f32>,
 }
 
 thread_local! {

@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use super::aligned::AlignedVec;
 use super::amx::Finish;
 use super::gelu::gelu_in_place;
 use super::Shared;
@@ -68,7 +69,7 @@ pub struct PackedI8 {
     kp: usize,
     /// n rounded up to whole panels.
     np: usize,
-    panels: Vec<i8>,
+    panels: AlignedVec<i8>,
     /// Each channel's scale (np long, 0 past n): w = scale x q.
     scales: Vec<f32>,
     /// Each channel's sum of its quantized values (np long).
@@ -80,7 +81,7 @@ impl PackedI8 {
     pub fn from_weight(w: &[f32], n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "int8::PackedI8::from_weight: W is not n x k");
         let (kp, np) = (k.next_multiple_of(K_GROUP), n.next_multiple_of(TILE_COLS).max(TILE_COLS));
-        let mut panels = vec![0i8; np * kp];
+        let mut panels = AlignedVec::<i8>::zeroed(np * kp);
         let (mut scales, mut sums) = (vec![0f32; np], vec![0i32; np]);
         panels
             .par_chunks_mut(TILE_COLS * kp)

@@ -7,6 +7,7 @@
 //! run as wide as the CPU allows ([`simd`]); products go through `gemm` on strided views
 //! ([`gemm`]); work is split over rayon's threads in chunks of [`CHUNK`] elements.
 
+pub mod aligned;
 pub mod amx;
 pub mod attention;
 pub mod cross_attention;
