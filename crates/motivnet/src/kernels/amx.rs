@@ -31,9 +31,9 @@ use super::gelu::{gelu_chunk, gelu_in_place};
 use super::Shared;
 
 /// Rows and columns of a block of C (two tiles each way).
-const BLOCK: usize = 32;
+pub(super) const BLOCK: usize = 32;
 /// bf16 values along k per tile step (64 bytes of a tile row).
-const K_STEP: usize = 32;
+pub(super) const K_STEP: usize = 32;
 /// Row panels one task converts and multiplies together (see the module's notes).
 const PANELS_PER_TASK: usize = 8;
 /// Bytes of B one k-step of a column block reads: 32 values of k for 32 columns, in bf16.
@@ -45,7 +45,7 @@ const B_STEP_LINES: usize = B_STEP_BYTES / 64;
 static ZEROS: [f32; BLOCK] = [0.0; BLOCK];
 
 /// Whether AMX with bf16 can run here: the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7) and
-/// Linux grants this process the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), asked once.
+/// AVX512_BF16, and Linux grants this process the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), asked once.
 /// `MOTIVNET_AMX=off` says no, to compare or to rule the kernel out.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
@@ -57,7 +57,8 @@ pub fn available() -> bool {
         {
             let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
             let (amx_bf16, amx_tile) = (leaf7.edx >> 22 & 1 == 1, leaf7.edx >> 24 & 1 == 1);
-            amx_bf16 && amx_tile && request_tile_permission()
+            // Every CPU with AMX has AVX512_BF16, which the kernels' conversions use.
+            amx_bf16 && amx_tile && avx512_bf16_available() && request_tile_permission()
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -229,8 +230,7 @@ impl Rows<'_> {
 
 /// A matrix already rounded to bf16 as the product reads it: panels of 32 rows in k-steps
 /// ([`write_panel_row`]), k padded with zeros to a multiple of 32 and rows with zero rows to a
-/// multiple of 32. The attention writes its probabilities here straight from the softmax,
-/// skipping a pass of conversion.
+/// multiple of 32.
 #[derive(Default)]
 pub struct Bf16Rows {
     rows: usize,
@@ -312,29 +312,6 @@ impl Bf16Rows {
         let kp = self.kp;
         write_panel_row(&mut self.data[(i / BLOCK) * BLOCK * kp..][..BLOCK * kp], i % BLOCK, src, scale);
     }
-
-    /// Row i = bf16(exp(s - max s)) for a row of scores s, unnormalized; returns 1 / the sum of
-    /// the exponentials (in f32, before rounding), the factor that normalizes the row. The
-    /// attention's softmax in one pass that writes: the caller scales each output row by the
-    /// factor after the product with v, instead of every probability before it. `scores` may be
-    /// overwritten.
-    pub fn set_row_exp(&mut self, i: usize, scores: &mut [f32]) -> f32 {
-        assert!(
-            i < self.rows && scores.len() == self.k,
-            "Bf16Rows::set_row_exp: row {i} of {} x {}",
-            self.rows,
-            self.k
-        );
-        let panel = &mut self.data[(i / BLOCK) * BLOCK * self.kp..][..BLOCK * self.kp];
-        #[cfg(target_arch = "x86_64")]
-        if avx512_bf16_available() {
-            // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked above).
-            return unsafe { exp_row_to_panel(panel, i % BLOCK, scores) };
-        }
-        let inv = super::softmax::softmax_exp_row(scores);
-        write_panel_row(panel, i % BLOCK, scores, 1.0);
-        inv
-    }
 }
 
 /// Whether this CPU converts f32 to bf16 in one instruction (AVX512_BF16, which every CPU with
@@ -343,48 +320,6 @@ impl Bf16Rows {
 fn avx512_bf16_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16"))
-}
-
-/// [`Bf16Rows::set_row_exp`] on AVX-512: a pass for the row's maximum, then one that
-/// exponentiates 32 scores at a time, sums them, and rounds them to bf16 straight into the
-/// panel's k-step (`vcvtne2ps2bf16`: round to nearest even, as [`to_bf16`]; results below
-/// f32's normal range, under 1.2e-38 of the row's largest, become zero). Before, the
-/// exponentials were written back as f32, then read again, scaled and rounded.
-///
-/// # Safety
-/// The CPU has AVX-512F and AVX512_BF16; `panel` is a 32-row panel of kp >= scores.len().
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-unsafe fn exp_row_to_panel(panel: &mut [u16], row: usize, scores: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let k = scores.len();
-    let steps = panel.len() / (BLOCK * K_STEP);
-    let src = scores.as_ptr();
-    let max = super::softmax::row_max_avx512(scores);
-    let max_lanes = _mm512_set1_ps(max);
-    let mut sums = _mm512_setzero_ps();
-    let whole = k / K_STEP;
-    for step in 0..whole {
-        let at = src.add(step * K_STEP);
-        let low = super::math::exp16(_mm512_sub_ps(_mm512_loadu_ps(at), max_lanes));
-        let high = super::math::exp16(_mm512_sub_ps(_mm512_loadu_ps(at.add(16)), max_lanes));
-        sums = _mm512_add_ps(sums, _mm512_add_ps(low, high));
-        let rounded: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(high, low));
-        _mm512_storeu_si512(panel.as_mut_ptr().add(step * BLOCK * K_STEP + row * K_STEP).cast(), rounded);
-    }
-    let mut total = _mm512_reduce_add_ps(sums);
-    // The step the row ends in, and the padding steps after it.
-    for step in whole..steps {
-        let dst = &mut panel[step * BLOCK * K_STEP + row * K_STEP..][..K_STEP];
-        let part = &scores[(step * K_STEP).min(k)..((step + 1) * K_STEP).min(k)];
-        for (d, &v) in dst.iter_mut().zip(part) {
-            let e = super::math::exp_fast(v - max);
-            total += e;
-            *d = to_bf16(e);
-        }
-        dst[part.len()..].fill(0);
-    }
-    1.0 / total
 }
 
 /// A, the left operand, as the product reads it.
@@ -422,7 +357,7 @@ thread_local! {
 }
 
 /// Loads the tile configuration on this thread, once.
-fn configure_tiles() {
+pub(super) fn configure_tiles() {
     CONFIGURED.with(|done| {
         if done.get() {
             return;
@@ -616,7 +551,7 @@ unsafe fn transpose_step_avx512<'a>(step: &mut [u16; BLOCK * K_STEP], row: impl 
 /// [`write_panel_row_portable`]'s layout and values, with AVX512_BF16 where the CPU has it:
 /// whole k-steps scaled and rounded 32 values at a time by `vcvtne2ps2bf16` (round to nearest
 /// even, as [`to_bf16`]; values below f32's normal range become zero), the rest as before.
-fn write_panel_row(panel: &mut [u16], row: usize, src: &[f32], scale: f32) {
+pub(super) fn write_panel_row(panel: &mut [u16], row: usize, src: &[f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
     if avx512_bf16_available() {
         let whole = (src.len() / K_STEP).min(panel.len() / (BLOCK * K_STEP));
@@ -675,17 +610,25 @@ unsafe fn block(panel: *const u16, kp: usize, b_block: *const u16, c: *mut f32, 
     let (c00, c01, c10, c11) = (c, c.add(16), c.add(16 * c_stride), c.add(16 * c_stride + 16));
     // A bias starts the sums: each tile reads the same row of it 16 times (a row stride of
     // zero broadcasts it down the tile).
-    if let BlockStart::Bias(bias) = start {
-        asm!(
+    match start {
+        BlockStart::Bias(bias) => asm!(
             "tileloadd tmm0, [{left} + {zero}*1]",
             "tileloadd tmm1, [{right} + {zero}*1]",
             "tileloadd tmm2, [{left} + {zero}*1]",
             "tileloadd tmm3, [{right} + {zero}*1]",
             left = in(reg) bias, right = in(reg) bias.add(16), zero = in(reg) 0usize,
             options(nostack)
-        );
-    } else {
-        asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack));
+        ),
+        BlockStart::Sums => asm!(
+            "tileloadd tmm0, [{c00} + {s}*1]",
+            "tileloadd tmm1, [{c01} + {s}*1]",
+            "tileloadd tmm2, [{c10} + {s}*1]",
+            "tileloadd tmm3, [{c11} + {s}*1]",
+            c00 = in(reg) c00, c01 = in(reg) c01, c10 = in(reg) c10, c11 = in(reg) c11,
+            s = in(reg) c_bytes,
+            options(nostack)
+        ),
+        BlockStart::Zero => asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack)),
     }
     let mut kk = 0;
     while kk < kp {
@@ -738,6 +681,36 @@ enum BlockStart {
     Zero,
     /// 32 values of a bias (the block's columns), the same for each row.
     Bias(*const f32),
+    /// The block of C as it is: the product is added to it.
+    Sums,
+}
+
+/// One 32 x 32 block of C at `c` (rows `c_stride` floats apart) = [C +] the first `k` values
+/// (a multiple of 32) of a 32-row bf16 panel in k-steps ([`write_panel_row`]'s layout) times
+/// column block `jb` of B from B's k-step `step0` on: a piece of a product whose caller does
+/// its own blocking (the bf16 attention, a block of keys at a time).
+///
+/// # Safety
+/// [`available`] holds and [`configure_tiles`] ran on this thread; `panel` starts on a cache
+/// line and holds k / 32 k-steps; step0 + k / 32 k-steps lie inside B's padded k; `c`
+/// addresses 32 rows of 32 floats, `c_stride` apart, that this thread alone reads and writes.
+pub(super) unsafe fn block_product(
+    panel: &[u16],
+    k: usize,
+    b: &PackedB,
+    (jb, step0): (usize, usize),
+    c: *mut f32,
+    c_stride: usize,
+    accumulate: bool,
+) {
+    assert!(
+        k.is_multiple_of(K_STEP) && panel.len() >= k * BLOCK && jb < b.np / BLOCK && (step0 * K_STEP + k) <= b.kp,
+        "amx::block_product: the panel or B is too small for {k} values from k-step {step0}"
+    );
+    let b_block = b.column_block(jb)[step0 * K_STEP * BLOCK..].as_ptr();
+    let start = if accumulate { BlockStart::Sums } else { BlockStart::Zero };
+    // SAFETY: the caller's promises; the lengths asserted above.
+    unsafe { block(panel.as_ptr(), k, b_block, c, c_stride, start) };
 }
 
 /// Where C's sums start (see [`gemm`]).
@@ -1101,47 +1074,6 @@ mod tests {
                 }
             }
             assert!(worst < 1e-5, "{m} x {n} x {k}: off by {worst} (relative)");
-        }
-    }
-
-    /// The exponentials a row of scores leaves in the panel, times the factor returned, are its
-    /// softmax to bf16's precision, with zeros past the row; on AVX512_BF16 and without it.
-    #[test]
-    fn exponentials_in_bf16_times_the_factor_are_the_softmax() {
-        for fast in [true, false] {
-            if fast && !avx512_bf16_available() {
-                eprintln!("this CPU has no AVX512_BF16: its exponentials were not checked here");
-                continue;
-            }
-            for k in [45, 64, 100, 3] {
-                let scores: Vec<f32> = (0..k).map(|j| ((j * 7919) % 97) as f32 * 0.21 - 9.0).collect();
-                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let sum: f64 = scores.iter().map(|&v| ((v - max) as f64).exp()).sum();
-                let mut rows = Bf16Rows::default();
-                rows.reset(35, k);
-                let row = 33; // in the second panel
-                let mut scratch = scores.clone();
-                let factor = if fast {
-                    let panel = &mut rows.data[BLOCK * rows.kp..][..BLOCK * rows.kp];
-                    // SAFETY: checked above that the CPU has both features.
-                    unsafe { exp_row_to_panel(panel, row % BLOCK, &scratch) }
-                } else {
-                    let panel = &mut rows.data[BLOCK * rows.kp..][..BLOCK * rows.kp];
-                    let inv = crate::kernels::softmax::softmax_exp_row(&mut scratch);
-                    write_panel_row(panel, row % BLOCK, &scratch, 1.0);
-                    inv
-                };
-                assert!(((factor as f64) * sum - 1.0).abs() < 1e-5, "k {k}: factor {factor} for a sum of {sum}");
-                let at = |j: usize| {
-                    rows.data[BLOCK * rows.kp + (j / K_STEP) * BLOCK * K_STEP + (row % BLOCK) * K_STEP + j % K_STEP]
-                };
-                for (j, &v) in scores.iter().enumerate() {
-                    let want = ((v - max) as f64).exp() / sum;
-                    let got = from_bf16(at(j)) as f64 * factor as f64;
-                    assert!((got - want).abs() <= want * 2f64.powi(-8) + 1e-12, "k {k}, {j}: {got} vs {want}");
-                }
-                assert!((k..rows.kp).all(|j| at(j) == 0), "k {k}: the padding is not zero");
-            }
         }
     }
 

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::amx::{self, Bf16Rows, PackedB, Rows};
 use super::gemm::{matmul, threads_for_one_product, View, ViewMut, Write};
 use super::KernelResult;
-use super::{flash_attention, flash_attention_int8};
+use super::{flash_attention, flash_attention_bf16, flash_attention_int8};
 
 /// Shapes of one call, and where a (batch, head) pair's blocks start.
 #[derive(Clone, Copy)]
@@ -86,18 +86,16 @@ impl Geometry {
 /// slower; at this size it runs as fast as whole pairs did, on a third of their scratch.
 const F32_SCORES_BYTES: usize = 12288 << 10;
 
-/// Query rows a task of the bf16 attention takes: one of the AMX kernel's row panels. Its
-/// scores (32 x 3072 in f32 at sapiens' tokens, 384 KB) stay in the second-level cache beside
-/// the pair's packed keys and values (768 KB); with 128 rows (1.5 MB of scores) they did not,
-/// and the attention alone at sapiens-0.3b's shape took 150-188 ms a call against 124-139.
-/// At small's and tiny's shapes the two were level.
+/// Query rows a task of the bf16 attention takes: one of the AMX kernel's row panels, whose
+/// scores, exponentials and output for a block of keys stay in the first-level cache
+/// ([`flash_attention_bf16`]).
 const BF16_QUERY_ROWS: usize = 32;
 
 thread_local! {
     /// Per-thread N x N buffers (scores, then their gradient), reused across calls.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// Per-thread probabilities in bf16 for the AMX product, reused across calls.
-    static BF16_PROBABILITIES: RefCell<Bf16Rows> = RefCell::new(Bf16Rows::default());
+    /// Per-thread transposes in bf16 for the backward's AMX products, reused across calls.
+    static BF16_TRANSPOSED: RefCell<Bf16Rows> = RefCell::new(Bf16Rows::default());
 }
 
 /// Runs `f` with this thread's scratch buffer grown to at least `len` floats. The buffer is
@@ -315,9 +313,9 @@ pub(crate) fn attention_forward_in_key_blocks(
 }
 
 /// The attention output (B, N, D) as [`attention_forward`] gives it, with q k^T and p v on
-/// AMX tiles (see [`super::amx`]): q (scaled first, exactly for a power-of-four head size),
-/// k, the probabilities and v rounded to bf16; the sums and the softmax in f32. Inference
-/// only: nothing is kept for a backward. Needs `amx::available()`.
+/// AMX tiles, a block of keys at a time ([`flash_attention_bf16`]): q (scaled first, exactly
+/// for a power-of-four head size), k, the probabilities and v rounded to bf16; the sums and the
+/// softmax in f32. Inference only: nothing is kept for a backward. Needs `amx::available()`.
 pub fn attention_forward_bf16(
     qkv: &[f32],
     (batch, tokens, dim): (usize, usize, usize),
@@ -337,40 +335,19 @@ pub fn attention_forward_bf16(
             (keys, values)
         })
         .collect();
-    // A task is one block of query rows of one pair: its scores (rows x n) stay in cache from
-    // the product through the softmax to the product with v.
     let blocks = n.div_ceil(BF16_QUERY_ROWS);
     (0..g.pairs() * blocks).into_par_iter().for_each(|task| {
         let (pair, r0) = (task / blocks, (task % blocks) * BF16_QUERY_ROWS);
         let rows = BF16_QUERY_ROWS.min(n - r0);
         let (keys, values) = &packed[pair];
         let queries = Rows { data: qkv, offset: g.qkv_offset(pair, 0) + r0 * 3 * d, stride: 3 * d, rows };
-        let mut probabilities = BF16_PROBABILITIES.with(|cell| cell.take());
-        probabilities.reset(rows, n);
-        let mut normalizers = [0f32; BF16_QUERY_ROWS];
-        with_scratch(rows * n, |scores| {
-            // SAFETY: `scores` is rows x n and this task's own.
-            unsafe {
-                let queries = amx::Lhs::F32 { rows: queries, scale: g.scale() };
-                amx::gemm(queries, keys, scores.as_mut_ptr(), n, amx::Start::Zero, amx::Finish::None, false);
-            }
-            // Each row's exponentials rounded to bf16 while the row is in cache; each row is
-            // normalized after the product instead (hd values a row, not n).
-            for (i, row) in scores.chunks_exact_mut(n).enumerate() {
-                normalizers[i] = probabilities.set_row_exp(i, row);
-            }
-        });
-        // SAFETY: these rows of the pair's output block (hd wide, d apart, from its merged
-        // offset) lie inside `out` and are written by this task alone.
+        // SAFETY: `available` holds (this function's precondition); these rows of the pair's
+        // output block (hd wide, d apart, from its merged offset) lie inside `out` and are
+        // written by this task alone.
         unsafe {
             let dst = shared.rows(g.merged_offset(pair) + r0 * d, d).ptr;
-            let exponentials = amx::Lhs::Bf16(&probabilities);
-            amx::gemm(exponentials, values, dst, d, amx::Start::Zero, amx::Finish::None, false);
-            for (i, &scale) in normalizers[..rows].iter().enumerate() {
-                std::slice::from_raw_parts_mut(dst.add(i * d), hd).iter_mut().for_each(|o| *o *= scale);
-            }
+            flash_attention_bf16::attend(queries, g.scale(), keys, values, dst, d);
         }
-        BF16_PROBABILITIES.with(|cell| cell.replace(probabilities));
     });
     // SAFETY: the pairs' blocks tile the (B, N, D) output: every element was written.
     unsafe { out.set_len(len) };
@@ -463,7 +440,7 @@ pub fn attention_backward_bf16(
     (0..g.pairs()).into_par_iter().for_each(|pair| {
         let (q_at, k_at, v_at, merged) =
             (g.qkv_offset(pair, 0), g.qkv_offset(pair, 1), g.qkv_offset(pair, 2), g.merged_offset(pair));
-        let mut transposed = BF16_PROBABILITIES.with(|cell| cell.take());
+        let mut transposed = BF16_TRANSPOSED.with(|cell| cell.take());
         with_scratch(2 * n * n, |scratch| {
             let (p, ds) = scratch.split_at_mut(n * n);
             // SAFETY (each product below): its output is n rows of the scratch (n apart) or of
@@ -502,7 +479,7 @@ pub fn attention_backward_bf16(
                 amx::gemm(amx::Lhs::Bf16(&transposed), &d_out, dv, row, amx::Start::Zero, amx::Finish::None, false);
             }
         });
-        BF16_PROBABILITIES.with(|cell| cell.replace(transposed));
+        BF16_TRANSPOSED.with(|cell| cell.replace(transposed));
     });
     // SAFETY: the pairs' dq, dk and dv blocks tile the (B, N, 3D) gradient.
     unsafe { grad.set_len(qkv.len()) };

@@ -12,6 +12,7 @@ pub mod amx;
 pub mod attention;
 pub mod cross_attention;
 pub mod flash_attention;
+pub mod flash_attention_bf16;
 pub mod flash_attention_int8;
 pub mod gelu;
 pub mod gemm;

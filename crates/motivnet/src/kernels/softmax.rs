@@ -118,15 +118,6 @@ fn exp_row(row: &mut [f32]) -> f32 {
     1.0 / total
 }
 
-crate::simd_dispatch! {
-    /// A row of softmax short of its last pass: exponentiated in place, and the factor that
-    /// normalizes it returned. For a caller that writes the row elsewhere anyway (the bf16
-    /// attention rounds it for the AMX product) and can scale it on the way, saving a pass.
-    pub fn softmax_exp_row(row: &mut [f32]) -> f32 {
-        exp_row(row)
-    }
-}
-
 /// Softmax of each `n`-long row of `x`, on all threads.
 pub fn softmax_forward(x: &[f32], n: usize) -> Vec<f32> {
     let n = n.max(1);
