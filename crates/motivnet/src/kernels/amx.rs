@@ -327,6 +327,11 @@ fn avx512_bf16_available() -> bool {
 pub enum Lhs<'a> {
     /// f32 rows, scaled and rounded to bf16 as each task reads them.
     F32 { rows: Rows<'a>, scale: f32 },
+    /// LayerNorm of f32 rows (`weight`, `bias`: k values each), normalized and rounded to bf16
+    /// as each task reads them ([`super::layer_norm::layer_norm_row`]: the values LayerNorm
+    /// gives, so the same bits as normalizing first): a pre-norm block's Linear that reads its
+    /// input once and writes no normalized copy of it.
+    Normalized { rows: Rows<'a>, weight: &'a [f32], bias: &'a [f32], eps: f32 },
     /// Rows already in bf16.
     Bf16(&'a Bf16Rows),
 }
@@ -334,7 +339,7 @@ pub enum Lhs<'a> {
 impl Lhs<'_> {
     fn rows(&self) -> usize {
         match self {
-            Lhs::F32 { rows, .. } => rows.rows,
+            Lhs::F32 { rows, .. } | Lhs::Normalized { rows, .. } => rows.rows,
             Lhs::Bf16(b) => b.rows,
         }
     }
@@ -811,11 +816,14 @@ unsafe fn gemm_into(a: Lhs, b: &PackedB, dest: Dest, start: Start, finish: Finis
     assert!(available(), "amx::gemm: this CPU or kernel offers no AMX");
     let (m, k, n, kp) = (a.rows(), b.k, b.n, b.kp);
     match a {
-        Lhs::F32 { rows, .. } => assert!(
+        Lhs::F32 { rows, .. } | Lhs::Normalized { rows, .. } => assert!(
             m == 0 || rows.offset + (m - 1) * rows.stride + k <= rows.data.len(),
             "amx::gemm: A's rows lie outside its buffer"
         ),
         Lhs::Bf16(rows) => assert!(rows.k == k, "amx::gemm: A is {} wide, B {k} deep", rows.k),
+    }
+    if let Lhs::Normalized { weight, bias, .. } = a {
+        assert!(weight.len() == k && bias.len() == k, "amx::gemm: the LayerNorm's weight and bias are not {k} long");
     }
     if let Start::Bias(bias) = start {
         assert_eq!(bias.len(), n, "amx::gemm: the bias is not n long");
@@ -843,20 +851,29 @@ unsafe fn gemm_into(a: Lhs, b: &PackedB, dest: Dest, start: Start, finish: Finis
         let mut buf = PANELS.with(|cell| cell.take());
         // This task's panels: converted into the thread's buffer, or read where they are.
         let a_panels = match a {
-            Lhs::F32 { rows: a, scale } => {
+            Lhs::Bf16(rows) => rows.data[r_start * kp..].as_ptr(),
+            Lhs::F32 { rows, .. } | Lhs::Normalized { rows, .. } => {
                 buf.resize(buf.len().max(rows_per_task * kp));
+                // A normalized row is made in the first-level cache, then rounded.
+                let mut normalized = if matches!(a, Lhs::Normalized { .. }) { vec![0f32; k] } else { Vec::new() };
                 for r in 0..panels * BLOCK {
                     let panel = &mut buf[(r / BLOCK) * BLOCK * kp..][..BLOCK * kp];
-                    if r_start + r < r_end {
-                        let at = a.offset + (r_start + r) * a.stride;
-                        write_panel_row(panel, r % BLOCK, &a.data[at..at + k], scale);
-                    } else {
+                    if r_start + r >= r_end {
                         write_panel_row(panel, r % BLOCK, &[], 0.0);
+                        continue;
+                    }
+                    let row = &rows.data[rows.offset + (r_start + r) * rows.stride..][..k];
+                    match a {
+                        Lhs::F32 { scale, .. } => write_panel_row(panel, r % BLOCK, row, scale),
+                        Lhs::Normalized { weight, bias, eps, .. } => {
+                            super::layer_norm::layer_norm_row(&mut normalized, row, weight, bias, eps);
+                            write_panel_row(panel, r % BLOCK, &normalized, 1.0);
+                        }
+                        Lhs::Bf16(_) => unreachable!("bf16 rows are read where they are"),
                     }
                 }
                 buf.as_ptr()
             }
-            Lhs::Bf16(rows) => rows.data[r_start * kp..].as_ptr(),
         };
         // A block's sums when they are not stored straight into C: they stay in the first-level
         // cache for the finish to read. Read back from C right after the tiles had stored them
@@ -1023,18 +1040,18 @@ pub fn product_rows_bf16(a: Lhs, b: &PackedB) -> Vec<f32> {
     c
 }
 
-/// GELU(x B + bias) rounded to bf16 into `out`, laid out as the next product's left operand:
+/// GELU(A B + bias) rounded to bf16 into `out`, laid out as the next product's left operand:
 /// the MLP's hidden layer, which then never exists in f32. The values are those
 /// [`linear_rows_bf16`] with [`Finish::Gelu`] gives, rounded as the next product would round
-/// them.
+/// them. A is f32 rows, plain or normalized as they are read (not rows already in bf16).
 ///
 /// Panics where `available()` does not hold, or when the lengths do not fit.
-pub fn linear_gelu_rows_to_bf16(x: &[f32], b: &PackedB, bias: &[f32], out: &mut Bf16Rows) {
-    let m = x.len() / b.k.max(1);
-    assert!(x.len() == m * b.k && bias.len() == b.n, "amx::linear_gelu_rows_to_bf16: x, B and the bias do not fit");
+pub fn linear_gelu_rows_to_bf16(a: Lhs, b: &PackedB, bias: &[f32], out: &mut Bf16Rows) {
+    let m = a.rows();
+    assert!(bias.len() == b.n, "amx::linear_gelu_rows_to_bf16: the bias is not n long");
+    assert!(!matches!(a, Lhs::Bf16(_)), "amx::linear_gelu_rows_to_bf16: A must be f32 rows");
     out.reset(m, b.n);
     debug_assert_eq!(out.kp, b.np);
-    let a = Lhs::F32 { rows: Rows::contiguous(x, b.k), scale: 1.0 };
     let dest = Dest::Bf16 { panels: Shared(out.data.as_mut_ptr()), kp: out.kp };
     // SAFETY: `out` holds m rows rounded up to 32 in panels of kp = b.np, and is borrowed
     // mutably for the call.
@@ -1218,7 +1235,7 @@ mod tests {
             let want =
                 linear_rows_bf16(Lhs::F32 { rows: Rows::contiguous(&h, hidden), scale: 1.0 }, &p2, &b2, Finish::None);
             let mut panels = Bf16Rows::default();
-            linear_gelu_rows_to_bf16(&x, &p1, &b1, &mut panels);
+            linear_gelu_rows_to_bf16(Lhs::F32 { rows: Rows::contiguous(&x, k), scale: 1.0 }, &p1, &b1, &mut panels);
             assert_eq!(
                 linear_rows_bf16(Lhs::Bf16(&panels), &p2, &b2, Finish::None),
                 want,

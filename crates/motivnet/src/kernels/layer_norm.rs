@@ -18,6 +18,14 @@ pub fn layer_norm_forward(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32>
     out
 }
 
+/// LayerNorm of one row `x` into `out` (w.len() values each), the values
+/// [`layer_norm_forward`] gives it: for a product that normalizes its input rows as it reads
+/// them ([`super::amx::Lhs::Normalized`]).
+pub fn layer_norm_row(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    assert!(out.len() == w.len() && x.len() == w.len() && b.len() == w.len(), "layer_norm_row: lengths do not fit");
+    layer_norm_rows(out, x, w, b, eps);
+}
+
 /// LayerNorm's backward on all threads: writes (or with `accumulate`, adds) dx into `dx` and
 /// returns dw and db back to back (2n values).
 pub fn layer_norm_backward(dx: &mut [f32], accumulate: bool, x: &[f32], g: &[f32], w: &[f32], eps: f32) -> Vec<f32> {

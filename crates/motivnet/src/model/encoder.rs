@@ -45,16 +45,16 @@ impl Attention {
         self.heads
     }
 
-    /// `residual` + this attention of `x`: the block's first branch with its residual, which
-    /// the bf16 products add as the projection's blocks finish. Takes the normalized tokens so
-    /// that in eval they are freed before the attention runs.
-    fn forward_plus(&self, x: Tensor, residual: &Tensor, training: bool) -> Result<Tensor> {
+    /// x + this attention of `ln`(x): the block's first branch with its residual, which the
+    /// bf16 products add as the projection's blocks finish. The normalized tokens live only
+    /// until qkv is made (under bf16 they are never made: qkv normalizes x's rows as it reads
+    /// them).
+    fn forward_plus(&self, ln: &LayerNorm, x: &Tensor, training: bool) -> Result<Tensor> {
         // The reference splits qkv as (B, N, 3, heads, hd); the fused op reads that layout.
-        let qkv = cut_graph_unless(training, self.qkv.forward(&x)?);
-        drop(x);
+        let qkv = cut_graph_unless(training, self.qkv.forward_normed(ln, x, training)?);
         let out = cut_graph_unless(training, crate::ops::attention::self_attention(&qkv, self.heads, training)?);
         drop(qkv);
-        Ok(cut_graph_unless(training, self.proj.forward_plus(&out, residual, training)?))
+        Ok(cut_graph_unless(training, self.proj.forward_plus(&out, x, training)?))
     }
 }
 
@@ -118,14 +118,14 @@ impl Block {
     /// `training`: whether backward will follow (the fused ops then keep what it needs). The
     /// block takes `x` so that in eval it is freed once the attention's residual is added.
     fn forward(&self, x: Tensor, training: bool) -> Result<Tensor> {
-        let attended = self.attn.forward_plus(cut_graph_unless(training, self.ln1.forward(&x)?), &x, training)?;
+        let attended = self.attn.forward_plus(&self.ln1, &x, training)?;
         // The block's input is let go before the MLP (a shadowing `let` would keep it alive).
         drop(x);
         let x = attended;
-        let normed = cut_graph_unless(training, self.ln2.forward(&x)?);
-        if let Some(out) = mlp_plus_fused(&self.fc1, &self.fc2, &normed, &x, training)? {
+        if let Some(out) = mlp_plus_fused(&self.ln2, &self.fc1, &self.fc2, &x, training)? {
             return Ok(out);
         }
+        let normed = cut_graph_unless(training, self.ln2.forward(&x)?);
         // Exact (erf) GELU as PyTorch's nn.GELU() (candle's gelu() is the tanh approximation),
         // fused into fc1 on the CPU.
         let hidden = cut_graph_unless(training, self.fc1.forward_gelu(&normed, training)?);

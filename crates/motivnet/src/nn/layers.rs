@@ -15,7 +15,7 @@ use super::params::{weights_generation, Init, ParamStore};
 use crate::error::Result;
 use crate::kernels::amx::PackedB;
 use crate::kernels::int8::PackedI8;
-use crate::ops::linear::{Packed, PackedEnd};
+use crate::ops::linear::{Normalize, Packed, PackedEnd};
 
 /// Train mode carries the RNG that draws dropout masks (candle's CPU RNG cannot be seeded).
 pub enum Mode<'a> {
@@ -221,6 +221,16 @@ impl Linear {
 
     /// GELU (exact, erf form, as PyTorch's `nn.GELU()`) of this layer's output, as one op;
     /// `for_backward` as in [`crate::ops::linear::linear_gelu`].
+    /// This layer of `ln`(x): the first Linear of a pre-norm branch. Under the bf16 products
+    /// each task normalizes its rows of x as it reads them, so no normalized copy of x is
+    /// written and read back (the same values); elsewhere `ln`, then the layer.
+    pub fn forward_normed(&self, ln: &LayerNorm, x: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
+        if let Some(Lowered::Bf16(packed)) = self.lowered(x, for_backward)? {
+            return crate::ops::linear::linear_bf16_normalized(x, ln.normalize(), &packed, &self.bias);
+        }
+        self.forward(&cut_graph_unless(for_backward, ln.forward(x)?))
+    }
+
     pub fn forward_gelu(&self, x: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
         if let Some(lowered) = self.lowered(x, for_backward)? {
             return crate::ops::linear::linear_packed(x, lowered.as_packed(), &self.bias, PackedEnd::Gelu);
@@ -349,36 +359,35 @@ impl Module for Linear {
     }
 }
 
-/// `residual` + fc2(GELU(fc1(x))), a transformer block's MLP branch and its residual, as one
-/// op where no backward follows. Packed, the hidden activations are never stored whole in f32:
-/// in bf16 they stay bf16 between the products ([`crate::ops::linear::mlp_bf16`]), in int8
-/// they are quantized as fc1's tasks finish them ([`crate::ops::linear::mlp_int8`]). In f32
-/// (inference on the CPU) they are made a block of rows at a time and fc2 adds onto the
-/// residual ([`crate::ops::linear::mlp_f32`]). `None` for training and on another device, for
-/// the caller to compose.
+/// x + fc2(GELU(fc1(`ln`(x)))), a pre-norm transformer block's MLP branch and its residual,
+/// as one op where no backward follows. Packed, the hidden activations are never stored whole
+/// in f32: in bf16 they stay bf16 between the products and fc1 normalizes x's rows as it reads
+/// them ([`crate::ops::linear::mlp_bf16`]), in int8 they are quantized as fc1's tasks finish
+/// them ([`crate::ops::linear::mlp_int8`]). In f32 (inference on the CPU) they are made a
+/// block of rows at a time and fc2 adds onto the residual ([`crate::ops::linear::mlp_f32`]).
+/// `None` for training and on another device, for the caller to compose.
 pub fn mlp_plus_fused(
+    ln: &LayerNorm,
     fc1: &Linear,
     fc2: &Linear,
     x: &Tensor,
-    residual: &Tensor,
     for_backward: bool,
 ) -> candle_core::Result<Option<Tensor>> {
-    if !crate::ops::dispatch::fused(&[residual]) {
+    if for_backward || !crate::ops::dispatch::fused(&[x]) {
         return Ok(None);
     }
-    match fc1.lowered(x, for_backward)? {
-        None if for_backward || !crate::ops::dispatch::fused(&[x]) => Ok(None),
+    match fc1.lowered(x, false)? {
         None => {
             let (w1, w2) = (fc1.weight_matrix()?, fc2.weight_matrix()?);
-            crate::ops::linear::mlp_f32(x, (&w1, &fc1.bias), (&w2, &fc2.bias), residual).map(Some)
+            crate::ops::linear::mlp_f32(&ln.forward(x)?, (&w1, &fc1.bias), (&w2, &fc2.bias), x).map(Some)
         }
         Some(Lowered::Bf16(p1)) => {
             let Lowered::Bf16(p2) = fc2.packed(PackedKind::Bf16)? else { unreachable!("asked for bf16") };
-            crate::ops::linear::mlp_bf16(x, (&p1, &fc1.bias), (&p2, &fc2.bias), residual).map(Some)
+            crate::ops::linear::mlp_bf16(x, Some(ln.normalize()), (&p1, &fc1.bias), (&p2, &fc2.bias), x).map(Some)
         }
         Some(Lowered::Int8(p1)) => {
             let Lowered::Int8(p2) = fc2.packed(PackedKind::Int8)? else { unreachable!("asked for int8") };
-            crate::ops::linear::mlp_int8(x, (&p1, &fc1.bias), (&p2, &fc2.bias), residual).map(Some)
+            crate::ops::linear::mlp_int8(&ln.forward(x)?, (&p1, &fc1.bias), (&p2, &fc2.bias), x).map(Some)
         }
     }
 }
@@ -397,6 +406,11 @@ impl LayerNorm {
             bias: store.add(&format!("{prefix}.bias"), dim, Init::Zeros)?,
             eps,
         })
+    }
+
+    /// This LayerNorm as a bf16 Linear applies it to the rows it reads.
+    pub fn normalize(&self) -> Normalize<'_> {
+        Normalize { weight: &self.weight, bias: &self.bias, eps: self.eps }
     }
 }
 

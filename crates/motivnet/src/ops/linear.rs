@@ -107,6 +107,37 @@ pub fn linear_packed(x: &Tensor, packed: Packed, bias: &Tensor, end: PackedEnd) 
     Tensor::from_vec(y, out_dims, x.device())
 }
 
+/// A LayerNorm over the last dimension that a bf16 Linear applies to its input rows as it reads
+/// them (see [`linear_bf16_normalized`]).
+#[derive(Clone, Copy)]
+pub struct Normalize<'a> {
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub eps: f64,
+}
+
+impl Normalize<'_> {
+    /// The weight and bias as f32 values, and eps.
+    fn values(&self) -> candle_core::Result<(Vec<f32>, Vec<f32>, f32)> {
+        Ok((self.weight.to_vec1::<f32>()?, self.bias.to_vec1::<f32>()?, self.eps as f32))
+    }
+}
+
+/// LayerNorm(x) (..., in) W^T + b with the product packed in bf16, each task normalizing its
+/// rows of x as it rounds them for the tiles ([`Lhs::Normalized`]): the same values as
+/// [`linear_packed`] of the normalized x, without writing that x and reading it back. A
+/// pre-norm block's first Linear of a branch under `precision: 'bf16'`; inference only.
+pub fn linear_bf16_normalized(x: &Tensor, ln: Normalize, packed: &PackedB, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let out_dims = packed_output_dims(x, (packed.k, packed.n), bias)?;
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let x_values = cpu_f32(&storage, layout, "linear_bf16_normalized")?;
+    let (weight, ln_bias, eps) = ln.values()?;
+    let lhs = Lhs::Normalized { rows: Rows::contiguous(x_values, packed.k), weight: &weight, bias: &ln_bias, eps };
+    let y = amx::linear_rows_bf16(lhs, packed, &bias.to_vec1::<f32>()?, Finish::None);
+    Tensor::from_vec(y, out_dims, x.device())
+}
+
 /// residual + x (..., in) W^T + b in f32, the product accumulated onto the bias plus the
 /// residual: a Linear that ends a residual branch, for inference. Composed, the sum is one
 /// more output-sized buffer and a pass over it. The result records no graph.
@@ -141,6 +172,7 @@ pub fn mlp_f32(
 /// [`linear_packed`] with GELU, then with the residual. Inference only.
 pub fn mlp_bf16(
     x: &Tensor,
+    ln: Option<Normalize>,
     (fc1, b1): (&PackedB, &Tensor),
     (fc2, b2): (&PackedB, &Tensor),
     residual: &Tensor,
@@ -150,7 +182,13 @@ pub fn mlp_bf16(
     let (storage, layout) = x.storage_and_layout();
     let x_values = cpu_f32(&storage, layout, "mlp_bf16")?;
     let mut hidden = Bf16Rows::default();
-    amx::linear_gelu_rows_to_bf16(x_values, fc1, &b1.to_vec1::<f32>()?, &mut hidden);
+    let rows = Rows::contiguous(x_values, fc1.k);
+    let ln = ln.map(|ln| ln.values()).transpose()?;
+    let lhs = match &ln {
+        Some((weight, bias, eps)) => Lhs::Normalized { rows, weight, bias, eps: *eps },
+        None => Lhs::F32 { rows, scale: 1.0 },
+    };
+    amx::linear_gelu_rows_to_bf16(lhs, fc1, &b1.to_vec1::<f32>()?, &mut hidden);
     let b2 = b2.to_vec1::<f32>()?;
     let y = with_residual_values(residual, &out_dims, |addend| {
         amx::linear_rows_bf16(Lhs::Bf16(&hidden), fc2, &b2, Finish::Add(addend))
@@ -531,6 +569,37 @@ mod tests {
         assert!(err.contains("residual") && err.contains("[2, 30, 12]"), "{err}");
         let err = mlp_f32(&x, (&w1, &b1), (&w, &b), &mlp_residual).unwrap_err().to_string();
         assert!(err.contains("fc1 gives 40") && err.contains("fc2 takes 12"), "{err}");
+    }
+
+    /// On a CPU with AMX: the bf16 Linear and MLP that normalize x's rows as they read them
+    /// give the same bits as LayerNorm first, then the plain bf16 products.
+    #[test]
+    fn normalizing_as_the_rows_are_read_gives_the_bits_of_normalizing_first() {
+        if !crate::kernels::amx::checkable_here("the normalizing bf16 Linear") {
+            return;
+        }
+        let dev = Device::Cpu;
+        let randn = |shape: &[usize], std: f32| Tensor::randn(0f32, std, shape, &dev).unwrap();
+        let (d, hidden) = (48, 100);
+        let (x, ln_w, ln_b) = ((randn(&[2, 37, d], 2.0) + 0.5).unwrap(), randn(&[d], 1.0), randn(&[d], 0.5));
+        let ln = Normalize { weight: &ln_w, bias: &ln_b, eps: 1e-6 };
+        let normalized = crate::ops::layer_norm::layer_norm(&x, &ln_w, &ln_b, 1e-6).unwrap();
+        let (w1, b1, w2, b2) = (randn(&[hidden, d], 0.3), randn(&[hidden], 0.3), randn(&[d, hidden], 0.3), randn(&[d], 0.3));
+        let pack = |w: &Tensor| {
+            let (n, k) = w.dims2().unwrap();
+            PackedB::from_weight(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k)
+        };
+        let (p1, p2) = (pack(&w1), pack(&w2));
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+
+        let fused = linear_bf16_normalized(&x, ln, &p1, &b1).unwrap();
+        let first = linear_packed(&normalized, Packed::Bf16(&p1), &b1, PackedEnd::Plain).unwrap();
+        assert_eq!(fused.dims(), &[2, 37, hidden]);
+        assert_eq!(bits(&fused), bits(&first), "the normalizing Linear");
+
+        let fused = mlp_bf16(&x, Some(ln), (&p1, &b1), (&p2, &b2), &x).unwrap();
+        let first = mlp_bf16(&normalized, None, (&p1, &b1), (&p2, &b2), &x).unwrap();
+        assert_eq!(bits(&fused), bits(&first), "the normalizing MLP");
     }
 
     #[test]
