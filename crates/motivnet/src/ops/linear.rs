@@ -181,7 +181,9 @@ pub fn mlp_bf16(
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
     let x_values = cpu_f32(&storage, layout, "mlp_bf16")?;
-    let mut hidden = Bf16Rows::default();
+    // The calling thread's buffer for the hidden rows, kept from call to call: a fresh one was
+    // a zero-filled allocation of four times x's size at every block, which fc1 then overwrote.
+    let mut hidden = MLP_HIDDEN.with(|cell| cell.take());
     let rows = Rows::contiguous(x_values, fc1.k);
     let ln = ln.map(|ln| ln.values()).transpose()?;
     let lhs = match &ln {
@@ -192,8 +194,13 @@ pub fn mlp_bf16(
     let b2 = b2.to_vec1::<f32>()?;
     let y = with_residual_values(residual, &out_dims, |addend| {
         amx::linear_rows_bf16(Lhs::Bf16(&hidden), fc2, &b2, Finish::Add(addend))
-    })?;
-    Tensor::from_vec(y, out_dims, x.device())
+    });
+    MLP_HIDDEN.with(|cell| cell.replace(hidden));
+    Tensor::from_vec(y?, out_dims, x.device())
+}
+
+thread_local! {
+    static MLP_HIDDEN: std::cell::RefCell<Bf16Rows> = std::cell::RefCell::new(Bf16Rows::default());
 }
 
 /// fc2(GELU(fc1(x))) + residual with both products in int8: the MLP of a block under
