@@ -23,11 +23,14 @@ pub fn patch_rows(
             for di in 0..k {
                 // Image row read by this kernel row; rows in the padding stay zero.
                 let Some(y) = (gi * k + di).checked_sub(p).filter(|&y| y < h) else { continue };
-                let dst = &mut row[(ch * k + di) * k..][..k];
-                for (dj, v) in dst.iter_mut().enumerate() {
-                    if let Some(x) = (gj * k + dj).checked_sub(p).filter(|&x| x < w) {
-                        *v = plane[y * w + x];
-                    }
+                // The kernel columns dj whose image column gj k + dj - p lies in 0..w, copied as
+                // one run (columns in the padding stay zero). Value by value, with a range check
+                // each, this pass took a fourteenth of tiny's bf16 forward.
+                let first = p.saturating_sub(gj * k).min(k);
+                let end = (w + p).saturating_sub(gj * k).clamp(first, k);
+                if first < end {
+                    let x0 = gj * k + first - p;
+                    row[(ch * k + di) * k..][first..end].copy_from_slice(&plane[y * w + x0..][..end - first]);
                 }
             }
         }

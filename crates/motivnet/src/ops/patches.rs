@@ -64,8 +64,9 @@ mod tests {
 
     #[test]
     fn one_pass_rows_equal_the_composed_pad_crop_permute() {
-        // Grids that pad on both sides, overrun the image, and crop its last pixels.
-        for (h, w, k, p) in [(36, 28, 8, 2), (33, 17, 4, 1), (16, 16, 16, 0), (20, 13, 6, 3)] {
+        // Grids that pad on both sides, overrun the image, crop its last pixels, and pad by more
+        // than a patch (whole kernel rows and columns in the padding).
+        for (h, w, k, p) in [(36, 28, 8, 2), (33, 17, 4, 1), (16, 16, 16, 0), (20, 13, 6, 3), (10, 9, 2, 3)] {
             let grid = ((h + 2 * p - k) / k + 1, (w + 2 * p - k) / k + 1);
             let images = Tensor::randn(0f32, 1.0, (2, 3, h, w), &Device::Cpu).unwrap();
             let fused = patch_rows(&images, k, p, grid).unwrap();
