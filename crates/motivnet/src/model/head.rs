@@ -28,6 +28,13 @@ pub struct CrossAttention {
     pub in_proj_weight: Tensor,
     pub in_proj_bias: Tensor,
     pub out_proj: Linear,
+    /// The query's projection (in_proj's rows 0..E) and the memory's (rows E..3E, keys and
+    /// values in one product), made once over views of in_proj, which share its storage: a
+    /// loaded or trained weight is seen, and their packings for the bf16 and int8 products are
+    /// kept from call to call and remade when the parameters change, as every Linear's are.
+    /// Made at each call, they packed their weights at every forward.
+    q_proj: Linear,
+    kv_proj: Linear,
     heads: usize,
     dropout: f64,
 }
@@ -36,9 +43,16 @@ impl CrossAttention {
     fn new(store: &mut ParamStore, prefix: &str, e: usize, heads: usize, dropout: f64) -> Result<Self> {
         // PyTorch's _reset_parameters: Xavier-uniform in_proj, zero biases, Linear default out_proj weight.
         let xavier = Init::Uniform { bound: (6.0 / (e + 3 * e) as f64).sqrt() };
+        let in_proj_weight = store.add(&format!("{prefix}.in_proj_weight"), (3 * e, e), xavier)?;
+        let in_proj_bias = store.add(&format!("{prefix}.in_proj_bias"), 3 * e, Init::Zeros)?;
+        let rows = |from: usize, len: usize| -> Result<Linear> {
+            Ok(Linear::from_parts(in_proj_weight.narrow(0, from, len)?, in_proj_bias.narrow(0, from, len)?))
+        };
         Ok(Self {
-            in_proj_weight: store.add(&format!("{prefix}.in_proj_weight"), (3 * e, e), xavier)?,
-            in_proj_bias: store.add(&format!("{prefix}.in_proj_bias"), 3 * e, Init::Zeros)?,
+            q_proj: rows(0, e)?,
+            kv_proj: rows(e, 2 * e)?,
+            in_proj_weight,
+            in_proj_bias,
             out_proj: Linear::new(store, &format!("{prefix}.out_proj"), e, e, torch_default_bound(e), Init::Zeros)?,
             heads,
             dropout,
@@ -65,13 +79,9 @@ impl CrossAttention {
     /// Queries, keys and values split into heads, (B, heads, len, E / heads) each.
     fn project(&self, query: &Tensor, memory: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let e = self.out_proj.weight.dim(0)?;
-        let project = |x: &Tensor, from: usize, len: usize| -> candle_core::Result<Tensor> {
-            Linear::from_parts(self.in_proj_weight.narrow(0, from, len)?, self.in_proj_bias.narrow(0, from, len)?)
-                .forward(x)
-        };
-        let q = split_heads(&project(query, 0, e)?, self.heads)?;
+        let q = split_heads(&self.q_proj.forward(query)?, self.heads)?;
         // Keys and values in one matmul over the (long) memory.
-        let kv = project(memory, e, 2 * e)?;
+        let kv = self.kv_proj.forward(memory)?;
         let k = split_heads(&kv.narrow(2, 0, e)?, self.heads)?;
         let v = split_heads(&kv.narrow(2, e, e)?, self.heads)?;
         Ok((q, k, v))

@@ -219,8 +219,6 @@ impl Linear {
         Self { weight, bias, bf16: PackedWeight::default(), int8: PackedWeight::default() }
     }
 
-    /// GELU (exact, erf form, as PyTorch's `nn.GELU()`) of this layer's output, as one op;
-    /// `for_backward` as in [`crate::ops::linear::linear_gelu`].
     /// This layer of `ln`(x): the first Linear of a pre-norm branch. Under the bf16 products
     /// each task normalizes its rows of x as it reads them, so no normalized copy of x is
     /// written and read back (the same values); elsewhere `ln`, then the layer.
@@ -231,6 +229,8 @@ impl Linear {
         self.forward(&cut_graph_unless(for_backward, ln.forward(x)?))
     }
 
+    /// GELU (exact, erf form, as PyTorch's `nn.GELU()`) of this layer's output, as one op;
+    /// `for_backward` as in [`crate::ops::linear::linear_gelu`].
     pub fn forward_gelu(&self, x: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
         if let Some(lowered) = self.lowered(x, for_backward)? {
             return crate::ops::linear::linear_packed(x, lowered.as_packed(), &self.bias, PackedEnd::Gelu);

@@ -46,27 +46,31 @@ pub fn reference_model_in(precision: motivnet::Precision, reasons: &[&str]) -> O
     }
 }
 
-/// Scales one qkv weight of `model` (which computes in a lower precision from a packed copy of
-/// its weights) and of the f32 reference model: `model`'s logits move (a stale copy would give
-/// the old ones) and land within `tolerance` of the largest f32 logit of f32's.
+/// Scales an encoder qkv weight, then the head's last cross-attention projection, of `model`
+/// (which computes in a lower precision from a packed copy of its weights) and of the f32
+/// reference model: `model`'s logits move each time (a stale copy would give the old ones) and
+/// land within `tolerance` of the largest f32 logit of f32's.
 pub fn a_weight_change_reaches_the_packed_products(model: &MotivNet, tolerance: f32) {
     let (x, _) = batch();
     let input = motivnet::ModelInput::Tensor(&x);
     let precision = model.precision().name();
-    let before = model.predict(&input).unwrap();
-    let name = "pose_encoder.layers.0.attn.qkv.weight";
-    let scale = |m: &MotivNet| {
-        let w = m.params.get(name).unwrap().var.as_tensor().clone();
-        m.params.set(name, &(w * 3.0).unwrap()).unwrap();
-    };
-    scale(model);
-    let after = model.predict(&input).unwrap();
-    assert!(max_abs_diff(&before, &after) > 1e-3, "the {precision} logits ignore the changed weight");
     let f32_model = reference_model();
-    scale(&f32_model);
-    let f32_after = f32_model.predict(&input).unwrap();
-    let diff = max_abs_diff(&after, &f32_after);
-    assert!(diff < tolerance * max_abs(&f32_after).max(1.0), "after the change, {precision} is {diff} off f32");
+    // An encoder weight, and the head's cross-attention projection (whose query and memory
+    // projections are views of it, packed once and kept).
+    for name in ["pose_encoder.layers.0.attn.qkv.weight", "decoder.decoder.layers.1.self_attn.in_proj_weight"] {
+        let before = model.predict(&input).unwrap();
+        let scale = |m: &MotivNet| {
+            let w = m.params.get(name).unwrap().var.as_tensor().clone();
+            m.params.set(name, &(w * 3.0).unwrap()).unwrap();
+        };
+        scale(model);
+        let after = model.predict(&input).unwrap();
+        assert!(max_abs_diff(&before, &after) > 1e-3, "the {precision} logits ignore the change of {name}");
+        scale(&f32_model);
+        let f32_after = f32_model.predict(&input).unwrap();
+        let diff = max_abs_diff(&after, &f32_after);
+        assert!(diff < tolerance * max_abs(&f32_after).max(1.0), "after the change of {name}, {precision} is {diff} off f32");
+    }
 }
 
 /// The index of each row's largest value: the top-1 classes of (B, classes) logits.
