@@ -56,12 +56,14 @@ impl<T: Plain> AlignedVec<T> {
     /// Grows or shrinks to `len` elements, keeping the allocation and the first
     /// `min(len, self.len())` values; elements past the old length are zero.
     pub fn resize(&mut self, len: usize) {
-        let old = self.len;
+        let (old, old_lines) = (self.len, self.lines.len());
         self.lines.resize(lines_for::<T>(len), Line([0; LINE_BYTES]));
         self.len = len;
-        if len > old {
-            // Lines kept from a longer length earlier hold old values: zero them as new.
-            self[old..].fill(T::default());
+        // Lines kept from a longer length earlier may hold old values past `old`: zero those as
+        // new (the lines added just now are zero already).
+        let kept = len.min(old_lines * LINE_BYTES / std::mem::size_of::<T>());
+        if kept > old {
+            self[old..kept].fill(T::default());
         }
     }
 }

@@ -87,7 +87,7 @@ impl Geometry {
 const F32_SCORES_BYTES: usize = 12288 << 10;
 
 /// Query rows a task of the bf16 attention takes: one of the AMX kernel's row panels, whose
-/// scores, exponentials and output for a block of keys stay in the first-level cache
+/// scores, exponentials and output for a block of keys are about the first-level cache's size
 /// ([`flash_attention_bf16`]).
 const BF16_QUERY_ROWS: usize = 32;
 

@@ -6,10 +6,11 @@
 //! to bf16 into a row panel (16 KB) that is at once the left operand of the product with v,
 //! summed in f32 into the row's l; then o += P v on the tiles, the 32 x 64 output kept in f32
 //! (8 KB). Where a row's largest grows, its l and o so far are first scaled by
-//! exp(m_old - m_new): the order of flash attention (Dao et al. 2022). Everything a block
-//! writes stays in the first-level cache; the whole rows of scores and exponentials that the
-//! attention held before (32 x 3072 at sapiens-0.3b's shape, 384 KB and 192 KB) went through
-//! the second-level cache, and the softmax's passes over them waited on it.
+//! exp(m_old - m_new): the order of flash attention (Dao et al. 2022). What a block writes (56
+//! KB) is about the size of the first-level cache (48 KB here) and is read back at once; the
+//! whole rows of scores and exponentials that the attention held before (32 x 3072 at
+//! sapiens-0.3b's shape, 384 KB and 192 KB) went through the second-level cache, and the
+//! softmax's passes over them waited on it.
 //!
 //! The exponentials are 2^(S log2(e) - m log2(e)), t in one fused multiply-add, with m log2(e)
 //! the same f32 value for the row's exponentials and the factor that rescales them, so its
@@ -27,8 +28,8 @@ use super::amx::{self, PackedB, Rows, BLOCK, K_STEP};
 use super::flash_attention::{sized, with_thread_scratch};
 
 /// Keys a block takes: eight of the tiles' 32-column blocks. The scores, exponentials and
-/// output of a block (32 + 16 + 8 KB) stay in the first-level cache beside the block's keys
-/// and values as the tiles read them.
+/// output of a block (32 + 16 + 8 KB) are about the first-level cache's size, each read back
+/// right after it is written.
 pub const KEY_BLOCK: usize = 256;
 
 /// Per-thread buffers, reused across calls.
