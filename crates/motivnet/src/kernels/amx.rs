@@ -614,7 +614,10 @@ fn round_into(dst: &mut [u16], src: &[f32], scale: f32) {
 #[inline(never)]
 unsafe fn block(panel: *const u16, kp: usize, b_block: *const u16, c: *mut f32, c_stride: usize, start: BlockStart) {
     // Every panel and column block starts on a cache line (see [`AlignedVec`]).
-    debug_assert!((panel as usize).is_multiple_of(64) && (b_block as usize).is_multiple_of(64), "amx::block: operands off their lines");
+    debug_assert!(
+        (panel as usize).is_multiple_of(64) && (b_block as usize).is_multiple_of(64),
+        "amx::block: operands off their lines"
+    );
     let (c_bytes, a_bytes, b_bytes) = (c_stride * 4, K_STEP * 2, 2 * BLOCK * 2);
     let (c00, c01, c10, c11) = (c, c.add(16), c.add(16 * c_stride), c.add(16 * c_stride + 16));
     // A bias starts the sums: each tile reads the same row of it 16 times (a row stride of
@@ -1321,4 +1324,3 @@ mod tests {
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
     }
 }
-

@@ -73,7 +73,8 @@ pub unsafe fn attend(queries: Rows, scale: f32, keys: &PackedB, values: &PackedB
     with_thread_scratch(&SCRATCH, |scratch| {
         let q = sized(&mut scratch.queries, BLOCK * head_k);
         for r in 0..BLOCK {
-            let row: &[f32] = if r < rows { &queries.data[queries.offset + r * queries.stride..][..head_dim] } else { &[] };
+            let row: &[f32] =
+                if r < rows { &queries.data[queries.offset + r * queries.stride..][..head_dim] } else { &[] };
             amx::write_panel_row(q, r, row, scale);
         }
         let scores = sized(&mut scratch.scores, BLOCK * KEY_BLOCK);
@@ -184,7 +185,6 @@ unsafe fn exponentiate_row(
     new_shift
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,7 +207,9 @@ mod tests {
         let mut exact = vec![0f64; rows * head_dim];
         for i in 0..rows {
             let scores: Vec<f64> = (0..tokens)
-                .map(|j| (0..head_dim).map(|c| rounded(q[i * head_dim + c] * scale) * rounded(k[j * head_dim + c])).sum())
+                .map(|j| {
+                    (0..head_dim).map(|c| rounded(q[i * head_dim + c] * scale) * rounded(k[j * head_dim + c])).sum()
+                })
                 .collect();
             let max = scores.iter().fold(f64::NEG_INFINITY, |m, &s| m.max(s));
             let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
@@ -274,11 +276,27 @@ mod tests {
         let mut first = vec![0f32; 32 * head_dim];
         // SAFETY: AMX is available (checked above); the outputs are ours and large enough.
         unsafe {
-            attend(Rows { data: &loud, offset: 0, stride: head_dim, rows: 32 }, 1.0, &keys, &values, first.as_mut_ptr(), head_dim)
+            attend(
+                Rows { data: &loud, offset: 0, stride: head_dim, rows: 32 },
+                1.0,
+                &keys,
+                &values,
+                first.as_mut_ptr(),
+                head_dim,
+            )
         };
         let mut out = vec![f32::NAN; 5 * head_dim];
         // SAFETY: as above.
-        unsafe { attend(Rows { data: &q, offset: 0, stride: head_dim, rows: 3 }, 0.125, &keys, &values, out.as_mut_ptr(), head_dim) };
+        unsafe {
+            attend(
+                Rows { data: &q, offset: 0, stride: head_dim, rows: 3 },
+                0.125,
+                &keys,
+                &values,
+                out.as_mut_ptr(),
+                head_dim,
+            )
+        };
         assert_eq!(&out[..3 * head_dim], &alone[..], "a call after another gives what it gives alone");
         assert!(out[3 * head_dim..].iter().all(|v| v.is_nan()), "rows past the query rows were written");
     }

@@ -281,7 +281,24 @@ mod tests {
             }
         }
         assert!(worst < 3e-7, "exp2_16: relative error {worst}");
-        let special = lanes([f32::NAN, f32::NEG_INFINITY, -1e30, 0.0, 1.0, -1.0, 10.0, 200.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let special = lanes([
+            f32::NAN,
+            f32::NEG_INFINITY,
+            -1e30,
+            0.0,
+            1.0,
+            -1.0,
+            10.0,
+            200.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+        ]);
         assert!(special[0].is_nan());
         let floor = 2f32.powi(-125);
         assert!((special[1] - floor).abs() <= 3e-7 * floor && special[2] == special[1]);

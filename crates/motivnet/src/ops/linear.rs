@@ -127,7 +127,12 @@ impl Normalize<'_> {
 /// rows of x as it rounds them for the tiles ([`Lhs::Normalized`]): the same values as
 /// [`linear_packed`] of the normalized x, without writing that x and reading it back. A
 /// pre-norm block's first Linear of a branch under `precision: 'bf16'`; inference only.
-pub fn linear_bf16_normalized(x: &Tensor, ln: Normalize, packed: &PackedB, bias: &Tensor) -> candle_core::Result<Tensor> {
+pub fn linear_bf16_normalized(
+    x: &Tensor,
+    ln: Normalize,
+    packed: &PackedB,
+    bias: &Tensor,
+) -> candle_core::Result<Tensor> {
     let out_dims = packed_output_dims(x, (packed.k, packed.n), bias)?;
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
@@ -591,13 +596,16 @@ mod tests {
         let (x, ln_w, ln_b) = ((randn(&[2, 37, d], 2.0) + 0.5).unwrap(), randn(&[d], 1.0), randn(&[d], 0.5));
         let ln = Normalize { weight: &ln_w, bias: &ln_b, eps: 1e-6 };
         let normalized = crate::ops::layer_norm::layer_norm(&x, &ln_w, &ln_b, 1e-6).unwrap();
-        let (w1, b1, w2, b2) = (randn(&[hidden, d], 0.3), randn(&[hidden], 0.3), randn(&[d, hidden], 0.3), randn(&[d], 0.3));
+        let (w1, b1, w2, b2) =
+            (randn(&[hidden, d], 0.3), randn(&[hidden], 0.3), randn(&[d, hidden], 0.3), randn(&[d], 0.3));
         let pack = |w: &Tensor| {
             let (n, k) = w.dims2().unwrap();
             PackedB::from_weight(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k)
         };
         let (p1, p2) = (pack(&w1), pack(&w2));
-        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let bits = |t: &Tensor| {
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        };
 
         let fused = linear_bf16_normalized(&x, ln, &p1, &b1).unwrap();
         let first = linear_packed(&normalized, Packed::Bf16(&p1), &b1, PackedEnd::Plain).unwrap();

@@ -69,7 +69,10 @@ pub fn a_weight_change_reaches_the_packed_products(model: &MotivNet, tolerance: 
         scale(&f32_model);
         let f32_after = f32_model.predict(&input).unwrap();
         let diff = max_abs_diff(&after, &f32_after);
-        assert!(diff < tolerance * max_abs(&f32_after).max(1.0), "after the change of {name}, {precision} is {diff} off f32");
+        assert!(
+            diff < tolerance * max_abs(&f32_after).max(1.0),
+            "after the change of {name}, {precision} is {diff} off f32"
+        );
     }
 }
 
