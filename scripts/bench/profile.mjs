@@ -41,12 +41,12 @@ const selected = process.env.BENCH_CASES ? CASES.filter((c) => process.env.BENCH
 const KINDS = [
   ['matmul kernels (gemm)', /^gemm|gemm_f32|gemm_common|strided_gemm|kernels::gemm/],
   // The attention in key blocks runs its products and its softmax in one function; the int8
-  // one (its module's name holds the f32 one's) is matched first.
+  // one (its module's name holds the f32 one's) is matched first. The bf16 one's products are
+  // the AMX kernel's own (counted with them); its softmax rounds its exponentials straight into
+  // the tiles' layout (flash_attention_bf16::exponentiate_row) and counts as softmax.
   ['int8 attention in key blocks (VNNI products and softmax)', /flash_attention_int8/],
+  ['softmax', /softmax|flash_attention_bf16/],
   ['f32 attention in key blocks (products and softmax)', /flash_attention/],
-  // The bf16 attention's softmax rounds its exponentials straight into the tiles' layout
-  // (amx::exp_row_to_panel): counted as softmax, before the rest of the AMX code.
-  ['softmax', /softmax|exp_row_to_panel/],
   ['bf16 products (AMX tiles, packing, rounding)', /kernels::amx/],
   ['int8 products (VNNI tiles, quantizing rows)', /kernels::int8/],
   ['attention (scores, their gradient)', /kernels::attention/],
@@ -137,8 +137,8 @@ writeSection(
 \`npm run bench:profile\` — ${when}, ${machine()}; ${threads} threads. \`perf record\` (CPU-clock samples, both threads)
 of \`motivnet-bench\` on each case, sampling only its timed iterations (not building the model or the warm-up), each
 sample counted where it landed (its own symbol, not its callers), grouped by kind of work. Shares of all samples, in
-percent. The bf16 attention's softmax, which rounds straight into the tiles' layout, counts as softmax; the attention in key
-blocks counts its softmax with its products.
+percent. The bf16 attention's softmax, which rounds straight into the tiles' layout, counts as softmax, its products with
+the AMX products; the f32 and int8 attention in key blocks count their softmax with their products.
 
 | kind of work | ${results.map((r) => r.name + mark(r)).join(' | ')} |
 |---|${results.map(() => '---').join('|')}|
