@@ -271,32 +271,24 @@ mod tests {
         let q: Vec<f32> = (0..3 * head_dim).map(|i| (i % 13) as f32 * 0.05).collect();
         // First on this test's own thread, whose buffers are fresh.
         let (alone, _) = attend_and_exact(&q, &k, &v, head_dim, 0.125);
+        let call = |q: &[f32], rows: usize, scale: f32, out: &mut [f32]| {
+            assert!(out.len() >= rows * head_dim);
+            // SAFETY: AMX is available (checked above); `out` holds the rows and is ours.
+            unsafe {
+                attend(
+                    Rows { data: q, offset: 0, stride: head_dim, rows },
+                    scale,
+                    &keys,
+                    &values,
+                    out.as_mut_ptr(),
+                    head_dim,
+                )
+            }
+        };
         // A call with huge scores leaves the buffers full of large values.
-        let loud = vec![50f32; 32 * head_dim];
-        let mut first = vec![0f32; 32 * head_dim];
-        // SAFETY: AMX is available (checked above); the outputs are ours and large enough.
-        unsafe {
-            attend(
-                Rows { data: &loud, offset: 0, stride: head_dim, rows: 32 },
-                1.0,
-                &keys,
-                &values,
-                first.as_mut_ptr(),
-                head_dim,
-            )
-        };
+        call(&vec![50f32; 32 * head_dim], 32, 1.0, &mut vec![0f32; 32 * head_dim]);
         let mut out = vec![f32::NAN; 5 * head_dim];
-        // SAFETY: as above.
-        unsafe {
-            attend(
-                Rows { data: &q, offset: 0, stride: head_dim, rows: 3 },
-                0.125,
-                &keys,
-                &values,
-                out.as_mut_ptr(),
-                head_dim,
-            )
-        };
+        call(&q, 3, 0.125, &mut out);
         assert_eq!(&out[..3 * head_dim], &alone[..], "a call after another gives what it gives alone");
         assert!(out[3 * head_dim..].iter().all(|v| v.is_nan()), "rows past the query rows were written");
     }
