@@ -147,16 +147,8 @@ unsafe fn exponentiate_row(
     let (whole, steps) = (len / K_STEP, len.div_ceil(K_STEP));
     assert!(panel.len() >= steps * BLOCK * K_STEP, "exponentiate_row: the panel is too small");
     let at = |i: usize| scores.as_ptr().add(i);
-    let mut largest = _mm512_set1_ps(f32::NEG_INFINITY);
-    for i in (0..whole * K_STEP).step_by(16) {
-        largest = _mm512_max_ps(largest, _mm512_loadu_ps(at(i)));
-    }
     let lanes = |i: usize| -> __mmask16 { ((1u32 << len.saturating_sub(i).min(16)) - 1) as __mmask16 };
-    for i in (whole * K_STEP..len).step_by(16) {
-        // Lanes past the scores keep -inf: they never win the maximum.
-        largest = _mm512_max_ps(largest, _mm512_mask_loadu_ps(largest, lanes(i), at(i)));
-    }
-    let new_shift = shift.max(_mm512_reduce_max_ps(largest) * std::f32::consts::LOG2_E);
+    let new_shift = shift.max(super::softmax::row_max_avx512(scores) * std::f32::consts::LOG2_E);
     if new_shift > shift {
         // 2^-inf = 0 for the first block, whose sums and output are still zero.
         let factor = (shift - new_shift).exp2();
