@@ -99,11 +99,19 @@ pub unsafe fn attend(queries: Rows, scale: f32, keys: &PackedB, values: &PackedB
                     amx::block_product(q, head_k, keys, (j0 / BLOCK + jb, 0), c, KEY_BLOCK, false);
                 }
             }
+            // SAFETY: `available` includes AVX-512F; the scores hold 32 rows of KEY_BLOCK.
+            let factors = unsafe { raise_shifts(scores, rows, block_keys, &mut shifts) };
             for r in 0..rows {
                 let row = &scores[r * KEY_BLOCK..][..block_keys];
                 let output = &mut outputs[r * head_width..][..head_width];
                 // SAFETY: `available` includes AVX512_BF16 beside AVX-512F.
-                shifts[r] = unsafe { exponentiate_row(exponentials, r, row, shifts[r], &mut sums[r], output) };
+                unsafe {
+                    // The first block's sums and outputs are still zero.
+                    if j0 > 0 && factors[r] < 1.0 {
+                        rescale(&mut sums[r], output, factors[r]);
+                    }
+                    exponentiate_row(exponentials, r, row, shifts[r], &mut sums[r]);
+                }
             }
             for jb in 0..head_width / BLOCK {
                 // SAFETY: as above; the exponentials hold `steps` k-steps; the values' k-steps
@@ -115,47 +123,87 @@ pub unsafe fn attend(queries: Rows, scale: f32, keys: &PackedB, values: &PackedB
                 }
             }
         }
-        for r in 0..rows {
-            // SAFETY: as above.
-            let inverse = 1.0 / unsafe { _mm512_reduce_add_ps(sums[r]) };
-            // SAFETY: the caller's promise on `out`.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.add(r * out_stride), head_dim) };
-            dst.iter_mut().zip(&outputs[r * head_width..]).for_each(|(d, &o)| *d = o * inverse);
-        }
+        // SAFETY: as above, and the caller's promise on `out`.
+        unsafe { write_normalized(&sums[..rows], outputs, head_width, head_dim, out, out_stride) };
     });
 }
 
-/// Row `r` of a key block: its largest score joins the row's (`shift` = that largest times
-/// log2(e)); where it grew, the row's sums and output so far are scaled by 2^(old - new);
-/// exp(s - largest) = 2^(s log2(e) - shift) of each score is added to the sums and rounded to
-/// bf16 into row r of the panel, zeros past the scores to the k-step's end. The sums stay in
-/// sixteen lanes from block to block (added up once, at the end). Returns the new shift.
+/// Each row's largest score of this key block (rows `..rows`, `keys` scores each) joins the
+/// row's shift (its largest so far times log2(e)); returns 2^(old shift - new), the factor that
+/// rescales what the row summed before. The rows' maxima are taken first, then the shifts and
+/// factors sixteen rows at a time: a row's maximum, compared and turned into a factor by a
+/// scalar exponential before its own exponentials, held each row's work up behind its
+/// reductions (a tenth of the attention's time at `small`'s shape).
+///
+/// # Safety
+/// The CPU has AVX-512F; `scores` holds `rows` rows of KEY_BLOCK.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn raise_shifts(scores: &[f32], rows: usize, keys: usize, shifts: &mut [f32; BLOCK]) -> [f32; BLOCK] {
+    let mut largest = [f32::NEG_INFINITY; BLOCK];
+    for (r, largest) in largest.iter_mut().enumerate().take(rows) {
+        *largest = super::softmax::row_max_avx512(&scores[r * KEY_BLOCK..][..keys]) * std::f32::consts::LOG2_E;
+    }
+    let mut factors = [1f32; BLOCK];
+    for lane0 in (0..BLOCK).step_by(16) {
+        let old = _mm512_loadu_ps(shifts.as_ptr().add(lane0));
+        // Where a maximum is NaN, max returns its second operand: the shift so far.
+        let new = _mm512_max_ps(_mm512_loadu_ps(largest.as_ptr().add(lane0)), old);
+        _mm512_storeu_ps(shifts.as_mut_ptr().add(lane0), new);
+        let factor = super::math::exp2_16(_mm512_sub_ps(old, new));
+        _mm512_storeu_ps(factors.as_mut_ptr().add(lane0), factor);
+    }
+    factors
+}
+
+/// A row's sums and output so far times `factor`, where its largest score grew.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn rescale(sums: &mut __m512, output: &mut [f32], factor: f32) {
+    *sums = _mm512_mul_ps(*sums, _mm512_set1_ps(factor));
+    output.iter_mut().for_each(|o| *o *= factor);
+}
+
+/// Each row's output (`outputs`, rows `width` apart) divided by its weights' sum (`sums`, in
+/// sixteen lanes), its first `head_dim` values written to `out` (rows `out_stride` apart).
+///
+/// # Safety
+/// The CPU has AVX-512F; `out` addresses sums.len() rows of `head_dim` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn write_normalized(
+    sums: &[__m512],
+    outputs: &[f32],
+    width: usize,
+    head_dim: usize,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    for (r, &sum) in sums.iter().enumerate() {
+        let inverse = 1.0 / _mm512_reduce_add_ps(sum);
+        let dst = std::slice::from_raw_parts_mut(out.add(r * out_stride), head_dim);
+        dst.iter_mut().zip(&outputs[r * width..]).for_each(|(d, &o)| *d = o * inverse);
+    }
+}
+
+/// Row `r` of a key block: exp(s - largest) = 2^(s log2(e) - shift) of each score added to the
+/// row's sums and rounded to bf16 into row r of the panel, zeros past the scores to the k-step's
+/// end. The sums stay in sixteen lanes from block to block (added up once, at the end).
 ///
 /// # Safety
 /// The CPU has AVX-512F and AVX512_BF16; the panel holds scores.len().div_ceil(32) k-steps.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-unsafe fn exponentiate_row(
-    panel: &mut [u16],
-    r: usize,
-    scores: &[f32],
-    shift: f32,
-    sums: &mut __m512,
-    output: &mut [f32],
-) -> f32 {
+unsafe fn exponentiate_row(panel: &mut [u16], r: usize, scores: &[f32], shift: f32, sums: &mut __m512) {
     let len = scores.len();
     let (whole, steps) = (len / K_STEP, len.div_ceil(K_STEP));
     assert!(panel.len() >= steps * BLOCK * K_STEP, "exponentiate_row: the panel is too small");
     let at = |i: usize| scores.as_ptr().add(i);
     let lanes = |i: usize| -> __mmask16 { ((1u32 << len.saturating_sub(i).min(16)) - 1) as __mmask16 };
-    let new_shift = shift.max(super::softmax::row_max_avx512(scores) * std::f32::consts::LOG2_E);
-    if new_shift > shift {
-        // 2^-inf = 0 for the first block, whose sums and output are still zero.
-        let factor = (shift - new_shift).exp2();
-        *sums = _mm512_mul_ps(*sums, _mm512_set1_ps(factor));
-        output.iter_mut().for_each(|o| *o *= factor);
-    }
-    let (log2e, shift_lanes) = (_mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(new_shift));
+    let (log2e, shift_lanes) = (_mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(shift));
     let exponential = |s: __m512| super::math::exp2_16(_mm512_fmsub_ps(s, log2e, shift_lanes));
     let mut total = *sums;
     let mut store = |step: usize, low: __m512, high: __m512| {
@@ -174,7 +222,6 @@ unsafe fn exponentiate_row(
         store(whole, part(i), part(i + 16));
     }
     *sums = total;
-    new_shift
 }
 
 #[cfg(test)]
