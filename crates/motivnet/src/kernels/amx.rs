@@ -48,8 +48,8 @@ const B_STEP_LINES: usize = B_STEP_BYTES / 64;
 #[cfg(target_arch = "x86_64")]
 static ZEROS: [f32; BLOCK] = [0.0; BLOCK];
 
-/// Whether AMX with bf16 can run here: the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7) and
-/// AVX512_BF16, and Linux grants this process the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), asked once.
+/// Whether AMX with bf16 can run here: the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7),
+/// AVX512_BF16 and AVX512DQ, and Linux grants this process the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), asked once.
 /// `MOTIVNET_AMX=off` says no, to compare or to rule the kernel out.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
@@ -61,8 +61,13 @@ pub fn available() -> bool {
         {
             let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
             let (amx_bf16, amx_tile) = (leaf7.edx >> 22 & 1 == 1, leaf7.edx >> 24 & 1 == 1);
-            // Every CPU with AMX has AVX512_BF16, which the kernels' conversions use.
-            amx_bf16 && amx_tile && avx512_bf16_available() && request_tile_permission()
+            // Every CPU with AMX has AVX512_BF16, which the kernels' conversions use, and
+            // AVX512DQ, which the bf16 attention's exponentials use.
+            amx_bf16
+                && amx_tile
+                && avx512_bf16_available()
+                && is_x86_feature_detected!("avx512dq")
+                && request_tile_permission()
         }
         #[cfg(not(target_arch = "x86_64"))]
         false

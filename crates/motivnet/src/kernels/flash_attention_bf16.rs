@@ -99,12 +99,13 @@ pub unsafe fn attend(queries: Rows, scale: f32, keys: &PackedB, values: &PackedB
                     amx::block_product(q, head_k, keys, (j0 / BLOCK + jb, 0), c, KEY_BLOCK, false);
                 }
             }
-            // SAFETY: `available` includes AVX-512F; the scores hold 32 rows of KEY_BLOCK.
+            // SAFETY: `available` includes AVX-512F and AVX512DQ; the scores hold 32 rows of
+            // KEY_BLOCK.
             let factors = unsafe { raise_shifts(scores, rows, block_keys, &mut shifts) };
             for r in 0..rows {
                 let row = &scores[r * KEY_BLOCK..][..block_keys];
                 let output = &mut outputs[r * head_width..][..head_width];
-                // SAFETY: `available` includes AVX512_BF16 beside AVX-512F.
+                // SAFETY: `available` includes AVX512_BF16 and AVX512DQ beside AVX-512F.
                 unsafe {
                     // The first block's sums and outputs are still zero.
                     if j0 > 0 && factors[r] < 1.0 {
@@ -136,9 +137,9 @@ pub unsafe fn attend(queries: Rows, scale: f32, keys: &PackedB, values: &PackedB
 /// reductions (a tenth of the attention's time at `small`'s shape).
 ///
 /// # Safety
-/// The CPU has AVX-512F; `scores` holds `rows` rows of KEY_BLOCK.
+/// The CPU has AVX-512F and AVX512DQ; `scores` holds `rows` rows of KEY_BLOCK.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512dq")]
 unsafe fn raise_shifts(scores: &[f32], rows: usize, keys: usize, shifts: &mut [f32; BLOCK]) -> [f32; BLOCK] {
     let mut largest = [f32::NEG_INFINITY; BLOCK];
     for (r, largest) in largest.iter_mut().enumerate().take(rows) {
@@ -194,9 +195,10 @@ unsafe fn write_normalized(
 /// end. The sums stay in sixteen lanes from block to block (added up once, at the end).
 ///
 /// # Safety
-/// The CPU has AVX-512F and AVX512_BF16; the panel holds scores.len().div_ceil(32) k-steps.
+/// The CPU has AVX-512F, AVX512DQ and AVX512_BF16; the panel holds scores.len().div_ceil(32)
+/// k-steps.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+#[target_feature(enable = "avx512f,avx512dq,avx512bf16,avx512vl")]
 unsafe fn exponentiate_row(panel: &mut [u16], r: usize, scores: &[f32], shift: f32, sums: &mut __m512) {
     let len = scores.len();
     let (whole, steps) = (len / K_STEP, len.div_ceil(K_STEP));
