@@ -112,3 +112,11 @@ fn keeping_linear_weights_in_bf16_only_changes_no_logit_and_refuses_what_needs_f
     refused(trainer.train_step(&input, &labels, lr, true).unwrap_err(), "cannot train");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// At a preset's shapes each block's attention branch runs as one op whose q, k, v and
+/// attention output stay in bf16 panels (the fixture model's 12 tokens do not fill a panel, so
+/// its blocks compose the branch): bf16 tracks f32 there as int8 does.
+#[test]
+fn bf16_tracks_f32_at_a_preset_shape_with_the_branch_in_panels() {
+    tracks_f32_at_small_shapes(Precision::Bf16, &["CPU with AMX"]);
+}

@@ -215,9 +215,132 @@ impl PackedB {
         packed
     }
 
+    /// B = the transpose of `tokens` rows of `src` from row `row0` (both multiples of 32), `steps`
+    /// k-steps of each from k-step `step0`: one head's keys in a qkv product's bf16 panels, for
+    /// the scores q k^T. A k-step of a panel (32 rows of 16 pairs) becomes 16 pair-rows of 32
+    /// columns: the same 2 KB, transposed as pairs. The keys are read in bf16, where packing them
+    /// from f32 read twice the bytes, scattered across the qkv rows, and rounded each value.
+    pub fn from_bf16_key_steps(src: &Bf16Rows, row0: usize, tokens: usize, step0: usize, steps: usize) -> Self {
+        check_panel_steps(src, row0, tokens, step0, steps, "PackedB::from_bf16_key_steps");
+        let (layout, mut packed) = (src.layout(), Self::zeroed(steps * K_STEP, tokens));
+        let kp = packed.kp;
+        for jb in 0..tokens / BLOCK {
+            for s in 0..steps {
+                let from = &src.data[layout.step_offset(row0 + jb * BLOCK, step0 + s)..][..BLOCK * K_STEP];
+                let to = &mut packed.data[jb * kp * BLOCK + s * K_STEP * BLOCK..][..BLOCK * K_STEP];
+                transpose_pairs(to.try_into().expect("a k-step"), from.try_into().expect("a k-step"));
+            }
+        }
+        packed
+    }
+
+    /// B = `tokens` rows of `src` from row `row0` (both multiples of 32), `steps` k-steps of
+    /// each from k-step `step0`: one head's values in a qkv product's bf16 panels, for the
+    /// product p v. Each pair of rows of a panel's k-step becomes one pair-row, their values
+    /// interleaved.
+    pub fn from_bf16_value_steps(src: &Bf16Rows, row0: usize, tokens: usize, step0: usize, steps: usize) -> Self {
+        check_panel_steps(src, row0, tokens, step0, steps, "PackedB::from_bf16_value_steps");
+        let (layout, mut packed) = (src.layout(), Self::zeroed(tokens, steps * K_STEP));
+        let kp = packed.kp;
+        for jb in 0..steps {
+            for t0 in (0..tokens).step_by(BLOCK) {
+                let from = &src.data[layout.step_offset(row0 + t0, step0 + jb)..][..BLOCK * K_STEP];
+                let to = &mut packed.data[jb * kp * BLOCK + t0 * BLOCK..][..BLOCK * K_STEP];
+                interleave_row_pairs(to.try_into().expect("a k-step"), from.try_into().expect("a k-step"));
+            }
+        }
+        packed
+    }
+
     /// Column block `jb`'s values.
     fn column_block(&self, jb: usize) -> &[u16] {
         &self.data[jb * self.kp * BLOCK..][..self.kp * BLOCK]
+    }
+}
+
+/// Panics unless rows row0 .. row0 + tokens (both multiples of 32) and k-steps step0 .. step0 +
+/// steps lie inside `src`.
+fn check_panel_steps(src: &Bf16Rows, row0: usize, tokens: usize, step0: usize, steps: usize, what: &str) {
+    assert!(
+        row0.is_multiple_of(BLOCK)
+            && tokens.is_multiple_of(BLOCK)
+            && row0 + tokens <= src.rows
+            && step0 + steps <= src.kp / K_STEP,
+        "{what}: rows {row0}..+{tokens} and k-steps {step0}..+{steps} of {} x {} (rows and start must be multiples of 32)",
+        src.rows,
+        src.k
+    );
+}
+
+/// A panel's k-step (32 rows of 16 pairs of values) as 16 pair-rows of 32 columns: pair p of
+/// row t moves to column t of pair-row p.
+fn transpose_pairs(to: &mut [u16; BLOCK * K_STEP], from: &[u16; BLOCK * K_STEP]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512_bf16_available() {
+        // SAFETY: the CPU has AVX-512F (checked above).
+        unsafe { transpose_pairs_avx512(to, from) };
+        return;
+    }
+    for t in 0..BLOCK {
+        for p in 0..K_STEP / 2 {
+            to[p * 2 * BLOCK + 2 * t..][..2].copy_from_slice(&from[t * K_STEP + 2 * p..][..2]);
+        }
+    }
+}
+
+/// [`transpose_pairs`] as two 16 x 16 transposes of 32-bit words in registers.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_pairs_avx512(to: &mut [u16; BLOCK * K_STEP], from: &[u16; BLOCK * K_STEP]) {
+    use std::arch::x86_64::*;
+    for half in 0..2 {
+        let rows: [__m512i; 16] =
+            std::array::from_fn(|t| _mm512_loadu_si512(from.as_ptr().add((16 * half + t) * K_STEP).cast()));
+        for (p, pairs) in transpose_words_16x16(rows).into_iter().enumerate() {
+            _mm512_storeu_si512(to.as_mut_ptr().add(p * 2 * BLOCK + 32 * half).cast(), pairs);
+        }
+    }
+}
+
+/// A panel's k-step (32 rows of 32 values) as 16 pair-rows: value c of rows 2q and 2q + 1 side
+/// by side at words 2c and 2c + 1 of pair-row q, as the tiles read B.
+fn interleave_row_pairs(to: &mut [u16; BLOCK * K_STEP], from: &[u16; BLOCK * K_STEP]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx512_bf16_available() && is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has AVX-512F and AVX512BW (checked above).
+        unsafe { interleave_row_pairs_avx512(to, from) };
+        return;
+    }
+    for q in 0..BLOCK / 2 {
+        for c in 0..K_STEP {
+            to[q * 2 * BLOCK + 2 * c] = from[2 * q * K_STEP + c];
+            to[q * 2 * BLOCK + 2 * c + 1] = from[(2 * q + 1) * K_STEP + c];
+        }
+    }
+}
+
+/// [`interleave_row_pairs`] two rows at a time, each half of a pair-row one `vpermt2w`.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn interleave_row_pairs_avx512(to: &mut [u16; BLOCK * K_STEP], from: &[u16; BLOCK * K_STEP]) {
+    use std::arch::x86_64::*;
+    // Word 2c of a half takes value c of the first row (index c), word 2c + 1 value c of the
+    // second (index 32 + c); the second half starts at c = 16.
+    let low: [i16; 32] = std::array::from_fn(|w| ((w / 2) + 32 * (w % 2)) as i16);
+    let high: [i16; 32] = std::array::from_fn(|w| (16 + (w / 2) + 32 * (w % 2)) as i16);
+    let (low, high) = (_mm512_loadu_si512(low.as_ptr().cast()), _mm512_loadu_si512(high.as_ptr().cast()));
+    for q in 0..BLOCK / 2 {
+        let first = _mm512_loadu_si512(from.as_ptr().add(2 * q * K_STEP).cast());
+        let second = _mm512_loadu_si512(from.as_ptr().add((2 * q + 1) * K_STEP).cast());
+        let dst = to.as_mut_ptr().add(q * 2 * BLOCK);
+        _mm512_storeu_si512(dst.cast(), _mm512_permutex2var_epi16(first, low, second));
+        _mm512_storeu_si512(dst.add(K_STEP).cast(), _mm512_permutex2var_epi16(first, high, second));
     }
 }
 
@@ -314,12 +437,54 @@ impl Bf16Rows {
         }
     }
 
+    /// The rows held (padding rows aside).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The values a row holds (its padding aside).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Where the k-steps of each panel lie in [`Bf16Rows::values`].
+    pub fn layout(&self) -> PanelLayout {
+        PanelLayout { kp: self.kp }
+    }
+
+    /// The panels, padding included.
+    pub fn values(&self) -> &[u16] {
+        &self.data
+    }
+
+    /// The panels, to be written in place by callers that share their k-steps out between
+    /// threads (the attention's heads write their own k-steps of each panel).
+    pub fn values_mut_ptr(&mut self) -> *mut u16 {
+        self.data.as_mut_ptr()
+    }
+
     /// Row i = bf16(scale * src) (k values).
     #[cfg(test)]
     pub fn set_row(&mut self, i: usize, src: &[f32], scale: f32) {
         assert!(i < self.rows && src.len() == self.k, "Bf16Rows::set_row: row {i} of {} x {}", self.rows, self.k);
         let kp = self.kp;
         write_panel_row(&mut self.data[(i / BLOCK) * BLOCK * kp..][..BLOCK * kp], i % BLOCK, src, scale);
+    }
+}
+
+/// Where a [`Bf16Rows`]'s k-steps lie: what a caller that writes them through a raw pointer
+/// keeps of it.
+#[derive(Clone, Copy)]
+pub struct PanelLayout {
+    kp: usize,
+}
+
+impl PanelLayout {
+    /// Where k-step `step` of the panel that starts at row `row0` (a multiple of 32) begins: 32
+    /// rows of 32 values, each row's values together, 64-byte aligned.
+    pub fn step_offset(self, row0: usize, step: usize) -> usize {
+        debug_assert!(row0.is_multiple_of(BLOCK) && step < self.kp / K_STEP, "a k-step outside the panels");
+        row0 * self.kp + step * BLOCK * K_STEP
     }
 }
 
@@ -963,7 +1128,7 @@ unsafe fn gemm_into(a: Lhs, b: &PackedB, dest: Dest, start: Start, finish: Finis
                                     Finish::None => {}
                                     Finish::Gelu => gelu_in_place(row),
                                     Finish::Add(_) => {
-                                        unreachable!("only linear_gelu_rows_to_bf16 writes bf16, with GELU")
+                                        unreachable!("linear_rows_to_bf16 adds no matrix")
                                     }
                                 }
                                 write_panel_row(step, r, row, 1.0);
@@ -1054,22 +1219,25 @@ pub fn product_rows_bf16(a: Lhs, b: &PackedB) -> Vec<f32> {
     c
 }
 
-/// GELU(A B + bias) rounded to bf16 into `out`, laid out as the next product's left operand:
-/// the MLP's hidden layer, which then never exists in f32. The values are those
-/// [`linear_rows_bf16`] with [`Finish::Gelu`] gives, rounded as the next product would round
-/// them. A is f32 rows, plain or normalized as they are read (not rows already in bf16).
+/// A B + bias, then `finish` (none, or GELU), rounded to bf16 into `out`, laid out as the next
+/// product's left operand: the MLP's hidden layer and the attention's q, k and v, which then
+/// never exist in f32. The values are those [`linear_rows_bf16`] with the same finish gives,
+/// rounded as the next product would round them. A is f32 rows, plain or normalized as they are
+/// read (not rows already in bf16).
 ///
-/// Panics where `available()` does not hold, or when the lengths do not fit.
-pub fn linear_gelu_rows_to_bf16(a: Lhs, b: &PackedB, bias: &[f32], out: &mut Bf16Rows) {
+/// Panics where `available()` does not hold, when the lengths do not fit, or for a finish that
+/// adds a matrix (only f32 outputs take one).
+pub fn linear_rows_to_bf16(a: Lhs, b: &PackedB, bias: &[f32], finish: Finish, out: &mut Bf16Rows) {
     let m = a.rows();
-    assert!(bias.len() == b.n, "amx::linear_gelu_rows_to_bf16: the bias is not n long");
-    assert!(!matches!(a, Lhs::Bf16(_)), "amx::linear_gelu_rows_to_bf16: A must be f32 rows");
+    assert!(bias.len() == b.n, "amx::linear_rows_to_bf16: the bias is not n long");
+    assert!(!matches!(a, Lhs::Bf16(_)), "amx::linear_rows_to_bf16: A must be f32 rows");
+    assert!(!matches!(finish, Finish::Add(_)), "amx::linear_rows_to_bf16: a bf16 output adds no matrix");
     out.reset(m, b.n);
     debug_assert_eq!(out.kp, b.np);
     let dest = Dest::Bf16 { panels: Shared(out.data.as_mut_ptr()), kp: out.kp };
     // SAFETY: `out` holds m rows rounded up to 32 in panels of kp = b.np, and is borrowed
     // mutably for the call.
-    unsafe { gemm_into(a, b, dest, Start::Bias(bias), Finish::Gelu, true) };
+    unsafe { gemm_into(a, b, dest, Start::Bias(bias), finish, true) };
 }
 
 #[cfg(test)]
@@ -1078,6 +1246,31 @@ mod tests {
 
     fn amx_here() -> bool {
         checkable_here("the AMX kernel")
+    }
+
+    /// Keys and values packed from a qkv product's bf16 panels hold what packing them from the
+    /// same values in f32 holds: for the second image's rows of a batch of two, a head past
+    /// the first k-step, and a head of two k-steps.
+    #[test]
+    fn packings_from_bf16_panels_equal_packings_from_rows() {
+        let (rows, k, tokens) = (128, 224, 64);
+        // Values bf16 holds exactly, so that rounding the f32 rows changes none.
+        let src: Vec<f32> =
+            (0..rows * k).map(|i| from_bf16(to_bf16(((i * 7919) % 1013) as f32 * 0.01 - 5.0))).collect();
+        let mut panels = Bf16Rows::default();
+        panels.reset(rows, k);
+        for i in 0..rows {
+            panels.set_row(i, &src[i * k..][..k], 1.0);
+        }
+        for (row0, step0, steps) in [(64, 1, 1), (0, 3, 2), (64, 5, 2)] {
+            let offset = row0 * k + step0 * K_STEP;
+            let keys = PackedB::from_bf16_key_steps(&panels, row0, tokens, step0, steps);
+            let want = PackedB::from_transposed_rows(&src, offset, k, tokens, steps * K_STEP, false);
+            assert!(keys.data[..] == want.data[..], "keys at rows {row0}.., k-steps {step0}..+{steps}");
+            let values = PackedB::from_bf16_value_steps(&panels, row0, tokens, step0, steps);
+            let want = PackedB::from_rows(&src, offset, k, tokens, steps * K_STEP, false);
+            assert!(values.data[..] == want.data[..], "values at rows {row0}.., k-steps {step0}..+{steps}");
+        }
     }
 
     /// The product against f32 sums of the same bf16-rounded operands, at sizes that are and
@@ -1256,7 +1449,13 @@ mod tests {
             let want =
                 linear_rows_bf16(Lhs::F32 { rows: Rows::contiguous(&h, hidden), scale: 1.0 }, &p2, &b2, Finish::None);
             let mut panels = Bf16Rows::default();
-            linear_gelu_rows_to_bf16(Lhs::F32 { rows: Rows::contiguous(&x, k), scale: 1.0 }, &p1, &b1, &mut panels);
+            linear_rows_to_bf16(
+                Lhs::F32 { rows: Rows::contiguous(&x, k), scale: 1.0 },
+                &p1,
+                &b1,
+                Finish::Gelu,
+                &mut panels,
+            );
             assert_eq!(
                 linear_rows_bf16(Lhs::Bf16(&panels), &p2, &b2, Finish::None),
                 want,

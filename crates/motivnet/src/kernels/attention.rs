@@ -8,6 +8,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::amx::{self, Bf16Rows, PackedB, Rows};
+use super::flash_attention_bf16::Queries;
 use super::gemm::{matmul, threads_for_one_product, View, ViewMut, Write};
 use super::KernelResult;
 use super::{flash_attention, flash_attention_bf16, flash_attention_int8};
@@ -346,13 +347,95 @@ pub fn attention_forward_bf16(
         // written by this task alone.
         unsafe {
             let dst = shared.rows(g.merged_offset(pair) + r0 * d, d).ptr;
-            flash_attention_bf16::attend(queries, g.scale(), keys, values, dst, d);
+            let out = flash_attention_bf16::Output::Rows { ptr: dst, stride: d };
+            flash_attention_bf16::attend(Queries::Rows(queries), g.scale(), keys, values, out);
         }
     });
     // SAFETY: the pairs' blocks tile the (B, N, D) output: every element was written.
     unsafe { out.set_len(len) };
     Ok(out)
 }
+
+/// Whether [`attention_forward_bf16_panels`] takes this shape: the batch's tokens fill whole
+/// panels (so each query block is one panel's rows, of one image) and a head fills whole
+/// k-steps. Every preset's shape but sapiens-0.6b's and 2b's heads (80 and 60 values).
+pub fn bf16_panels_supported(tokens: usize, head_dim: usize) -> bool {
+    tokens.is_multiple_of(BF16_QUERY_ROWS) && head_dim.is_multiple_of(amx::K_STEP)
+}
+
+/// [`attention_forward_bf16`] from q, k and v already rounded to bf16 in a qkv product's panels
+/// (B x N rows of 3D, [`amx::linear_rows_to_bf16`]) into `out`'s panels (B x N rows of D), the
+/// projection's left operand: neither the qkv activations nor the attention's output exist in
+/// f32. Each query block reads its q where it lies (its scale joins the scores'), each pair's
+/// keys and values are packed from bf16; the values are those of the f32 route for a head whose
+/// scale is a power of two (a head of 64 values: 1/8), which rounds q times the scale, each
+/// product's operands and the output as this does. Needs `amx::available()` and
+/// [`bf16_panels_supported`].
+pub fn attention_forward_bf16_panels(
+    qkv: &Bf16Rows,
+    (batch, tokens, dim): (usize, usize, usize),
+    heads: usize,
+    out: &mut Bf16Rows,
+) -> KernelResult<()> {
+    const NAME: &str = "self-attention (bf16 panels)";
+    if qkv.rows() != batch * tokens || qkv.k() != 3 * dim || heads == 0 || dim % heads != 0 {
+        return Err(format!(
+            "{NAME}: qkv holds {} rows of {}, expected {batch} x {tokens} rows of 3 x {dim} in {heads} heads",
+            qkv.rows(),
+            qkv.k()
+        ));
+    }
+    let hd = dim / heads;
+    if !bf16_panels_supported(tokens, hd) {
+        return Err(format!("{NAME}: {tokens} tokens and heads of {hd} values do not fill whole panels"));
+    }
+    let (head_steps, scale) = (hd / amx::K_STEP, 1.0 / (hd as f32).sqrt());
+    // The k-step where head h's q (0), k (1) or v (2) starts in a qkv row.
+    let step_of = |part: usize, h: usize| (part * dim + h * hd) / amx::K_STEP;
+    let pairs = batch * heads;
+    let packed: Vec<(PackedB, PackedB)> = (0..pairs)
+        .into_par_iter()
+        .map(|pair| {
+            let (row0, h) = ((pair / heads) * tokens, pair % heads);
+            let keys = PackedB::from_bf16_key_steps(qkv, row0, tokens, step_of(1, h), head_steps);
+            let values = PackedB::from_bf16_value_steps(qkv, row0, tokens, step_of(2, h), head_steps);
+            (keys, values)
+        })
+        .collect();
+    out.reset(batch * tokens, dim);
+    let (qkv_layout, out_layout) = (qkv.layout(), out.layout());
+    let (panels, dst) = (qkv.values(), SharedPanels(out.values_mut_ptr()));
+    let blocks = tokens / BF16_QUERY_ROWS;
+    (0..pairs * blocks).into_par_iter().for_each(|task| {
+        let (pair, block) = (task / blocks, task % blocks);
+        let (row0, h) = ((pair / heads) * tokens + block * BF16_QUERY_ROWS, pair % heads);
+        let (keys, values) = &packed[pair];
+        let steps = &panels[qkv_layout.step_offset(row0, step_of(0, h))..][..head_steps * amx::BLOCK * amx::K_STEP];
+        let queries = Queries::Panel { steps, rows: BF16_QUERY_ROWS };
+        // SAFETY: `available` holds (this function's precondition); head h's k-steps of the
+        // panel at row0 lie inside `out` (reset to B x N rows of D above) and are written by
+        // this task alone.
+        unsafe {
+            let at = dst.at(out_layout.step_offset(row0, h * head_steps));
+            flash_attention_bf16::attend(queries, scale, keys, values, flash_attention_bf16::Output::Panel(at));
+        }
+    });
+    Ok(())
+}
+
+/// The attention output's panels, shared between the tasks that write disjoint k-steps of them.
+#[derive(Clone, Copy)]
+struct SharedPanels(*mut u16);
+
+impl SharedPanels {
+    /// The value at `offset` (a method, so that closures capture the whole shared pointer).
+    fn at(self, offset: usize) -> *mut u16 {
+        self.0.wrapping_add(offset)
+    }
+}
+// SAFETY: the tasks write disjoint k-steps (see `attention_forward_bf16_panels`).
+unsafe impl Send for SharedPanels {}
+unsafe impl Sync for SharedPanels {}
 
 /// The gradient (B, N, 3D) of the packed qkv from the attention output o, its gradient do
 /// and, when the forward kept them, the probabilities (recomputed otherwise).

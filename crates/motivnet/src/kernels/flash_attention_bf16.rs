@@ -49,34 +49,85 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
+/// The query rows of a block.
+#[derive(Clone, Copy)]
+pub enum Queries<'a> {
+    /// Up to 32 rows of f32 (head_dim values each), scaled and rounded into a panel here.
+    Rows(Rows<'a>),
+    /// Rows already rounded to bf16, unscaled: the head's k-steps of a panel (head_dim / 32 of
+    /// them back to back, starting on a cache line), `rows` of its 32 rows the block's. The scale
+    /// then multiplies the scores: for a power-of-two scale (a head of 64 values: 1/8) the same
+    /// bits as rounding q times the scale.
+    Panel { steps: &'a [u16], rows: usize },
+}
+
+impl Queries<'_> {
+    fn rows(&self) -> usize {
+        match self {
+            Self::Rows(rows) => rows.rows,
+            Self::Panel { rows, .. } => *rows,
+        }
+    }
+}
+
+/// Where a block's output rows go.
+#[derive(Clone, Copy)]
+pub enum Output {
+    /// f32 rows of head_dim values, row i at `ptr + i * stride`.
+    Rows { ptr: *mut f32, stride: usize },
+    /// Rounded to bf16 into the head's k-steps of a panel (head_dim / 32 of them back to back
+    /// from `ptr`): the next product's left operand, the projection's. Rows past the block's are
+    /// written as zeros.
+    Panel(*mut u16),
+}
+
 /// Writes softmax(scale q k^T) v for up to 32 query rows (`queries`, head_dim values each) to
-/// `out` (row i at `out + i * out_stride`, head_dim values), against a pair's keys packed as
-/// B = k^T (`keys`: head_dim x tokens) and its values (`values`: tokens x head_dim).
+/// `out`, against a pair's keys packed as B = k^T (`keys`: head_dim x tokens) and its values
+/// (`values`: tokens x head_dim).
 ///
 /// # Safety
-/// [`amx::available`] holds; `out` addresses `queries.rows` rows of `values.n` floats,
-/// `out_stride` apart, that no other thread touches meanwhile.
-pub unsafe fn attend(queries: Rows, scale: f32, keys: &PackedB, values: &PackedB, out: *mut f32, out_stride: usize) {
-    let (head_dim, tokens, rows) = (keys.k, keys.n, queries.rows);
+/// [`amx::available`] holds; `out` addresses the block's rows (32 of a panel's rows for
+/// [`Output::Panel`], whose head_dim is then a multiple of 32) that no other thread touches
+/// meanwhile.
+pub unsafe fn attend(queries: Queries, scale: f32, keys: &PackedB, values: &PackedB, out: Output) {
+    let (head_dim, tokens, rows) = (keys.k, keys.n, queries.rows());
     assert!(
         rows <= BLOCK && values.k == tokens && values.n == head_dim,
         "flash_attention_bf16::attend: {rows} query rows against keys {head_dim} x {tokens} and values {} x {}",
         values.k,
         values.n
     );
-    assert!(
-        rows == 0 || queries.offset + (rows - 1) * queries.stride + head_dim <= queries.data.len(),
-        "flash_attention_bf16::attend: the query rows lie outside their buffer"
-    );
     let (head_k, head_width) = (head_dim.div_ceil(K_STEP) * K_STEP, head_dim.div_ceil(BLOCK) * BLOCK);
+    match queries {
+        Queries::Rows(q) => assert!(
+            rows == 0 || q.offset + (rows - 1) * q.stride + head_dim <= q.data.len(),
+            "flash_attention_bf16::attend: the query rows lie outside their buffer"
+        ),
+        Queries::Panel { steps, .. } => assert!(
+            head_dim == head_k && steps.len() >= BLOCK * head_k,
+            "flash_attention_bf16::attend: a panel of queries holds {} values for a head of {head_dim}",
+            steps.len()
+        ),
+    }
+    assert!(
+        matches!(out, Output::Rows { .. }) || head_dim.is_multiple_of(K_STEP),
+        "flash_attention_bf16::attend: a head of {head_dim} values does not fill a panel's k-steps"
+    );
     amx::configure_tiles();
     with_thread_scratch(&SCRATCH, |scratch| {
-        let q = sized(&mut scratch.queries, BLOCK * head_k);
-        for r in 0..BLOCK {
-            let row: &[f32] =
-                if r < rows { &queries.data[queries.offset + r * queries.stride..][..head_dim] } else { &[] };
-            amx::write_panel_row(q, r, row, scale);
-        }
+        // The scores come scaled when q was scaled before rounding; else the scale joins log2(e).
+        let (q, score_scale): (&[u16], f32) = match queries {
+            Queries::Rows(q) => {
+                let panel = sized(&mut scratch.queries, BLOCK * head_k);
+                for r in 0..BLOCK {
+                    let row: &[f32] = if r < rows { &q.data[q.offset + r * q.stride..][..head_dim] } else { &[] };
+                    amx::write_panel_row(panel, r, row, scale);
+                }
+                (panel, 1.0)
+            }
+            Queries::Panel { steps, .. } => (steps, scale),
+        };
+        let log2e = score_scale * std::f32::consts::LOG2_E;
         let scores = sized(&mut scratch.scores, BLOCK * KEY_BLOCK);
         // Rows past the query rows hold whatever an earlier call left: a row of the product
         // depends on that row alone, and their outputs are dropped.
@@ -101,7 +152,7 @@ pub unsafe fn attend(queries: Rows, scale: f32, keys: &PackedB, values: &PackedB
             }
             // SAFETY: `available` includes AVX-512F and AVX512DQ; the scores hold 32 rows of
             // KEY_BLOCK.
-            let factors = unsafe { raise_shifts(scores, rows, block_keys, &mut shifts) };
+            let factors = unsafe { raise_shifts(scores, rows, block_keys, log2e, &mut shifts) };
             for r in 0..rows {
                 let row = &scores[r * KEY_BLOCK..][..block_keys];
                 let output = &mut outputs[r * head_width..][..head_width];
@@ -111,7 +162,7 @@ pub unsafe fn attend(queries: Rows, scale: f32, keys: &PackedB, values: &PackedB
                     if j0 > 0 && factors[r] < 1.0 {
                         rescale(&mut sums[r], output, factors[r]);
                     }
-                    exponentiate_row(exponentials, r, row, shifts[r], &mut sums[r]);
+                    exponentiate_row(exponentials, r, row, log2e, shifts[r], &mut sums[r]);
                 }
             }
             for jb in 0..head_width / BLOCK {
@@ -125,12 +176,20 @@ pub unsafe fn attend(queries: Rows, scale: f32, keys: &PackedB, values: &PackedB
             }
         }
         // SAFETY: as above, and the caller's promise on `out`.
-        unsafe { write_normalized(&sums[..rows], outputs, head_width, head_dim, out, out_stride) };
+        unsafe {
+            match out {
+                Output::Rows { ptr, stride } => {
+                    write_normalized(&sums[..rows], outputs, head_width, head_dim, ptr, stride)
+                }
+                Output::Panel(ptr) => write_normalized_panel(&sums[..rows], outputs, head_width, head_dim, ptr),
+            }
+        }
     });
 }
 
 /// Each row's largest score of this key block (rows `..rows`, `keys` scores each) joins the
-/// row's shift (its largest so far times log2(e)); returns 2^(old shift - new), the factor that
+/// row's shift (its largest so far times `log2e`: log2(e), times the scale where the scores are
+/// unscaled); returns 2^(old shift - new), the factor that
 /// rescales what the row summed before. The rows' maxima are taken first, then the shifts and
 /// factors sixteen rows at a time: a row's maximum, compared and turned into a factor by a
 /// scalar exponential before its own exponentials, held each row's work up behind its
@@ -140,10 +199,16 @@ pub unsafe fn attend(queries: Rows, scale: f32, keys: &PackedB, values: &PackedB
 /// The CPU has AVX-512F and AVX512DQ; `scores` holds `rows` rows of KEY_BLOCK.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq")]
-unsafe fn raise_shifts(scores: &[f32], rows: usize, keys: usize, shifts: &mut [f32; BLOCK]) -> [f32; BLOCK] {
+unsafe fn raise_shifts(
+    scores: &[f32],
+    rows: usize,
+    keys: usize,
+    log2e: f32,
+    shifts: &mut [f32; BLOCK],
+) -> [f32; BLOCK] {
     let mut largest = [f32::NEG_INFINITY; BLOCK];
     for (r, largest) in largest.iter_mut().enumerate().take(rows) {
-        *largest = super::softmax::row_max_avx512(&scores[r * KEY_BLOCK..][..keys]) * std::f32::consts::LOG2_E;
+        *largest = super::softmax::row_max_avx512(&scores[r * KEY_BLOCK..][..keys]) * log2e;
     }
     let mut factors = [1f32; BLOCK];
     for lane0 in (0..BLOCK).step_by(16) {
@@ -190,7 +255,37 @@ unsafe fn write_normalized(
     }
 }
 
-/// Row `r` of a key block: exp(s - largest) = 2^(s log2(e) - shift) of each score added to the
+/// [`write_normalized`] rounded to bf16 into a panel's k-steps (`head_dim` / 32 of them back to
+/// back from `out`, 32 rows of 32 values each); rows past `sums.len()` are zeros.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512_BF16; `out` addresses head_dim / 32 k-steps; head_dim is a
+/// multiple of 32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn write_normalized_panel(sums: &[__m512], outputs: &[f32], width: usize, head_dim: usize, out: *mut u16) {
+    for r in 0..BLOCK {
+        let inverse = _mm512_set1_ps(sums.get(r).map_or(0.0, |&sum| 1.0 / _mm512_reduce_add_ps(sum)));
+        for step in 0..head_dim / K_STEP {
+            // Rows past the block's: zero times whatever their outputs hold is zero, unless it is
+            // not finite; they are written as zeros outright.
+            let rounded: __m512i = if r < sums.len() {
+                let o = outputs.as_ptr().add(r * width + step * K_STEP);
+                let (low, high) = (_mm512_loadu_ps(o), _mm512_loadu_ps(o.add(16)));
+                std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
+                    _mm512_mul_ps(high, inverse),
+                    _mm512_mul_ps(low, inverse),
+                ))
+            } else {
+                _mm512_setzero_si512()
+            };
+            _mm512_storeu_si512(out.add(step * BLOCK * K_STEP + r * K_STEP).cast(), rounded);
+        }
+    }
+}
+
+/// Row `r` of a key block: exp(s - largest) = 2^(s log2e - shift) of each score (`log2e` as in
+/// [`raise_shifts`]) added to the
 /// row's sums and rounded to bf16 into row r of the panel, zeros past the scores to the k-step's
 /// end. The sums stay in sixteen lanes from block to block (added up once, at the end).
 ///
@@ -199,13 +294,13 @@ unsafe fn write_normalized(
 /// k-steps.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512bf16,avx512vl")]
-unsafe fn exponentiate_row(panel: &mut [u16], r: usize, scores: &[f32], shift: f32, sums: &mut __m512) {
+unsafe fn exponentiate_row(panel: &mut [u16], r: usize, scores: &[f32], log2e: f32, shift: f32, sums: &mut __m512) {
     let len = scores.len();
     let (whole, steps) = (len / K_STEP, len.div_ceil(K_STEP));
     assert!(panel.len() >= steps * BLOCK * K_STEP, "exponentiate_row: the panel is too small");
     let at = |i: usize| scores.as_ptr().add(i);
     let lanes = |i: usize| -> __mmask16 { ((1u32 << len.saturating_sub(i).min(16)) - 1) as __mmask16 };
-    let (log2e, shift_lanes) = (_mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(shift));
+    let (log2e, shift_lanes) = (_mm512_set1_ps(log2e), _mm512_set1_ps(shift));
     let exponential = |s: __m512| super::math::exp2_16(_mm512_fmsub_ps(s, log2e, shift_lanes));
     let mut total = *sums;
     let mut store = |step: usize, low: __m512, high: __m512| {
@@ -244,7 +339,8 @@ mod tests {
         let mut got = vec![f32::NAN; rows * head_dim];
         let queries = Rows { data: q, offset: 0, stride: head_dim, rows };
         // SAFETY: AMX is available (the callers check); `got` is rows x head_dim and ours.
-        unsafe { attend(queries, scale, &keys, &values, got.as_mut_ptr(), head_dim) };
+        let out = Output::Rows { ptr: got.as_mut_ptr(), stride: head_dim };
+        unsafe { attend(Queries::Rows(queries), scale, &keys, &values, out) };
         let mut exact = vec![0f64; rows * head_dim];
         for i in 0..rows {
             let scores: Vec<f64> = (0..tokens)
@@ -317,12 +413,11 @@ mod tests {
             // SAFETY: AMX is available (checked above); `out` holds the rows and is ours.
             unsafe {
                 attend(
-                    Rows { data: q, offset: 0, stride: head_dim, rows },
+                    Queries::Rows(Rows { data: q, offset: 0, stride: head_dim, rows }),
                     scale,
                     &keys,
                     &values,
-                    out.as_mut_ptr(),
-                    head_dim,
+                    Output::Rows { ptr: out.as_mut_ptr(), stride: head_dim },
                 )
             }
         };
@@ -332,5 +427,48 @@ mod tests {
         call(&q, 3, 0.125, &mut out);
         assert_eq!(&out[..3 * head_dim], &alone[..], "a call after another gives what it gives alone");
         assert!(out[3 * head_dim..].iter().all(|v| v.is_nan()), "rows past the query rows were written");
+    }
+
+    /// Queries read from a bf16 panel (unscaled, the scale joining the scores) and the output
+    /// rounded into a panel give the bits of f32 query rows scaled before rounding and of the
+    /// f32 output rounded after, for a head of 64 values (scale 1/8); rows past a short block's
+    /// are written as zeros.
+    #[test]
+    fn panel_queries_and_outputs_give_the_bits_of_rows() {
+        if !checkable_here("the bf16 flash attention") {
+            return;
+        }
+        let (tokens, head_dim, scale) = (300, 64, 0.125);
+        let value = |i: usize, m: usize| ((i * m) % 251) as f32 * 0.013 - 1.6;
+        let k: Vec<f32> = (0..tokens * head_dim).map(|i| value(i, 7919)).collect();
+        let v: Vec<f32> = (0..tokens * head_dim).map(|i| value(i, 104_729)).collect();
+        let keys = PackedB::from_transposed_rows(&k, 0, head_dim, tokens, head_dim, false);
+        let values = PackedB::from_rows(&v, 0, head_dim, tokens, head_dim, false);
+        for rows in [32, 20] {
+            let q: Vec<f32> = (0..rows * head_dim).map(|i| value(i, 31) * 2.0).collect();
+            let mut want = vec![0f32; rows * head_dim];
+            let mut panel = amx::Bf16Rows::default();
+            panel.reset(rows, head_dim);
+            for r in 0..rows {
+                panel.set_row(r, &q[r * head_dim..][..head_dim], 1.0);
+            }
+            let mut got = AlignedVec::<u16>::new();
+            got.resize(BLOCK * head_dim);
+            got.fill(u16::MAX);
+            // SAFETY: AMX is available (checked above); the buffers hold the rows and are ours.
+            unsafe {
+                let from_rows = Queries::Rows(Rows { data: &q, offset: 0, stride: head_dim, rows });
+                attend(from_rows, scale, &keys, &values, Output::Rows { ptr: want.as_mut_ptr(), stride: head_dim });
+                let from_panel = Queries::Panel { steps: &panel.values()[..BLOCK * head_dim], rows };
+                attend(from_panel, scale, &keys, &values, Output::Panel(got.as_mut_ptr()));
+            }
+            for r in 0..BLOCK {
+                for c in 0..head_dim {
+                    let word = got[(c / K_STEP) * BLOCK * K_STEP + r * K_STEP + c % K_STEP];
+                    let expected = if r < rows { to_bf16(want[r * head_dim + c]) } else { 0 };
+                    assert_eq!(word, expected, "{rows} rows: row {r}, value {c}");
+                }
+            }
+        }
     }
 }

@@ -63,12 +63,12 @@ pub(crate) unsafe fn exp16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::_
 /// 2^t on sixteen lanes with AVX-512: f = t - floor(t) in [0, 1) by `vreduceps` in one
 /// instruction, 2^f by a degree-5 polynomial fitted to 2^f's relative error on [0, 1) (1.6e-7
 /// in f32 arithmetic, about two ulp), and `vscalefps`, which takes floor(t) itself, applies
-/// 2^floor(t). Nine instructions with the caller's fused multiply-add that makes t = x log2(e)
-/// - shift, where [`exp16`] of x - shift takes fourteen: the softmax of the bf16 attention,
-/// whose exponentials are the bulk of its arithmetic (rounding t to an integer and subtracting
-/// it, as before, took three more). t below -125 is taken as -125, so results stay normal floats
-/// (no slow subnormal arithmetic after), and -inf gives 2^-125 rather than the NaN of -inf -
-/// floor(-inf).
+/// 2^floor(t). Nine instructions with the caller's fused multiply-add that makes
+/// t = x log2(e) - shift, where [`exp16`] of x - shift takes fourteen: the softmax of the bf16
+/// attention, whose exponentials are the bulk of its arithmetic (rounding t to an integer and
+/// subtracting it, as before, took three more). t below -125 is taken as -125, so results stay
+/// normal floats (no slow subnormal arithmetic after), and -inf gives 2^-125 rather than the
+/// NaN of -inf minus floor(-inf).
 ///
 /// # Safety
 /// The CPU has AVX-512F and AVX512DQ.

@@ -12,7 +12,7 @@ use candle_core::{Module, Tensor};
 
 use crate::config::EncoderConfig;
 use crate::error::{input_err, Result};
-use crate::nn::layers::{cut_graph_unless, mlp_plus_fused, LayerNorm, Linear, Mode};
+use crate::nn::layers::{attention_branch_fused, cut_graph_unless, mlp_plus_fused, LayerNorm, Linear, Mode};
 use crate::nn::params::{torch_default_bound, Group, Init, InitScheme, ParamStore};
 
 const LN_EPS: f64 = 1e-6;
@@ -48,8 +48,12 @@ impl Attention {
     /// x + this attention of `ln`(x): the block's first branch with its residual, which the
     /// bf16 products add as the projection's blocks finish. The normalized tokens live only
     /// until qkv is made (under bf16 they are never made: qkv normalizes x's rows as it reads
-    /// them).
+    /// them; for bf16 inference at most shapes the whole branch is one op whose activations
+    /// stay in bf16, [`attention_branch_fused`]).
     fn forward_plus(&self, ln: &LayerNorm, x: &Tensor, training: bool) -> Result<Tensor> {
+        if let Some(y) = attention_branch_fused(ln, &self.qkv, &self.proj, self.heads, x, training)? {
+            return Ok(y);
+        }
         // The reference splits qkv as (B, N, 3, heads, hd); the fused op reads that layout.
         let qkv = cut_graph_unless(training, self.qkv.forward_normed(ln, x, training)?);
         let out = cut_graph_unless(training, crate::ops::attention::self_attention(&qkv, self.heads, training)?);

@@ -392,6 +392,38 @@ pub fn mlp_plus_fused(
     }
 }
 
+/// x + proj(self-attention(qkv(`ln`(x)))), a pre-norm block's attention branch and its
+/// residual, as one op under bf16 inference where the shape fills whole panels
+/// ([`crate::kernels::attention::bf16_panels_supported`]): q, k, v and the attention's output
+/// stay in bf16 panels between the products ([`crate::ops::linear::attention_branch_bf16`]).
+/// `None` elsewhere (training, f32, int8, another device or shape), for the caller to compose.
+pub fn attention_branch_fused(
+    ln: &LayerNorm,
+    qkv: &Linear,
+    proj: &Linear,
+    heads: usize,
+    x: &Tensor,
+    for_backward: bool,
+) -> candle_core::Result<Option<Tensor>> {
+    if for_backward || !crate::ops::dispatch::fused(&[x]) || x.rank() != 3 {
+        return Ok(None);
+    }
+    let (_, tokens, dim) = x.dims3()?;
+    if heads == 0 || dim % heads != 0 || !crate::kernels::attention::bf16_panels_supported(tokens, dim / heads) {
+        return Ok(None);
+    }
+    let Some(Lowered::Bf16(packed_qkv)) = qkv.lowered(x, false)? else { return Ok(None) };
+    let Lowered::Bf16(packed_proj) = proj.packed(PackedKind::Bf16)? else { unreachable!("asked for bf16") };
+    crate::ops::linear::attention_branch_bf16(
+        x,
+        ln.normalize(),
+        heads,
+        (&packed_qkv, &qkv.bias),
+        (&packed_proj, &proj.bias),
+    )
+    .map(Some)
+}
+
 /// `nn.LayerNorm` over the last dimension with the biased variance, as PyTorch.
 pub struct LayerNorm {
     pub weight: Tensor,

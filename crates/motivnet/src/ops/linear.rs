@@ -195,7 +195,7 @@ pub fn mlp_bf16(
         Some((weight, bias, eps)) => Lhs::Normalized { rows, weight, bias, eps: *eps },
         None => Lhs::F32 { rows, scale: 1.0 },
     };
-    amx::linear_gelu_rows_to_bf16(lhs, fc1, &b1.to_vec1::<f32>()?, &mut hidden);
+    amx::linear_rows_to_bf16(lhs, fc1, &b1.to_vec1::<f32>()?, Finish::Gelu, &mut hidden);
     let b2 = b2.to_vec1::<f32>()?;
     let y = with_residual_values(residual, &out_dims, |addend| {
         amx::linear_rows_bf16(Lhs::Bf16(&hidden), fc2, &b2, Finish::Add(addend))
@@ -206,6 +206,55 @@ pub fn mlp_bf16(
 
 thread_local! {
     static MLP_HIDDEN: std::cell::RefCell<Bf16Rows> = std::cell::RefCell::new(Bf16Rows::default());
+    /// The attention branch's q, k and v, and the attention's output, in bf16 panels.
+    static ATTENTION_PANELS: std::cell::RefCell<(Bf16Rows, Bf16Rows)> = std::cell::RefCell::new(Default::default());
+}
+
+/// x + proj(attention(qkv(LayerNorm(x)))) with every product on the tiles: the attention branch
+/// of a block under `precision: 'bf16'` for inference, where [`bf16_panels_supported`] holds.
+/// qkv normalizes x's rows as it reads them and rounds its output to bf16 panels, which the
+/// attention reads in place (q) or packs (k, v) without a pass over f32; the attention writes
+/// its output rounded to bf16 as the projection's left operand; the projection adds x as its
+/// blocks finish. The same values as qkv in f32, the attention rounding its operands, then the
+/// projection rounding its input, for a head whose scale is a power of two (every preset's head
+/// of 64 values). Both panel buffers are the calling thread's, kept from call to call (at
+/// sapiens-0.3b's 3072 tokens the f32 qkv was 38 MB, freshly mapped and zeroed each layer).
+///
+/// [`bf16_panels_supported`]: crate::kernels::attention::bf16_panels_supported
+pub fn attention_branch_bf16(
+    x: &Tensor,
+    ln: Normalize,
+    heads: usize,
+    (qkv, qkv_bias): (&PackedB, &Tensor),
+    (proj, proj_bias): (&PackedB, &Tensor),
+) -> candle_core::Result<Tensor> {
+    let (batch, tokens, dim) = x.dims3()?;
+    let qkv_dims = packed_output_dims(x, (qkv.k, qkv.n), qkv_bias)?;
+    if qkv_dims[2] != 3 * dim || (proj.k, proj.n) != (dim, dim) || proj_bias.dims1()? != dim {
+        candle_core::bail!(
+            "attention_branch_bf16: qkv {} x {} and proj {} x {} (bias {:?}) do not fit tokens of {dim}",
+            qkv.n,
+            qkv.k,
+            proj.n,
+            proj.k,
+            proj_bias.dims()
+        );
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let x_values = cpu_f32(&storage, layout, "attention_branch_bf16")?;
+    let (weight, bias, eps) = ln.values()?;
+    let (qkv_bias, proj_bias) = (qkv_bias.to_vec1::<f32>()?, proj_bias.to_vec1::<f32>()?);
+    let (mut qkv_rows, mut attended) = ATTENTION_PANELS.with(|cell| cell.take());
+    let rows = Rows::contiguous(x_values, dim);
+    let lhs = Lhs::Normalized { rows, weight: &weight, bias: &bias, eps };
+    amx::linear_rows_to_bf16(lhs, qkv, &qkv_bias, Finish::None, &mut qkv_rows);
+    let attention =
+        crate::kernels::attention::attention_forward_bf16_panels(&qkv_rows, (batch, tokens, dim), heads, &mut attended);
+    let y = attention.map(|()| amx::linear_rows_bf16(Lhs::Bf16(&attended), proj, &proj_bias, Finish::Add(x_values)));
+    ATTENTION_PANELS.with(|cell| cell.replace((qkv_rows, attended)));
+    let y = y.map_err(super::kernel_err)?;
+    Tensor::from_vec(y, (batch, tokens, dim), x.device())
 }
 
 /// fc2(GELU(fc1(x))) + residual with both products in int8: the MLP of a block under
@@ -500,6 +549,52 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// The attention branch as one op under bf16 gives the bits of its three ops one after
+    /// another (qkv on normalized rows, the bf16 attention, the projection plus x) where a head's
+    /// scale is a power of two (64 values, with several query blocks, images and heads); for a
+    /// head of 32 values, whose scale joins the scores instead of q, it stays within bf16's
+    /// precision of them.
+    #[test]
+    fn the_bf16_attention_branch_gives_the_bits_of_its_parts() {
+        if !amx::checkable_here("the bf16 attention branch") {
+            return;
+        }
+        let dev = Device::Cpu;
+        let randn = |mean: f32, std: f32, shape: &[usize]| Tensor::randn(mean, std, shape, &dev).unwrap();
+        for (batch, tokens, heads, head_dim) in [(2, 64, 2, 64), (1, 96, 3, 64), (2, 32, 2, 32)] {
+            let d = heads * head_dim;
+            let x = randn(0.0, 1.0, &[batch, tokens, d]);
+            let (ln_weight, ln_bias) = (randn(1.0, 0.1, &[d]), randn(0.0, 0.1, &[d]));
+            let ln = || Normalize { weight: &ln_weight, bias: &ln_bias, eps: 1e-6 };
+            let (wq, bq) = (randn(0.0, 0.1, &[3 * d, d]), randn(0.0, 0.1, &[3 * d]));
+            let (wp, bp) = (randn(0.0, 0.1, &[d, d]), randn(0.0, 0.1, &[d]));
+            let pack = |w: &Tensor, n: usize| PackedB::from_weight(&w.flatten_all().unwrap().to_vec1().unwrap(), n, d);
+            let (pq, pp) = (pack(&wq, 3 * d), pack(&wp, d));
+            let fused = attention_branch_bf16(&x, ln(), heads, (&pq, &bq), (&pp, &bp)).unwrap();
+            let qkv = linear_bf16_normalized(&x, ln(), &pq, &bq).unwrap();
+            let attended =
+                crate::ops::dispatch::bf16_matmuls(|| crate::ops::attention::self_attention(&qkv, heads, false))
+                    .unwrap();
+            let parts = linear_packed(&attended, Packed::Bf16(&pp), &bp, PackedEnd::Plus(&x)).unwrap();
+            let shape = format!("{batch} x {tokens}, {heads} heads of {head_dim}");
+            if head_dim == 64 {
+                let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!(bits(&fused) == bits(&parts), "{shape}: the branch differs from its parts");
+            } else {
+                let diff = max_diff(&fused, &parts);
+                assert!(diff < 0.02, "{shape}: the branch differs from its parts by {diff}");
+            }
+        }
+        let x = randn(0.0, 1.0, &[1, 45, 64]);
+        let (w, b) = (randn(1.0, 0.1, &[64]), randn(0.0, 0.1, &[64]));
+        let (q, p) =
+            (PackedB::from_weight(&vec![0.1; 192 * 64], 192, 64), PackedB::from_weight(&vec![0.1; 4096], 64, 64));
+        let (bq, bp) = (randn(0.0, 0.1, &[192]), randn(0.0, 0.1, &[64]));
+        let ln = Normalize { weight: &w, bias: &b, eps: 1e-6 };
+        let err = attention_branch_bf16(&x, ln, 1, (&q, &bq), (&p, &bp)).unwrap_err().to_string();
+        assert!(err.contains("45 tokens"), "a batch of 45 tokens does not fill panels: {err}");
     }
 
     #[test]
