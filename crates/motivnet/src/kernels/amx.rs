@@ -853,6 +853,32 @@ unsafe fn block(panel: *const u16, kp: usize, b_block: *const u16, c: *mut f32, 
     );
 }
 
+/// A block's sums, all 32 columns of them the product's, finished and rounded to bf16 into its
+/// k-step of a panel: GELU first where asked, then 32 values to a row by `vcvtne2ps2bf16` (the
+/// rounding of [`write_panel_row`]'s whole k-steps); rows past `rows` are zeros (the panel's
+/// padding rows). One call a block, where each row went through two dispatched calls to be
+/// rounded, and GELU a third.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512_BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+unsafe fn finish_block_bf16(step: &mut [u16; BLOCK * K_STEP], sums: &[f32; BLOCK * BLOCK], rows: usize, gelu: bool) {
+    use std::arch::x86_64::*;
+    for r in 0..BLOCK {
+        let rounded: __m512i = if r < rows {
+            let (mut low, mut high) = (_mm512_loadu_ps(&sums[r * BLOCK]), _mm512_loadu_ps(&sums[r * BLOCK + 16]));
+            if gelu {
+                (low, high) = (super::gelu::gelu16(low), super::gelu::gelu16(high));
+            }
+            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(high, low))
+        } else {
+            _mm512_setzero_si512()
+        };
+        _mm512_storeu_si512(step.as_mut_ptr().add(r * K_STEP).cast(), rounded);
+    }
+}
+
 /// A block's sums, on cache lines as the tiles store them (see [`AlignedVec`]).
 #[repr(C, align(64))]
 struct BlockSums([f32; BLOCK * BLOCK]);
@@ -1118,6 +1144,16 @@ unsafe fn gemm_into(a: Lhs, b: &PackedB, dest: Dest, start: Start, finish: Finis
                                 out.at(r0 * out_kp + jb * BLOCK * K_STEP),
                                 BLOCK * K_STEP,
                             );
+                            #[cfg(target_arch = "x86_64")]
+                            if cols == BLOCK && avx512_bf16_available() {
+                                let gelu = match finish {
+                                    Finish::None => false,
+                                    Finish::Gelu => true,
+                                    Finish::Add(_) => unreachable!("linear_rows_to_bf16 adds no matrix"),
+                                };
+                                finish_block_bf16(step.try_into().expect("a k-step"), sums, rows, gelu);
+                                continue;
+                            }
                             for r in 0..BLOCK {
                                 let row = &mut sums[r * BLOCK..r * BLOCK + cols];
                                 if r >= rows {

@@ -60,12 +60,6 @@ fn gelu_grad_chunk(out: &mut [MaybeUninit<f32>], x: &[f32], grad: &[f32]) {
 #[target_feature(enable = "avx512f")]
 unsafe fn gelu_avx512(out: *mut f32, x: *const f32, len: usize) {
     use std::arch::x86_64::*;
-    let gelu16 = |v: __m512| {
-        let erf = erf16(_mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
-        // half v (1 + erf), not half v erf + half v in one step: at v = -inf, where erf
-        // stops a little short of -1, that would be inf - inf.
-        _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.5)), _mm512_add_ps(_mm512_set1_ps(1.0), erf))
-    };
     let mut i = 0;
     while i + 16 <= len {
         _mm512_storeu_ps(out.add(i), gelu16(_mm512_loadu_ps(x.add(i))));
@@ -75,6 +69,22 @@ unsafe fn gelu_avx512(out: *mut f32, x: *const f32, len: usize) {
         let mask = super::simd::lanes_below(len - i);
         _mm512_mask_storeu_ps(out.add(i), mask, gelu16(_mm512_maskz_loadu_ps(mask, x.add(i))));
     }
+}
+
+/// GELU of sixteen values with [`erf16`]: what [`gelu_avx512`] gives each value, for callers
+/// that finish a block of a product in registers.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn gelu16(v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let erf = erf16(_mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
+    // half v (1 + erf), not half v erf + half v in one step: at v = -inf, where erf stops a
+    // little short of -1, that would be inf - inf.
+    _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.5)), _mm512_add_ps(_mm512_set1_ps(1.0), erf))
 }
 
 /// [`gelu_grad_chunk`] sixteen at a time, with [`erf16`] and [`exp16`], the last few through a
