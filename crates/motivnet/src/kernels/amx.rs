@@ -853,6 +853,39 @@ unsafe fn block(panel: *const u16, kp: usize, b_block: *const u16, c: *mut f32, 
     );
 }
 
+/// What [`finish_block_f32`] does to a block's sums on their way to C.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+enum BlockEnd {
+    Copy,
+    Gelu,
+    /// Adds the block of a matrix laid out as C, starting here.
+    Add(*const f32),
+}
+
+/// A block's sums, all 32 columns of them the product's, finished into its first `rows` rows of
+/// C (`c`, rows `stride` apart): each row 32 values in two vectors, in one call a block, where
+/// each row went through a dispatched call (the residual's add, GELU) of its own.
+///
+/// # Safety
+/// The CPU has AVX-512F; `c` (and an addend) address `rows` rows of 32 floats `stride` apart.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn finish_block_f32(c: *mut f32, stride: usize, sums: &[f32; BLOCK * BLOCK], rows: usize, end: BlockEnd) {
+    use std::arch::x86_64::*;
+    for r in 0..rows {
+        for half in [0, 16] {
+            let mut v = _mm512_loadu_ps(&sums[r * BLOCK + half]);
+            v = match end {
+                BlockEnd::Copy => v,
+                BlockEnd::Gelu => super::gelu::gelu16(v),
+                BlockEnd::Add(addend) => _mm512_add_ps(v, _mm512_loadu_ps(addend.add(r * stride + half))),
+            };
+            _mm512_storeu_ps(c.add(r * stride + half), v);
+        }
+    }
+}
+
 /// A block's sums, all 32 columns of them the product's, finished and rounded to bf16 into its
 /// k-step of a panel: GELU first where asked, then 32 values to a row by `vcvtne2ps2bf16` (the
 /// rounding of [`write_panel_row`]'s whole k-steps); rows past `rows` are zeros (the panel's
@@ -1126,6 +1159,16 @@ unsafe fn gemm_into(a: Lhs, b: &PackedB, dest: Dest, start: Start, finish: Finis
                                 }
                             }
                             block(a_panel, kp, b_block, sums.as_mut_ptr(), BLOCK, block_start);
+                            #[cfg(target_arch = "x86_64")]
+                            if cols == BLOCK && super::simd::level() == super::simd::Level::Avx512 {
+                                let ending = match finish {
+                                    Finish::None => BlockEnd::Copy,
+                                    Finish::Gelu => BlockEnd::Gelu,
+                                    Finish::Add(addend) => BlockEnd::Add(addend.as_ptr().add(r0 * stride + j0)),
+                                };
+                                finish_block_f32(c_block, stride, sums, rows, ending);
+                                continue;
+                            }
                             for r in 0..rows {
                                 let dst = std::slice::from_raw_parts_mut(c_block.add(r * stride), cols);
                                 let src = &sums[r * BLOCK..r * BLOCK + cols];
