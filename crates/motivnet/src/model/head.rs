@@ -33,8 +33,8 @@ pub struct CrossAttention {
     /// loaded or trained weight is seen, and their packings for the bf16 and int8 products are
     /// kept from call to call and remade when the parameters change, as every Linear's are.
     /// Made at each call, they packed their weights at every forward.
-    q_proj: Linear,
-    kv_proj: Linear,
+    pub(crate) q_proj: Linear,
+    pub(crate) kv_proj: Linear,
     heads: usize,
     dropout: f64,
 }

@@ -32,7 +32,7 @@ use crate::kernels::cross_attention::{cross_attention_backward, cross_attention_
 use crate::kernels::layer_norm::{layer_norm_backward, layer_norm_forward};
 use crate::kernels::linear::{input_grad, linear_rows, param_grads};
 use crate::kernels::math::{relu_backward_in_place, relu_in_place};
-use crate::nn::layers::{dropout_mask, Mode};
+use crate::nn::layers::{dropout_mask, Linear, Mode};
 
 const PASS: &str = "head training pass";
 
@@ -205,9 +205,24 @@ fn add_into(acc: &mut [f32], x: &[f32]) {
     acc.iter_mut().zip(x).for_each(|(a, v)| *a += v);
 }
 
-/// One decoder layer's forward from its input `t` (B K x E); returns its output and tape.
+/// x W^T + b over rows of `in_dim` values: on the tiles from `packed`'s bf16 packing where
+/// given (inference under `precision: 'bf16'`, whose weights may live only as that packing),
+/// else from the f32 weight and bias of `params`.
+fn product(packed: Option<&Linear>, x: &[f32], params: &(Tensor, Tensor), in_dim: usize) -> Result<Vec<f32>> {
+    match packed {
+        Some(linear) => Ok(linear.forward_rows_bf16(x)?),
+        None => {
+            let (w, b) = (read(&params.0), read(&params.1));
+            Ok(linear_rows(x, w.values()?, b.values()?, in_dim, None))
+        }
+    }
+}
+
+/// One decoder layer's forward from its input `t` (B K x E); returns its output and tape. Its
+/// Linear products run from `packed`'s layers' bf16 packings where given (inference).
 fn layer_forward(
     params: &LayerParams<Tensor>,
+    packed: Option<&DecoderLayer>,
     t: &[f32],
     memory: &[f32],
     dims: Dims,
@@ -215,12 +230,6 @@ fn layer_forward(
     mode: &mut Mode,
 ) -> Result<(Vec<f32>, LayerTape)> {
     let Dims { batch: b, queries: k, embed: e, feedforward: ff, heads, tokens: n, .. } = dims;
-    let (in_w, in_b) = (read(&params.in_proj.0), read(&params.in_proj.1));
-    // The in-projection's rows: the queries' E, then the keys' and values' 2E.
-    let ((wq, wkv), (bq, bkv)) = (in_w.values()?.split_at(e * e), in_b.values()?.split_at(e));
-    let (ow, ob) = (read(&params.out_proj.0), read(&params.out_proj.1));
-    let (w1, b1) = (read(&params.linear1.0), read(&params.linear1.1));
-    let (w2, b2) = (read(&params.linear2.0), read(&params.linear2.1));
     let norm = |pair: &(Tensor, Tensor), x: &[f32]| -> Result<Vec<f32>> {
         let (w, b) = (read(&pair.0), read(&pair.1));
         Ok(layer_norm_forward(x, w.values()?, b.values()?, eps))
@@ -230,20 +239,29 @@ fn layer_forward(
     let m1 = dropout_mask(&[b, k, e], p, mode)?;
     let u1 = plus_dropped(t, m1.as_deref());
     let t1 = norm(&params.norm1, &u1)?;
-    let q = linear_rows(&t1, wq, bq, e, None);
-    let kv = linear_rows(memory, wkv, bkv, e, None);
+    let (q, kv) = match packed {
+        Some(layer) => {
+            (layer.self_attn.q_proj.forward_rows_bf16(&t1)?, layer.self_attn.kv_proj.forward_rows_bf16(memory)?)
+        }
+        None => {
+            let (in_w, in_b) = (read(&params.in_proj.0), read(&params.in_proj.1));
+            // The in-projection's rows: the queries' E, then the keys' and values' 2E.
+            let ((wq, wkv), (bq, bkv)) = (in_w.values()?.split_at(e * e), in_b.values()?.split_at(e));
+            (linear_rows(&t1, wq, bq, e, None), linear_rows(memory, wkv, bkv, e, None))
+        }
+    };
     let m2 = dropout_mask(&[b, heads, k, n], p, mode)?;
     let (attended, probs) =
         cross_attention_forward(&q, &kv, dims.attention(), m2.as_deref()).map_err(Error::Internal)?;
-    let a = linear_rows(&attended, ow.values()?, ob.values()?, e, None);
+    let a = product(packed.map(|l| &l.self_attn.out_proj), &attended, &params.out_proj, e)?;
     let m3 = dropout_mask(&[b, k, e], p, mode)?;
     let u2 = residual_plus_dropped(&t1, &a, m3.as_deref());
     let t2 = norm(&params.norm2, &u2)?;
-    let mut hidden = linear_rows(&t2, w1.values()?, b1.values()?, e, None);
+    let mut hidden = product(packed.map(|l| &l.linear1), &t2, &params.linear1, e)?;
     relu_in_place(&mut hidden);
     let m4 = dropout_mask(&[b, k, ff], p, mode)?;
     apply_mask(&mut hidden, m4.as_deref());
-    let f = linear_rows(&hidden, w2.values()?, b2.values()?, ff, None);
+    let f = product(packed.map(|l| &l.linear2), &hidden, &params.linear2, ff)?;
     let m5 = dropout_mask(&[b, k, e], p, mode)?;
     let u3 = residual_plus_dropped(&t2, &f, m5.as_deref());
     let out = norm(&params.norm3, &u3)?;
@@ -274,10 +292,11 @@ fn eps_of(head: &MlDecoder) -> f32 {
     head.layers.first().map_or(1e-5, |l| l.norm1.eps as f32)
 }
 
-/// ReLU(embed_standart(tokens)): the memory every layer attends over (B N x E).
-fn memory_of(params: &HeadParams, tokens: &Tensor, dims: Dims) -> Result<Vec<f32>> {
-    let (x, w, b) = (read(tokens), read(&params.embed.0), read(&params.embed.1));
-    let mut memory = linear_rows(x.values()?, w.values()?, b.values()?, dims.token_dim, None);
+/// ReLU(embed_standart(tokens)): the memory every layer attends over (B N x E); the product
+/// from `packed`'s bf16 packing where given.
+fn memory_of(params: &HeadParams, packed: Option<&Linear>, tokens: &Tensor, dims: Dims) -> Result<Vec<f32>> {
+    let x = read(tokens);
+    let mut memory = product(packed, x.values()?, &params.embed, dims.token_dim)?;
     relu_in_place(&mut memory);
     Ok(memory)
 }
@@ -300,11 +319,11 @@ pub fn forward(head: &MlDecoder, tokens: &Tensor, mode: &mut Mode) -> Result<(Va
     }
     let dims = dims_of(head, tokens)?;
     let (params, eps, dropout) = (HeadParams::of(head), eps_of(head), head.config().dropout);
-    let memory = memory_of(&params, tokens, dims)?;
+    let memory = memory_of(&params, None, tokens, dims)?;
     let mut t = first_input(head, dims)?;
     let mut layers = Vec::with_capacity(params.layers.len());
     for layer in &params.layers {
-        let (out, tape) = layer_forward(layer, &t, &memory, dims, (dropout, eps), mode)?;
+        let (out, tape) = layer_forward(layer, None, &t, &memory, dims, (dropout, eps), mode)?;
         layers.push(tape);
         t = out;
     }
@@ -314,12 +333,25 @@ pub fn forward(head: &MlDecoder, tokens: &Tensor, mode: &mut Mode) -> Result<(Va
     Ok((logits, tape))
 }
 
-/// Whether inference may take [`predict`] for this head on these tokens: [`supported`], and
-/// the Linear products not asked to run in bf16 (`precision: 'bf16'` keeps the head's products
-/// on the tiles, through candle's ops). Under int8 the head takes this f32 pass: its weights
-/// stay f32 (`MotivNet::keep_linear_weights_packed_only` keeps them).
+/// Whether inference may take [`predict`] for this head on these tokens: [`supported`]; under
+/// `precision: 'bf16'` (the products on the tiles from the Linear layers' packings, whose f32
+/// weights may have been let go) the same for every tensor but those weights. Under int8 the
+/// head takes the f32 pass: its weights stay f32 (`MotivNet::keep_linear_weights_packed_only`
+/// keeps them).
 pub fn predicts(head: &MlDecoder, tokens: &Tensor) -> bool {
-    supported(head, tokens) && !crate::ops::dispatch::bf16_matmuls_on()
+    if !crate::ops::dispatch::bf16_matmuls_on() {
+        return supported(head, tokens);
+    }
+    let mut read = vec![tokens, &head.query_embed, &head.embed_standart.bias, &head.duplicate_pooling];
+    read.push(&head.duplicate_pooling_bias);
+    for layer in &head.layers {
+        let attn = &layer.self_attn;
+        read.extend([&attn.in_proj_bias, &attn.out_proj.bias, &layer.linear1.bias, &layer.linear2.bias]);
+        for norm in [&layer.norm1, &layer.norm2, &layer.norm3] {
+            read.extend([&norm.weight, &norm.bias]);
+        }
+    }
+    crate::ops::dispatch::fused(&read) && read.iter().all(|t| t.is_contiguous())
 }
 
 /// Tokens (B, N, D) -> eval-mode logits (B, classes), and with `maps` the last layer's
@@ -327,14 +359,18 @@ pub fn predicts(head: &MlDecoder, tokens: &Tensor) -> bool {
 /// [`MlDecoder::forward_explained`] defines them. The training pass's forward without dropout
 /// and without its tape: each layer's record is dropped once the next layer has its input.
 /// On candle's ops the head took about a fifth of a `tiny` forward (docs/BENCHMARKS.md).
+/// Inside `bf16_matmuls` its Linear products run on the tiles from their packings, the values
+/// candle's ops give them there; the rest stays f32.
 pub fn predict(head: &MlDecoder, tokens: &Tensor, maps: bool) -> Result<(Tensor, Option<Tensor>)> {
     let dims = dims_of(head, tokens)?;
     let (params, eps) = (HeadParams::of(head), eps_of(head));
-    let memory = memory_of(&params, tokens, dims)?;
+    let packed = crate::ops::dispatch::bf16_matmuls_on();
+    let memory = memory_of(&params, packed.then_some(&head.embed_standart), tokens, dims)?;
     let mut t = first_input(head, dims)?;
     let mut last_probs = None;
-    for (i, layer) in params.layers.iter().enumerate() {
-        let (out, tape) = layer_forward(layer, &t, &memory, dims, (0.0, eps), &mut Mode::Eval)?;
+    for (i, (layer, decoder_layer)) in params.layers.iter().zip(&head.layers).enumerate() {
+        let packings = packed.then_some(decoder_layer);
+        let (out, tape) = layer_forward(layer, packings, &t, &memory, dims, (0.0, eps), &mut Mode::Eval)?;
         if maps && i + 1 == params.layers.len() {
             last_probs = Some(tape.probs);
         }
@@ -579,6 +615,34 @@ mod tests {
             let d = relative(&d_tokens, expected.get(tokens.as_tensor()).unwrap());
             assert!(d < 1e-4, "dropout {dropout}: the tokens' gradient differs by {d}");
         }
+    }
+
+    /// Inside `bf16_matmuls` inference's pass runs the head's Linear products on the tiles from
+    /// their packings, as candle's ops there do (the same products): logits and maps within
+    /// 1e-5 of candle's (which strided tokens keep the head on), and apart from f32's.
+    #[test]
+    fn predicts_in_bf16_as_candles_ops_do() {
+        if !crate::kernels::amx::checkable_here("the head's bf16 pass") {
+            return;
+        }
+        let dev = Device::Cpu;
+        let model = MotivNet::new(&uneven_groups_config(), &dev, 3).unwrap();
+        let strided = Tensor::randn(0f32, 1.0, (10, 3, 192), &dev).unwrap().transpose(0, 1).unwrap();
+        let tokens = strided.contiguous().unwrap();
+        let explained = |t: &Tensor| crate::ops::dispatch::bf16_matmuls(|| model.head.forward_explained(t)).unwrap();
+        assert!(crate::ops::dispatch::bf16_matmuls(|| predicts(&model.head, &tokens)));
+        assert!(
+            !crate::ops::dispatch::bf16_matmuls(|| predicts(&model.head, &strided)),
+            "strided tokens take candle's ops"
+        );
+        let ((logits, maps), (want_logits, want_maps)) = (explained(&tokens), explained(&strided));
+        let d = relative(&logits, &want_logits);
+        assert!(d < 1e-5, "logits differ by {d}");
+        let d = relative(&maps, &want_maps);
+        assert!(d < 1e-5, "attention maps differ by {d}");
+        let f32_logits = model.head.forward(&tokens, &mut Mode::Eval).unwrap();
+        let d = relative(&logits, &f32_logits);
+        assert!(d > 0.0 && d < 0.03, "bf16 logits differ from f32's by {d}");
     }
 
     /// Inference's pass against candle's ops (the composed path) on the same head, dropout set

@@ -229,6 +229,21 @@ impl Linear {
         self.forward(&cut_graph_unless(for_backward, ln.forward(x)?))
     }
 
+    /// x W^T + b over plain f32 rows (`x`: rows of this layer's inputs, back to back), the
+    /// product on the tiles from this layer's bf16 packing: for a hand-written inference pass
+    /// under `precision: 'bf16'`, where the weight may live only as that packing. The values of
+    /// [`Linear::forward`] inside `bf16_matmuls` on the same rows.
+    pub fn forward_rows_bf16(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let Lowered::Bf16(packed) = self.packed(PackedKind::Bf16)? else { unreachable!("asked for bf16") };
+        if packed.k == 0 || !x.len().is_multiple_of(packed.k) {
+            candle_core::bail!("linear: {} values are not rows of this layer's {} inputs", x.len(), packed.k);
+        }
+        let rows = crate::kernels::amx::Rows::contiguous(x, packed.k);
+        let bias = self.bias.to_vec1::<f32>()?;
+        let lhs = crate::kernels::amx::Lhs::F32 { rows, scale: 1.0 };
+        Ok(crate::kernels::amx::linear_rows_bf16(lhs, &packed, &bias, crate::kernels::amx::Finish::None))
+    }
+
     /// GELU (exact, erf form, as PyTorch's `nn.GELU()`) of this layer's output, as one op;
     /// `for_backward` as in [`crate::ops::linear::linear_gelu`].
     pub fn forward_gelu(&self, x: &Tensor, for_backward: bool) -> candle_core::Result<Tensor> {
