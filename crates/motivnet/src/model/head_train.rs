@@ -28,7 +28,9 @@ use rayon::prelude::*;
 use super::head::{DecoderLayer, MlDecoder};
 use super::tape::{gradient_tensors, Read};
 use crate::error::{input_err, Error, Result};
-use crate::kernels::cross_attention::{cross_attention_backward, cross_attention_forward, CrossDims};
+use crate::kernels::cross_attention::{
+    cross_attention_backward, cross_attention_folded_forward, cross_attention_forward, CrossDims, KeyValueProjection,
+};
 use crate::kernels::layer_norm::{layer_norm_backward, layer_norm_forward};
 use crate::kernels::linear::{input_grad, linear_rows, param_grads};
 use crate::kernels::math::{relu_backward_in_place, relu_in_place};
@@ -239,20 +241,32 @@ fn layer_forward(
     let m1 = dropout_mask(&[b, k, e], p, mode)?;
     let u1 = plus_dropped(t, m1.as_deref());
     let t1 = norm(&params.norm1, &u1)?;
-    let (q, kv) = match packed {
-        Some(layer) => {
-            (layer.self_attn.q_proj.forward_rows_bf16(&t1)?, layer.self_attn.kv_proj.forward_rows_bf16(memory)?)
-        }
-        None => {
-            let (in_w, in_b) = (read(&params.in_proj.0), read(&params.in_proj.1));
-            // The in-projection's rows: the queries' E, then the keys' and values' 2E.
-            let ((wq, wkv), (bq, bkv)) = (in_w.values()?.split_at(e * e), in_b.values()?.split_at(e));
-            (linear_rows(&t1, wq, bq, e, None), linear_rows(memory, wkv, bkv, e, None))
-        }
+    let (in_w, in_b) = (read(&params.in_proj.0), read(&params.in_proj.1));
+    // The in-projection's rows: the queries' E, then the keys' and values' 2E.
+    let ((wq, wkv), (bq, bkv)) = (in_w.values()?.split_at(e * e), in_b.values()?.split_at(e));
+    let q = match packed {
+        Some(layer) => layer.self_attn.q_proj.forward_rows_bf16(&t1)?,
+        None => linear_rows(&t1, wq, bq, e, None),
     };
     let m2 = dropout_mask(&[b, heads, k, n], p, mode)?;
-    let (attended, probs) =
-        cross_attention_forward(&q, &kv, dims.attention(), m2.as_deref()).map_err(Error::Internal)?;
+    let (kv, (attended, probs)) = if mode.is_train() || packed.is_some() {
+        let kv = match packed {
+            Some(layer) => layer.self_attn.kv_proj.forward_rows_bf16(memory)?,
+            None => linear_rows(memory, wkv, bkv, e, None),
+        };
+        let forward = cross_attention_forward(&q, &kv, dims.attention(), m2.as_deref()).map_err(Error::Internal)?;
+        (kv, forward)
+    } else {
+        // f32 inference: the memory's keys and values are never made (nothing backpropagates
+        // to them; the tape's are left empty), the projection runs on the queries and the
+        // weighted memories instead, a sixth of the multiply-adds or less (the `tiny` f32
+        // forward 6% faster). On the tiles projecting the memory is faster still.
+        let ((wk, wv), (bk, bv)) = (wkv.split_at(e * e), bkv.split_at(e));
+        let projection = KeyValueProjection { wk, bk, wv, bv };
+        let forward =
+            cross_attention_folded_forward(&q, memory, projection, dims.attention()).map_err(Error::Internal)?;
+        (Vec::new(), forward)
+    };
     let a = product(packed.map(|l| &l.self_attn.out_proj), &attended, &params.out_proj, e)?;
     let m3 = dropout_mask(&[b, k, e], p, mode)?;
     let u2 = residual_plus_dropped(&t1, &a, m3.as_deref());
