@@ -404,7 +404,7 @@ pub fn attention_forward_bf16_panels(
         .collect();
     out.reset(batch * tokens, dim);
     let (qkv_layout, out_layout) = (qkv.layout(), out.layout());
-    let (panels, dst) = (qkv.values(), SharedPanels(out.values_mut_ptr()));
+    let (panels, dst) = (qkv.values(), super::Shared(out.values_mut_ptr()));
     let blocks = tokens / BF16_QUERY_ROWS;
     (0..pairs * blocks).into_par_iter().for_each(|task| {
         let (pair, block) = (task / blocks, task % blocks);
@@ -422,20 +422,6 @@ pub fn attention_forward_bf16_panels(
     });
     Ok(())
 }
-
-/// The attention output's panels, shared between the tasks that write disjoint k-steps of them.
-#[derive(Clone, Copy)]
-struct SharedPanels(*mut u16);
-
-impl SharedPanels {
-    /// The value at `offset` (a method, so that closures capture the whole shared pointer).
-    fn at(self, offset: usize) -> *mut u16 {
-        self.0.wrapping_add(offset)
-    }
-}
-// SAFETY: the tasks write disjoint k-steps (see `attention_forward_bf16_panels`).
-unsafe impl Send for SharedPanels {}
-unsafe impl Sync for SharedPanels {}
 
 /// The gradient (B, N, 3D) of the packed qkv from the attention output o, its gradient do
 /// and, when the forward kept them, the probabilities (recomputed otherwise).
