@@ -622,7 +622,7 @@ unsafe fn pair_words(a: *const f32, b: *const f32) -> std::arch::x86_64::__m512i
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn transpose_words_16x16(rows: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
+pub(super) unsafe fn transpose_words_16x16(rows: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
     use std::arch::x86_64::*;
     // Within each 128-bit lane: words of rows 2i and 2i + 1 interleaved, then pairs of rows 4g ..
     // 4g + 3, so that quads[4g + c] holds, in lane l, rows 4g .. 4g + 3 of column 4l + c.
