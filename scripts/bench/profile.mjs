@@ -39,7 +39,10 @@ const selected = process.env.BENCH_CASES ? CASES.filter((c) => process.env.BENCH
 
 /** Kinds of work, by the symbols their samples land in; the first match wins. */
 const KINDS = [
-  ['matmul kernels (gemm)', /^gemm|gemm_f32|gemm_common|strided_gemm|kernels::gemm/],
+  // f32 products: `gemm`'s, and the few rows by W's rows of `kernels::linear` (the head's
+  // layers after its cross-attention). Under bf16 the MLP's GELU runs inside the AMX product's
+  // finish of each block (`amx::finish_block_bf16`) and counts with the bf16 products.
+  ['matmul kernels (gemm)', /^gemm|gemm_f32|gemm_common|strided_gemm|kernels::gemm|few_rows_product|dot_tile/],
   // The attention in key blocks runs its products and its softmax in one function; the int8
   // one (its module's name holds the f32 one's) is matched first. The bf16 one's products are
   // the AMX kernel's own (counted with them); its softmax rounds its exponentials straight into

@@ -16,7 +16,9 @@
 //! the same f32 value for the row's exponentials and the factor that rescales them, so its
 //! rounding cancels in o / l. q (scaled first: exactly, for a power-of-four head size), k, the
 //! exponentials and v are rounded to bf16, as `torch.autocast(bfloat16)` rounds the operands
-//! of both products; the sums, the softmax and its normalization are f32.
+//! of both products; the sums, the softmax and its normalization are f32. Queries already in
+//! bf16 (a qkv product's panels, [`Queries::Panel`]) come unscaled, the scale joining log2(e)
+//! in the exponentials; the output goes to f32 rows or, rounded, to the next product's panel.
 
 use std::cell::RefCell;
 
