@@ -360,7 +360,8 @@ pub fn predicts(head: &MlDecoder, tokens: &Tensor) -> bool {
     read.push(&head.duplicate_pooling_bias);
     for layer in &head.layers {
         let attn = &layer.self_attn;
-        read.extend([&attn.in_proj_bias, &attn.out_proj.bias, &layer.linear1.bias, &layer.linear2.bias]);
+        read.extend([&attn.in_proj_weight, &attn.in_proj_bias, &attn.out_proj.bias, &layer.linear1.bias]);
+        read.push(&layer.linear2.bias);
         for norm in [&layer.norm1, &layer.norm2, &layer.norm3] {
             read.extend([&norm.weight, &norm.bias]);
         }
