@@ -91,22 +91,35 @@ impl HeadParams {
         }
     }
 
-    fn tensors(&self) -> impl Iterator<Item = &Tensor> {
-        let layers = self.layers.iter().flat_map(|l| {
-            [&l.in_proj, &l.out_proj, &l.linear1, &l.linear2, &l.norm1, &l.norm2, &l.norm3]
+    /// The tensors a pass reads as values: every one, or without `linear_weights` (inference
+    /// under bf16, whose Linear products run from their packings and whose weights may have
+    /// been let go) all but the Linear layers' weights; `in_proj` is a plain parameter, read
+    /// either way.
+    fn tensors(&self, linear_weights: bool) -> impl Iterator<Item = &Tensor> {
+        let layers = self.layers.iter().flat_map(move |l| {
+            let linears = [&l.out_proj, &l.linear1, &l.linear2]
                 .into_iter()
-                .flat_map(|(w, b)| [w, b])
+                .flat_map(move |(w, b)| [linear_weights.then_some(w), Some(b)]);
+            let plain = [&l.in_proj, &l.norm1, &l.norm2, &l.norm3].into_iter().flat_map(|(w, b)| [Some(w), Some(b)]);
+            linears.chain(plain).flatten()
         });
-        [&self.embed.0, &self.embed.1].into_iter().chain(layers).chain([&self.pooling.0, &self.pooling.1])
+        let embed = [linear_weights.then_some(&self.embed.0), Some(&self.embed.1)].into_iter().flatten();
+        embed.chain(layers).chain([&self.pooling.0, &self.pooling.1])
     }
 }
 
 /// Whether the hand-written pass can run this head on these tokens: the fused path (CPU,
 /// f32) and contiguous tensors.
 pub fn supported(head: &MlDecoder, tokens: &Tensor) -> bool {
+    reads_plain_values(head, tokens, true)
+}
+
+/// Whether every tensor the pass reads (with or without the Linear layers' weights) is on the
+/// fused path and contiguous.
+fn reads_plain_values(head: &MlDecoder, tokens: &Tensor, linear_weights: bool) -> bool {
     let params = HeadParams::of(head);
-    let all: Vec<&Tensor> = [tokens, &head.query_embed].into_iter().chain(params.tensors()).collect();
-    crate::ops::dispatch::fused(&all) && all.iter().all(|t| t.is_contiguous())
+    let read: Vec<&Tensor> = [tokens, &head.query_embed].into_iter().chain(params.tensors(linear_weights)).collect();
+    crate::ops::dispatch::fused(&read) && read.iter().all(|t| t.is_contiguous())
 }
 
 /// The sizes of a pass: B images, N tokens of D values, K queries of E values, the
@@ -353,20 +366,7 @@ pub fn forward(head: &MlDecoder, tokens: &Tensor, mode: &mut Mode) -> Result<(Va
 /// head takes the f32 pass: its weights stay f32 (`MotivNet::keep_linear_weights_packed_only`
 /// keeps them).
 pub fn predicts(head: &MlDecoder, tokens: &Tensor) -> bool {
-    if !crate::ops::dispatch::bf16_matmuls_on() {
-        return supported(head, tokens);
-    }
-    let mut read = vec![tokens, &head.query_embed, &head.embed_standart.bias, &head.duplicate_pooling];
-    read.push(&head.duplicate_pooling_bias);
-    for layer in &head.layers {
-        let attn = &layer.self_attn;
-        read.extend([&attn.in_proj_weight, &attn.in_proj_bias, &attn.out_proj.bias, &layer.linear1.bias]);
-        read.push(&layer.linear2.bias);
-        for norm in [&layer.norm1, &layer.norm2, &layer.norm3] {
-            read.extend([&norm.weight, &norm.bias]);
-        }
-    }
-    crate::ops::dispatch::fused(&read) && read.iter().all(|t| t.is_contiguous())
+    reads_plain_values(head, tokens, !crate::ops::dispatch::bf16_matmuls_on())
 }
 
 /// Tokens (B, N, D) -> eval-mode logits (B, classes), and with `maps` the last layer's
