@@ -56,25 +56,38 @@ fn start_from_bias(y: &mut [MaybeUninit<f32>], b: &[f32], residual: Option<&[f32
 /// # Safety
 /// The lengths fit: x is whole rows of `in_dim`, W is y's width x `in_dim`.
 unsafe fn accumulate_product(y: &mut [f32], x: &[f32], w: &[f32], in_dim: usize) {
+    // SAFETY: the caller's promise; W's rows are `in_dim` apart.
+    unsafe { accumulate_product_strided(y, x, (w, in_dim), in_dim) }
+}
+
+/// y (rows x out) += x (rows x in_dim) W^T, W's rows `w_stride` apart in `w` (a block of a
+/// wider weight's columns when `w_stride` > `in_dim`), threaded.
+///
+/// # Safety
+/// The lengths fit: x is whole rows of `in_dim`; `w` holds y's width rows of `in_dim` values,
+/// `w_stride` apart.
+unsafe fn accumulate_product_strided(y: &mut [f32], x: &[f32], (w, w_stride): (&[f32], usize), in_dim: usize) {
     let rows = x.len() / in_dim.max(1);
     let out_dim = y.len() / rows.max(1);
-    debug_assert!(x.len() == rows * in_dim && w.len() == out_dim * in_dim && y.len() == rows * out_dim);
+    debug_assert!(x.len() == rows * in_dim && y.len() == rows * out_dim && w_stride >= in_dim);
+    debug_assert!(out_dim == 0 || w.len() >= (out_dim - 1) * w_stride + in_dim);
     if in_dim == 0 || rows == 0 {
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if rows <= FEW_ROWS && super::simd::level() == super::simd::Level::Avx512 {
         // SAFETY: the CPU has AVX-512F (checked above); the lengths fit (the caller's promise).
-        unsafe { few_rows_product(y, x, w, in_dim) };
+        unsafe { few_rows_product(y, x, (w, w_stride), in_dim) };
         return;
     }
-    // SAFETY: the views cover exactly x (rows x in), W (out x in) and y (rows x out).
+    // SAFETY: the views cover exactly x (rows x in), W (out rows of in, w_stride apart) and y
+    // (rows x out).
     unsafe {
         matmul(
             (rows, out_dim, in_dim),
             ViewMut::rows(y, 0, out_dim),
             View::rows(x, 0, in_dim),
-            View::rows(w, 0, in_dim).t(),
+            View::rows(w, 0, w_stride).t(),
             1.0,
             Write::Accumulate,
             threads_for_one_product(),
@@ -98,10 +111,11 @@ const FEW_ROWS_TASK: usize = 64;
 /// sums.
 ///
 /// # Safety
-/// The CPU has AVX-512F; x is whole rows of `in_dim`, W is y's width x `in_dim`.
+/// The CPU has AVX-512F; x is whole rows of `in_dim`; `w` holds y's width rows of `in_dim`
+/// values, `w_stride` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn few_rows_product(y: &mut [f32], x: &[f32], w: &[f32], in_dim: usize) {
+unsafe fn few_rows_product(y: &mut [f32], x: &[f32], (w, w_stride): (&[f32], usize), in_dim: usize) {
     let rows = x.len() / in_dim;
     let out_dim = y.len() / rows.max(1);
     let dst = super::Shared(y.as_mut_ptr());
@@ -112,7 +126,7 @@ unsafe fn few_rows_product(y: &mut [f32], x: &[f32], w: &[f32], in_dim: usize) {
             for r0 in (0..rows).step_by(4) {
                 let r_count = 4.min(rows - r0);
                 let x_row = |r: usize| x.as_ptr().add((r0 + r) * in_dim);
-                let w_row = |j: usize| w.as_ptr().add((j0 + j) * in_dim);
+                let w_row = |j: usize| w.as_ptr().add((j0 + j) * w_stride);
                 // SAFETY (all arms): rows r0.. of x and j0.. of W exist; this task alone writes
                 // columns j0.. of y.
                 let add = |r: usize, j: usize, sum: f32| *dst.at((r0 + r) * out_dim + j0 + j) += sum;
@@ -174,29 +188,49 @@ unsafe fn dot_tile<const R: usize, const J: usize>(
 /// Bytes of hidden activations [`mlp_rows`] holds at once. sapiens-0.3b's hidden layer is
 /// 48 MiB for its 3072 tokens: whole, it is above glibc's mmap ceiling (32 MiB), so it was
 /// mapped afresh and paged in by the kernel in every block, and it set the forward's peak.
-/// In blocks of rows of at most this much, its products still multiply 1024 rows at a time;
-/// the presets below it (`small`: 9 MiB, `tiny`: 4.5 MiB) run in one block.
+/// The presets below it (`small`: 9 MiB, `tiny`: 4.5 MiB) run in one block.
 pub const MLP_HIDDEN_BLOCK_BYTES: usize = 16 << 20;
+
+/// Hidden units a block takes at most where the hidden layer does not fit
+/// [`MLP_HIDDEN_BLOCK_BYTES`] whole: the block then spans as many rows as fit. In blocks of
+/// rows (1024 at sapiens-0.3b), fc2 summed over all 4096 hidden units into only 1024 x 1024
+/// outputs, a shape `gemm` runs a fifth below its speed elsewhere; in blocks of 1024 hidden
+/// units over all 3072 rows, both products are 3072 x 1024 by 1024.
+pub const MLP_HIDDEN_CHUNK: usize = 1024;
+
+/// The block of hidden activations [`mlp_rows`] makes at a time, (rows, hidden units): the
+/// whole layer where it fits [`MLP_HIDDEN_BLOCK_BYTES`]; else equal parts of the hidden units,
+/// [`MLP_HIDDEN_CHUNK`] at most and whole vectors of 16, over as many rows as fit.
+fn mlp_block(rows: usize, hidden: usize) -> (usize, usize) {
+    let budget = MLP_HIDDEN_BLOCK_BYTES / 4;
+    if rows * hidden <= budget {
+        return (rows.max(1), hidden.max(1));
+    }
+    let parts = hidden.div_ceil(MLP_HIDDEN_CHUNK);
+    let units = hidden.div_ceil(parts).next_multiple_of(16).min(hidden);
+    ((budget / units).clamp(1, rows), units)
+}
 
 /// residual + fc2(GELU(fc1(x))) over row-major slices (x and the residual: rows x d; W1:
 /// hidden x d, b1: hidden; W2: d x hidden, b2: d), for inference: the hidden activations in
-/// blocks of rows of at most [`MLP_HIDDEN_BLOCK_BYTES`] in one reused buffer, each block's
-/// fc2 product accumulated into the output, which starts from b2 plus the residual (the
-/// composed layers add the residual last: the same terms, summed in another order).
+/// blocks ([`mlp_block`]) in one reused buffer, each block's fc2 product (its rows, its hidden
+/// units' columns of W2) accumulated into the output, which starts from b2 plus the residual
+/// (the composed layers add the residual last: the same terms, summed in another order).
 ///
 /// Panics when the lengths do not fit.
 pub fn mlp_rows(x: &[f32], fc1: (&[f32], &[f32]), fc2: (&[f32], &[f32]), residual: &[f32]) -> Vec<f32> {
-    let block_rows = MLP_HIDDEN_BLOCK_BYTES / 4 / fc1.1.len().max(1);
-    mlp_rows_in_blocks(x, fc1, fc2, residual, block_rows)
+    let rows = x.len() / fc2.1.len().max(1);
+    mlp_rows_in_blocks(x, fc1, fc2, residual, mlp_block(rows, fc1.1.len()))
 }
 
-/// [`mlp_rows`] with the hidden activations made `block_rows` rows at a time.
+/// [`mlp_rows`] with the hidden activations made `block_rows` rows by `units` hidden units at
+/// a time.
 fn mlp_rows_in_blocks(
     x: &[f32],
     (w1, b1): (&[f32], &[f32]),
     (w2, b2): (&[f32], &[f32]),
     residual: &[f32],
-    block_rows: usize,
+    (block_rows, units): (usize, usize),
 ) -> Vec<f32> {
     let (d, hidden) = (b2.len(), b1.len());
     let rows = x.len() / d.max(1);
@@ -208,22 +242,26 @@ fn mlp_rows_in_blocks(
         w2.len(),
         residual.len()
     );
-    let block_rows = block_rows.clamp(1, rows.max(1));
+    let (block_rows, units) = (block_rows.clamp(1, rows.max(1)), units.clamp(1, hidden.max(1)));
     // SAFETY: every row receives b2 plus its residual row: rows x d values.
     let mut y = unsafe { filled_vec(rows * d, |y| start_from_bias(y, b2, Some(residual))) };
-    let mut h: Vec<f32> = Vec::with_capacity(block_rows * hidden);
+    let mut h: Vec<f32> = Vec::with_capacity(block_rows * units);
     for r0 in (0..rows).step_by(block_rows) {
         let n = block_rows.min(rows - r0);
-        h.clear();
-        start_from_bias(&mut h.spare_capacity_mut()[..n * hidden], b1, None);
-        // SAFETY: `start_from_bias` wrote all n x hidden values.
-        unsafe { h.set_len(n * hidden) };
-        // SAFETY: the slices are n rows of d (x), hidden x d (W1), n rows of hidden (h), and
-        // then n rows of hidden (h), d x hidden (W2), n rows of d (y).
-        unsafe {
-            accumulate_product(&mut h, &x[r0 * d..][..n * d], w1, d);
-            h.par_chunks_mut(CHUNK).for_each(gelu_in_place);
-            accumulate_product(&mut y[r0 * d..][..n * d], &h, w2, hidden);
+        for c0 in (0..hidden).step_by(units) {
+            let c = units.min(hidden - c0);
+            h.clear();
+            start_from_bias(&mut h.spare_capacity_mut()[..n * c], &b1[c0..c0 + c], None);
+            // SAFETY: `start_from_bias` wrote all n x c values.
+            unsafe { h.set_len(n * c) };
+            // SAFETY: fc1: n rows of d (x), W1's rows c0 .. c0 + c (c x d, contiguous), n rows of
+            // c (h); fc2: n rows of c (h), W2's columns c0 .. c0 + c (d rows of c, `hidden`
+            // apart, the last ending inside W2), n rows of d (y).
+            unsafe {
+                accumulate_product(&mut h, &x[r0 * d..][..n * d], &w1[c0 * d..][..c * d], d);
+                h.par_chunks_mut(CHUNK).for_each(gelu_in_place);
+                accumulate_product_strided(&mut y[r0 * d..][..n * d], &h, (&w2[c0..], hidden), c);
+            }
         }
     }
     y
@@ -375,7 +413,7 @@ mod tests {
     }
 
     #[test]
-    fn the_mlp_in_blocks_of_rows_matches_its_layers_one_after_the_other() {
+    fn the_mlp_in_blocks_matches_its_layers_one_after_the_other() {
         let (rows, d, hidden) = (37, 24, 40);
         let (x, residual) = (values(rows * d, 1, 1.0), values(rows * d, 2, 1.0));
         let (w1, b1) = (values(hidden * d, 3, 0.4), values(hidden, 4, 0.4));
@@ -384,15 +422,39 @@ mod tests {
         gelu_in_place(&mut h);
         let y = linear_rows(&h, &w2, &b2, hidden, None);
         let want: Vec<f32> = y.iter().zip(&residual).map(|(y, r)| y + r).collect();
-        // One row a block, blocks that do not divide the rows, one block, more room than rows.
-        for block_rows in [1, 5, 16, 37, 100] {
-            let got = mlp_rows_in_blocks(&x, (&w1, &b1), (&w2, &b2), &residual, block_rows);
+        // Blocks of one row, of rows that do not divide the rows, of all rows and more; hidden
+        // units one at a time, in parts that do not divide them, whole; and both at once (the
+        // rows past 64 take `gemm`, the few rows the dot products).
+        let blocks = [(1, 40), (5, 40), (16, 40), (37, 40), (100, 40), (37, 1), (37, 16), (37, 17), (5, 16), (100, 7)];
+        for (block_rows, units) in blocks {
+            let got = mlp_rows_in_blocks(&x, (&w1, &b1), (&w2, &b2), &residual, (block_rows, units));
             assert_eq!(got.len(), want.len());
             let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0f32, f32::max);
-            assert!(worst < 1e-5, "blocks of {block_rows} rows: off by {worst}");
+            assert!(worst < 1e-5, "blocks of {block_rows} rows by {units} units: off by {worst}");
         }
         let whole = mlp_rows(&x, (&w1, &b1), (&w2, &b2), &residual);
         assert!(whole.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-5));
+        // Past the few rows, in parts of the hidden units, through `gemm`'s strided weight.
+        let (rows, d, hidden) = (150, 32, 96);
+        let (x, residual) = (values(rows * d, 7, 1.0), values(rows * d, 8, 1.0));
+        let (w1, b1) = (values(hidden * d, 9, 0.3), values(hidden, 10, 0.3));
+        let (w2, b2) = (values(d * hidden, 11, 0.3), values(d, 12, 0.3));
+        let whole = mlp_rows_in_blocks(&x, (&w1, &b1), (&w2, &b2), &residual, (rows, hidden));
+        let parts = mlp_rows_in_blocks(&x, (&w1, &b1), (&w2, &b2), &residual, (rows, 32));
+        let worst = whole.iter().zip(&parts).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "150 rows in parts of 32 hidden units: off by {worst}");
+    }
+
+    /// The blocks: the whole layer where it fits the budget; else at most 1024 hidden units in
+    /// equal parts of whole vectors, over as many rows as fit, never more rows than there are.
+    #[test]
+    fn the_mlp_takes_blocks_of_hidden_units_where_the_layer_does_not_fit() {
+        assert_eq!(mlp_block(1536, 1536), (1536, 1536));
+        assert_eq!(mlp_block(3072, 4096), (3072, 1024));
+        assert_eq!(mlp_block(24576, 4096), (4096, 1024));
+        assert_eq!(mlp_block(3072, 7680), (3072, 960));
+        assert_eq!(mlp_block(3072, 6144), (3072, 1024));
+        assert_eq!(mlp_block(0, 16), (1, 16));
     }
 
     #[test]

@@ -155,7 +155,7 @@ pub fn linear_plus_f32(x: &Tensor, weight: &Tensor, bias: &Tensor, residual: &Te
     Tensor::from_vec(y, out_dims, x.device())
 }
 
-/// residual + fc2(GELU(fc1(x))) in f32 for inference: the hidden activations in blocks of rows
+/// residual + fc2(GELU(fc1(x))) in f32 for inference: the hidden activations in blocks
 /// ([`mlp_rows`]), fc2 accumulated onto its bias plus the residual. The result records no graph.
 pub fn mlp_f32(
     x: &Tensor,
