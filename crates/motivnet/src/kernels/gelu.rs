@@ -38,6 +38,49 @@ pub fn gelu_in_place(x: &mut [f32]) {
     gelu_in_place_dispatched(x);
 }
 
+/// GELU(v + b) of each value v of each row of `x` (rows of `bias.len()`), in place, on all
+/// threads: a Linear's bias added in the activation's pass instead of a pass of its own.
+pub fn gelu_rows_with_bias_in_place(x: &mut [f32], bias: &[f32]) {
+    let width = bias.len().max(1);
+    assert!(x.len().is_multiple_of(width), "gelu_rows_with_bias_in_place: {} values are not rows of {width}", x.len());
+    x.par_chunks_mut(width * CHUNK.div_ceil(width)).for_each(|rows| {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::level() == super::simd::Level::Avx512 {
+            for row in rows.chunks_mut(width) {
+                // SAFETY: `level` reports AVX-512 only where the CPU has it; the row and the bias
+                // both hold `width` values.
+                unsafe { gelu_with_bias_avx512(row.as_mut_ptr(), bias.as_ptr(), width) };
+            }
+            return;
+        }
+        for row in rows.chunks_mut(width) {
+            row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            gelu_in_place_dispatched(row);
+        }
+    });
+}
+
+/// GELU(x + b) of `len` values in place, sixteen at a time, the last few through a lane mask.
+///
+/// # Safety
+/// The CPU has AVX-512F; `x` and `bias` address `len` floats, `x` writable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu_with_bias_avx512(x: *mut f32, bias: *const f32, len: usize) {
+    use std::arch::x86_64::*;
+    let mut i = 0;
+    while i + 16 <= len {
+        let v = _mm512_add_ps(_mm512_loadu_ps(x.add(i)), _mm512_loadu_ps(bias.add(i)));
+        _mm512_storeu_ps(x.add(i), gelu16(v));
+        i += 16;
+    }
+    if i < len {
+        let mask = super::simd::lanes_below(len - i);
+        let v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, x.add(i)), _mm512_maskz_loadu_ps(mask, bias.add(i)));
+        _mm512_mask_storeu_ps(x.add(i), mask, gelu16(v));
+    }
+}
+
 /// The gradient through GELU: `grad` times GELU's derivative at `x`, into `out`.
 fn gelu_grad_chunk(out: &mut [MaybeUninit<f32>], x: &[f32], grad: &[f32]) {
     assert!(out.len() == x.len() && x.len() == grad.len(), "gelu_grad_chunk: lengths differ");
@@ -224,6 +267,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// GELU with the bias added in its pass gives, bit for bit, the bias added first and then
+    /// GELU in place, for rows that do and do not fill whole vectors, over more rows than one
+    /// task takes.
+    #[test]
+    fn gelu_with_the_bias_in_its_pass_is_the_bias_then_gelu() {
+        for width in [1, 15, 16, 40, 1536] {
+            let rows = 2 * CHUNK / width + 3;
+            let x = inputs(rows * width);
+            let bias: Vec<f32> = (0..width).map(|j| j as f32 * 0.37 - 2.0).collect();
+            let mut want = x.clone();
+            want.chunks_mut(width).for_each(|row| row.iter_mut().zip(&bias).for_each(|(v, b)| *v += b));
+            gelu_in_place(&mut want);
+            let mut got = x.clone();
+            gelu_rows_with_bias_in_place(&mut got, &bias);
+            let differ = got.iter().zip(&want).position(|(g, w)| g.to_bits() != w.to_bits());
+            assert_eq!(differ, None, "rows of {width}: first difference at {differ:?}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not rows of")]
+    fn gelu_with_a_bias_that_does_not_divide_the_values_is_refused() {
+        gelu_rows_with_bias_in_place(&mut [0.0; 10], &[1.0; 3]);
     }
 
     /// NaN, the infinities and the zeros come out as the portable code gives them.

@@ -4,9 +4,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::gelu::gelu_in_place;
+use super::gelu::gelu_rows_with_bias_in_place;
 use super::gemm::{filled_vec, matmul, threads_for_one_product, View, ViewMut, Write};
-use super::CHUNK;
 
 crate::simd_dispatch! {
     /// Adds each `acc.len()`-long row of `rows` to `acc`.
@@ -90,6 +89,37 @@ unsafe fn accumulate_product_strided(y: &mut [f32], x: &[f32], (w, w_stride): (&
             View::rows(w, 0, w_stride).t(),
             1.0,
             Write::Accumulate,
+            threads_for_one_product(),
+        );
+    }
+}
+
+/// out (rows x out) = x (rows x in_dim) W^T (W: out x in_dim), threaded, into memory that may
+/// be unwritten: through `gemm` without reading `out`, or for a few rows from zeros.
+///
+/// # Safety
+/// The lengths fit: x is whole rows of `in_dim`, W is out's width x `in_dim`.
+unsafe fn overwrite_product(out: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], in_dim: usize) {
+    let rows = x.len() / in_dim.max(1);
+    let out_dim = out.len() / rows.max(1);
+    if rows <= FEW_ROWS || in_dim == 0 {
+        out.fill(MaybeUninit::new(0.0));
+        // SAFETY: every element was just written.
+        let out = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<f32>(), out.len()) };
+        // SAFETY: the caller's promise.
+        unsafe { accumulate_product(out, x, w, in_dim) };
+        return;
+    }
+    // SAFETY: the views cover exactly x (rows x in), W (out x in) and out (rows x out), which an
+    // overwriting product writes whole without reading.
+    unsafe {
+        matmul(
+            (rows, out_dim, in_dim),
+            ViewMut::uninit_rows(out, 0, out_dim),
+            View::rows(x, 0, in_dim),
+            View::rows(w, 0, in_dim).t(),
+            1.0,
+            Write::Overwrite,
             threads_for_one_product(),
         );
     }
@@ -213,9 +243,10 @@ fn mlp_block(rows: usize, hidden: usize) -> (usize, usize) {
 
 /// residual + fc2(GELU(fc1(x))) over row-major slices (x and the residual: rows x d; W1:
 /// hidden x d, b1: hidden; W2: d x hidden, b2: d), for inference: the hidden activations in
-/// blocks ([`mlp_block`]) in one reused buffer, each block's fc2 product (its rows, its hidden
-/// units' columns of W2) accumulated into the output, which starts from b2 plus the residual
-/// (the composed layers add the residual last: the same terms, summed in another order).
+/// blocks ([`mlp_block`]) in one reused buffer, fc1's product written without its bias and b1
+/// added in GELU's pass, each block's fc2 product (its rows, its hidden units' columns of W2)
+/// accumulated into the output, which starts from b2 plus the residual (the composed layers add
+/// the biases and the residual last: the same terms, summed in another order).
 ///
 /// Panics when the lengths do not fit.
 pub fn mlp_rows(x: &[f32], fc1: (&[f32], &[f32]), fc2: (&[f32], &[f32]), residual: &[f32]) -> Vec<f32> {
@@ -251,17 +282,23 @@ fn mlp_rows_in_blocks(
         for c0 in (0..hidden).step_by(units) {
             let c = units.min(hidden - c0);
             h.clear();
-            start_from_bias(&mut h.spare_capacity_mut()[..n * c], &b1[c0..c0 + c], None);
-            // SAFETY: `start_from_bias` wrote all n x c values.
-            unsafe { h.set_len(n * c) };
             // SAFETY: fc1: n rows of d (x), W1's rows c0 .. c0 + c (c x d, contiguous), n rows of
-            // c (h); fc2: n rows of c (h), W2's columns c0 .. c0 + c (d rows of c, `hidden`
-            // apart, the last ending inside W2), n rows of d (y).
+            // c (h), all of which the product writes.
             unsafe {
-                accumulate_product(&mut h, &x[r0 * d..][..n * d], &w1[c0 * d..][..c * d], d);
-                h.par_chunks_mut(CHUNK).for_each(gelu_in_place);
-                accumulate_product_strided(&mut y[r0 * d..][..n * d], &h, (&w2[c0..], hidden), c);
+                overwrite_product(
+                    &mut h.spare_capacity_mut()[..n * c],
+                    &x[r0 * d..][..n * d],
+                    &w1[c0 * d..][..c * d],
+                    d,
+                );
+                h.set_len(n * c);
             }
+            // fc1's bias joins in GELU's pass: starting the product from it was one more pass
+            // over the block (the layer's widest activation).
+            gelu_rows_with_bias_in_place(&mut h, &b1[c0..c0 + c]);
+            // SAFETY: fc2: n rows of c (h), W2's columns c0 .. c0 + c (d rows of c, `hidden`
+            // apart, the last ending inside W2), n rows of d (y).
+            unsafe { accumulate_product_strided(&mut y[r0 * d..][..n * d], &h, (&w2[c0..], hidden), c) };
         }
     }
     y
@@ -378,6 +415,7 @@ pub fn linear_grads(x: &[f32], w: &[f32], g: &[f32], (out_dim, in_dim): (usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::gelu::gelu_in_place;
 
     fn values(len: usize, seed: u32, spread: f32) -> Vec<f32> {
         let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
