@@ -79,16 +79,31 @@ unsafe fn accumulate_product_strided(y: &mut [f32], x: &[f32], (w, w_stride): (&
         unsafe { few_rows_product(y, x, (w, w_stride), in_dim) };
         return;
     }
-    // SAFETY: the views cover exactly x (rows x in), W (out rows of in, w_stride apart) and y
-    // (rows x out).
+    // SAFETY: y is rows x out_dim; x and W fit (the caller's promise).
+    unsafe { gemm_rows(ViewMut::rows(y, 0, out_dim), x, (w, w_stride), (rows, out_dim, in_dim), Write::Accumulate) }
+}
+
+/// dst (rows x out_dim) [+]= x (rows x in_dim) W^T through `gemm`, W's rows `w_stride` apart.
+///
+/// # Safety
+/// dst addresses rows x out_dim values (unwritten ones only for [`Write::Overwrite`]); x is
+/// rows x in_dim; `w` holds out_dim rows of `in_dim` values, `w_stride` apart.
+unsafe fn gemm_rows(
+    dst: ViewMut,
+    x: &[f32],
+    (w, w_stride): (&[f32], usize),
+    (rows, out_dim, in_dim): (usize, usize, usize),
+    write: Write,
+) {
+    // SAFETY: the views cover exactly x, W and dst (the caller's promise).
     unsafe {
         matmul(
             (rows, out_dim, in_dim),
-            ViewMut::rows(y, 0, out_dim),
+            dst,
             View::rows(x, 0, in_dim),
             View::rows(w, 0, w_stride).t(),
             1.0,
-            Write::Accumulate,
+            write,
             threads_for_one_product(),
         );
     }
@@ -110,18 +125,10 @@ unsafe fn overwrite_product(out: &mut [MaybeUninit<f32>], x: &[f32], w: &[f32], 
         unsafe { accumulate_product(out, x, w, in_dim) };
         return;
     }
-    // SAFETY: the views cover exactly x (rows x in), W (out x in) and out (rows x out), which an
-    // overwriting product writes whole without reading.
+    // SAFETY: out is rows x out_dim, which an overwriting product writes whole without reading;
+    // x and W fit (the caller's promise).
     unsafe {
-        matmul(
-            (rows, out_dim, in_dim),
-            ViewMut::uninit_rows(out, 0, out_dim),
-            View::rows(x, 0, in_dim),
-            View::rows(w, 0, in_dim).t(),
-            1.0,
-            Write::Overwrite,
-            threads_for_one_product(),
-        );
+        gemm_rows(ViewMut::uninit_rows(out, 0, out_dim), x, (w, in_dim), (rows, out_dim, in_dim), Write::Overwrite)
     }
 }
 
