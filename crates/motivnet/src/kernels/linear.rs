@@ -479,15 +479,20 @@ mod tests {
         }
         let whole = mlp_rows(&x, (&w1, &b1), (&w2, &b2), &residual);
         assert!(whole.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-5));
-        // Past the few rows, in parts of the hidden units, through `gemm`'s strided weight.
+        // Past the few rows: fc1 overwriting through `gemm`, fc2 through its strided weight, in
+        // one block and in parts of the hidden units.
         let (rows, d, hidden) = (150, 32, 96);
         let (x, residual) = (values(rows * d, 7, 1.0), values(rows * d, 8, 1.0));
         let (w1, b1) = (values(hidden * d, 9, 0.3), values(hidden, 10, 0.3));
         let (w2, b2) = (values(d * hidden, 11, 0.3), values(d, 12, 0.3));
-        let whole = mlp_rows_in_blocks(&x, (&w1, &b1), (&w2, &b2), &residual, (rows, hidden));
-        let parts = mlp_rows_in_blocks(&x, (&w1, &b1), (&w2, &b2), &residual, (rows, 32));
-        let worst = whole.iter().zip(&parts).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(worst < 1e-5, "150 rows in parts of 32 hidden units: off by {worst}");
+        let mut h = linear_rows(&x, &w1, &b1, d, None);
+        gelu_in_place(&mut h);
+        let want = linear_rows(&h, &w2, &b2, hidden, Some(&residual));
+        for units in [hidden, 32, 40] {
+            let got = mlp_rows_in_blocks(&x, (&w1, &b1), (&w2, &b2), &residual, (rows, units));
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "150 rows in parts of {units} hidden units: off by {worst}");
+        }
     }
 
     /// The blocks: the whole layer where it fits the budget; else at most 1024 hidden units in
