@@ -457,16 +457,30 @@ mod tests {
         }
     }
 
+    /// An MLP of these sizes (values from `seed` on, weights within `spread`): its input, the
+    /// residual, (W1, b1), (W2, b2), and the output of its layers one after the other.
+    struct MlpCase {
+        x: Vec<f32>,
+        residual: Vec<f32>,
+        fc1: (Vec<f32>, Vec<f32>),
+        fc2: (Vec<f32>, Vec<f32>),
+        want: Vec<f32>,
+    }
+
+    fn mlp_case((rows, d, hidden): (usize, usize, usize), seed: u32, spread: f32) -> MlpCase {
+        let (x, residual) = (values(rows * d, seed, 1.0), values(rows * d, seed + 1, 1.0));
+        let fc1 = (values(hidden * d, seed + 2, spread), values(hidden, seed + 3, spread));
+        let fc2 = (values(d * hidden, seed + 4, spread), values(d, seed + 5, spread));
+        let mut h = linear_rows(&x, &fc1.0, &fc1.1, d, None);
+        gelu_in_place(&mut h);
+        let y = linear_rows(&h, &fc2.0, &fc2.1, hidden, None);
+        let want = y.iter().zip(&residual).map(|(y, r)| y + r).collect();
+        MlpCase { x, residual, fc1, fc2, want }
+    }
+
     #[test]
     fn the_mlp_in_blocks_matches_its_layers_one_after_the_other() {
-        let (rows, d, hidden) = (37, 24, 40);
-        let (x, residual) = (values(rows * d, 1, 1.0), values(rows * d, 2, 1.0));
-        let (w1, b1) = (values(hidden * d, 3, 0.4), values(hidden, 4, 0.4));
-        let (w2, b2) = (values(d * hidden, 5, 0.4), values(d, 6, 0.4));
-        let mut h = linear_rows(&x, &w1, &b1, d, None);
-        gelu_in_place(&mut h);
-        let y = linear_rows(&h, &w2, &b2, hidden, None);
-        let want: Vec<f32> = y.iter().zip(&residual).map(|(y, r)| y + r).collect();
+        let MlpCase { x, residual, fc1: (w1, b1), fc2: (w2, b2), want } = mlp_case((37, 24, 40), 1, 0.4);
         // Blocks of one row, of rows that do not divide the rows, of all rows and more; hidden
         // units one at a time, in parts that do not divide them, whole; and both at once (the
         // rows past 64 take `gemm`, the few rows the dot products).
@@ -481,13 +495,8 @@ mod tests {
         assert!(whole.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-5));
         // Past the few rows: fc1 overwriting through `gemm`, fc2 through its strided weight, in
         // one block and in parts of the hidden units.
-        let (rows, d, hidden) = (150, 32, 96);
-        let (x, residual) = (values(rows * d, 7, 1.0), values(rows * d, 8, 1.0));
-        let (w1, b1) = (values(hidden * d, 9, 0.3), values(hidden, 10, 0.3));
-        let (w2, b2) = (values(d * hidden, 11, 0.3), values(d, 12, 0.3));
-        let mut h = linear_rows(&x, &w1, &b1, d, None);
-        gelu_in_place(&mut h);
-        let want = linear_rows(&h, &w2, &b2, hidden, Some(&residual));
+        let (rows, hidden) = (150, 96);
+        let MlpCase { x, residual, fc1: (w1, b1), fc2: (w2, b2), want } = mlp_case((rows, 32, hidden), 7, 0.3);
         for units in [hidden, 32, 40] {
             let got = mlp_rows_in_blocks(&x, (&w1, &b1), (&w2, &b2), &residual, (rows, units));
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
