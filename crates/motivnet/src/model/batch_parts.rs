@@ -10,7 +10,7 @@
 //! op computes an image's values in the same order whatever the batch, so a part's results are
 //! the whole batch's rows; in training each part's parameter gradients are summed, which
 //! changes only the order of the sums. A large model's products keep both cores busy anyway, so
-//! parts are only worth it below [`MAX_PART_WORK`].
+//! parts are only worth it below a size of encoder ([`Pass::largest_work`]).
 
 use candle_core::{Tensor, Var};
 
@@ -21,35 +21,56 @@ use crate::error::{Error, Result};
 use crate::ops::dispatch;
 use crate::runtime::cpu;
 
-/// The largest encoder (tokens x width of a layer, per image) whose batches run in parts:
-/// four times `tiny`'s 192 tokens of 192, whose batch of 8 ran a fifth faster in parts. The
-/// `small` preset's 768 tokens of 384 (eight times that) ran about as fast either way, with a
-/// wider spread, so it and everything larger run threaded (docs/BENCHMARKS.md).
-pub const MAX_PART_WORK: usize = 4 * 192 * 192;
+/// Which pass over a batch runs in parts: each has its own largest encoder worth splitting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// An eval forward.
+    Eval,
+    /// The encoder's training pass (forward and backward).
+    Train,
+}
+
+impl Pass {
+    /// The largest encoder (tokens x width of a layer, per image) whose batches run in parts
+    /// in this pass, from measurements on a 2-core machine (docs/BENCHMARKS.md, "A batch in
+    /// parts"):
+    /// - an eval forward up to eight times `tiny`'s 192 tokens of 192, the `small` preset's
+    ///   768 tokens of 384: its batch of 2 ran 4% faster in f32 as one image per thread, 6% in
+    ///   bf16 and 11% in int8, for 14 MB more at its f32 peak;
+    /// - the training pass up to four times `tiny`'s, whose batch of 8 ran a twentieth faster
+    ///   in parts; `small`'s ran no faster and its peak rose by a third, as each part of one
+    ///   image keeps its attention probabilities.
+    pub const fn largest_work(self) -> usize {
+        match self {
+            Pass::Eval => 8 * 192 * 192,
+            Pass::Train => 4 * 192 * 192,
+        }
+    }
+}
 
 impl MotivNet {
-    /// How many parts a pass over `images` (B, 3, H, W) runs in: one per compute thread and at
-    /// most one per image, on the CPU, for an encoder of at most [`MAX_PART_WORK`]; otherwise 1
-    /// (one threaded pass).
-    pub fn batch_parts(&self, images: &Tensor) -> usize {
+    /// How many parts `pass` over `images` (B, 3, H, W) runs in: one per compute thread and at
+    /// most one per image, on the CPU, for an encoder of at most [`Pass::largest_work`];
+    /// otherwise 1 (one threaded pass).
+    pub fn batch_parts(&self, images: &Tensor, pass: Pass) -> usize {
         let (grid_h, grid_w) = self.config.encoder.grid();
         let work = grid_h * grid_w * self.config.encoder.embed_dim;
         let batch = images.dims().first().copied().unwrap_or(0);
-        if !images.device().is_cpu() || work > MAX_PART_WORK || batch < 2 {
+        if !images.device().is_cpu() || work > pass.largest_work() || batch < 2 {
             return 1;
         }
         cpu::serial_parts_available().min(batch)
     }
 
-    /// `forward`'s outputs for `images`, computed in [`MotivNet::batch_parts`] parts along the
-    /// batch at once and joined along it (each output's first dim is the batch). `forward` must
-    /// be an eval pass: nothing here carries a graph across the parts.
+    /// `forward`'s outputs for `images`, computed in [`MotivNet::batch_parts`] parts of an eval
+    /// pass along the batch at once and joined along it (each output's first dim is the batch).
+    /// `forward` must be an eval pass: nothing here carries a graph across the parts.
     pub(super) fn eval_in_parts<const N: usize>(
         &self,
         images: &Tensor,
         forward: impl Fn(&Tensor) -> Result<[Tensor; N]> + Sync,
     ) -> Result<[Tensor; N]> {
-        self.eval_in_these_parts(self.batch_parts(images), images, forward)
+        self.eval_in_these_parts(self.batch_parts(images, Pass::Eval), images, forward)
     }
 
     /// [`MotivNet::eval_in_parts`] in `parts` parts (at most the part threads'), whatever the
@@ -80,9 +101,10 @@ pub struct EncoderTapes(Vec<(usize, EncoderTape)>);
 
 impl MotivNet {
     /// The encoder's training forward ([`encoder_train::forward`]) of `images` in
-    /// [`MotivNet::batch_parts`] parts: the whole batch's tokens as one leaf, and the parts' tapes.
+    /// [`MotivNet::batch_parts`] parts of a training pass: the whole batch's tokens as one leaf,
+    /// and the parts' tapes.
     pub(super) fn encoder_train_in_parts(&self, images: &Tensor, products: Products) -> Result<(Var, EncoderTapes)> {
-        self.encoder_train_in_these_parts(self.batch_parts(images), images, products)
+        self.encoder_train_in_these_parts(self.batch_parts(images, Pass::Train), images, products)
     }
 
     fn encoder_train_in_these_parts(
@@ -165,6 +187,7 @@ fn in_parts<P: Send, T: Send>(parts: Vec<P>, work: impl Fn(P) -> T + Sync) -> Ve
 mod tests {
     use candle_core::{Device, Tensor};
 
+    use super::Pass;
     use crate::config::ModelConfig;
     use crate::model::{Mode, MotivNet};
     use crate::ops::dispatch;
@@ -255,12 +278,22 @@ mod tests {
     fn only_small_encoders_on_the_cpu_with_a_batch_split() {
         let tiny = MotivNet::new(&ModelConfig::preset("tiny").unwrap(), &Device::Cpu, 7).unwrap();
         let small = MotivNet::new(&ModelConfig::preset("small").unwrap(), &Device::Cpu, 7).unwrap();
+        // `small`'s width at twice its tokens: past what an eval pass splits.
+        let mut larger = ModelConfig::preset("small").unwrap();
+        larger.encoder.input_height *= 2;
+        let larger = MotivNet::new(&larger, &Device::Cpu, 7).unwrap();
         let batch = |b| Tensor::zeros((b, 1), candle_core::DType::F32, &Device::Cpu).unwrap();
         run_on_compute_threads(|| {
             let threads = crate::runtime::cpu::serial_parts_available();
-            assert_eq!(tiny.batch_parts(&batch(8)), threads.min(8));
-            assert_eq!(tiny.batch_parts(&batch(1)), 1);
-            assert_eq!(small.batch_parts(&batch(8)), 1);
+            for pass in [Pass::Eval, Pass::Train] {
+                assert_eq!(tiny.batch_parts(&batch(8), pass), threads.min(8));
+                assert_eq!(tiny.batch_parts(&batch(1), pass), 1);
+                assert_eq!(small.batch_parts(&batch(1), pass), 1);
+            }
+            // `small`'s eval forward splits its batch; its training pass runs threaded.
+            assert_eq!(small.batch_parts(&batch(8), Pass::Eval), threads.min(8));
+            assert_eq!(small.batch_parts(&batch(8), Pass::Train), 1);
+            assert_eq!(larger.batch_parts(&batch(8), Pass::Eval), 1);
         });
     }
 
