@@ -22,15 +22,28 @@ crate::simd_dispatch! {
 /// Panics when the lengths do not fit (rows x in_dim, out x in_dim, rows x out): the product
 /// reads through raw pointers, and the output is filled only where the inputs reach.
 pub fn linear_rows(x: &[f32], w: &[f32], b: &[f32], in_dim: usize, residual: Option<&[f32]>) -> Vec<f32> {
+    let mut y = Vec::new();
+    linear_rows_into(x, w, b, in_dim, residual, &mut y);
+    y
+}
+
+/// [`linear_rows`] written into `y`, which takes the output's length (its old values are
+/// overwritten, its allocation reused where large enough): for a caller that keeps the
+/// output's buffer from call to call.
+///
+/// Panics as [`linear_rows`].
+pub fn linear_rows_into(x: &[f32], w: &[f32], b: &[f32], in_dim: usize, residual: Option<&[f32]>, y: &mut Vec<f32>) {
     let rows = x.len() / in_dim.max(1);
     let out_dim = b.len();
     assert!(x.len() == rows * in_dim && w.len() == out_dim * in_dim, "linear_rows: x, W and b do not fit");
     assert!(residual.is_none_or(|r| r.len() == rows * out_dim), "linear_rows: residual does not fit the output");
-    // SAFETY: every row receives the bias (plus its residual row): rows x out_dim values.
-    let mut y = unsafe { filled_vec(rows * out_dim, |y| start_from_bias(y, b, residual)) };
+    y.clear();
+    y.reserve(rows * out_dim);
+    start_from_bias(&mut y.spare_capacity_mut()[..rows * out_dim], b, residual);
+    // SAFETY: every row received the bias (plus its residual row): rows x out_dim values.
+    unsafe { y.set_len(rows * out_dim) };
     // SAFETY: y is rows x out_dim, initialised.
-    unsafe { accumulate_product(&mut y, x, w, in_dim) };
-    y
+    unsafe { accumulate_product(y, x, w, in_dim) };
 }
 
 /// Writes the bias into every row of `y` (rows of `b.len()`), plus the matching row of

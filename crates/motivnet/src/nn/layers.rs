@@ -408,10 +408,12 @@ pub fn mlp_plus_fused(
 }
 
 /// x + proj(self-attention(qkv(`ln`(x)))), a pre-norm block's attention branch and its
-/// residual, as one op under bf16 inference where the shape fills whole panels
-/// ([`crate::kernels::attention::bf16_panels_supported`]): q, k, v and the attention's output
-/// stay in bf16 panels between the products ([`crate::ops::linear::attention_branch_bf16`]).
-/// `None` elsewhere (training, f32, int8, another device or shape), for the caller to compose.
+/// residual, as one op for inference on the CPU: under bf16 where the shape fills whole panels
+/// ([`crate::kernels::attention::bf16_panels_supported`]), q, k, v and the attention's output
+/// stay in bf16 panels between the products ([`crate::ops::linear::attention_branch_bf16`]);
+/// in f32, qkv's rows go into a buffer kept from block to block
+/// ([`crate::ops::linear::attention_branch_f32`]). `None` elsewhere (training, int8, bf16 on
+/// another shape, another device), for the caller to compose.
 pub fn attention_branch_fused(
     ln: &LayerNorm,
     qkv: &Linear,
@@ -424,10 +426,21 @@ pub fn attention_branch_fused(
         return Ok(None);
     }
     let (_, tokens, dim) = x.dims3()?;
-    if heads == 0 || dim % heads != 0 || !crate::kernels::attention::bf16_panels_supported(tokens, dim / heads) {
+    if heads == 0 || dim % heads != 0 {
         return Ok(None);
     }
-    let Some(Lowered::Bf16(packed_qkv)) = qkv.lowered(x, false)? else { return Ok(None) };
+    let lowered = qkv.lowered(x, false)?;
+    let lowered_attention = crate::ops::dispatch::bf16_matmuls_on() || crate::ops::dispatch::int8_matmuls_on();
+    if lowered.is_none() && !lowered_attention && x.dtype() == DType::F32 {
+        let (w_qkv, w_proj) = (qkv.weight_matrix()?, proj.weight_matrix()?);
+        let normed = ln.forward(x)?;
+        return crate::ops::linear::attention_branch_f32(x, &normed, heads, (&w_qkv, &qkv.bias), (&w_proj, &proj.bias))
+            .map(Some);
+    }
+    if !crate::kernels::attention::bf16_panels_supported(tokens, dim / heads) {
+        return Ok(None);
+    }
+    let Some(Lowered::Bf16(packed_qkv)) = lowered else { return Ok(None) };
     let Lowered::Bf16(packed_proj) = proj.packed(PackedKind::Bf16)? else { unreachable!("asked for bf16") };
     crate::ops::linear::attention_branch_bf16(
         x,

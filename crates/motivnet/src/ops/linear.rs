@@ -18,9 +18,10 @@ use rayon::prelude::*;
 
 use super::f32_slice;
 use crate::kernels::amx::{self, Bf16Rows, Finish, Lhs, PackedB, Rows};
+use crate::kernels::attention::attention_forward;
 use crate::kernels::gelu::{gelu_backward, gelu_forward, gelu_in_place};
 use crate::kernels::int8::{self, PackedI8};
-use crate::kernels::linear::{linear_grads, linear_rows, mlp_rows};
+use crate::kernels::linear::{linear_grads, linear_rows, linear_rows_into, mlp_rows};
 use crate::kernels::CHUNK;
 
 /// x (..., in) W^T (out, in) + b (out) -> (..., out).
@@ -170,6 +171,44 @@ pub fn mlp_f32(
     Tensor::from_vec(y, out_dims, x.device())
 }
 
+/// x + proj(self-attention(qkv(normed))) in f32 for inference, `normed` the block's LayerNorm
+/// of x: the attention branch of a block and its residual. qkv's rows go into a buffer of the
+/// calling thread, kept from call to call: at sapiens-0.3b's 3072 tokens they are 38 MB, above
+/// glibc's largest heap block (32 MiB), so a fresh buffer was mapped, and paged in and zeroed
+/// by the kernel, at every block. The same values as the layers one after the other. The
+/// result records no graph.
+pub fn attention_branch_f32(
+    x: &Tensor,
+    normed: &Tensor,
+    heads: usize,
+    (w_qkv, b_qkv): (&Tensor, &Tensor),
+    (w_proj, b_proj): (&Tensor, &Tensor),
+) -> candle_core::Result<Tensor> {
+    let (batch, tokens, dim) = x.dims3()?;
+    if normed.dims() != x.dims() {
+        candle_core::bail!("attention_branch_f32: normed tokens {:?} for tokens {:?}", normed.dims(), x.dims());
+    }
+    let qkv_width = check_shapes(normed, w_qkv, b_qkv)?[2];
+    let out_dims = check_shapes(x, w_proj, b_proj)?;
+    if qkv_width != 3 * dim || out_dims != x.dims() {
+        candle_core::bail!(
+            "attention_branch_f32: qkv {:?} and proj {:?} do not fit tokens of {dim}",
+            w_qkv.dims(),
+            w_proj.dims()
+        );
+    }
+    let y = with_f32_values([x, normed, w_qkv, b_qkv, w_proj, b_proj], "attention_branch_f32", |values| {
+        let [x, normed, w_qkv, b_qkv, w_proj, b_proj] = values;
+        let mut qkv = QKV_ROWS.with(|cell| cell.take());
+        linear_rows_into(normed, w_qkv, b_qkv, dim, None, &mut qkv);
+        let attended = attention_forward(&qkv, (batch, tokens, dim), heads, false);
+        QKV_ROWS.with(|cell| cell.replace(qkv));
+        let (attended, _) = attended.map_err(super::kernel_err)?;
+        Ok::<_, candle_core::Error>(linear_rows(&attended, w_proj, b_proj, dim, Some(x)))
+    })??;
+    Tensor::from_vec(y, out_dims, x.device())
+}
+
 /// fc2(GELU(fc1(x))) + residual with both products on the tiles: the MLP of a block under
 /// `precision: 'bf16'` on the CPU. fc1's blocks go through GELU and are rounded to bf16 into
 /// the panels fc2 reads, so the hidden activations (four times x's width) are never stored
@@ -205,6 +244,8 @@ pub fn mlp_bf16(
 }
 
 thread_local! {
+    /// The f32 attention branch's qkv rows ([`attention_branch_f32`]).
+    static QKV_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     static MLP_HIDDEN: std::cell::RefCell<Bf16Rows> = std::cell::RefCell::new(Bf16Rows::default());
     /// The attention branch's q, k and v, and the attention's output, in bf16 panels.
     static ATTENTION_PANELS: std::cell::RefCell<(Bf16Rows, Bf16Rows)> = std::cell::RefCell::new(Default::default());
@@ -595,6 +636,37 @@ mod tests {
         let ln = Normalize { weight: &w, bias: &b, eps: 1e-6 };
         let err = attention_branch_bf16(&x, ln, 1, (&q, &bq), (&p, &bp)).unwrap_err().to_string();
         assert!(err.contains("45 tokens"), "a batch of 45 tokens does not fill panels: {err}");
+    }
+
+    /// The f32 attention branch gives the bits of its three ops one after another (qkv, the
+    /// attention, the projection plus x), through the attention in key blocks (from
+    /// `MIN_TOKENS` on) and through `gemm`, in calls one after another of other sizes, which
+    /// reuse the thread's qkv buffer; shapes that do not fit are named.
+    #[test]
+    fn the_f32_attention_branch_gives_the_bits_of_its_parts() {
+        let dev = Device::Cpu;
+        let randn = |mean: f32, std: f32, shape: &[usize]| Tensor::randn(mean, std, shape, &dev).unwrap();
+        let blocked = crate::kernels::flash_attention::MIN_TOKENS + 20;
+        for (batch, tokens, heads, head_dim) in [(1, blocked, 2, 64), (2, 50, 3, 32), (1, blocked, 1, 64), (2, 7, 2, 8)]
+        {
+            let d = heads * head_dim;
+            let (x, normed) = (randn(0.0, 1.0, &[batch, tokens, d]), randn(0.0, 1.0, &[batch, tokens, d]));
+            let (wq, bq) = (randn(0.0, 0.1, &[3 * d, d]), randn(0.0, 0.1, &[3 * d]));
+            let (wp, bp) = (randn(0.0, 0.1, &[d, d]), randn(0.0, 0.1, &[d]));
+            let fused = attention_branch_f32(&x, &normed, heads, (&wq, &bq), (&wp, &bp)).unwrap();
+            let qkv = linear(&normed, &wq, &bq).unwrap();
+            let attended = crate::ops::attention::self_attention(&qkv, heads, false).unwrap();
+            let parts = linear_plus_f32(&attended, &wp, &bp, &x).unwrap();
+            let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(bits(&fused) == bits(&parts), "{batch} x {tokens}, {heads} heads of {head_dim}: differs");
+        }
+        let (x, w, b) = (randn(0.0, 1.0, &[1, 5, 8]), randn(0.0, 0.1, &[24, 8]), randn(0.0, 0.1, &[24]));
+        let (wp, bp) = (randn(0.0, 0.1, &[8, 8]), randn(0.0, 0.1, &[8]));
+        let err = attention_branch_f32(&x, &x, 2, (&wp, &bp), (&wp, &bp)).unwrap_err().to_string();
+        assert!(err.contains("do not fit tokens of 8"), "{err}");
+        let other = randn(0.0, 1.0, &[1, 6, 8]);
+        let err = attention_branch_f32(&x, &other, 2, (&w, &b), (&wp, &bp)).unwrap_err().to_string();
+        assert!(err.contains("normed tokens [1, 6, 8]"), "{err}");
     }
 
     #[test]
