@@ -205,7 +205,7 @@ unsafe fn attend_avx512<const VECS: usize, const PV_ROWS: usize>(
                     );
                 }
             }
-            let rescales = fold_maxima_base2(&mut maxima, &block_maxima);
+            let rescales = fold_maxima(&mut maxima, &block_maxima, ScoreUnits::Base2);
             for i in 0..QUERY_ROWS {
                 let row = &mut scores[i * KEY_BLOCK..][..block_keys];
                 let factor = _mm512_set1_ps(rescales[i]);
@@ -278,40 +278,39 @@ fn pack_values(pair: PairView, values: &mut [f32]) {
     }
 }
 
-/// The running maxima of the query rows moved to include this block's, 16 rows at a time:
-/// returns each row's exp(m - m'), the factor its sum and output so far are scaled by (about
-/// 1e-38, against sums of zero, before the first block: exp16 clamps its argument).
-///
-/// # Safety
-/// The CPU has AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn fold_maxima(
-    maxima: &mut [f32; QUERY_ROWS],
-    block_maxima: &[f32; QUERY_ROWS],
-) -> [f32; QUERY_ROWS] {
-    let mut rescales = [0f32; QUERY_ROWS];
-    for v in (0..QUERY_ROWS).step_by(16) {
-        let old = _mm512_loadu_ps(maxima.as_ptr().add(v));
-        let new = _mm512_max_ps(_mm512_loadu_ps(block_maxima.as_ptr().add(v)), old);
-        _mm512_storeu_ps(rescales.as_mut_ptr().add(v), super::math::exp16(_mm512_sub_ps(old, new)));
-        _mm512_storeu_ps(maxima.as_mut_ptr().add(v), new);
-    }
-    rescales
+/// The units a kernel's scores are in, which set how a difference of scores becomes a factor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ScoreUnits {
+    /// scale q k^T: weights exp(s - m).
+    Natural,
+    /// scale q k^T log2(e): weights 2^(s - m), a cheaper exponential for the same values.
+    Base2,
 }
 
-/// [`fold_maxima`] for scores in base-2 units (scale q k^T log2(e)): each row's 2^(m - m').
+/// The running maxima of the query rows moved to include this block's, 16 rows at a time:
+/// returns each row's exp(m - m') (2^(m - m') for scores in base-2 units), the factor its sum
+/// and output so far are scaled by (about 1e-38, against sums of zero, before the first block:
+/// both exponentials clamp their argument).
 ///
 /// # Safety
 /// The CPU has AVX-512F and AVX512DQ.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq")]
-unsafe fn fold_maxima_base2(maxima: &mut [f32; QUERY_ROWS], block_maxima: &[f32; QUERY_ROWS]) -> [f32; QUERY_ROWS] {
+pub(super) unsafe fn fold_maxima(
+    maxima: &mut [f32; QUERY_ROWS],
+    block_maxima: &[f32; QUERY_ROWS],
+    units: ScoreUnits,
+) -> [f32; QUERY_ROWS] {
     let mut rescales = [0f32; QUERY_ROWS];
     for v in (0..QUERY_ROWS).step_by(16) {
         let old = _mm512_loadu_ps(maxima.as_ptr().add(v));
         let new = _mm512_max_ps(_mm512_loadu_ps(block_maxima.as_ptr().add(v)), old);
-        _mm512_storeu_ps(rescales.as_mut_ptr().add(v), super::math::exp2_16(_mm512_sub_ps(old, new)));
+        let difference = _mm512_sub_ps(old, new);
+        let factor = match units {
+            ScoreUnits::Natural => super::math::exp16(difference),
+            ScoreUnits::Base2 => super::math::exp2_16(difference),
+        };
+        _mm512_storeu_ps(rescales.as_mut_ptr().add(v), factor);
         _mm512_storeu_ps(maxima.as_mut_ptr().add(v), new);
     }
     rescales

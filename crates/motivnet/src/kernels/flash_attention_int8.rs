@@ -34,7 +34,8 @@ use std::cell::RefCell;
 use super::aligned::AlignedVec;
 // The f32 kernel's blocking: its query rows, key panels, key blocks and score tiles.
 use super::flash_attention::{
-    sized, with_thread_scratch, write_rows, OutRows, PairView, KEY_BLOCK, PANEL, QUERY_ROWS, SCORE_TILE_ROWS,
+    sized, with_thread_scratch, write_rows, OutRows, PairView, ScoreUnits, KEY_BLOCK, PANEL, QUERY_ROWS,
+    SCORE_TILE_ROWS,
 };
 use super::int8::{symmetric_step, K_GROUP, WEIGHT_LEVELS as QK_LEVELS};
 
@@ -116,9 +117,9 @@ pub unsafe fn attend(pair: PairView, rows: std::ops::Range<usize>, scale: f32, o
 /// rows.
 ///
 /// # Safety
-/// As [`attend`], and the CPU has AVX-512 (F, BW) and VNNI.
+/// As [`attend`], and the CPU has AVX-512 (F, BW, DQ) and VNNI.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni")]
 unsafe fn attend_vnni<const VECS: usize, const PV_ROWS: usize>(
     pair: PairView,
     rows: std::ops::Range<usize>,
@@ -181,7 +182,7 @@ unsafe fn attend_vnni<const VECS: usize, const PV_ROWS: usize>(
                     );
                 }
             }
-            let rescales = super::flash_attention::fold_maxima(&mut maxima, &block_maxima);
+            let rescales = super::flash_attention::fold_maxima(&mut maxima, &block_maxima, ScoreUnits::Natural);
             let block_factors = block_factors(&maxima, &block_maxima);
             for i in 0..QUERY_ROWS {
                 let row = &scores[i * KEY_BLOCK..][..block_keys];
