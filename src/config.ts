@@ -35,8 +35,10 @@ export function cudaAvailable(): boolean {
 }
 
 /**
- * Whether `precision: 'bf16'` runs on this machine's CPU: it needs AMX tiles (Intel Xeon of the
- * 4th generation or later). Elsewhere bf16 needs a CUDA device.
+ * Whether `precision: 'bf16'` runs on this machine's CPU: it needs AVX512_BF16 (Intel Xeon of
+ * the 4th generation or later, AMD Zen 4 or later): the products run on AMX tiles where the CPU
+ * has them, else on AVX512_BF16's dot products. `MOTIVNET_BF16=off` turns it off, and
+ * `MOTIVNET_AMX=off` keeps it off the tiles. Elsewhere bf16 needs a CUDA device.
  */
 export function cpuBf16Available(): boolean {
   return native.cpuBf16Available();

@@ -16,7 +16,7 @@ export type MotivNetErrorCode =
   | 'MOTIVNET_STATE'
   /** A training step whose loss was NaN or infinite; nothing was applied. */
   | 'MOTIVNET_NON_FINITE'
-  /** A device that does not exist or cannot do what was asked (bf16 on a CPU without AMX). */
+  /** A device that does not exist or cannot do what was asked (bf16 on a CPU without AVX512_BF16). */
   | 'MOTIVNET_DEVICE'
   /** A file that cannot be read or written. */
   | 'MOTIVNET_IO'

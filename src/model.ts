@@ -48,9 +48,10 @@ export interface LoadOptions {
   device?: string;
   /**
    * `f32` (default), or `bf16`: on CUDA, compute in bf16 with the weights and optimizer in f32;
-   * on a CPU with AMX tiles ({@link cpuBf16Available}), run the Linear layers' products in bf16
-   * on the tiles. Loaded for inference there, each Linear weight is kept only in bf16, packed
-   * for the tiles (the f32 copy is freed, about half the weights' memory), and training,
+   * on a CPU with AVX512_BF16 ({@link cpuBf16Available}), run the Linear layers' products in bf16
+   * (on AMX tiles where the CPU has them, else on AVX512_BF16's dot products). Loaded for
+   * inference there, each Linear weight is kept only in bf16, packed for the products (the f32
+   * copy is freed, about half the weights' memory), and training,
    * `save`, `saveState` and `loadState` are refused with the reason; load with `forTraining`
    * to train in bf16 (the encoder's products, forward and backward, with f32 weights, optimizer
    * and everything else; its accuracy cost is in docs/BENCHMARKS.md). Elsewhere bf16 is
@@ -69,7 +70,7 @@ export interface LoadOptions {
    */
   precision?: Precision;
   /**
-   * The model will be trained: under bf16 on a CPU with AMX, its Linear weights stay f32 (the
+   * The model will be trained: under bf16 on the CPU, its Linear weights stay f32 (the
    * train step rounds them for each product). Default false.
    */
   forTraining?: boolean;

@@ -269,9 +269,9 @@ describe('MotivNet', () => {
     // On a CPU with AMX, bf16 runs the products on its tiles: the logits follow f32's to bf16's
     // precision; loaded for inference, training is refused with the reason, and loaded for
     // training it trains. Elsewhere bf16 is refused with the reason.
-    it(`bf16 on the CPU: ${cpuBf16Available() ? 'runs' : 'refused without AMX'}`, async () => {
+    it(`bf16 on the CPU: ${cpuBf16Available() ? 'runs' : 'refused without AVX512_BF16'}`, async () => {
       if (!cpuBf16Available()) {
-        await expect(MotivNet.load({ ...fixtureModel, precision: 'bf16' })).rejects.toThrow(/needs a CUDA device or a CPU with AMX tiles/);
+        await expect(MotivNet.load({ ...fixtureModel, precision: 'bf16' })).rejects.toThrow(/needs a CUDA device or a CPU with AVX512_BF16/);
         return;
       }
       const [f32, bf16] = [await MotivNet.load(fixtureModel), await MotivNet.load({ ...fixtureModel, precision: 'bf16' })];

@@ -136,12 +136,13 @@ describe('training runs', () => {
     m.dispose();
   }, 60_000);
 
-  // On a CPU with AMX, a run in bf16 trains (the encoder's products on the tiles) and writes f32
+  // On a CPU with AVX512_BF16, a run in bf16 trains (the encoder's products in bf16, on AMX tiles
+  // where the CPU has them) and writes f32
   // checkpoints; elsewhere it is refused with the reason before any data is read.
-  it(`precision bf16 on the CPU: ${cpuBf16Available() ? 'trains, with f32 checkpoints' : 'refused without AMX'}`, async () => {
+  it(`precision bf16 on the CPU: ${cpuBf16Available() ? 'trains, with f32 checkpoints' : 'refused without AVX512_BF16'}`, async () => {
     const out = path.join(base, 'bf16');
     if (!cpuBf16Available()) {
-      await expect(train(config(out, { precision: 'bf16', data: path.join(base, 'no-such-folder') }), quiet)).rejects.toThrow(/precision bf16 trains on a CUDA device or on a CPU with AMX tiles/);
+      await expect(train(config(out, { precision: 'bf16', data: path.join(base, 'no-such-folder') }), quiet)).rejects.toThrow(/precision bf16 trains on a CUDA device or on a CPU with AVX512_BF16/);
       return;
     }
     const result = await train(config(out, { precision: 'bf16', epochs: 1 }), quiet);
@@ -221,7 +222,7 @@ describe('the motivnet CLI', () => {
       expect(JSON.parse(r.stdout.trim()).file).toBe(path.join(test, 'sad', '1.png'));
     } else {
       expect(r.status).not.toBe(0);
-      expect(r.stderr).toMatch(/needs a CUDA device or a CPU with AMX tiles/);
+      expect(r.stderr).toMatch(/needs a CUDA device or a CPU with AVX512_BF16/);
     }
 
     const fixtures = path.resolve(__dirname, '../crates/motivnet/tests/fixtures');

@@ -74,7 +74,7 @@ function runOurs(c, precision = 'f32') {
 }
 
 /**
- * Whether our `precision` (bf16: a CPU with AMX; int8: a CPU with AVX512-VNNI) runs here: asked
+ * Whether our `precision` (bf16: a CPU with AVX512_BF16; int8: a CPU with AVX512-VNNI) runs here: asked
  * of the binary, which refuses it otherwise.
  */
 function oursRuns(precision) {
@@ -180,8 +180,9 @@ const roofline = {
   f32: oursRoof.gflops,
   torch: json(spawnSync(python, [path.join(root, 'scripts/reference/bench_model.py'), '--case', 'roofline', '--threads', String(threads), '--iters', '5'], { encoding: 'utf8', env: threadEnv }), 'roofline (PyTorch)'),
 };
-// Our own AMX kernel's product, where this CPU has one: not the roof (PyTorch's is higher), the
-// measure of how far our bf16 products are from it. Our int8 kernel's product, where the CPU
+// Our own bf16 kernel's product (AMX tiles, or AVX512_BF16's dot products without them), where
+// this CPU has one: beside the roof (PyTorch's bf16 matmul), the measure of how far our bf16
+// products are from it. Our int8 kernel's product, where the CPU
 // has VNNI: the roof of int8 rows.
 const oursBf16Roof = spawnSync(oursBin, ['--roofline', '--precision', 'bf16', '--iters', '5'], { encoding: 'utf8', env: threadEnv });
 const oursInt8Roof = spawnSync(oursBin, ['--roofline', '--precision', 'int8', '--iters', '5'], { encoding: 'utf8', env: threadEnv });
@@ -190,6 +191,8 @@ const roof = {
   f32TorchGflops: roofline.torch.f32Gflops,
   bf16TorchGflops: roofline.torch.bf16Gflops,
   bf16OursGflops: oursBf16Roof.status === 0 ? json(oursBf16Roof, 'roofline bf16 (ours)').gflops : null,
+  // "AMX" or "AVX512_BF16": what our bf16 products ran on.
+  bf16OursKernel: oursBf16Roof.status === 0 ? json(oursBf16Roof, 'roofline bf16 (ours)').roofline.match(/\((.*)\)/)?.[1] ?? null : null,
   int8OursGops: oursInt8Roof.status === 0 ? json(oursInt8Roof, 'roofline int8 (ours)').gflops : null,
   // What no f32 product can pass: the threads' multiply-adds alone (AVX-512).
   fmaPeakGflops: oursRoof.fmaPeakGflops ?? null,
@@ -210,7 +213,7 @@ const int8Here = selected.some((c) => c.kind === 'forward') && oursRuns('int8');
 for (const c of selected) {
   const rounds = Number(process.env.BENCH_ROUNDS ?? c.rounds);
   // Our bf16 runs beside our f32 where a bf16 peer is compared (inference and train steps on a
-  // CPU with AMX), and our int8 where an int8 peer is (inference on a CPU with VNNI).
+  // CPU with AVX512_BF16), and our int8 where an int8 peer is (inference on a CPU with VNNI).
   const oursPrecisions = ['f32', ...(c.kind !== 'e2e' && bf16Here ? ['bf16'] : []), ...(c.kind === 'forward' && int8Here ? ['int8'] : [])];
   const ours = Object.fromEntries(oursPrecisions.map((p) => [p, []]));
   const peers = Object.fromEntries(c.peers.map((p) => [p, []]));
@@ -340,16 +343,17 @@ The PyTorch model is scripts/reference/motivnet_ref.py, built as the upstream co
 Each row: the median of alternating rounds (a fresh process each; 5 rounds, 3 for sapiens-0.3b), min-max in brackets,
 each round the median of its iterations after one warm-up. ratio = ours / peer (below 1: ours is faster). Target: train
 steps at 0.5 of PyTorch eager or less; inference ahead of OpenVINO at the same precision (1.0) and at 0.7 of ONNX Runtime
-or less. A bf16 peer is compared with our \`precision: 'bf16'\` (products on AMX tiles, marked "(bf16)" in the ours
-column) where this CPU has AMX, else with our f32, which counts where it is faster. Where our bf16 runs, train steps are compared with PyTorch eager twice, our
-f32 and our bf16 (the encoder's Linear products on the tiles, forward and backward; its accuracy cost is measured
+or less. A bf16 peer is compared with our \`precision: 'bf16'\` (products on AMX tiles, or on AVX512_BF16's dot products
+where the CPU has no tiles; marked "(bf16)" in the ours column) where this CPU has AVX512_BF16, else with our f32, which
+counts where it is faster. ${roof.bf16OursKernel ? `Here our bf16 ran on ${roof.bf16OursKernel === 'AMX' ? 'AMX tiles' : "AVX512_BF16's dot products (no AMX)"}. ` : ''}Where our bf16 runs, train steps are compared with PyTorch eager twice, our
+f32 and our bf16 (the encoder's Linear products in bf16, forward and backward; its accuracy cost is measured
 below). ONNX Runtime, which computes in f32 on x86 (its CPU provider's bf16 is for Arm64 only), is compared twice
 there too: with our f32 and with our bf16 (its accuracy cost is under "bf16 on the CPU" below). ONNX Runtime's dynamic
 int8 (\`quantize_dynamic\` of the same export: int8 weights with a scale per output channel, uint8 activations quantized
 as it runs; the attention's two products stay f32 \`MatMul\`s) is compared with our \`precision: 'int8'\` (the encoder's Linear products and attention products on VNNI, marked "(int8)"; its
 accuracy cost is under "int8 on the CPU" below) where this CPU has AVX512-VNNI, else with our f32. GFLOP/s from the model's FLOPs,
 with the fraction of this machine's roof: a 2048^3 matmul, in f32 the faster of ours (${f(roof.f32OursGflops, 0)} GFLOP/s) and
-PyTorch's (${f(roof.f32TorchGflops, 0)}), and ${f(roof.bf16TorchGflops, 0)} in bf16 (PyTorch${roof.bf16OursGflops ? ', AMX' : ''}), the roof of bf16 rows${roof.bf16OursGflops ? ` (our AMX kernel's: ${f(roof.bf16OursGflops, 0)})` : ''}${roof.int8OursGops ? `; int8 rows count GOP/s against our int8 kernel's ${f(roof.int8OursGops, 0)}` : ''}.${roof.fmaPeakGflops ? ` The threads' f32 multiply-adds alone, without a load or a store, reach ${f(roof.fmaPeakGflops, 0)} GFLOP/s: no f32 product passes that.` : ''} Memory in MB:
+PyTorch's (${f(roof.f32TorchGflops, 0)}), and ${f(roof.bf16TorchGflops, 0)} in bf16 (PyTorch), the roof of bf16 rows${roof.bf16OursGflops ? ` (our ${roof.bf16OursKernel} kernel's: ${f(roof.bf16OursGflops, 0)})` : ''}${roof.int8OursGops ? `; int8 rows count GOP/s against our int8 kernel's ${f(roof.int8OursGops, 0)}` : ''}.${roof.fmaPeakGflops ? ` The threads' f32 multiply-adds alone, without a load or a store, reach ${f(roof.fmaPeakGflops, 0)} GFLOP/s: no f32 product passes that.` : ''} Memory in MB:
 each process's peak minus its resident memory with its libraries loaded and before the model was built ("above
 baseline", ours / peer), and the absolute peak.
 

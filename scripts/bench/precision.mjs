@@ -1,5 +1,5 @@
 // `npm run bench:precision`: what inference in a lower precision costs in accuracy against f32,
-// for each lower precision this CPU runs (bf16 on AMX tiles, int8 on AVX512-VNNI):
+// for each lower precision this CPU runs (bf16 on AMX tiles or AVX512_BF16, int8 on AVX512-VNNI):
 // - on the fixtures: the test fixture model (crates/motivnet/tests/fixtures: config.json,
 //   weights.safetensors) and the 7-class checkpoint in the released layout (motivnet7.pth), on
 //   the fixture batch;
@@ -22,7 +22,7 @@ const { PreprocessPool } = await import(path.join(root, 'dist/preprocess/index.j
 
 const precisions = [...(cpuBf16Available() ? ['bf16'] : []), ...(cpuInt8Available() ? ['int8'] : [])];
 if (precisions.length === 0) {
-  console.log('this CPU runs neither bf16 (AMX) nor int8 (AVX512-VNNI): nothing to measure');
+  console.log('this CPU runs neither bf16 (AVX512_BF16) nor int8 (AVX512-VNNI): nothing to measure');
   process.exit(0);
 }
 
@@ -117,7 +117,7 @@ writeSection(
 
 \`npm run bench:precision\` — ${date}, ${machine()}. Each model predicts in f32 and in each lower precision this CPU
 runs (${precisions.join(', ')}), from the same weights: bf16 rounds the Linear layers' and the attention's operands to bf16
-(AMX tiles, f32 sums); int8 quantizes the encoder's Linear layers (each weight row to int8 with its own scale, each input
+(AMX tiles, or AVX512_BF16's dot products without them; f32 sums); int8 quantizes the encoder's Linear layers (each weight row to int8 with its own scale, each input
 row to uint8 with its own scale and zero point, exact sums) and the encoder's attention products (q and k per row to
 8 bits, v per channel to 9, the softmax's weights to 15 bits, exact sums; the softmax in f32); the norms and the head stay
 f32. The fixture models run 12 tokens (heads of 16 values) and the demo's 24 (heads of 24), each in one key block of the

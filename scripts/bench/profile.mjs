@@ -6,7 +6,7 @@
 //
 //   BENCH_THREADS (default 2), BENCH_CASES (comma list of case ids; the other columns are kept
 //   from the last run on this machine). Columns of a precision this CPU cannot run (bf16
-//   without AMX, int8 without VNNI) are kept from the last run that measured them, with the
+//   without AVX512_BF16, int8 without VNNI) are kept from the last run that measured them, with the
 //   machine they ran on named under the table.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -29,7 +29,7 @@ const CASES = [
   { id: 'forward-tiny-int8', name: 'inference forward, tiny, batch 8, int8', args: ['--model', 'tiny', '--batch', '8', '--iters', '60', '--skip-train', '--precision', 'int8'] },
   { id: 'forward-small-int8', name: 'inference forward, small, batch 2, int8', args: ['--model', 'small', '--batch', '2', '--iters', '20', '--skip-train', '--precision', 'int8'] },
   { id: 'forward-0.3b-int8', name: 'inference forward, sapiens-0.3b, batch 1, int8', args: ['--model', 'sapiens-0.3b', '--batch', '1', '--iters', '1', '--warmup', '1', '--skip-train', '--precision', 'int8'] },
-  // bf16 on the CPU (AMX), where this CPU has it: the binary refuses it otherwise, and the case is left out.
+  // bf16 on the CPU (AMX tiles, or AVX512_BF16's dot products), where this CPU has it: the binary refuses it otherwise, and the case is left out.
   { id: 'forward-small-bf16', name: 'inference forward, small, batch 2, bf16', args: ['--model', 'small', '--batch', '2', '--iters', '20', '--skip-train', '--precision', 'bf16'] },
   { id: 'forward-0.3b-bf16', name: 'inference forward, sapiens-0.3b, batch 1, bf16', args: ['--model', 'sapiens-0.3b', '--batch', '1', '--iters', '1', '--warmup', '1', '--skip-train', '--precision', 'bf16'] },
   { id: 'train-tiny-bf16', name: 'train step, tiny, batch 8, bf16', args: ['--model', 'tiny', '--batch', '8', '--iters', '20', '--skip-forward', '--precision', 'bf16'] },
@@ -50,7 +50,7 @@ const KINDS = [
   ['int8 attention in key blocks (VNNI products and softmax)', /flash_attention_int8/],
   ['softmax', /softmax|flash_attention_bf16/],
   ['f32 attention in key blocks (products and softmax)', /flash_attention/],
-  ['bf16 products (AMX tiles, packing, rounding)', /kernels::amx/],
+  ['bf16 products (AMX tiles or dot products, packing, rounding)', /kernels::amx|kernels::bf16_dot/],
   ['int8 products (VNNI tiles, quantizing rows)', /kernels::int8/],
   ['attention (scores, their gradient)', /kernels::attention/],
   ['LayerNorm', /layer_norm/],
@@ -94,12 +94,12 @@ function profile(c) {
 
 if (spawnSync('perf', ['--version']).status !== 0) throw new Error('perf is not installed: it comes with the linux-perf package');
 if (!existsSync(bin)) throw new Error(`${bin} is missing: run npm run bench:profile (it builds it)`);
-/** Whether this CPU runs a precision: the binary refuses bf16 without AMX and int8 without VNNI. */
+/** Whether this CPU runs a precision: the binary refuses bf16 without AVX512_BF16 and int8 without VNNI. */
 const runsHere = (precision) =>
   spawnSync(bin, ['--model', 'tiny', '--batch', '1', '--iters', '1', '--warmup', '0', '--skip-train', '--precision', precision]).status === 0;
 const precisionOf = (c) => (c.args.includes('--precision') ? c.args[c.args.indexOf('--precision') + 1] : 'f32');
 const here = { f32: true, bf16: runsHere('bf16'), int8: runsHere('int8') };
-if (!here.bf16) console.log('this CPU has no AMX: the bf16 cases are left out');
+if (!here.bf16) console.log('this CPU has no AVX512_BF16: the bf16 cases are left out');
 if (!here.int8) console.log('this CPU has no AVX512-VNNI: the int8 cases are left out');
 const results = [];
 for (const c of selected.filter((c) => here[precisionOf(c)])) {

@@ -1,12 +1,13 @@
 // `npm run bench:train-bf16`: what training in bf16 on the CPU (precision 'bf16' on a CPU with
-// AMX: the encoder's Linear products and attention on the tiles) costs in accuracy against f32.
+// AVX512_BF16: the encoder's Linear products and attention in bf16, on AMX tiles where the CPU
+// has them) costs in accuracy against f32.
 // The demo's recipe on the demo's data (`npm start`'s, drawn once into .cache/demo), for
 // seeds 0 and 1, once in each precision from the same initial weights and the same data order.
 // Per seed: each run's test metrics and time, and the two trained models side by side on the
 // test set as it is evaluated (face crops, both predicting in f32): top-1 agreement and the
 // largest logit and probability differences. Beside them, the same comparison between the two
 // f32 runs (seeds 0 and 1): how far two runs differ that only a seed tells apart. Results go to
-// docs/BENCHMARKS.md and docs/benchmarks/train-bf16.json. Where the CPU has no AMX the script
+// docs/BENCHMARKS.md and docs/benchmarks/train-bf16.json. Where the CPU has no AVX512_BF16 the script
 // says so and stops.
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -21,7 +22,7 @@ const { DEMO_TRAINING } = await import(path.join(root, 'dist/demo-recipe.js'));
 const { PreprocessPool } = await import(path.join(root, 'dist/preprocess/index.js'));
 
 if (!cpuBf16Available()) {
-  console.log('this CPU has no AMX tiles (or MOTIVNET_AMX=off): bf16 training does not run here, nothing to measure');
+  console.log('this CPU has no AVX512_BF16 (or MOTIVNET_BF16=off): bf16 training does not run here, nothing to measure');
   process.exit(0);
 }
 
@@ -67,7 +68,7 @@ writeSection(
 
 \`npm run bench:train-bf16\` — ${date}, ${machine()}; 2 threads. The demo's recipe (\`npm start\`: configs/demo-model.json,
 ${DEMO_TRAINING.epochs} epochs, batch ${DEMO_TRAINING.batchSize}, the ViT init, faces cropped) on the demo's synthetic faces, once in f32 and once with
-\`precision: 'bf16'\` (the encoder's Linear products and attention on the AMX tiles; weights, gradients, optimizer,
+\`precision: 'bf16'\` (the encoder's Linear products and attention in bf16, on AMX tiles where the CPU has them; weights, gradients, optimizer,
 softmax, LayerNorm, GELU and the head in f32), each seed from the same initial weights and data order. Test metrics of
 each run's best checkpoint; then the two trained models on the ${testSet.length} test images as the test metrics see them (face
 crops), both predicting in f32: top-1 agreement and the largest differences. The last row compares the two f32 runs

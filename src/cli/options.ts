@@ -16,8 +16,8 @@ export const num = (what: string) => (v: string) => {
  */
 export const precisionOption = ({ training = false } = {}) =>
   training
-    ? new Option('--precision <p>', 'compute dtype: f32 (default), or bf16 on CUDA or on a CPU with AMX tiles (weights stay f32)').choices(['f32', 'bf16'])
-    : new Option('--precision <p>', 'compute dtype: f32 (default), bf16 on CUDA or on a CPU with AMX tiles, or int8 on a CPU with AVX512-VNNI (the encoder\'s products)').choices(['f32', 'bf16', 'int8']);
+    ? new Option('--precision <p>', 'compute dtype: f32 (default), or bf16 on CUDA or on a CPU with AVX512_BF16 (weights stay f32)').choices(['f32', 'bf16'])
+    : new Option('--precision <p>', 'compute dtype: f32 (default), bf16 on CUDA or on a CPU with AVX512_BF16, or int8 on a CPU with AVX512-VNNI (the encoder\'s products)').choices(['f32', 'bf16', 'int8']);
 
 export const int = (what: string) => (v: string) => {
   const n = num(what)(v);

@@ -55,7 +55,7 @@ export const TrainConfigSchema = z
     precision: z
       .enum(['f32', 'bf16'])
       .default('f32')
-      .describe('compute dtype; bf16 on CUDA, or on a CPU with AMX tiles (the encoder\'s products), with f32 weights'),
+      .describe('compute dtype; bf16 on CUDA, or on a CPU with AVX512_BF16 (the encoder\'s products), with f32 weights'),
     seed: z.number().int().nonnegative().default(0),
     threads: positiveInt.optional(),
     prefetch: z.number().int().nonnegative().default(2),

@@ -142,7 +142,7 @@ async function execute(cfg: RunConfig, run: RunFolder, resumeFrom: string | null
   const log = hooks.log ?? ((line: string) => console.log(line));
   // Refused before any data is read (loading the model would refuse it too, after).
   if (cfg.precision === 'bf16' && !cfg.device.startsWith('cuda') && !cpuBf16Available()) {
-    throw new Error("precision bf16 trains on a CUDA device or on a CPU with AMX tiles (Intel Xeon of the 4th generation or later); this CPU has none: pick f32 or --device cuda");
+    throw new Error("precision bf16 trains on a CUDA device or on a CPU with AVX512_BF16 (Intel Xeon of the 4th generation or later, AMD Zen 4 or later); this CPU has none, or MOTIVNET_BF16=off: pick f32 or --device cuda");
   }
   const data = await loadDataset(cfg);
   // model.json records the exact model (its head may have come from the weights), so a resumed

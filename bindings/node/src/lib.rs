@@ -41,7 +41,8 @@ pub fn cuda_available() -> bool {
     cfg!(feature = "cuda")
 }
 
-/// Whether `precision: 'bf16'` runs on this CPU (AMX tiles, allowed by the kernel).
+/// Whether `precision: 'bf16'` runs on this CPU (AVX512_BF16: on AMX tiles where the CPU has them
+/// and the kernel allows them, else on the dot products).
 #[napi]
 pub fn cpu_bf16_available() -> bool {
     motivnet::runtime::precision::cpu_bf16_available()

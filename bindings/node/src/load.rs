@@ -125,7 +125,7 @@ impl LoadTask {
     fn load(&self) -> Result<Trainer> {
         let config = self.request.resolve().js()?;
         let device = motivnet::parse_device(&self.device).js()?;
-        // Refused before a file is read (bf16 on a CPU without AMX, say).
+        // Refused before a file is read (bf16 on a CPU without AVX512_BF16, say).
         self.precision.check_device(&device).js()?;
         if self.for_training {
             self.precision.check_trainable().js()?;

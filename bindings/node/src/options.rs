@@ -31,10 +31,10 @@ pub struct LoadOptions {
     pub init: Option<String>,
     /// `cpu`, `cuda` or `cuda:N`. @default "cpu"
     pub device: Option<String>,
-    /// `f32`, or `bf16`: on CUDA, compute in bf16 with f32 master weights; on a CPU with AMX,
-    /// the Linear products in bf16 on its tiles. @default "f32"
+    /// `f32`, or `bf16`: on CUDA, compute in bf16 with f32 master weights; on a CPU with
+    /// AVX512_BF16, the Linear products in bf16 (on AMX tiles where it has them). @default "f32"
     pub precision: Option<String>,
-    /// The model will be trained: under bf16 on a CPU with AMX its Linear weights stay f32 (the
+    /// The model will be trained: under bf16 on the CPU its Linear weights stay f32 (the
     /// train step rounds them for each product) instead of being kept only in bf16 for
     /// inference. @default false
     pub for_training: Option<bool>,

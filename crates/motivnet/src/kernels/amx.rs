@@ -1,4 +1,6 @@
-//! bf16 matrix products on Intel AMX tiles, for `precision: 'bf16'` on CPUs that have them.
+//! bf16 matrix products on Intel AMX tiles, for `precision: 'bf16'` on CPUs that have them, and
+//! on AVX512_BF16's dot products from the same operands on CPUs that have only those
+//! ([`super::bf16_dot`]).
 //!
 //! C (m x n, f32) = A (m x k, f32, rounded to bf16) times B (k x n, packed once as bf16): the
 //! products run on `tdpbf16ps`, which multiplies 16 x 32 bf16 by 32 x 16 bf16 into 16 x 16
@@ -16,8 +18,9 @@
 //! tasks run on rayon's threads, each thread configuring its tiles once. Panels, packed B and
 //! the block sums start on cache lines ([`super::aligned`]): a tile row that straddles two
 //! lines costs about twice as much to load.
-//! Written as inline assembly (AMX intrinsics are not in stable Rust); the kernel runs only
-//! where [`available`] says the CPU has AMX and the kernel lets this process use it.
+//! Written as inline assembly (AMX intrinsics are not in stable Rust); the tiles run only
+//! where [`tiles`] says the CPU has AMX and the kernel lets this process use it, the dot
+//! products where [`available`] holds without them.
 
 use std::arch::asm;
 use std::cell::{Cell, RefCell};
@@ -48,26 +51,40 @@ const B_STEP_LINES: usize = B_STEP_BYTES / 64;
 #[cfg(target_arch = "x86_64")]
 static ZEROS: [f32; BLOCK] = [0.0; BLOCK];
 
-/// Whether AMX with bf16 can run here: the CPU has AMX-TILE and AMX-BF16 (CPUID leaf 7),
-/// AVX512_BF16 and AVX512DQ, and Linux grants this process the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), asked once.
-/// `MOTIVNET_AMX=off` says no, to compare or to rule the kernel out.
+/// Whether bf16 products can run here: on AMX tiles ([`tiles`]), or else on AVX512_BF16's dot
+/// products ([`super::bf16_dot`]), with AVX512DQ and AVX512BW beside it (the bf16 attention's
+/// exponentials and the packing's interleaves use them). `MOTIVNET_BF16=off` says no, to
+/// compare or to rule bf16 out on the CPU.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
-        if std::env::var("MOTIVNET_AMX").is_ok_and(|v| v.trim() == "off") {
+        if std::env::var("MOTIVNET_BF16").is_ok_and(|v| v.trim() == "off") {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            avx512_bf16_available() && is_x86_feature_detected!("avx512dq") && is_x86_feature_detected!("avx512bw")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// Whether the bf16 products run on AMX tiles: [`available`] holds, the CPU has AMX-TILE and
+/// AMX-BF16 (CPUID leaf 7), and Linux grants this process the tile state
+/// (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), asked once. `MOTIVNET_AMX=off` says no: the products
+/// then run on the dot products, to compare the two.
+pub fn tiles() -> bool {
+    static TILES: OnceLock<bool> = OnceLock::new();
+    *TILES.get_or_init(|| {
+        if !available() || std::env::var("MOTIVNET_AMX").is_ok_and(|v| v.trim() == "off") {
             return false;
         }
         #[cfg(target_arch = "x86_64")]
         {
             let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
             let (amx_bf16, amx_tile) = (leaf7.edx >> 22 & 1 == 1, leaf7.edx >> 24 & 1 == 1);
-            // Every CPU with AMX has AVX512_BF16, which the kernels' conversions use, and
-            // AVX512DQ, which the bf16 attention's exponentials use.
-            amx_bf16
-                && amx_tile
-                && avx512_bf16_available()
-                && is_x86_feature_detected!("avx512dq")
-                && request_tile_permission()
+            amx_bf16 && amx_tile && request_tile_permission()
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -537,6 +554,9 @@ thread_local! {
 
 /// Loads the tile configuration on this thread, once.
 pub(super) fn configure_tiles() {
+    if !tiles() {
+        return;
+    }
     CONFIGURED.with(|done| {
         if done.get() {
             return;
@@ -546,8 +566,7 @@ pub(super) fn configure_tiles() {
             cfg.colsb[t] = 64;
             cfg.rows[t] = 16;
         }
-        // SAFETY: `available()` held before any caller gets here; the configuration is valid
-        // for palette 1.
+        // SAFETY: `tiles()` holds; the configuration is valid for palette 1.
         unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, options(nostack)) };
         done.set(true);
     });
@@ -778,11 +797,19 @@ fn round_into(dst: &mut [u16], src: &[f32], scale: f32) {
 /// this machine's 2048^3 product the whole of k at once, eight panels a task and the prefetch
 /// below went from 1000-1180 to 1450-1560 GFLOP/s.
 ///
+/// Without tiles the block runs on the dot products ([`super::bf16_dot::block`]), from the same
+/// operands.
+///
 /// # Safety
 /// `available()`, this thread's tiles configured, `panel` 32 x kp bf16 in k-steps, `b_block` kp x 32 in
 /// the packed layout, and 32 x 32 floats at `c` with that stride writable by this thread.
 #[inline(never)]
 unsafe fn block(panel: *const u16, kp: usize, b_block: *const u16, c: *mut f32, c_stride: usize, start: BlockStart) {
+    if !tiles() {
+        // SAFETY: `available()` holds (AVX-512F and AVX512_BF16); the caller's promises on the
+        // operands, which are the dot products' too.
+        return unsafe { super::bf16_dot::block(panel, kp, b_block, c, c_stride, start) };
+    }
     // Every panel and column block starts on a cache line (see [`AlignedVec`]).
     debug_assert!(
         (panel as usize).is_multiple_of(64) && (b_block as usize).is_multiple_of(64),
@@ -918,7 +945,7 @@ struct BlockSums([f32; BLOCK * BLOCK]);
 
 /// Where a block's sums start.
 #[derive(Clone, Copy)]
-enum BlockStart {
+pub(super) enum BlockStart {
     Zero,
     /// 32 values of a bias (the block's columns), the same for each row.
     Bias(*const f32),
@@ -1051,7 +1078,7 @@ fn panels_per_task(panels: usize, threads: usize, kp: usize) -> usize {
 /// As [`gemm`] for an f32 destination; a bf16 one holds A's rows rounded up to 32 in panels of
 /// kp = b.np.
 unsafe fn gemm_into(a: Lhs, b: &PackedB, dest: Dest, start: Start, finish: Finish, parallel: bool) {
-    assert!(available(), "amx::gemm: this CPU or kernel offers no AMX");
+    assert!(available(), "amx::gemm: this CPU offers no bf16 products (no AMX, no AVX512_BF16), or MOTIVNET_BF16=off");
     let (m, k, n, kp) = (a.rows(), b.k, b.n, b.kp);
     match a {
         Lhs::F32 { rows, .. } | Lhs::Normalized { rows, .. } => assert!(
@@ -1274,11 +1301,13 @@ pub fn linear_rows_bf16(a: Lhs, b: &PackedB, bias: &[f32], finish: Finish) -> Ve
 }
 
 /// For the tests of code on the tiles: whether it can be checked here, saying on the test's
-/// output what was not checked when the CPU or kernel offers no AMX.
+/// output what was not checked when the CPU offers no bf16 products (and on which engine it was).
 #[cfg(test)]
 pub(crate) fn checkable_here(what: &str) -> bool {
     if !available() {
-        eprintln!("this CPU or kernel offers no AMX: {what} was not checked here");
+        eprintln!("this CPU offers no bf16 products (no AMX, no AVX512_BF16): {what} was not checked here");
+    } else if !tiles() {
+        eprintln!("no AMX tiles here: {what} was checked on AVX512_BF16's dot products");
     }
     available()
 }

@@ -10,6 +10,7 @@
 pub mod aligned;
 pub mod amx;
 pub mod attention;
+pub mod bf16_dot;
 pub mod cross_attention;
 pub mod flash_attention;
 pub mod flash_attention_bf16;

@@ -207,7 +207,7 @@ impl MotivNet {
     pub fn keep_linear_weights_packed_only(&mut self) -> Result<usize> {
         let Some(kind) = self.packed_products().filter(|_| self.can_keep_linear_weights_packed_only()) else {
             return Err(Error::Config(format!(
-                "Linear weights are kept packed only under precision 'bf16' on a CPU with AMX or 'int8' on a CPU \
+                "Linear weights are kept packed only under precision 'bf16' on a CPU with AVX512_BF16 or 'int8' on a CPU \
                  with VNNI, on the fused kernels; this model computes in {} on {:?}{}",
                 self.precision.name(),
                 self.device(),

@@ -243,7 +243,7 @@ impl ParamStore {
                 let (count, held_as) = (self.released.len(), self.released_as);
                 let (kernel, or_for_training) = match held_as {
                     "int8" => ("VNNI", ""),
-                    _ => ("AMX tiles", ", or for training (`forTraining`),"),
+                    _ => ("bf16 products", ", or for training (`forTraining`),"),
                 };
                 Err(crate::error::Error::Config(format!(
                     "cannot {to}: this model holds {count} Linear weights ({first}, ...) only in {held_as}, for \

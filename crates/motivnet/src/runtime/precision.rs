@@ -9,11 +9,13 @@
 //! AdamW moments and the weights stay f32, as PyTorch's autocast keeps them.
 //!
 //! On the CPU, bf16 means the Linear layers' products (the patch embedding, qkv, the
-//! projections, the MLPs) run on AMX tiles with their operands rounded to bf16 and f32 sums,
-//! as `torch.autocast` on the CPU and OpenVINO's default precision do; everything else stays
-//! f32. candle's CPU backend has no bf16 product of its own (it widens to f32 and back), so
-//! without AMX bf16 would only be slower and is refused. A train step under bf16 on the CPU
-//! runs the encoder's Linear products and attention on the tiles, forward and backward
+//! projections, the MLPs) run on AMX tiles, or without tiles on AVX512_BF16's dot products (two
+//! bf16 products per f32 lane an instruction, twice AVX-512's f32 rate), with their operands
+//! rounded to bf16 and f32 sums, as `torch.autocast` on the CPU and OpenVINO's default
+//! precision do; everything else stays f32. candle's CPU backend has no bf16 product of its own
+//! (it widens to f32 and back), so on a CPU with neither bf16 would only be slower and is
+//! refused. A train step under bf16 on the CPU runs the encoder's Linear products and attention
+//! in bf16 (tiles or dot products alike), forward and backward
 //! (`model::products::Products`), with f32 weights, gradients and optimizer; the head stays
 //! f32 (its ReLU gates flip under rounding, which cost accuracy: see `model::head_train` and
 //! docs/BENCHMARKS.md).
@@ -30,10 +32,22 @@ use candle_core::Device;
 
 use crate::error::{Error, Result};
 
-/// Whether `precision: 'bf16'` can run on this CPU: it has AMX tiles and the kernel lets this
-/// process use them (and `MOTIVNET_AMX=off` is not set).
+/// Whether `precision: 'bf16'` can run on this CPU: it has AVX512_BF16 (on AMX tiles where it
+/// has them and the kernel lets this process use them, else on the dot products), and
+/// `MOTIVNET_BF16=off` is not set.
 pub fn cpu_bf16_available() -> bool {
     crate::kernels::amx::available()
+}
+
+/// What `precision: 'bf16'` computes its products on here: "AMX" (tiles), "AVX512_BF16" (dot
+/// products), or None where it cannot run on this CPU.
+pub fn cpu_bf16_kernel() -> Option<&'static str> {
+    use crate::kernels::amx;
+    match (amx::available(), amx::tiles()) {
+        (true, true) => Some("AMX"),
+        (true, false) => Some("AVX512_BF16"),
+        (false, _) => None,
+    }
 }
 
 /// Whether `precision: 'int8'` can run on this CPU: it has AVX512-VNNI (and `MOTIVNET_INT8=off`
@@ -69,7 +83,7 @@ impl Precision {
         }
     }
 
-    /// Refuses bf16 on a CPU without AMX: candle's CPU backend has no bf16 product of its own
+    /// Refuses bf16 on a CPU without AVX512_BF16: candle's CPU backend has no bf16 product of its own
     /// (it widens to f32 and back), so bf16 there would only be slower and less exact. Refuses
     /// int8 anywhere but on a CPU with AVX512-VNNI.
     pub fn check_device(self, device: &Device) -> Result<()> {
@@ -102,12 +116,12 @@ impl Precision {
         }
         if self == Self::Bf16 && !device.is_cuda() && !crate::kernels::amx::available() {
             return Err(Error::Device(format!(
-                "precision 'bf16' needs a CUDA device or a CPU with AMX tiles (Intel Xeon of the 4th \
-                 generation or later){}; this one has none: pick f32 or --device cuda",
-                if std::env::var("MOTIVNET_AMX").is_ok_and(|v| v.trim() == "off") {
-                    ", and MOTIVNET_AMX=off turns them off"
+                "precision 'bf16' needs a CUDA device or a CPU with AVX512_BF16 (Intel Xeon of the 4th \
+                 generation or later, AMD Zen 4 or later){}: pick f32 or --device cuda",
+                if std::env::var("MOTIVNET_BF16").is_ok_and(|v| v.trim() == "off") {
+                    "; it is turned off here (MOTIVNET_BF16=off)"
                 } else {
-                    ""
+                    "; this one has none"
                 }
             )));
         }
@@ -145,10 +159,11 @@ fn square_operand(n: usize, seed: usize) -> Vec<f32> {
     (0..n * n).map(|i| ((i * seed % 1000) as f32 - 500.0) / 500.0).collect()
 }
 
-/// An n x n x n product on the AMX kernel the bf16 Linear layers run on (A rounded to bf16 as
-/// they round their input, B packed beforehand, on the compute threads), as a closure a
-/// benchmark times: the roof of our bf16 cases. None where the CPU has no AMX.
-pub fn amx_square_product(n: usize) -> Option<impl FnMut()> {
+/// An n x n x n product on the bf16 kernel the bf16 Linear layers run on (AMX tiles, or the
+/// dot products without them; A rounded to bf16 as they round their input, B packed
+/// beforehand, on the compute threads), as a closure a benchmark times: the roof of our bf16
+/// cases. None where the CPU has no bf16 products.
+pub fn bf16_square_product(n: usize) -> Option<impl FnMut()> {
     use crate::kernels::amx;
     if !amx::available() {
         return None;
@@ -183,7 +198,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_parse_and_bf16_needs_cuda_or_amx_and_int8_vnni() {
+    fn names_parse_and_bf16_needs_cuda_or_avx512_bf16_and_int8_vnni() {
         assert_eq!(Precision::parse("bf16").unwrap(), Precision::Bf16);
         assert_eq!(Precision::parse(" f32 ").unwrap(), Precision::F32);
         assert_eq!(Precision::parse("int8").unwrap(), Precision::Int8);
@@ -191,10 +206,10 @@ mod tests {
         assert!(err.contains("'fp16'") && err.contains("f32, bf16 or int8"), "{err}");
         assert!(Precision::F32.check_device(&Device::Cpu).is_ok());
         match Precision::Bf16.check_device(&Device::Cpu) {
-            Ok(()) => assert!(crate::kernels::amx::available(), "bf16 accepted on a CPU without AMX"),
+            Ok(()) => assert!(crate::kernels::amx::available(), "bf16 accepted on a CPU without bf16 products"),
             Err(err) => {
-                assert!(!crate::kernels::amx::available(), "bf16 refused on a CPU with AMX: {err}");
-                assert!(err.to_string().contains("CPU with AMX"), "{err}");
+                assert!(!crate::kernels::amx::available(), "bf16 refused on a CPU with bf16 products: {err}");
+                assert!(err.to_string().contains("CPU with AVX512_BF16"), "{err}");
             }
         }
         match Precision::Int8.check_device(&Device::Cpu) {
