@@ -141,7 +141,7 @@ writeSection(
 of \`motivnet-bench\` on each case, sampling only its timed iterations (not building the model or the warm-up), each
 sample counted where it landed (its own symbol, not its callers), grouped by kind of work. Shares of all samples, in
 percent. The bf16 attention's softmax, which rounds straight into the tiles' layout, counts as softmax, its products with
-the AMX products; the f32 and int8 attention in key blocks count their softmax with their products.
+the bf16 products (AMX tiles or dot products); the f32 and int8 attention in key blocks count their softmax with their products.
 
 | kind of work | ${results.map((r) => r.name + mark(r)).join(' | ')} |
 |---|${results.map(() => '---').join('|')}|
