@@ -212,6 +212,10 @@ mod tests {
                 assert!(err.to_string().contains("CPU with AVX512_BF16"), "{err}");
             }
         }
+        // What bf16 runs on names the engine the kernels pick: tiles, dot products, or none.
+        let (bf16, tiles) = (crate::kernels::amx::available(), crate::kernels::amx::tiles());
+        assert_eq!(cpu_bf16_kernel(), bf16.then_some(if tiles { "AMX" } else { "AVX512_BF16" }));
+        assert!(!tiles || bf16, "AMX tiles without bf16 products");
         match Precision::Int8.check_device(&Device::Cpu) {
             Ok(()) => assert!(crate::kernels::int8::available(), "int8 accepted on a CPU without VNNI"),
             Err(err) if err.to_string().contains("needs a CPU with AVX512-VNNI") => {
