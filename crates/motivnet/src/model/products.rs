@@ -9,7 +9,8 @@ use crate::kernels::{linear, linear_bf16};
 
 /// How the pass multiplies in its Linear layers (the patch embedding, qkv, the projections,
 /// the MLPs) and its attention, forward and backward: f32 products (`gemm`), or operands
-/// rounded to bf16 with f32 sums on the CPU's AMX tiles (`precision: 'bf16'`; see
+/// rounded to bf16 with f32 sums on the CPU's AMX tiles or AVX512_BF16's dot products
+/// (`precision: 'bf16'`; see
 /// [`crate::kernels::linear_bf16`] and `attention_backward_bf16`). The softmax and its
 /// backward, LayerNorm, GELU, the residuals and every gradient are f32 either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
