@@ -184,15 +184,16 @@ const roofline = {
 // this CPU has one: beside the roof (PyTorch's bf16 matmul), the measure of how far our bf16
 // products are from it. Our int8 kernel's product, where the CPU
 // has VNNI: the roof of int8 rows.
-const oursBf16Roof = spawnSync(oursBin, ['--roofline', '--precision', 'bf16', '--iters', '5'], { encoding: 'utf8', env: threadEnv });
+const oursBf16Run = spawnSync(oursBin, ['--roofline', '--precision', 'bf16', '--iters', '5'], { encoding: 'utf8', env: threadEnv });
+const oursBf16Roof = oursBf16Run.status === 0 ? json(oursBf16Run, 'roofline bf16 (ours)') : null;
 const oursInt8Roof = spawnSync(oursBin, ['--roofline', '--precision', 'int8', '--iters', '5'], { encoding: 'utf8', env: threadEnv });
 const roof = {
   f32OursGflops: roofline.f32,
   f32TorchGflops: roofline.torch.f32Gflops,
   bf16TorchGflops: roofline.torch.bf16Gflops,
-  bf16OursGflops: oursBf16Roof.status === 0 ? json(oursBf16Roof, 'roofline bf16 (ours)').gflops : null,
+  bf16OursGflops: oursBf16Roof?.gflops ?? null,
   // "AMX" or "AVX512_BF16": what our bf16 products ran on.
-  bf16OursKernel: oursBf16Roof.status === 0 ? json(oursBf16Roof, 'roofline bf16 (ours)').roofline.match(/\((.*)\)/)?.[1] ?? null : null,
+  bf16OursKernel: oursBf16Roof?.roofline.match(/\((.*)\)/)?.[1] ?? null,
   int8OursGops: oursInt8Roof.status === 0 ? json(oursInt8Roof, 'roofline int8 (ours)').gflops : null,
   // What no f32 product can pass: the threads' multiply-adds alone (AVX-512).
   fmaPeakGflops: oursRoof.fmaPeakGflops ?? null,

@@ -177,24 +177,21 @@ unsafe fn fma_chains(rounds: usize) -> f32 {
 }
 
 /// GFLOP/s (GOP/s in int8) of a 2048 x 2048 x 2048 product on the kernel our Linear layers
-/// run on in `precision` bf16 (AMX, or AVX512_BF16's dot products) or int8 (VNNI): A rounded or quantized as the layers do
-/// their input, B packed once, on the compute threads. The roof our bf16 rows are measured
+/// run on in `precision` bf16 (AMX, or AVX512_BF16's dot products) or int8 (VNNI): A rounded
+/// or quantized as the layers do their input, B packed once, on the compute threads. The roof our bf16 rows are measured
 /// against beside PyTorch's bf16 matmul, and the roof of our int8 rows.
 fn run_roofline_packed(args: &Args, precision: motivnet::Precision) -> motivnet::Result<String> {
-    use motivnet::runtime::precision::{bf16_square_product, int8_square_product};
+    use motivnet::runtime::precision::{bf16_square_product, cpu_bf16_kernel, int8_square_product};
     const N: usize = 2048;
-    let (mut product, kernel): (Box<dyn FnMut()>, _) = match precision {
-        motivnet::Precision::Bf16 => match bf16_square_product(N) {
-            Some(product) => {
-                let engine = motivnet::runtime::precision::cpu_bf16_kernel().unwrap_or("none");
-                (Box::new(product), if engine == "AMX" { "bf16 (AMX)" } else { "bf16 (AVX512_BF16)" })
-            }
+    let (mut product, kernel): (Box<dyn FnMut()>, String) = match precision {
+        motivnet::Precision::Bf16 => match bf16_square_product(N).zip(cpu_bf16_kernel()) {
+            Some((product, engine)) => (Box::new(product), format!("bf16 ({engine})")),
             None => {
                 return Err(motivnet::Error::Input("--roofline --precision bf16 needs a CPU with AVX512_BF16".into()))
             }
         },
         motivnet::Precision::Int8 => match int8_square_product(N) {
-            Some(product) => (Box::new(product), "int8 (VNNI)"),
+            Some(product) => (Box::new(product), "int8 (VNNI)".into()),
             None => {
                 return Err(motivnet::Error::Input("--roofline --precision int8 needs a CPU with AVX512-VNNI".into()))
             }
